@@ -1,0 +1,21 @@
+"""Argument checks shared by the decoder-inversion methods."""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_common(iters: int, tol: float | None, dtype) -> None:
+    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 0:
+        raise ValueError(f"iters must be a non-negative integer, got {iters!r}")
+    if tol is not None and not tol > 0:
+        raise ValueError(f"tol must be positive or None, got {tol!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+
+
+def check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and value > 0):
+        raise ValueError(f"{name} must be positive, got {value!r}")
