@@ -1,3 +1,27 @@
-"""ringmark: Tree-Ring-style watermarks in the initial noise of latent diffusion models."""
+"""ringmark: Tree-Ring-style watermarks in the initial noise of latent diffusion models.
+
+    from watermark import keygen, embed, verify
+"""
 
 __version__ = "0.1.0"
+__all__ = ["keygen", "embed", "verify", "Key", "Result", "Generated", "Recovery", "load_key", "load_model"]
+
+
+def __getattr__(name):  # import torch and diffusers only when the API is used
+    if name in ("keygen", "embed", "verify", "Result", "Generated"):
+        from . import api
+
+        return getattr(api, name)
+    if name in ("Key", "load_key"):
+        from . import keys
+
+        return getattr(keys, name)
+    if name == "Recovery":
+        from .verify import Recovery
+
+        return Recovery
+    if name == "load_model":
+        from .model import load_model
+
+        return load_model
+    raise AttributeError(f"module 'watermark' has no attribute {name!r}")

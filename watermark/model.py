@@ -1,0 +1,146 @@
+"""Loading a latent diffusion model: the bundled ``tiny`` one or a Stable-Diffusion-family
+checkpoint (hub id or local diffusers folder), through one loader.
+
+Both sources have the diffusers layout (``vae/``, ``unet/``, ``scheduler/`` and, for
+text-conditioned models, ``text_encoder/`` and ``tokenizer/``), so ``tiny`` is just a folder
+shipped inside this package and the real-model path is the one that runs every day.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TINY_PATH = Path(__file__).parent / "models" / "tiny"
+
+
+class ModelError(Exception):
+    """The model cannot be loaded or does not fit the request (one-line message)."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be one of ('auto', 'cpu', 'cuda'), got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+@dataclass
+class LatentDiffusion:
+    """A VAE, an eps-prediction UNet and a DDIM scheduler, seen through the callables
+    ``inversion`` works with. Latents are scaled (unit variance); images are in [-1, 1]."""
+
+    name: str
+    vae: Any
+    unet: Any
+    scheduler: Any
+    text_encoder: Any = None
+    tokenizer: Any = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def default_size(self) -> int:
+        size = self.unet.config.sample_size
+        return (size if isinstance(size, int) else size[0]) * self.downsample
+
+    @property
+    def conditional(self) -> bool:
+        return self.text_encoder is not None
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: VAE downsampling times UNet downsampling."""
+        return self.downsample * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def latent_shape(self, size: int) -> tuple[int, int, int]:
+        if size <= 0 or size % self.size_multiple != 0:
+            raise ModelError(f"image size must be a positive multiple of {self.size_multiple} for {self.name!r}, got {size}")
+        return (self.latent_channels, size // self.downsample, size // self.downsample)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior mean of the VAE encoder, scaled to unit variance."""
+        return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean * self.vae.config.scaling_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+
+    def eps(self, z: torch.Tensor, t: int, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """eps(z, t); ``cond`` is the text embedding of a conditional model (empty prompt if None)."""
+        z = z.to(self.unet.dtype)
+        if not self.conditional:
+            return self.unet(z, t).sample
+        if cond is None:
+            cond = self.prompt_embeds([""])
+        if len(cond) == 1 and len(z) > 1:
+            cond = cond.expand(len(z), *cond.shape[1:])
+        return self.unet(z, t, encoder_hidden_states=cond).sample
+
+    @torch.inference_mode()
+    def prompt_embeds(self, prompts: list[str]) -> torch.Tensor:
+        if not self.conditional:
+            raise ModelError(f"model {self.name!r} is unconditional: it takes no prompt")
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.device))[0]
+
+
+def load_model(name: str = "tiny", device: str = "cpu", dtype: str | torch.dtype = "float32") -> LatentDiffusion:
+    """Load ``tiny`` (bundled) or a diffusers checkpoint by hub id or local folder."""
+    import diffusers
+    from diffusers import AutoencoderKL, DDIMScheduler
+
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    source = str(TINY_PATH) if name == "tiny" else name
+    try:
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch_dtype, low_cpu_mem_usage=False)
+        unet_config = AutoencoderKL.load_config(source, subfolder="unet")
+        unet_cls = getattr(diffusers, unet_config.get("_class_name", "UNet2DModel"))
+        unet = unet_cls.from_pretrained(source, subfolder="unet", torch_dtype=torch_dtype, low_cpu_mem_usage=False)
+        scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(source, subfolder="scheduler"))
+        text_encoder = tokenizer = None
+        if unet_cls.__name__ == "UNet2DConditionModel":
+            import transformers
+
+            text_encoder = transformers.CLIPTextModel.from_pretrained(source, subfolder="text_encoder",
+                                                                      torch_dtype=torch_dtype, low_cpu_mem_usage=False)
+            tokenizer = transformers.CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+            text_encoder.to(torch_device).eval()
+    except ImportError as e:
+        raise ModelError(f"model {name!r} needs a package that is not installed ({e}); try pip install 'ringmark[sd]'") from None
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+    vae.to(torch_device).eval()
+    unet.to(torch_device).eval()
+    return LatentDiffusion(name, vae, unet, scheduler, text_encoder, tokenizer)
