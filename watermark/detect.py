@@ -21,12 +21,14 @@ class Score:
     df: int
 
 
-def _dof(values: torch.Tensor, first: torch.Tensor, self_conj: torch.Tensor) -> torch.Tensor:
+def _dof(values: torch.Tensor, first: torch.Tensor, self_conj: torch.Tensor, imag: bool = True) -> torch.Tensor:
     """The independent real degrees of freedom of a Hermitian spectrum, each with variance
     sigma^2 under white noise of per-bin variance sigma^2: sqrt(2) Re and sqrt(2) Im of one bin
-    per conjugate pair, and the real part of each self-conjugate bin."""
+    per conjugate pair, and the real part of each self-conjugate bin. ``imag=False`` leaves
+    out the imaginary parts."""
     pairs = values[..., first]
-    return torch.cat([2**0.5 * pairs.real, 2**0.5 * pairs.imag, values[..., self_conj].real], dim=-1)
+    parts = [2**0.5 * pairs.real, values[..., self_conj].real] + ([2**0.5 * pairs.imag] if imag else [])
+    return torch.cat(parts, dim=-1)
 
 
 def noise_scale(spectrum: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -55,8 +57,11 @@ def score(z_T: torch.Tensor, key: Key) -> list[Score]:
     first, self_conj = independent_mask(mask)
     spectrum = centred_spectrum(z_T[:, key.channel].float())
     keyvals = key.pattern_values()
-    k = _dof(keyvals, first, self_conj)
-    z = _dof(spectrum, first, self_conj)
+    # A ring is constant on conjugate-symmetric rings, hence real: its imaginary parts are zero
+    # for every ring key and say nothing about which key, so only the real parts are tested.
+    imag = key.pattern != "ring"
+    k = _dof(keyvals, first, self_conj, imag)
+    z = _dof(spectrum, first, self_conj, imag)
     sigma, m = noise_scale(spectrum, mask)
     sigma = sigma.clamp_min(1e-12)
     distance = (spectrum[:, mask] - keyvals[mask]).abs().mean(-1)

@@ -24,11 +24,12 @@ def find_images(paths: list[str]) -> list[tuple[str, str | None]]:
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            found = sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(str(f) for f in path.rglob("*")
+                           if (f.is_file() or f.is_symlink()) and f.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
                 out.append((p, "folder holds no images"))
             out.extend((f, None) for f in found)
-        elif path.exists():
+        elif path.exists() or path.is_symlink():  # a broken link is reported by load_image
             out.append((p, None))
         else:
             out.append((p, "no such file or folder"))
@@ -66,6 +67,8 @@ def load_image(path: str, size: int) -> tuple[torch.Tensor, str | None]:
         raise ImageError("no such file") from None
     except PermissionError:
         raise ImageError("permission denied") from None
+    except OSError as e:
+        raise ImageError(f"cannot read file ({e.strerror or e})") from None
     notes = []
     try:
         with warnings.catch_warnings():

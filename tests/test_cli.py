@@ -1,0 +1,116 @@
+"""The CLI end to end on the bundled model (few steps where the point allows)."""
+
+import json
+import os
+import stat
+
+import pytest
+from click.testing import CliRunner
+
+from watermark.cli import main
+
+STEPS = ["--steps", "10"]
+FAST = ["--ddim-steps", "10"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def lines(result):
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    for name in "abc":
+        assert run("keygen", "-o", root / f"{name}.json", "-q").exit_code == 0
+    assert run("embed", "--key", root / "a.json", "-o", root / "wm", "-n", 3, *STEPS, "-q").exit_code == 0
+    assert run("embed", "--key", root / "a.json", "-o", root / "clean", "-n", 3, *STEPS, "--no-watermark",
+               "-q").exit_code == 0
+    return root
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0 and "ringmark, version 0.1.0" in result.output
+
+
+def test_keygen_is_owner_only_never_prints_the_seed_and_never_overwrites(tmp_path):
+    path = tmp_path / "k.json"
+    result = run("keygen", "-o", path, "--seed", 987654321)
+    assert result.exit_code == 0
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert "987654321" not in result.output
+    before = path.read_text()
+    again = run("keygen", "-o", path)
+    assert again.exit_code == 2 and "exists; use --force" in again.stderr and path.read_text() == before
+    assert run("keygen", "-o", path, "--force").exit_code == 0 and path.read_text() != before
+
+
+def test_embed_writes_manifest_and_refuses_overwrite(world):
+    manifest = [json.loads(line) for line in (world / "wm" / "manifest.jsonl").read_text().splitlines()]
+    assert [m["file"] for m in manifest] == ["00000.png", "00001.png", "00002.png"]
+    assert [m["seed"] for m in manifest] == [0, 1, 2] and all(m["model"] == "tiny" for m in manifest)
+    assert len({m["key_id"] for m in manifest}) == 1
+    clean = [json.loads(line) for line in (world / "clean" / "manifest.jsonl").read_text().splitlines()]
+    assert all(m["key_id"] is None and not m["watermarked"] for m in clean)
+    result = run("embed", "--key", world / "a.json", "-o", world / "wm", "-n", 1, *STEPS)
+    assert result.exit_code == 2 and "exists; use --force" in result.stderr
+
+
+def test_watermarked_images_are_found(world):
+    result = run("verify", world / "wm", "--key", world / "a.json", "--json", *FAST)
+    rows = lines(result)
+    assert result.exit_code == 0, result.stderr
+    assert len(rows) == 3 and all(r["watermarked"] and r["p_value"] <= 1e-6 and r["error"] is None for r in rows)
+    assert {"path", "watermarked", "p_value", "key_id", "distance", "error", "inversion", "iterations"} <= set(rows[0])
+
+
+def test_right_key_among_three(world):
+    key_id = json.loads((world / "a.json").read_text())["key_id"]
+    result = run("verify", world / "wm", "--key", world / "b.json", "--key", world / "a.json", "--key",
+                 world / "c.json", "--json", *FAST)
+    rows = lines(result)
+    assert all(r["key_id"] == key_id and r["keys_tested"] == 3 and r["watermarked"] for r in rows)
+
+
+def test_clean_images_are_not_flagged(world):
+    result = run("verify", world / "clean", "--key", world / "a.json", "--json", *FAST)
+    rows = lines(result)
+    assert result.exit_code == 1 and not any(r["watermarked"] for r in rows)
+
+
+def test_table_output_and_exit_2_when_an_input_fails(world):
+    result = run("verify", world / "wm" / "00000.png", world / "missing.png", "--key", world / "a.json", *FAST)
+    assert result.exit_code == 2
+    assert "WATERMARKED" in result.stdout and "no such file or folder" in result.stdout
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("content, match", [
+    ("not json", "not JSON"),
+    ('{"format": "ringmark-key", "version": 9}', "version 9 is not supported"),
+])
+def test_bad_key_file_is_a_one_line_error(world, tmp_path, content, match):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    result = run("verify", world / "wm", "--key", bad)
+    assert result.exit_code == 2 and match in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_key_that_does_not_fit_the_model(world, tmp_path):
+    doc = json.loads((world / "a.json").read_text())
+    from watermark.keys import Key, save_key
+
+    key = Key(doc["pattern"], doc["radius"], doc["channel"], doc["seed"], "tiny", (3, 32, 32))
+    save_key(key, tmp_path / "k3.json")
+    result = run("verify", world / "wm", "--key", tmp_path / "k3.json")
+    assert result.exit_code == 2 and "does not fit model 'tiny'" in result.stderr
+
+
+def test_usage_errors_exit_2(world):
+    assert run("verify", world / "wm").exit_code == 2  # no key
+    assert run("verify", world / "wm", "--key", world / "a.json", "--inversion", "newton").exit_code == 2
+    assert run("verify", world / "wm", "--key", world / "a.json", "--alpha", "1.5").exit_code == 2

@@ -1,0 +1,79 @@
+"""Embedding is exact and keeps N(0, I); the p-value is calibrated under the null."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from watermark.detect import score, sidak
+from watermark.embed import centred_spectrum, initial_noise, inject
+from watermark.keys import independent_mask, make_pattern, new_key
+from watermark.verify import match_keys
+
+PATTERNS = ["ring", "rand", "zeros"]
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_pattern_is_hermitian(pattern):
+    values = make_pattern(pattern, (32, 32), 5, seed=7)
+    flipped = torch.roll(torch.flip(values, dims=(0, 1)), shifts=(1, 1), dims=(0, 1))  # F(-f), centred layout
+    assert torch.allclose(values, flipped.conj(), atol=1e-12)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_what_is_written_is_what_is_tested(pattern):
+    key = new_key("tiny", (4, 32, 32), pattern=pattern, seed=11)
+    z = initial_noise(key, [0, 1, 2])
+    spectrum = centred_spectrum(z[:, key.channel])
+    mask = key.mask()
+    assert torch.allclose(spectrum[:, mask], key.pattern_values()[mask].expand(3, -1), atol=1e-5)
+    # only the key's channel changed
+    clean = initial_noise(key, [0, 1, 2], watermark=False)
+    others = [c for c in range(4) if c != key.channel]
+    assert torch.equal(z[:, others], clean[:, others])
+
+
+def test_watermarked_noise_keeps_standard_normal_statistics():
+    key = new_key("tiny", (4, 32, 32), pattern="ring", seed=3)
+    # over many keys and seeds, the watermarked channel's values are N(0, 1)
+    values = torch.cat([initial_noise(new_key("tiny", (4, 32, 32), seed=s), [s])[:, 3].flatten() for s in range(60)])
+    assert stats.kstest(values.numpy(), "norm").pvalue > 0.01
+    assert abs(float(values.std()) - 1) < 0.03
+    with pytest.raises(ValueError, match="does not fit the key"):
+        inject(torch.zeros(1, 4, 16, 16), key)
+
+
+def test_independent_dof_count():
+    mask = new_key("tiny", (4, 32, 32), seed=1).mask()
+    first, self_conj = independent_mask(mask)
+    # each conjugate pair counted once: 2 * pairs + self-conjugate == number of bins in the mask
+    assert 2 * int(first.sum()) + int(self_conj.sum()) == int(mask.sum())
+    assert int(self_conj.sum()) == 1  # only the zero frequency inside a disk of radius 5
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("alpha", [0.05, 0.01])
+def test_calibrated_under_the_null(pattern, alpha):
+    """Noise that does not carry the key: P(p <= alpha) is consistent with alpha."""
+    key = new_key("tiny", (4, 32, 32), pattern=pattern, seed=20241127)
+    rng_seeds = list(range(10_000, 12_000))
+    p = np.array([s.p_value for s in score(initial_noise(key, rng_seeds, watermark=False), key)])
+    k = int((p <= alpha).sum())
+    assert stats.binomtest(k, len(p), alpha).pvalue > 0.01, (k, len(p))
+
+
+@pytest.mark.parametrize("pattern", ["ring", "rand"])
+def test_watermarked_noise_is_detected_and_identified(pattern):
+    for seed in range(20):
+        keys = [new_key("tiny", (4, 32, 32), pattern=pattern, seed=100 * seed + j) for j in range(3)]
+        z = initial_noise(keys[1], [seed])
+        assert score(z, keys[1])[0].p_value < 1e-12
+        best = match_keys(z, keys)[0]
+        assert best.key_id == keys[1].key_id and best.keys_tested == 3
+
+
+def test_sidak():
+    assert sidak(0.01, 1) == pytest.approx(0.01)
+    assert sidak(0.01, 3) == pytest.approx(1 - 0.99**3)
+    assert sidak(1.0, 5) == 1.0
+    assert sidak(1e-300, 3) == pytest.approx(3e-300)

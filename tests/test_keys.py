@@ -1,0 +1,85 @@
+"""Key files: round trip, permissions, no silent overwrite, refusal of bad or tampered files."""
+
+import json
+import os
+import stat
+
+import pytest
+
+from watermark.keys import Key, KeyFileError, default_radius, load_key, new_key, save_key
+
+
+@pytest.fixture
+def key():
+    return new_key("tiny", (4, 32, 32), seed=1234)
+
+
+def test_defaults_scale_with_latent():
+    assert default_radius(64) == 10  # Tree-Ring on SD's 64x64 latents
+    assert default_radius(32) == 5
+    k = new_key("tiny", (4, 32, 32))
+    assert k.radius == 5 and k.channel == 3 and k.seed.bit_length() > 64
+
+
+def test_round_trip_and_owner_only(tmp_path, key):
+    path = tmp_path / "k.json"
+    save_key(key, path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_key(path) == key
+
+
+def test_no_overwrite_without_force(tmp_path, key):
+    path = tmp_path / "k.json"
+    path.write_text("precious")
+    with pytest.raises(KeyFileError, match="exists; use --force"):
+        save_key(key, path)
+    assert path.read_text() == "precious"
+    save_key(key, path, force=True)
+    assert load_key(path) == key and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_seed_never_shown(key):
+    assert "1234" not in repr(key) and "1234" not in str(key)
+    assert key.key_id in repr(key)
+
+
+def _write(tmp_path, doc):
+    path = tmp_path / "bad.json"
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda d: d.update(version=2), "version 2 is not supported"),
+    (lambda d: d.update(format="other"), "not a ringmark key file"),
+    (lambda d: d.update(radius="5"), "field 'radius' must be int"),
+    (lambda d: d.update(extra=1), "unexpected \\['extra'\\]"),
+    (lambda d: d.pop("seed"), "missing \\['seed'\\]"),
+    (lambda d: d.update(seed=d["seed"] + 1), "key_id does not match"),
+    (lambda d: d.update(channel=7), "channel must be in"),
+    (lambda d: d.update(latent_shape=[4, 32]), "three positive integers"),
+    (lambda d: d.update(pattern="spiral"), "pattern must be one of"),
+])
+def test_refuses_bad_files(tmp_path, key, mutate, match):
+    save_key(key, tmp_path / "good.json")
+    doc = json.loads((tmp_path / "good.json").read_text())
+    mutate(doc)
+    with pytest.raises(KeyFileError, match=match):
+        load_key(_write(tmp_path, doc))
+
+
+def test_refuses_non_json_and_missing(tmp_path):
+    with pytest.raises(KeyFileError, match="not JSON"):
+        load_key(_write(tmp_path, "hello"))
+    with pytest.raises(KeyFileError, match="no such key file"):
+        load_key(tmp_path / "nope.json")
+
+
+def test_new_key_validation():
+    with pytest.raises(KeyFileError, match="radius must be in"):
+        new_key("tiny", (4, 32, 32), radius=16)
+    with pytest.raises(KeyFileError, match="channel must be in"):
+        new_key("tiny", (4, 32, 32), channel=4)
+    with pytest.raises(KeyFileError, match="pattern must be one of"):
+        new_key("tiny", (4, 32, 32), pattern="spiral")
+    assert isinstance(new_key("tiny", (4, 16, 16), pattern="zeros"), Key)

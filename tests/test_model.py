@@ -1,0 +1,66 @@
+"""The bundled tiny model loads offline by name and behaves deterministically."""
+
+import json
+
+import pytest
+import torch
+
+from watermark.generate import decode_images, sample_latents
+from watermark.model import TINY_PATH, ModelError, load_model, resolve_dtype
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny")
+
+
+def test_loads_offline_by_name(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = load_model("tiny")
+    assert type(model.vae).__name__ == "AutoencoderKL" and type(model.unet).__name__ == "UNet2DModel"
+    assert type(model.scheduler).__name__ == "DDIMScheduler" and not model.conditional
+
+
+def test_shapes_and_sizes(tiny):
+    assert tiny.default_size == 128 and tiny.latent_shape(128) == (4, 32, 32) and tiny.latent_shape(48) == (4, 12, 12)
+    x = torch.zeros(2, 3, 64, 64)
+    with torch.inference_mode():
+        z = tiny.encode(x)
+        assert z.shape == (2, 4, 16, 16) and tiny.decode(z).shape == (2, 3, 64, 64)
+        assert tiny.eps(z, 500).shape == z.shape
+    with pytest.raises(ModelError, match="multiple of 16"):
+        tiny.latent_shape(100)
+
+
+def test_scaling_factor_is_the_trained_one(tiny):
+    record = json.loads((TINY_PATH / "training.json").read_text())
+    assert tiny.vae.config.scaling_factor == pytest.approx(record["scaling_factor"])
+    assert tiny.vae.config.scaling_factor != 1.0  # AutoencoderKL's default would mean "not computed"
+
+
+def test_scheduler_is_sd_like(tiny):
+    c = tiny.scheduler.config
+    assert (c.num_train_timesteps, c.beta_schedule, c.clip_sample) == (1000, "scaled_linear", False)
+
+
+def test_two_step_generation_is_deterministic(tiny):
+    def run(seed):
+        z_T = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(seed))
+        return decode_images(tiny, sample_latents(tiny, z_T, steps=2))
+
+    a, b, c = run(7), run(7), run(8)
+    assert a.shape == (2, 3, 128, 128) and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_weights_ship_with_a_model_card_and_fit_the_budget():
+    size = sum(p.stat().st_size for p in TINY_PATH.rglob("*") if p.is_file())
+    assert size <= 25 * 2**20
+    assert (TINY_PATH / "README.md").exists()
+
+
+def test_bad_model_and_dtype():
+    with pytest.raises(ModelError, match="cannot load model"):
+        load_model("/nonexistent/model/folder")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        resolve_dtype("float64")
