@@ -256,3 +256,84 @@ def demo(outdir, force, quiet):
         click.echo(_table(shown))
         say(f"verified 8 images in {time.time() - t1:.1f}s; total {time.time() - t0:.1f}s"
             + ("" if outdir else " (files removed; use -o DIR to keep them)"))
+
+
+@main.group(context_settings=CONTEXT)
+def bench():
+    """Benchmarks: decoder inversion (accuracy, cost) and detection (robustness, identification)."""
+
+
+def _csv_ints(value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+
+
+@bench.command("inversion", context_settings=CONTEXT)
+@click.option("-n", "n", default=32, show_default=True, type=click.IntRange(1), help="Generated latents.")
+@click.option("--iters", default="10,20,50,100,200", show_default=True, help="Iteration counts.")
+@click.option("--dtypes", default="float32,bfloat16", show_default=True)
+@click.option("--cost-sizes", default="512,256", show_default=True, help="Sizes for the SD 2.1 VAE cost runs.")
+@click.option("--cost-iters", default=3, show_default=True, type=click.IntRange(2))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Device of the cost runs (accuracy runs on the CPU).")
+@click.option("--skip-accuracy", is_flag=True)
+@click.option("--skip-cost", is_flag=True)
+@click.option("--quick", is_flag=True, help="4 latents, 2 iteration counts, 64 px cost runs: checks the code.")
+@click.option("-o", "--outdir", default="docs/bench", show_default=True, type=click.Path(file_okay=False))
+@quiet_option
+def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accuracy, skip_cost, quick, outdir,
+                    quiet):
+    """NMSE vs iterations and time (bundled model), cost per iteration and memory (SD 2.1 VAE).
+
+    Example: ringmark bench inversion -n 32 -o docs/bench
+    """
+    from . import bench_inversion as bi
+    from .bench_detect import machine
+
+    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    iters, sizes, dtypes = _csv_ints(iters), _csv_ints(cost_sizes), [d for d in dtypes.split(",") if d]
+    config = dict(bi.SD21_VAE)
+    if quick:
+        n, iters, sizes, cost_iters, dtypes = 4, [2, 5], [64], 2, dtypes[:1]
+    dev = _device(device)
+    if dev == "cuda" and "float16" not in dtypes:
+        dtypes = dtypes + ["float16"]
+    res = {"command": "ringmark bench inversion " + " ".join(sys.argv[3:]), "machine": machine(),
+           "date": time.strftime("%Y-%m-%d"), "n": n, "accuracy": [], "cost": []}
+    if not skip_accuracy:
+        res["accuracy"] = bi.accuracy(n, iters, [d for d in dtypes if d != "float16"], 10 if quick else 50,
+                                      20241127, log)
+    if not skip_cost:
+        res["cost"] = bi.cost(sizes, cost_iters, dev, dtypes, config, log)
+    for f in bi.write(res, Path(outdir)):
+        log(f"wrote {f}")
+    click.echo(bi.markdown(res))
+
+
+@bench.command("detect", context_settings=CONTEXT)
+@click.option("-n", "n", default=100, show_default=True, type=click.IntRange(2), help="Images per class.")
+@click.option("--methods", default="encoder,gradient,fixed_point", show_default=True)
+@click.option("--sweep", default="5,10,20,50,100", show_default=True, help="Iterations of the default method.")
+@click.option("--gradient-iters", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--quick", is_flag=True, help="4 images per class, 5 steps, a short sweep: checks the code.")
+@click.option("-o", "--outdir", default="docs/bench", show_default=True, type=click.Path(file_okay=False))
+@quiet_option
+def bench_detect(n, methods, sweep, gradient_iters, quick, outdir, quiet):
+    """AUC and TPR@1%FPR under Tree-Ring's attacks, 3-key identification, verify time.
+
+    Example: ringmark bench detect -n 100 -o docs/bench
+    """
+    from . import bench_detect as bd
+
+    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    steps = 50
+    if quick:
+        n, steps, sweep, gradient_iters = 4, 5, "2", 2
+    res = bd.run(n, [m for m in methods.split(",") if m], sweep=_csv_ints(sweep), gen_steps=steps, ddim_steps=steps,
+                 gradient_iters=gradient_iters, log=log)
+    res["command"] = "ringmark bench detect " + " ".join(sys.argv[3:])
+    for f in bd.write(res, Path(outdir)):
+        log(f"wrote {f}")
+    click.echo(bd.markdown(res))

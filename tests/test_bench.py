@@ -1,0 +1,35 @@
+"""The benchmark commands run end to end in --quick mode, so their code cannot rot."""
+
+import json
+import math
+
+from click.testing import CliRunner
+
+from watermark.cli import main
+
+
+def test_bench_inversion_quick(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "inversion", "--quick", "-o", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    res = json.loads((tmp_path / "inversion.json").read_text())
+    methods = {r["method"] for r in res["accuracy"]}
+    assert {"encoder", "gradient lr0.1 cosine", "gradient lr0.01 fixed", "fixed_point rho0.5", "inertial_km",
+            "adam lr0.01"} <= methods
+    assert all(math.isfinite(r["nmse_db"]) and r["ci95"][0] <= r["nmse_db"] <= r["ci95"][1] for r in res["accuracy"])
+    cost = {r["method"]: r for r in res["cost"]}
+    assert set(cost) == {"floor", "fixed_point", "inertial_km", "adam", "gradient"}
+    assert all("error" not in r and r["seconds_per_iter"] > 0 and "time_vs_floor" in r for r in cost.values())
+    assert "| method |" in result.stdout and (tmp_path / "inversion.md").exists()
+
+
+def test_bench_detect_quick(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "detect", "--quick", "-o", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    res = json.loads((tmp_path / "detect.json").read_text())
+    assert res["n"] == 4 and set(res["robustness"]) == {"encoder", "gradient", "fixed_point"}
+    for rows in res["robustness"].values():
+        assert set(rows) >= {"none", "rotation", "jpeg", "crop", "blur", "noise", "brightness", "mean_attacked_auc"}
+        assert all(0 <= rows[a]["auc"] <= 1 and len(rows[a]["p_wm"]) == 4 for a in rows if a != "mean_attacked_auc")
+    assert all(0 <= v <= 1 for v in res["identification"].values())
+    assert res["verify_seconds_per_image_default"] > 0
+    assert (tmp_path / "detect.md").exists()

@@ -1,0 +1,204 @@
+"""``ringmark bench detect``: Tree-Ring's robustness table (Table 1/2) and the seed paper's
+identification table (Table 2), per decoder-inversion method, on the bundled model."""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import stats
+
+from . import api
+from .attacks import ATTACKS, attack
+from .detect import score
+from .embed import initial_noise
+from .generate import decode_images, sample_latents
+from .images import save_png
+from .keys import new_key
+from .verify import DEFAULT_INVERSION, DEFAULT_ITERS, Recovery, match_keys, recover_noise
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def to_pil(images01: torch.Tensor) -> list[Image.Image]:
+    a = (images01.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    return [Image.fromarray(x) for x in a]
+
+
+def to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1)
+                        for im in images]) / 127.5 - 1
+
+
+def auc(wm: np.ndarray, clean: np.ndarray) -> float:
+    """Area under the ROC of the score -log p (Mann-Whitney U / n1 n2; ties count half)."""
+    s_wm, s_clean = -np.log(np.maximum(wm, 1e-300)), -np.log(np.maximum(clean, 1e-300))
+    return float(stats.mannwhitneyu(s_wm, s_clean, alternative="greater").statistic / (len(wm) * len(clean)))
+
+
+def tpr_at_fpr(wm: np.ndarray, clean: np.ndarray, fpr: float = 0.01) -> float:
+    """TPR at the empirical threshold that flags ``fpr`` of the clean images (at most)."""
+    k = int(np.floor(fpr * len(clean)))
+    threshold = np.sort(clean)[k - 1] if k >= 1 else np.min(clean) * (1 - 1e-12)
+    return float(np.mean(wm <= threshold))
+
+
+def make_images(model, key, seeds, steps, watermark=True):
+    out = []
+    for i in range(0, len(seeds), 16):
+        z_T = initial_noise(key, seeds[i : i + 16], watermark)
+        out.append(decode_images(model, sample_latents(model, z_T, steps)).cpu())
+    return to_pil(torch.cat(out))
+
+
+def p_values(model, images: list[Image.Image], keys, recovery: Recovery, batch: int = 8):
+    ps, ids, t0 = [], [], time.perf_counter()
+    for i in range(0, len(images), batch):
+        z_T, _ = recover_noise(model, to_tensor(images[i : i + batch]), recovery)
+        if len(keys) == 1:
+            ps += [s.p_value for s in score(z_T, keys[0])]
+        else:
+            tests = match_keys(z_T, keys)
+            ps += [t.p_value for t in tests]
+            ids += [t.key_id for t in tests]
+    return np.array(ps), ids, (time.perf_counter() - t0) / len(images)
+
+
+def run(n: int = 100, methods=("encoder", "gradient", DEFAULT_INVERSION), attacks=ATTACKS,
+        sweep=(5, 10, 20, 50, 100), gen_steps: int = 50, ddim_steps: int = 50, gradient_iters: int = 20,
+        seed: int = 20241127, log=print) -> dict:
+    torch.set_grad_enabled(False)
+    model = api.get_model("tiny")
+    keys = [new_key("tiny", model.latent_shape(model.default_size), seed=seed + j) for j in range(3)]
+    seeds = list(range(n))
+    t0 = time.time()
+    wm = make_images(model, keys[0], seeds, gen_steps)
+    clean = make_images(model, keys[0], seeds, gen_steps, watermark=False)
+    log(f"generated {n} watermarked + {n} clean images in {time.time() - t0:.0f}s")
+    rng = np.random.default_rng(seed)
+    attacked = {a: ([attack(im, a, rng) for im in wm], [attack(im, a, rng) for im in clean]) for a in attacks}
+
+    def recovery(method, iters=None):
+        if iters is None:
+            iters = gradient_iters if method == "gradient" else DEFAULT_ITERS
+        return Recovery(method, iters, ddim_steps)
+
+    res: dict = {"n": n, "gen_steps": gen_steps, "ddim_steps": ddim_steps, "key_pattern": keys[0].pattern,
+                 "key_radius": keys[0].radius, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+                 "iters": {m: recovery(m).iters for m in methods}, "robustness": {}, "sweep": {},
+                 "identification": {}}
+    for method in methods:
+        rows = {}
+        for a in attacks:
+            p_wm, _, sec = p_values(model, attacked[a][0], keys[:1], recovery(method))
+            p_clean, _, _ = p_values(model, attacked[a][1], keys[:1], recovery(method))
+            rows[a] = {"auc": auc(p_wm, p_clean), "tpr_at_1pct_fpr": tpr_at_fpr(p_wm, p_clean),
+                       "tpr_at_alpha_0.01": float(np.mean(p_wm <= 0.01)),
+                       "fpr_at_alpha_0.01": float(np.mean(p_clean <= 0.01)), "seconds_per_image": sec,
+                       "p_wm": p_wm.tolist(), "p_clean": p_clean.tolist()}
+            log(f"{method:12s} {a:10s} AUC {rows[a]['auc']:.3f} TPR@1%FPR {rows[a]['tpr_at_1pct_fpr']:.3f} "
+                f"({sec:.2f}s/image)")
+        rows["mean_attacked_auc"] = float(np.mean([rows[a]["auc"] for a in attacks if a != "none"] or [np.nan]))
+        res["robustness"][method] = rows
+    for iters in sweep:
+        aucs = {}
+        for a in attacks:
+            p_wm, _, _ = p_values(model, attacked[a][0], keys[:1], recovery(DEFAULT_INVERSION, iters))
+            p_clean, _, _ = p_values(model, attacked[a][1], keys[:1], recovery(DEFAULT_INVERSION, iters))
+            aucs[a] = auc(p_wm, p_clean)
+        res["sweep"][str(iters)] = {"method": DEFAULT_INVERSION, "auc": aucs,
+                                    "mean_attacked_auc": float(np.mean([v for k, v in aucs.items() if k != "none"]))}
+        log(f"sweep {DEFAULT_INVERSION} iters {iters}: mean attacked AUC {res['sweep'][str(iters)]['mean_attacked_auc']:.3f}")
+    others = [make_images(model, keys[j], [10_000 * j + s for s in seeds], gen_steps) for j in (1, 2)]
+    truth = [keys[0].key_id] * n + [keys[1].key_id] * n + [keys[2].key_id] * n
+    for method in methods:
+        _, ids, _ = p_values(model, wm + others[0] + others[1], keys, recovery(method))
+        res["identification"][method] = float(np.mean([a == b for a, b in zip(ids, truth)]))
+        log(f"identification {method}: {res['identification'][method]:.3f}")
+    with tempfile.TemporaryDirectory() as tmp:  # verify at its defaults on a folder, as a user would
+        for i, im in enumerate(wm):
+            im.save(Path(tmp) / f"{i:05d}.png")
+        t1 = time.perf_counter()
+        api.verify([tmp], keys[:1])
+        res["verify_seconds_per_image_default"] = (time.perf_counter() - t1) / n
+    log(f"verify at defaults: {res['verify_seconds_per_image_default']:.2f}s per image")
+    return res
+
+
+def markdown(res: dict) -> str:
+    attacks = [a for a in ATTACKS if a in next(iter(res["robustness"].values()))]
+    lines = [f"N = {res['n']} watermarked + {res['n']} clean, generation {res['gen_steps']} DDIM steps, "
+             f"inversion {res['ddim_steps']} DDIM steps; key {res['key_pattern']} r={res['key_radius']}; "
+             f"{res['machine']}; {res['date']}", "",
+             "| method (iters) | " + " | ".join(attacks) + " | mean attacked | s/image | 3-key accuracy |",
+             "|---" * (len(attacks) + 4) + "|"]
+    for method, rows in res["robustness"].items():
+        cells = [f"{rows[a]['auc']:.3f} / {rows[a]['tpr_at_1pct_fpr']:.2f}" for a in attacks]
+        lines.append(f"| {method} ({res['iters'][method]}) | " + " | ".join(cells)
+                     + f" | {rows['mean_attacked_auc']:.3f} | {rows['none']['seconds_per_image']:.2f} | "
+                     + f"{res['identification'].get(method, float('nan')):.3f} |")
+    lines += ["", "Cells: AUC / TPR at 1% FPR (empirical threshold from the clean images).", ""]
+    if res["sweep"]:
+        lines += ["| iterations | " + " | ".join(attacks) + " | mean attacked |", "|---" * (len(attacks) + 2) + "|"]
+        for iters, row in res["sweep"].items():
+            lines.append(f"| {row['method']} {iters} | " + " | ".join(f"{row['auc'][a]:.3f}" for a in attacks)
+                         + f" | {row['mean_attacked_auc']:.3f} |")
+    lines += ["", f"verify at its defaults, a folder of {res['n']} images: "
+              f"{res['verify_seconds_per_image_default']:.2f} s per image"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_roc(res: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    methods = list(res["robustness"])
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 4), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        for a, row in res["robustness"][method].items():
+            if not isinstance(row, dict):
+                continue
+            s_wm = -np.log(np.maximum(row["p_wm"], 1e-300))
+            s_clean = -np.log(np.maximum(row["p_clean"], 1e-300))
+            thresholds = np.sort(np.concatenate([s_wm, s_clean, [np.inf]]))[::-1]
+            tpr = [np.mean(s_wm >= t) for t in thresholds]
+            fpr = [np.mean(s_clean >= t) for t in thresholds]
+            ax.plot(fpr, tpr, label=f"{a} ({row['auc']:.3f})")
+        ax.set(title=f"{method} ({res['iters'][method]} it.)", xlabel="FPR", ylabel="TPR", xscale="symlog",
+               xlim=(0, 1))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def write(res: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "detect.json", out / "detect.md"]
+    files[0].write_text(json.dumps(res, indent=1) + "\n")
+    files[1].write_text(markdown(res))
+    if plot_roc(res, out / "detect_roc.png"):
+        files.append(out / "detect_roc.png")
+    return files
