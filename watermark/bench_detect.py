@@ -3,8 +3,6 @@ identification table (Table 2), per decoder-inversion method, on the bundled mod
 
 from __future__ import annotations
 
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -14,28 +12,13 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from . import api
+from . import api, bench_report
 from .attacks import ATTACKS, attack
 from .detect import score
 from .embed import initial_noise
 from .generate import decode_images, sample_latents
-from .images import save_png
 from .keys import new_key
 from .verify import DEFAULT_INVERSION, DEFAULT_ITERS, Recovery, match_keys, recover_noise
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def to_pil(images01: torch.Tensor) -> list[Image.Image]:
@@ -102,7 +85,7 @@ def run(n: int = 100, methods=("encoder", "gradient", DEFAULT_INVERSION), attack
         return Recovery(method, iters, ddim_steps)
 
     res: dict = {"n": n, "gen_steps": gen_steps, "ddim_steps": ddim_steps, "key_pattern": keys[0].pattern,
-                 "key_radius": keys[0].radius, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+                 "key_radius": keys[0].radius, "machine": bench_report.machine(), "date": time.strftime("%Y-%m-%d"),
                  "iters": {m: recovery(m).iters for m in methods}, "robustness": {}, "sweep": {},
                  "identification": {}}
     for method in methods:
@@ -167,12 +150,8 @@ def markdown(res: dict) -> str:
 
 
 def plot_roc(res: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = bench_report.pyplot()
+    if plt is None:
         return False
     methods = list(res["robustness"])
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 4), squeeze=False)
@@ -195,10 +174,4 @@ def plot_roc(res: dict, path: Path) -> bool:
 
 
 def write(res: dict, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    files = [out / "detect.json", out / "detect.md"]
-    files[0].write_text(json.dumps(res, indent=1) + "\n")
-    files[1].write_text(markdown(res))
-    if plot_roc(res, out / "detect_roc.png"):
-        files.append(out / "detect_roc.png")
-    return files
+    return bench_report.write(res, out, "detect", markdown, plot_roc, "detect_roc.png")

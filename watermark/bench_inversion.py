@@ -20,7 +20,7 @@ from scipy import stats
 
 from inversion import invert_decoder
 
-from .bench_detect import machine
+from . import bench_report
 
 # (label, method, fixed kwargs, scheduled): a scheduled method's run depends on its length,
 # so each iteration count is its own run; the others are read off one run at checkpoints.
@@ -184,12 +184,8 @@ def markdown(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = bench_report.pyplot()
+    if plt is None:
         return False
     dtypes = sorted({r["dtype"] for r in res["accuracy"]})
     fig, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.5), squeeze=False)
@@ -207,10 +203,4 @@ def plot(res: dict, path: Path) -> bool:
 
 
 def write(res: dict, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    files = [out / "inversion.json", out / "inversion.md"]
-    files[0].write_text(json.dumps(res, indent=1) + "\n")
-    files[1].write_text(markdown(res))
-    if plot(res, out / "inversion_nmse_vs_time.png"):
-        files.append(out / "inversion_nmse_vs_time.png")
-    return files
+    return bench_report.write(res, out, "inversion", markdown, plot, "inversion_nmse_vs_time.png")

@@ -290,7 +290,7 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
     Example: ringmark bench inversion -n 32 -o docs/bench
     """
     from . import bench_inversion as bi
-    from .bench_detect import machine
+    from .bench_report import machine
 
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     iters, sizes, dtypes = _csv_ints(iters), _csv_ints(cost_sizes), [d for d in dtypes.split(",") if d]

@@ -1,0 +1,47 @@
+"""What both benchmarks share: the machine line, and writing JSON + markdown + an optional plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def pyplot():
+    """matplotlib's pyplot (Agg), or None when the optional 'plot' extra is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write(res: dict, out: Path, stem: str, markdown: Callable[[dict], str],
+          plot: Callable[[dict, Path], bool], plot_name: str) -> list[Path]:
+    """<stem>.json, <stem>.md and, with matplotlib, <plot_name> in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / f"{stem}.json", out / f"{stem}.md"]
+    files[0].write_text(json.dumps(res, indent=1) + "\n")
+    files[1].write_text(markdown(res))
+    if plot(res, out / plot_name):
+        files.append(out / plot_name)
+    return files
