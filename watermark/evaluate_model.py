@@ -1,0 +1,175 @@
+"""Measure the bundled model against the targets of its model card.
+
+    python -m watermark.evaluate_model --out samples/tiny_eval.json [--quick]
+
+1. VAE reconstruction PSNR on 128 px crops of the held-out photo (and of a training photo).
+2. Decoder inversion of latents the model generated: NMSE of E(x) and of the forward step
+   (Eq. 4) after 10/20/50 iterations; the cocoercivity check of Sec. 3.4 (Fig. 2) with z_300.
+3. Samples: a 4x4 grid PNG; per-channel latent mean/std against the training latents';
+   radially averaged power spectrum of decoded samples against real crops in 3 bands.
+4. DDIM round trip z_T -> z_0 -> z_T (50 steps each): NMSE, naive and exact.
+Needs the ``train`` extra (scikit-image) for the photos.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+from PIL import Image
+
+from inversion import ddim_invert, ddim_schedule, fixed_point
+from watermark.generate import sample_latents
+from watermark.model import load_model
+from watermark.train import HELD_OUT, TRAIN_PHOTOS, load_photo, random_crops
+
+
+def nmse_db(z_hat: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Per-sample ||z_hat - z||^2 / ||z||^2 in dB."""
+    return 10 * torch.log10((z_hat - z).flatten(1).pow(2).sum(1) / z.flatten(1).pow(2).sum(1))
+
+
+def tiles(photo: torch.Tensor, size: int = 128) -> torch.Tensor:
+    _, h, w = photo.shape
+    return torch.stack([photo[:, y : y + size, x : x + size]
+                        for y in range(0, h - size + 1, size) for x in range(0, w - size + 1, size)])
+
+
+def batched(fn, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    return torch.cat([fn(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def psnr(model, x: torch.Tensor) -> float:
+    r = batched(lambda b: model.decode(model.encode(b)), x).clamp(-1, 1)
+    return float((10 * torch.log10(4 / (r - x).flatten(1).pow(2).mean(1))).mean())
+
+
+def radial_power_db(images: torch.Tensor, bands=((0.0, 0.125), (0.125, 0.25), (0.25, 0.5))) -> list[float]:
+    """Mean power (dB) of the grey-level spectrum in radial bands of the normalised frequency."""
+    grey = images.mean(1)
+    grey = grey - grey.mean(dim=(-2, -1), keepdim=True)
+    power = torch.fft.fftshift(torch.fft.fft2(grey, norm="ortho"), dim=(-2, -1)).abs().pow(2).mean(0)
+    n = grey.shape[-1]
+    f = torch.fft.fftshift(torch.fft.fftfreq(n))
+    radius = (f[:, None] ** 2 + f[None, :] ** 2).sqrt()
+    return [float(10 * torch.log10(power[(radius >= lo) & (radius < hi)].mean())) for lo, hi in bands]
+
+
+def cocoercivity(trajectory: list[torch.Tensor], Ex: torch.Tensor, rho: float) -> torch.Tensor:
+    """min_k <EDz_inf - EDz_k, z_inf - z_k> / ||EDz_inf - EDz_k||^2 per instance (Sec. 3.4, Fig. 2).
+
+    For the forward step, E(D(z_k)) = E(x) + (z_k - z_{k+1}) / rho, so the trajectory is enough;
+    z_inf is its second-to-last point.
+    """
+    z_inf, ED_inf = trajectory[-2], Ex + (trajectory[-2] - trajectory[-1]) / rho
+    ratios = []
+    for k in range(len(trajectory) - 2):
+        ED_k = Ex + (trajectory[k] - trajectory[k + 1]) / rho
+        d_ED, d_z = (ED_inf - ED_k).flatten(1), (z_inf - trajectory[k]).flatten(1)
+        ratios.append((d_ED * d_z).sum(1) / d_ED.pow(2).sum(1).clamp_min(1e-30))
+    return torch.stack(ratios).min(0).values
+
+
+def save_grid(images01: torch.Tensor, path: Path, rows: int = 4) -> None:
+    n, _, h, w = images01.shape
+    cols = math.ceil(n / rows)
+    grid = torch.ones(3, rows * h + (rows - 1) * 2, cols * w + (cols - 1) * 2)
+    for i, im in enumerate(images01):
+        r, c = divmod(i, cols)
+        grid[:, r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = im
+    Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="samples/tiny_eval.json",
+              show_default=True)
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default="samples/tiny_samples.png",
+              show_default=True)
+@click.option("--quick", is_flag=True, help="Few samples and iterations: checks the script, not the model.")
+@click.option("--n-inv", default=100, show_default=True, help="Generated latents for decoder inversion.")
+@click.option("--coco-iters", default=300, show_default=True, help="k of z_inf = z_k in the cocoercivity check.")
+@click.option("--seed", default=20241127, show_default=True)
+def main(out, grid, quick, n_inv, coco_iters, seed):
+    """Measure the bundled tiny model (PSNR, decoder inversion, sample statistics, DDIM round trip)."""
+    torch.set_grad_enabled(False)
+    t_start = time.time()
+    model = load_model("tiny")
+    n_samples, n_iters, n_rt = (16, 20, 4) if quick else (256, coco_iters, 32)
+    n_inv = 8 if quick else n_inv
+    gen = torch.Generator().manual_seed(seed)
+    res: dict = {"command": "python -m watermark.evaluate_model " + " ".join(sys.argv[1:]),
+                 "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+                 "torch": torch.__version__}
+
+    # 1. VAE reconstruction
+    res["psnr_heldout_db"] = psnr(model, tiles(load_photo(HELD_OUT)))
+    res["psnr_train_photo_db"] = psnr(model, tiles(load_photo("astronaut")))
+    click.echo(f"PSNR held-out {res['psnr_heldout_db']:.2f} dB", err=True)
+
+    # 3. samples from the model (50 DDIM steps), against training latents and real crops
+    z_T = torch.randn(n_samples, 4, 32, 32, generator=gen)
+    z_0 = batched(lambda b: sample_latents(model, b, 50), z_T, 32)
+    photos = [load_photo(name) for name in TRAIN_PHOTOS]
+    real = random_crops(photos, n_samples, 128, gen, max_scale=2.0)
+    post = batched(model.encode, real)  # the UNet learns scaled posterior means
+    stats = {name: (z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))) for name, z in (("generated", z_0), ("train", post))}
+    res["latent_mean"] = {k: v[0].tolist() for k, v in stats.items()}
+    res["latent_std"] = {k: v[1].tolist() for k, v in stats.items()}
+    res["latent_std_ratio"] = (stats["generated"][1] / stats["train"][1]).tolist()
+    res["latent_mean_diff_in_std"] = ((stats["generated"][0] - stats["train"][0]) / stats["train"][1]).tolist()
+    images = batched(model.decode, z_0).clamp(-1, 1)
+    res["spectrum_bands"] = ["0-1/8", "1/8-1/4", "1/4-1/2 cycles/px"]
+    res["spectrum_generated_db"] = radial_power_db(images)
+    res["spectrum_real_db"] = radial_power_db(real)
+    res["spectrum_diff_db"] = [a - b for a, b in zip(res["spectrum_generated_db"], res["spectrum_real_db"])]
+    grid.parent.mkdir(parents=True, exist_ok=True)
+    save_grid((images[:16] + 1) / 2, grid)
+    click.echo(f"latent std ratio {res['latent_std_ratio']}, spectrum diff {res['spectrum_diff_db']}", err=True)
+
+    # 2. decoder inversion of generated latents: x = D(z*)
+    z_star = z_0[:n_inv]
+    x = batched(model.decode, z_star)
+    res["nmse_encoder_db"] = float(nmse_db(batched(model.encode, x), z_star).mean())
+    rho, checkpoints = 0.5, (10, 20, 50, 100, n_iters)
+    nmse_at: dict[int, list] = {k: [] for k in checkpoints}
+    coco = []
+    for i in range(0, n_inv, 10):
+        traj = []  # z_0 .. z_{n_iters + 1}: the callback sees each iterate before its update
+        z_last, _ = fixed_point(model.encode, model.decode, x[i : i + 10], iters=n_iters + 1, rho=rho,
+                                callback=lambda d: traj.append(d["z"].clone()))
+        traj.append(z_last)
+        for k in checkpoints:
+            if k < len(traj):
+                nmse_at[k].append(nmse_db(traj[k], z_star[i : i + 10]))
+        coco.append(cocoercivity(traj, batched(model.encode, x[i : i + 10]), rho))
+        click.echo(f"inversion {i + 10}/{n_inv}", err=True)
+    res["forward_step_rho"] = rho
+    res["nmse_forward_step_db"] = {str(k): float(torch.cat(v).mean()) for k, v in nmse_at.items() if v}
+    coco = torch.cat(coco)
+    res["cocoercivity_min_ratio"] = {"positive": int((coco > 0).sum()), "of": len(coco),
+                                     "median": float(coco.median()), "iterations": n_iters}
+
+    # 4. DDIM round trip, 50 steps each way
+    schedule = ddim_schedule(model.scheduler, 50)
+    z_T_rt = z_T[:n_rt]
+    z_0_rt = z_0[:n_rt]
+    res["ddim_roundtrip_nmse_db"] = {
+        "naive": float(nmse_db(batched(lambda b: ddim_invert(model.eps, b, schedule), z_0_rt), z_T_rt).mean()),
+        "exact": float(nmse_db(batched(lambda b: ddim_invert(model.eps, b, schedule, exact=True, refine_iters=5),
+                                       z_0_rt), z_T_rt).mean()),
+    }
+    res["seconds"] = round(time.time() - t_start, 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    click.echo(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
