@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from PIL import Image
 
 from inversion import ddim_invert, ddim_schedule, fixed_point
+from watermark.bench_report import machine
 from watermark.generate import sample_latents
 from watermark.model import load_model
 from watermark.train import HELD_OUT, TRAIN_PHOTOS, load_photo, random_crops
@@ -105,7 +105,7 @@ def main(out, grid, quick, n_inv, coco_iters, seed):
     n_inv = 8 if quick else n_inv
     gen = torch.Generator().manual_seed(seed)
     res: dict = {"command": "python -m watermark.evaluate_model " + " ".join(sys.argv[1:]),
-                 "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+                 "machine": machine(),
                  "torch": torch.__version__}
 
     # 1. VAE reconstruction
