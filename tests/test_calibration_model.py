@@ -1,7 +1,7 @@
 """Calibration on clean images made by the bundled model: P(p <= alpha) <= alpha.
 
-One-sided: inversion error makes a recovered z_T slightly farther from any key than pure
-noise, so the test may be conservative here; what must not happen is an excess of false positives.
+One-sided: z_T recovered from an image is not exactly white noise, and the test may be
+conservative on it; what must not happen is an excess of false positives.
 """
 
 import numpy as np
@@ -21,7 +21,7 @@ def false_positive_counts(tmp_path, n, steps):
     return {alpha: int((p <= alpha).sum()) for alpha in (0.05, 0.01)}
 
 
-@pytest.mark.slow  # ~5 min; fails with the current tiny model: see the model card and issue notes
+@pytest.mark.slow  # ~1.5 min on 2 cores
 def test_clean_model_images_are_calibrated(tmp_path):
     counts = false_positive_counts(tmp_path, n=96, steps=10)
     for alpha, k in counts.items():

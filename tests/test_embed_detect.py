@@ -43,12 +43,21 @@ def test_watermarked_noise_keeps_standard_normal_statistics():
         inject(torch.zeros(1, 4, 16, 16), key)
 
 
-def test_independent_dof_count():
+def test_mask_is_the_disk_less_the_axes():
     mask = new_key("tiny", (4, 32, 32), seed=1).mask()
+    assert not mask[16, :].any() and not mask[:, 16].any()  # the axes fx = 0, fy = 0 (centred layout)
+    assert int(mask.sum()) == 60  # 81 bins in the disk of radius 5, 21 of them on the axes
     first, self_conj = independent_mask(mask)
-    # each conjugate pair counted once: 2 * pairs + self-conjugate == number of bins in the mask
-    assert 2 * int(first.sum()) + int(self_conj.sum()) == int(mask.sum())
-    assert int(self_conj.sum()) == 1  # only the zero frequency inside a disk of radius 5
+    # each conjugate pair counted once; the only self-conjugate bins (f = -f) lie on the axes
+    assert 2 * int(first.sum()) == int(mask.sum()) and int(self_conj.sum()) == 0
+
+
+@pytest.mark.parametrize("pattern", ["ring", "rand"])
+def test_every_key_has_the_energy_of_the_noise_it_replaces(pattern):
+    for seed in range(30):
+        key = new_key("tiny", (4, 32, 32), pattern=pattern, seed=seed)
+        values = key.pattern_values()[key.mask()]
+        assert float(values.abs().pow(2).mean()) == pytest.approx(1.0, abs=1e-9)
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)

@@ -50,7 +50,7 @@ def _write(tmp_path, doc):
 
 
 @pytest.mark.parametrize("mutate, match", [
-    (lambda d: d.update(version=2), "version 2 is not supported"),
+    (lambda d: d.update(version=1), "version 1 is not supported"),
     (lambda d: d.update(format="other"), "not a ringmark key file"),
     (lambda d: d.update(radius="5"), "field 'radius' must be int"),
     (lambda d: d.update(extra=1), "unexpected \\['extra'\\]"),

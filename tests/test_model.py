@@ -32,6 +32,13 @@ def test_shapes_and_sizes(tiny):
         tiny.latent_shape(100)
 
 
+def test_key_channel_comes_from_the_model_folder(tiny, tmp_path):
+    assert tiny.default_key_channel == json.loads((TINY_PATH / "ringmark.json").read_text())["key_channel"] == 1
+    from watermark import api
+
+    assert api.keygen(None, seed=1).channel == 1 and api.keygen(None, seed=1, channel=3).channel == 3
+
+
 def test_scaling_factor_is_the_trained_one(tiny):
     record = json.loads((TINY_PATH / "training.json").read_text())
     assert tiny.vae.config.scaling_factor == pytest.approx(record["scaling_factor"])

@@ -44,6 +44,7 @@ def keygen(output: str | os.PathLike | None, model: str = "tiny", size: int | No
            force: bool = False) -> Key:
     """A new key for ``model`` at ``size`` px (default: the model's), saved to ``output`` if given."""
     m = get_model(model)
+    channel = m.default_key_channel if channel is None else channel
     key = new_key(model, m.latent_shape(size or m.default_size), pattern, radius, channel, seed)
     if output is not None:
         save_key(key, output, force=force)

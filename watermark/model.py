@@ -8,6 +8,7 @@ shipped inside this package and the real-model path is the one that runs every d
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,13 @@ class LatentDiffusion:
     scheduler: Any
     text_encoder: Any = None
     tokenizer: Any = None
+    key_channel: int | None = None  # from the model folder's ringmark.json, if it has one
+
+    @property
+    def default_key_channel(self) -> int:
+        """The latent channel keys are written to by default: the last, as Tree-Ring does on
+        SD, unless the model folder says otherwise (the bundled model does, with the reason)."""
+        return self.latent_channels - 1 if self.key_channel is None else self.key_channel
 
     @property
     def device(self) -> torch.device:
@@ -143,4 +151,6 @@ def load_model(name: str = "tiny", device: str = "cpu", dtype: str | torch.dtype
         raise ModelError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
     vae.to(torch_device).eval()
     unet.to(torch_device).eval()
-    return LatentDiffusion(name, vae, unet, scheduler, text_encoder, tokenizer)
+    settings = Path(source) / "ringmark.json"
+    key_channel = json.loads(settings.read_text())["key_channel"] if settings.is_file() else None
+    return LatentDiffusion(name, vae, unet, scheduler, text_encoder, tokenizer, key_channel)
