@@ -26,10 +26,11 @@ def test_bench_detect_quick(tmp_path):
     result = CliRunner().invoke(main, ["bench", "detect", "--quick", "-o", str(tmp_path), "-q"])
     assert result.exit_code == 0, result.output
     res = json.loads((tmp_path / "detect.json").read_text())
-    assert res["n"] == 4 and set(res["robustness"]) == {"encoder", "gradient", "fixed_point"}
+    assert res["n"] == 4 and set(res["robustness"]) == {"encoder", "gradient", "fixed_point", "adam"}
     for rows in res["robustness"].values():
         assert set(rows) >= {"none", "rotation", "jpeg", "crop", "blur", "noise", "brightness", "mean_attacked_auc"}
         assert all(0 <= rows[a]["auc"] <= 1 and len(rows[a]["p_wm"]) == 4 for a in rows if a != "mean_attacked_auc")
     assert all(0 <= v <= 1 for v in res["identification"].values())
+    assert set(res["sweep"]) == {"1", "2"} and all(0 <= r["rows"]["none"]["auc"] <= 1 for r in res["sweep"].values())
     assert res["verify_seconds_per_image_default"] > 0
     assert (tmp_path / "detect.md").exists()

@@ -314,8 +314,9 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
 
 @bench.command("detect", context_settings=CONTEXT)
 @click.option("-n", "n", default=100, show_default=True, type=click.IntRange(2), help="Images per class.")
-@click.option("--methods", default="encoder,gradient,fixed_point", show_default=True)
-@click.option("--sweep", default="5,10,20,50,100", show_default=True, help="Iterations of the default method.")
+@click.option("--methods", default="encoder,gradient,fixed_point,adam", show_default=True)
+@click.option("--sweep", default="5,10,20,50,100", show_default=True,
+              help="Iteration counts of the forward step (fixed_point), taken along one run per image.")
 @click.option("--gradient-iters", default=20, show_default=True, type=click.IntRange(1))
 @click.option("--quick", is_flag=True, help="4 images per class, 5 steps, a short sweep: checks the code.")
 @click.option("-o", "--outdir", default="docs/bench", show_default=True, type=click.Path(file_okay=False))
@@ -330,7 +331,7 @@ def bench_detect(n, methods, sweep, gradient_iters, quick, outdir, quiet):
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     steps = 50
     if quick:
-        n, steps, sweep, gradient_iters = 4, 5, "2", 2
+        n, steps, sweep, gradient_iters = 4, 5, "1,2", 2
     res = bd.run(n, [m for m in methods.split(",") if m], sweep=_csv_ints(sweep), gen_steps=steps, ddim_steps=steps,
                  gradient_iters=gradient_iters, log=log)
     res["command"] = "ringmark bench detect " + " ".join(sys.argv[3:])

@@ -43,10 +43,16 @@ def recover_noise(model: LatentDiffusion, x: torch.Tensor, recovery: Recovery = 
             z_0, record = invert_decoder("gradient", model.encode, model.decode, x.clone(), **kwargs)
     else:
         z_0, record = invert_decoder(recovery.method, model.encode, model.decode, x, **kwargs)
+    return invert_ddim(model, z_0, recovery), record
+
+
+@torch.inference_mode()
+def invert_ddim(model: LatentDiffusion, z_0: torch.Tensor, recovery: Recovery = Recovery()) -> torch.Tensor:
+    """Scaled latents z_0 -> z_T (float32, CPU), empty prompt, guidance 1."""
     extra = {"cond": model.prompt_embeds([""])} if model.conditional else {}
     schedule = ddim_schedule(model.scheduler, recovery.ddim_steps)
     z_T = ddim_invert(model.eps, z_0.to(model.dtype), schedule, exact=recovery.exact, extra_args=extra)
-    return z_T.float().cpu(), record
+    return z_T.float().cpu()
 
 
 @dataclass
