@@ -17,7 +17,6 @@ from .attacks import ATTACKS, attack
 from .detect import score
 from .embed import initial_noise
 from .generate import decode_images, sample_latents
-from .keys import new_key
 from inversion import invert_decoder
 
 from .verify import DEFAULT_INVERSION, DEFAULT_ITERS, Recovery, invert_ddim, match_keys, recover_noise
@@ -92,7 +91,7 @@ def run(n: int = 100, methods=("encoder", "gradient", "fixed_point", "adam"), at
         seed: int = 20241127, log=print) -> dict:
     torch.set_grad_enabled(False)
     model = api.get_model("tiny")
-    keys = [new_key("tiny", model.latent_shape(model.default_size), seed=seed + j) for j in range(3)]
+    keys = [api.keygen(None, "tiny", seed=seed + j) for j in range(3)]  # the model's default key channel
     seeds = list(range(n))
     t0 = time.time()
     wm = make_images(model, keys[0], seeds, gen_steps)
@@ -107,7 +106,8 @@ def run(n: int = 100, methods=("encoder", "gradient", "fixed_point", "adam"), at
         return Recovery(method, iters, ddim_steps)
 
     res: dict = {"n": n, "gen_steps": gen_steps, "ddim_steps": ddim_steps, "key_pattern": keys[0].pattern,
-                 "key_radius": keys[0].radius, "machine": bench_report.machine(), "date": time.strftime("%Y-%m-%d"),
+                 "key_radius": keys[0].radius, "key_channel": keys[0].channel, "machine": bench_report.machine(),
+                 "date": time.strftime("%Y-%m-%d"),
                  "iters": {m: recovery(m).iters for m in methods}, "robustness": {}, "sweep": {},
                  "identification": {}}
     for method in methods:
@@ -151,16 +151,21 @@ def run(n: int = 100, methods=("encoder", "gradient", "fixed_point", "adam"), at
     return res
 
 
+def label(res: dict, method: str) -> str:
+    return method if method == "encoder" else f"{method} ({res['iters'][method]} it.)"
+
+
 def markdown(res: dict) -> str:
     attacks = [a for a in ATTACKS if a in next(iter(res["robustness"].values()))]
     lines = [f"N = {res['n']} watermarked + {res['n']} clean, generation {res['gen_steps']} DDIM steps, "
-             f"inversion {res['ddim_steps']} DDIM steps; key {res['key_pattern']} r={res['key_radius']}; "
+             f"inversion {res['ddim_steps']} DDIM steps; key {res['key_pattern']} r={res['key_radius']} "
+             f"channel {res['key_channel']}; "
              f"{res['machine']}; {res['date']}", "",
-             "| method (iters) | " + " | ".join(attacks) + " | mean attacked | s/image | 3-key accuracy |",
+             "| method | " + " | ".join(attacks) + " | mean attacked | s/image | 3-key accuracy |",
              "|---" * (len(attacks) + 4) + "|"]
     for method, rows in res["robustness"].items():
         cells = [f"{rows[a]['auc']:.3f} / {rows[a]['tpr_at_1pct_fpr']:.2f}" for a in attacks]
-        lines.append(f"| {method} ({res['iters'][method]}) | " + " | ".join(cells)
+        lines.append(f"| {label(res, method)} | " + " | ".join(cells)
                      + f" | {rows['mean_attacked_auc']:.3f} | {rows['none']['seconds_per_image']:.2f} | "
                      + f"{res['identification'].get(method, float('nan')):.3f} |")
     lines += ["", "Cells: AUC / TPR at 1% FPR (empirical threshold from the clean images).", ""]
@@ -191,7 +196,7 @@ def plot_roc(res: dict, path: Path) -> bool:
             tpr = [np.mean(s_wm >= t) for t in thresholds]
             fpr = [np.mean(s_clean >= t) for t in thresholds]
             ax.plot(fpr, tpr, label=f"{a} ({row['auc']:.3f})")
-        ax.set(title=f"{method} ({res['iters'][method]} it.)", xlabel="FPR", ylabel="TPR", xscale="symlog",
+        ax.set(title=label(res, method), xlabel="FPR", ylabel="TPR", xscale="symlog",
                xlim=(0, 1))
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 FORMAT = "ringmark-key"
-VERSION = 2  # 2: the frequency axes left out of the mask, key energy fixed
+VERSION = 2  # 2: centred spatial origin, the frequency axes left out of the mask, key energy fixed
 PATTERNS = ("ring", "rand", "zeros")
 Pattern = Literal["ring", "rand", "zeros"]
 
