@@ -22,6 +22,14 @@ def test_bench_inversion_quick(tmp_path):
     assert "| method |" in result.stdout and (tmp_path / "inversion.md").exists()
 
 
+def test_bench_inversion_cost_only(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "inversion", "--quick", "--skip-accuracy", "-o", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    res = json.loads((tmp_path / "inversion.json").read_text())
+    assert res["accuracy"] == [] and len(res["cost"]) == 5
+    assert "Accuracy" not in (tmp_path / "inversion.md").read_text()
+
+
 def test_bench_detect_quick(tmp_path):
     result = CliRunner().invoke(main, ["bench", "detect", "--quick", "-o", str(tmp_path), "-q"])
     assert result.exit_code == 0, result.output

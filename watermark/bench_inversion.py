@@ -163,29 +163,32 @@ def cost(sizes: list[int], iters: int, device: str, dtypes: list[str], config: d
 
 
 def markdown(res: dict) -> str:
-    lines = [f"{res['machine']}; {res['date']}; command: `{res['command']}`", "",
-             f"Accuracy on the bundled model: NMSE (dB) of z, mean [95% CI] over {res['n']} generated latents "
-             "(x = D(z*)), and wall time for the batch.", "",
-             "| method | dtype | iterations | NMSE dB | 95% CI | seconds |", "|---|---|---|---|---|---|"]
-    for r in res["accuracy"]:
-        lines.append(f"| {r['method']} | {r['dtype']} | {r['iters']} | {r['nmse_db']:.1f} | "
-                     f"[{r['ci95'][0]:.1f}, {r['ci95'][1]:.1f}] | {r['seconds']:.1f} |")
-    lines += ["", "Cost on SD 2.1's VAE architecture (random weights), batch 1, each method in its own process:", "",
-              "| method | size | dtype | device | s / iteration | × floor | × gradient | peak MB above model | "
-              "memory × gradient |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in res["cost"]:
-        if "error" in r:
-            lines.append(f"| {r['method']} | {r['size']} | {r['dtype']} | {r['device']} | {r['error']} |||||")
-            continue
-        lines.append(f"| {r['method']} | {r['size']} | {r['dtype']} | {r['device']} | {r['seconds_per_iter']:.3f} | "
-                     f"{r.get('time_vs_floor', float('nan')):.2f} | {r.get('time_vs_gradient', float('nan')):.2f} | "
-                     f"{r['peak_mb_above_model']:.0f} | {r.get('memory_vs_gradient', float('nan')):.2f} |")
+    lines = [f"{res['machine']}; {res['date']}; command: `{res['command']}`", ""]
+    if res["accuracy"]:
+        lines += [f"Accuracy on the bundled model: NMSE (dB) of z, mean [95% CI] over {res['n']} generated latents "
+                  "(x = D(z*)), and wall time for the batch.", "",
+                  "| method | dtype | iterations | NMSE dB | 95% CI | seconds |", "|---|---|---|---|---|---|"]
+        for r in res["accuracy"]:
+            lines.append(f"| {r['method']} | {r['dtype']} | {r['iters']} | {r['nmse_db']:.1f} | "
+                         f"[{r['ci95'][0]:.1f}, {r['ci95'][1]:.1f}] | {r['seconds']:.1f} |")
+        lines.append("")
+    if res["cost"]:
+        lines += ["Cost on SD 2.1's VAE architecture (random weights), batch 1, each method in its own process:", "",
+                  "| method | size | dtype | device | s / iteration | × floor | × gradient | peak MB above model | "
+                  "memory × gradient |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in res["cost"]:
+            if "error" in r:
+                lines.append(f"| {r['method']} | {r['size']} | {r['dtype']} | {r['device']} | {r['error']} |||||")
+                continue
+            lines.append(f"| {r['method']} | {r['size']} | {r['dtype']} | {r['device']} | {r['seconds_per_iter']:.3f} | "
+                         f"{r.get('time_vs_floor', float('nan')):.2f} | {r.get('time_vs_gradient', float('nan')):.2f} | "
+                         f"{r['peak_mb_above_model']:.0f} | {r.get('memory_vs_gradient', float('nan')):.2f} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(res: dict, path: Path) -> bool:
     plt = bench_report.pyplot()
-    if plt is None:
+    if plt is None or not res["accuracy"]:  # a --skip-accuracy run has nothing to plot
         return False
     dtypes = sorted({r["dtype"] for r in res["accuracy"]})
     fig, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.5), squeeze=False)
