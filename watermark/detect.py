@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 from .embed import centred_spectrum
-from .keys import Key, circle_mask, independent_mask, off_axes
+from .keys import Key, independent_mask, key_mask
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ def score(z_T: torch.Tensor, key: Key) -> list[Score]:
     distance = (spectrum[:, mask] - keyvals[mask]).abs().mean(-1)
     d = z.shape[-1]
     if key.pattern == "zeros":
-        annulus = circle_mask(mask.shape, 2 * key.radius) & ~circle_mask(mask.shape, key.radius)
-        ref = _dof(spectrum, *independent_mask(annulus & off_axes(mask.shape)))
+        annulus = key_mask(mask.shape, 2 * key.radius) & ~mask  # off the axes, as the mask
+        ref = _dof(spectrum, *independent_mask(annulus))
         m = ref.shape[-1]
         sigma = ref.pow(2).mean(-1).sqrt()
         stat = z.pow(2).mean(-1) / sigma.pow(2).clamp_min(1e-24)

@@ -90,13 +90,8 @@ def key_mask(hw: tuple[int, int], radius: int) -> torch.Tensor:
     that was not zero (|t| up to 12), enough to give a fixed key 2-6x too many false positives
     at alpha = 0.01. Without the axes the same images are calibrated (see ``detect.score``).
     """
-    return circle_mask(hw, radius) & off_axes(hw)
-
-
-def off_axes(hw: tuple[int, int]) -> torch.Tensor:
-    """Bins off the frequency axes fx = 0 and fy = 0."""
     fy, fx = _frequencies(hw)
-    return (fx != 0) & (fy != 0)
+    return circle_mask(hw, radius) & (fx != 0) & (fy != 0)
 
 
 def conjugate_index(hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
