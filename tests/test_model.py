@@ -71,3 +71,19 @@ def test_bad_model_and_dtype():
         load_model("/nonexistent/model/folder")
     with pytest.raises(ValueError, match="dtype must be one of"):
         resolve_dtype("float64")
+
+
+def test_generation_adds_the_terminal_mean_and_inversion_removes_it(tiny):
+    from watermark.verify import Recovery, invert_ddim
+
+    mean = torch.tensor(json.loads((TINY_PATH / "ringmark.json").read_text())["latent_mean"])
+    assert torch.allclose(torch.tensor(tiny.latent_mean), mean)
+    t = 981  # the first of 50 DDIM steps
+    expected = tiny.scheduler.alphas_cumprod[t].sqrt() * mean
+    assert torch.allclose(tiny.noise_mean(t).flatten(), expected, atol=1e-6)
+    z_T = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(3))
+    z_T = z_T - z_T.mean(dim=(2, 3), keepdim=True)  # zero spatial means: any offset left would show
+    z_0 = sample_latents(tiny, z_T, steps=10)
+    recovered = invert_ddim(tiny, z_0, Recovery(ddim_steps=10))
+    # the recovered noise is centred like the sampled one, not shifted by sqrt(alpha_bar) * mean
+    assert recovered.mean(dim=(2, 3)).abs().max() < 0.25 * expected.abs().max()

@@ -108,6 +108,7 @@ def test_pipeline_latents_invert_to_the_key(sd_folder):
     from watermark.model import load_model
 
     model = load_model(str(sd_folder))
+    assert model.noise_mean(999) == 0.0  # no ringmark.json: plain N(0, I) noise, as the pipeline samples
     key = new_key(str(sd_folder), model.latent_shape(32), seed=5)
     z_T = initial_noise(key, [0, 1])
     pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,

@@ -160,10 +160,12 @@ def main(out, grid, quick, n_inv, coco_iters, seed):
     schedule = ddim_schedule(model.scheduler, 50)
     z_T_rt = z_T[:n_rt]
     z_0_rt = z_0[:n_rt]
+    offset = model.noise_mean(schedule.timesteps[0])  # what sample_latents added to z_T
     res["ddim_roundtrip_nmse_db"] = {
-        "naive": float(nmse_db(batched(lambda b: ddim_invert(model.eps, b, schedule), z_0_rt), z_T_rt).mean()),
-        "exact": float(nmse_db(batched(lambda b: ddim_invert(model.eps, b, schedule, exact=True, refine_iters=5),
-                                       z_0_rt), z_T_rt).mean()),
+        "naive": float(nmse_db(batched(lambda b: ddim_invert(model.eps, b, schedule) - offset, z_0_rt),
+                               z_T_rt).mean()),
+        "exact": float(nmse_db(batched(lambda b: ddim_invert(model.eps, b, schedule, exact=True, refine_iters=5)
+                                       - offset, z_0_rt), z_T_rt).mean()),
     }
     res["seconds"] = round(time.time() - t_start, 1)
     out.parent.mkdir(parents=True, exist_ok=True)

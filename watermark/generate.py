@@ -15,7 +15,7 @@ def sample_latents(
     """Deterministic DDIM from z_T to z_0 (scaled latents), classifier-free guidance when guidance != 1."""
     scheduler = type(model.scheduler).from_config(model.scheduler.config)
     scheduler.set_timesteps(steps)
-    z = z_T.to(model.device, model.dtype)
+    z = z_T.to(model.device, model.dtype) + model.noise_mean(int(scheduler.timesteps[0]))
     for t in scheduler.timesteps:
         eps = model.eps(z, int(t), cond)
         if guidance != 1.0:

@@ -52,16 +52,17 @@ def make_vae() -> AutoencoderKL:
     )
 
 
-def make_unet() -> UNet2DModel:
-    """Unconditional eps-prediction UNet; self-attention only at 1/4 of the latent size."""
+def make_unet(channels: tuple[int, ...] = (32, 64, 128), layers: int = 1, attention_levels: int = 1) -> UNet2DModel:
+    """Unconditional eps-prediction UNet; self-attention only in the lowest attention_levels."""
+    plain = len(channels) - attention_levels
     return UNet2DModel(
         sample_size=32,
         in_channels=4,
         out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64, 128),
-        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        layers_per_block=layers,
+        block_out_channels=channels,
+        down_block_types=("DownBlock2D",) * plain + ("AttnDownBlock2D",) * attention_levels,
+        up_block_types=("AttnUpBlock2D",) * attention_levels + ("UpBlock2D",) * plain,
         attention_head_dim=32,
         norm_num_groups=32,
     )
@@ -96,7 +97,7 @@ def random_crops(
     photos: list[torch.Tensor], n: int, size: int, generator: torch.Generator, max_scale: float = 4.0
 ) -> torch.Tensor:
     """n crops of side size*s, s log-uniform in [1, max_scale], resized to size, random h-flip."""
-    out = torch.empty(n, 3, size, size)
+    out = torch.empty(n, 3, size, size, device=photos[0].device)
     for i in range(n):
         photo = photos[int(torch.randint(len(photos), (1,), generator=generator))]
         _, h, w = photo.shape
@@ -130,7 +131,7 @@ class Checkpoint:
 
 
 def _log(stage: str, step: int, total: int, loss: float, t0: float) -> None:
-    click.echo(f"[{stage}] step {step}/{total} loss {loss:.4f} {time.time() - t0:.0f}s", err=True)
+    click.echo(f"[{stage}] step {step}/{total} loss {loss:.4f} {time.time() - t0:.1f}s", err=True)
 
 
 def train_vae(photos, work: Path, steps: int, batch: int, size: int, lr: float, mse: float, max_scale: float,
@@ -206,10 +207,11 @@ def encode_dataset(vae, photos, n: int, size: int, device, seed: int) -> torch.T
     return torch.cat(means)
 
 
-def train_unet(latents, work: Path, steps: int, batch: int, lr: float, device, seed: int) -> UNet2DModel:
+def train_unet(latents, work: Path, steps: int, batch: int, lr: float, device, seed: int,
+               arch: dict | None = None) -> UNet2DModel:
     """eps-prediction MSE on SD's schedule; AdamW, cosine lr, EMA of the weights."""
     torch.manual_seed(seed)
-    unet = make_unet().to(device)
+    unet = make_unet(**(arch or {})).to(device)
     scheduler = make_scheduler()
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=steps // 50, num_training_steps=steps)
@@ -237,6 +239,7 @@ def train_unet(latents, work: Path, steps: int, batch: int, lr: float, device, s
         ema.step(unet.parameters())
         if (step + 1) % 100 == 0 or step + 1 == steps:
             _log("unet", step + 1, steps, loss.item(), t0)
+        if (step + 1) % 1000 == 0 or step + 1 == steps:
             ckpt.save(dict(model=unet.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(),
                            ema=ema.state_dict(), gen=gen.get_state(), step=step + 1))
     ema.copy_to(unet.parameters())
@@ -259,18 +262,23 @@ def train_unet(latents, work: Path, steps: int, batch: int, lr: float, device, s
 @click.option("--unet-lr", default=5e-4, show_default=True)
 @click.option("--vae-mse", default=0.0, show_default=True, help="Weight of the MSE term beside L1.")
 @click.option("--vae-max-scale", default=2.0, show_default=True, help="Largest crop, in units of the crop size.")
+@click.option("--unet-channels", default="32,64,128", show_default=True, help="UNet block widths.")
+@click.option("--unet-layers", default=1, show_default=True, help="UNet layers per block.")
+@click.option("--unet-attention-levels", default=1, show_default=True, help="Lowest levels with self-attention.")
 @click.option("--n-latents", default=4096, show_default=True, help="Training crops encoded for the UNet.")
 @click.option("--seed", default=20241127, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def main(work, out, stage, vae_steps, unet_steps, vae_batch, vae_finetune_steps, unet_batch, vae_lr, unet_lr, vae_mse, vae_max_scale,
-         n_latents, seed, device):
+         unet_channels, unet_layers, unet_attention_levels, n_latents, seed, device):
     """Train the VAE (64 px crops, then a short deterministic pass at 128 px), fix its scaling
     factor, then train the UNet on 128 px crops."""
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           ("cpu" if device == "auto" else device))
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    photos = [load_photo(name) for name in TRAIN_PHOTOS]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    photos = [load_photo(name).to(device) for name in TRAIN_PHOTOS]
     record_path = out / "training.json"
     record = json.loads(record_path.read_text()) if stage == "unet" and record_path.exists() else {}
     record.update(seed=seed, device=str(device), torch=torch.__version__, torch_threads=torch.get_num_threads(),
@@ -290,11 +298,24 @@ def main(work, out, stage, vae_steps, unet_steps, vae_batch, vae_finetune_steps,
     if stage in ("all", "unet"):
         t0 = time.time()
         vae = AutoencoderKL.from_pretrained(out / "vae").to(device).eval()
-        latents = encode_dataset(vae, photos, n_latents, 128, device, seed + 1) * vae.config.scaling_factor
-        unet = train_unet(latents, work, unet_steps, unet_batch, unet_lr, device, seed + 3)
+        cache = work / f"latents_{n_latents}.pt"  # the encoded crops, shared by resumed or parallel runs
+        if cache.exists():
+            latents = torch.load(cache)
+        else:
+            latents = encode_dataset(vae, photos, n_latents, 128, device, seed + 1) * vae.config.scaling_factor
+            torch.save(latents, cache)
+        arch = dict(channels=tuple(int(c) for c in unet_channels.split(",")), layers=unet_layers,
+                    attention_levels=unet_attention_levels)
+        unet = train_unet(latents, work, unet_steps, unet_batch, unet_lr, device, seed + 3, arch)
         unet.to("cpu").save_pretrained(out / "unet")
+        settings_path = out / "ringmark.json"  # where the model's loader finds it (model.noise_mean)
+        settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+        settings["latent_mean"] = [round(float(m), 4) for m in latents.mean(dim=(0, 2, 3))]
+        settings_path.write_text(json.dumps(settings, indent=2) + "\n")
         make_scheduler().save_pretrained(out / "scheduler")
         record.update(unet_steps=unet_steps, unet_batch=unet_batch, unet_lr=unet_lr, n_latents=n_latents,
+                      unet_channels=unet_channels, unet_layers=unet_layers,
+                      unet_attention_levels=unet_attention_levels, unet_device=str(device),
                       unet_seconds=round(time.time() - t0, 1))
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     click.echo(json.dumps(record))

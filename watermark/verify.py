@@ -55,7 +55,7 @@ def invert_ddim(model: LatentDiffusion, z_0: torch.Tensor, recovery: Recovery = 
     extra = {"cond": model.prompt_embeds([""])} if model.conditional else {}
     schedule = ddim_schedule(model.scheduler, recovery.ddim_steps)
     z_T = ddim_invert(model.eps, z_0.to(model.dtype), schedule, exact=recovery.exact, extra_args=extra)
-    return z_T.float().cpu()
+    return (z_T - model.noise_mean(schedule.timesteps[0])).float().cpu()
 
 
 @dataclass

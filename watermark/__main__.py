@@ -1,0 +1,5 @@
+"""``python -m watermark``: the ringmark command line."""
+
+from .cli import main
+
+main()
