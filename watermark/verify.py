@@ -12,10 +12,10 @@ from .detect import score, sidak
 from .keys import Key
 from .model import LatentDiffusion
 
-# Chosen from `ringmark bench detect` (BENCHMARKS.md, 24 + 24 images): at equal time (10
-# iterations, 0.7 s/image) the forward step had clean AUC 0.997 against adam's 0.977 and the
-# same mean attacked AUC (0.948, 0.951); 5/10/20 forward steps gave 0.947/0.948/0.951 attacked,
-# within noise at this N, and 20 would take verify past 1 s per image.
+# Chosen from `ringmark bench detect` (BENCHMARKS.md, 24 + 24 images, previous bundled UNet): at
+# equal time (10 iterations, 0.7 s/image) the forward step had clean AUC 0.997 against adam's
+# 0.977 and the same mean attacked AUC (0.948, 0.951); 20 would take verify past 1 s per image.
+# On the current UNet, 5/10/20 iterations, adam and the encoder alone are within noise at N = 24.
 DEFAULT_INVERSION = "fixed_point"
 DEFAULT_ITERS = 10
 
