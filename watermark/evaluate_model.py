@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from inversion import ddim_invert, ddim_schedule, fixed_point
+from inversion import fixed_point
 from watermark.bench_report import machine
 from watermark.generate import sample_latents
 from watermark.model import load_model
+from watermark.verify import Recovery, invert_ddim
 from watermark.train import HELD_OUT, TRAIN_PHOTOS, load_photo, random_crops
 
 
@@ -157,15 +158,13 @@ def main(out, grid, quick, n_inv, coco_iters, seed):
                                      "median": float(coco.median()), "iterations": n_iters}
 
     # 4. DDIM round trip, 50 steps each way
-    schedule = ddim_schedule(model.scheduler, 50)
     z_T_rt = z_T[:n_rt]
     z_0_rt = z_0[:n_rt]
-    offset = model.noise_mean(schedule.timesteps[0])  # what sample_latents added to z_T
     res["ddim_roundtrip_nmse_db"] = {
-        "naive": float(nmse_db(batched(lambda b: ddim_invert(model.eps, b, schedule) - offset, z_0_rt),
+        "naive": float(nmse_db(batched(lambda b: invert_ddim(model, b, Recovery(ddim_steps=50)), z_0_rt),
                                z_T_rt).mean()),
-        "exact": float(nmse_db(batched(lambda b: ddim_invert(model.eps, b, schedule, exact=True, refine_iters=5)
-                                       - offset, z_0_rt), z_T_rt).mean()),
+        "exact": float(nmse_db(batched(lambda b: invert_ddim(model, b, Recovery(ddim_steps=50, exact=True),
+                                                             refine_iters=5), z_0_rt), z_T_rt).mean()),
     }
     res["seconds"] = round(time.time() - t_start, 1)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -50,11 +50,14 @@ def recover_noise(model: LatentDiffusion, x: torch.Tensor, recovery: Recovery = 
 
 
 @torch.inference_mode()
-def invert_ddim(model: LatentDiffusion, z_0: torch.Tensor, recovery: Recovery = Recovery()) -> torch.Tensor:
-    """Scaled latents z_0 -> z_T (float32, CPU), empty prompt, guidance 1."""
+def invert_ddim(model: LatentDiffusion, z_0: torch.Tensor, recovery: Recovery = Recovery(),
+                refine_iters: int = 3) -> torch.Tensor:
+    """Scaled latents z_0 -> z_T (float32, CPU), empty prompt, guidance 1; the generation's
+    ``model.noise_mean`` offset removed. ``refine_iters``: per step, for exact inversion."""
     extra = {"cond": model.prompt_embeds([""])} if model.conditional else {}
     schedule = ddim_schedule(model.scheduler, recovery.ddim_steps)
-    z_T = ddim_invert(model.eps, z_0.to(model.dtype), schedule, exact=recovery.exact, extra_args=extra)
+    z_T = ddim_invert(model.eps, z_0.to(model.dtype), schedule, exact=recovery.exact, refine_iters=refine_iters,
+                      extra_args=extra)
     return (z_T - model.noise_mean(schedule.timesteps[0])).float().cpu()
 
 
