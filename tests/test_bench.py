@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 from click.testing import CliRunner
 
 from watermark.cli import main
@@ -31,9 +32,10 @@ def test_bench_inversion_cost_only(tmp_path):
 
 
 def test_bench_detect_quick(tmp_path):
-    result = CliRunner().invoke(main, ["bench", "detect", "--quick", "-o", str(tmp_path), "-q"])
+    result = CliRunner().invoke(main, ["bench", "detect", "--quick", "--batch", "3", "-o", str(tmp_path), "-q"])
     assert result.exit_code == 0, result.output
     res = json.loads((tmp_path / "detect.json").read_text())
+    assert res["batch"] == 3  # 4 images per class: a full batch and a partial one
     assert res["n"] == 4 and set(res["robustness"]) == {"encoder", "gradient", "fixed_point", "adam"}
     for rows in res["robustness"].values():
         assert set(rows) >= {"none", "rotation", "jpeg", "crop", "blur", "noise", "brightness", "mean_attacked_auc"}
@@ -42,3 +44,24 @@ def test_bench_detect_quick(tmp_path):
     assert set(res["sweep"]) == {"1", "2"} and all(0 <= r["rows"]["none"]["auc"] <= 1 for r in res["sweep"].values())
     assert res["verify_seconds_per_image_default"] > 0
     assert (tmp_path / "detect.md").exists()
+
+
+def test_bench_inversion_float16_needs_cuda(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "inversion", "--quick", "--device", "cpu", "--dtypes", "float16",
+                                       "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "float16 needs a CUDA device" in result.output
+    assert not (tmp_path / "inversion.json").exists()
+
+
+def test_paired_vs_encoder_detects_a_uniform_improvement():
+    from watermark.bench_detect import paired_vs_encoder
+
+    rng = np.random.default_rng(0)
+    p_enc = rng.uniform(1e-6, 1e-2, 30)
+    res = {"robustness": {"encoder": {"none": {"p_wm": p_enc.tolist()}, "mean_attacked_auc": 1.0},
+                          "better": {"none": {"p_wm": (p_enc * rng.uniform(0.01, 0.5, 30)).tolist()}},
+                          "same": {"none": {"p_wm": p_enc.tolist()}}}}
+    paired = paired_vs_encoder(res)
+    assert paired["better"]["none"]["share_smaller_p"] == 1.0 and paired["better"]["none"]["wilcoxon_p"] < 1e-4
+    assert paired["same"]["none"] == {"share_smaller_p": 0.0, "wilcoxon_p": 1.0}
+    assert "encoder" not in paired

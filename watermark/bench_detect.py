@@ -54,6 +54,7 @@ def make_images(model, key, seeds, steps, watermark=True):
 
 
 def p_values(model, images: list[Image.Image], keys, recovery: Recovery, batch: int = 8):
+    """p-values (and picked key ids, for several keys) of ``images``, and the seconds per image."""
     ps, ids, t0 = [], [], time.perf_counter()
     for i in range(0, len(images), batch):
         z_T, _ = recover_noise(model, to_tensor(images[i : i + batch]), recovery)
@@ -88,9 +89,9 @@ def p_values_sweep(model, images: list[Image.Image], key, method: str, sweep, dd
 
 def run(n: int = 100, methods=("encoder", "gradient", "fixed_point", "adam"), attacks=ATTACKS,
         sweep=(5, 10, 20, 50, 100), gen_steps: int = 50, ddim_steps: int = 50, gradient_iters: int = 20,
-        seed: int = 20241127, log=print) -> dict:
+        seed: int = 20241127, log=print, device: str = "cpu", batch: int = 8) -> dict:
     torch.set_grad_enabled(False)
-    model = api.get_model("tiny")
+    model = api.get_model("tiny", device)
     keys = [api.keygen(None, "tiny", seed=seed + j) for j in range(3)]  # the model's default key channel
     seeds = list(range(n))
     t0 = time.time()
@@ -106,15 +107,15 @@ def run(n: int = 100, methods=("encoder", "gradient", "fixed_point", "adam"), at
         return Recovery(method, iters, ddim_steps)
 
     res: dict = {"n": n, "gen_steps": gen_steps, "ddim_steps": ddim_steps, "key_pattern": keys[0].pattern,
-                 "key_radius": keys[0].radius, "key_channel": keys[0].channel, "machine": bench_report.machine(),
+                 "key_radius": keys[0].radius, "key_channel": keys[0].channel, "machine": bench_report.machine(device), "batch": batch,
                  "date": time.strftime("%Y-%m-%d"),
                  "iters": {m: recovery(m).iters for m in methods}, "robustness": {}, "sweep": {},
                  "identification": {}}
     for method in methods:
         rows = {}
         for a in attacks:
-            p_wm, _, sec = p_values(model, attacked[a][0], keys[:1], recovery(method))
-            p_clean, _, _ = p_values(model, attacked[a][1], keys[:1], recovery(method))
+            p_wm, _, sec = p_values(model, attacked[a][0], keys[:1], recovery(method), batch)
+            p_clean, _, _ = p_values(model, attacked[a][1], keys[:1], recovery(method), batch)
             rows[a] = {"auc": auc(p_wm, p_clean), "tpr_at_1pct_fpr": tpr_at_fpr(p_wm, p_clean),
                        "tpr_at_alpha_0.01": float(np.mean(p_wm <= 0.01)),
                        "fpr_at_alpha_0.01": float(np.mean(p_clean <= 0.01)), "seconds_per_image": sec,
@@ -125,8 +126,8 @@ def run(n: int = 100, methods=("encoder", "gradient", "fixed_point", "adam"), at
         res["robustness"][method] = rows
     sweep = sorted(sweep)
     if sweep:
-        per_attack = {a: (p_values_sweep(model, attacked[a][0], keys[0], "fixed_point", sweep, ddim_steps),
-                          p_values_sweep(model, attacked[a][1], keys[0], "fixed_point", sweep, ddim_steps))
+        per_attack = {a: (p_values_sweep(model, attacked[a][0], keys[0], "fixed_point", sweep, ddim_steps, batch),
+                          p_values_sweep(model, attacked[a][1], keys[0], "fixed_point", sweep, ddim_steps, batch))
                       for a in attacks}
     for iters in sweep:
         rows = {a: {"auc": auc(wm_p[iters], clean_p[iters]), "tpr_at_1pct_fpr": tpr_at_fpr(wm_p[iters], clean_p[iters]),
@@ -138,17 +139,37 @@ def run(n: int = 100, methods=("encoder", "gradient", "fixed_point", "adam"), at
     others = [make_images(model, keys[j], [10_000 * j + s for s in seeds], gen_steps) for j in (1, 2)]
     truth = [keys[0].key_id] * n + [keys[1].key_id] * n + [keys[2].key_id] * n
     for method in methods:
-        _, ids, _ = p_values(model, wm + others[0] + others[1], keys, recovery(method))
+        _, ids, _ = p_values(model, wm + others[0] + others[1], keys, recovery(method), batch)
         res["identification"][method] = float(np.mean([a == b for a, b in zip(ids, truth)]))
         log(f"identification {method}: {res['identification'][method]:.3f}")
     with tempfile.TemporaryDirectory() as tmp:  # verify at its defaults on a folder, as a user would
         for i, im in enumerate(wm):
             im.save(Path(tmp) / f"{i:05d}.png")
         t1 = time.perf_counter()
-        api.verify([tmp], keys[:1])
+        api.verify([tmp], keys[:1], device=device)
         res["verify_seconds_per_image_default"] = (time.perf_counter() - t1) / n
     log(f"verify at defaults: {res['verify_seconds_per_image_default']:.2f}s per image")
     return res
+
+
+def paired_vs_encoder(res: dict) -> dict:
+    """Per method and attack, the same watermarked images scored after this method and after the
+    encoder alone: the share where this method's p-value is smaller, and the two-sided Wilcoxon
+    signed-rank p of the paired -log p (scipy) - whether a refinement beats the encoder it starts from."""
+    base = res["robustness"].get("encoder")
+    out: dict = {}
+    for method, rows in res["robustness"].items():
+        if base is None or method == "encoder":
+            continue
+        out[method] = {}
+        for a, row in rows.items():
+            if not isinstance(row, dict):
+                continue
+            s_m, s_e = -np.log(np.maximum(row["p_wm"], 1e-300)), -np.log(np.maximum(base[a]["p_wm"], 1e-300))
+            differs = s_m != s_e
+            out[method][a] = {"share_smaller_p": float(np.mean(s_m > s_e)),
+                              "wilcoxon_p": float(stats.wilcoxon(s_m, s_e).pvalue) if differs.sum() > 1 else 1.0}
+    return out
 
 
 def label(res: dict, method: str) -> str:
@@ -169,6 +190,14 @@ def markdown(res: dict) -> str:
                      + f" | {rows['mean_attacked_auc']:.3f} | {rows['none']['seconds_per_image']:.2f} | "
                      + f"{res['identification'].get(method, float('nan')):.3f} |")
     lines += ["", "Cells: AUC / TPR at 1% FPR (empirical threshold from the clean images).", ""]
+    paired = paired_vs_encoder(res)
+    if paired:
+        lines += ["| against the encoder alone | " + " | ".join(attacks) + " |", "|---" * (len(attacks) + 1) + "|"]
+        for method, rows in paired.items():
+            cells = [f"{rows[a]['share_smaller_p']:.2f} ({rows[a]['wilcoxon_p']:.1g})" for a in attacks]
+            lines.append(f"| {label(res, method)} | " + " | ".join(cells) + " |")
+        lines += ["", "Paired cells: share of the watermarked images whose p-value is smaller after this method "
+                  "than after the encoder alone (Wilcoxon signed-rank p of the paired -log p).", ""]
     if res["sweep"]:
         lines += ["| iterations | " + " | ".join(attacks) + " | mean attacked |", "|---" * (len(attacks) + 2) + "|"]
         for iters, row in res["sweep"].items():

@@ -41,7 +41,7 @@ SD21_VAE = dict(  # stabilityai/stable-diffusion-2-1-base, vae/config.json
 
 
 def nmse_db(z_hat: torch.Tensor, z: torch.Tensor) -> np.ndarray:
-    z_hat, z = z_hat.float(), z.float()
+    z_hat, z = z_hat.float().cpu(), z.float().cpu()
     return (10 * torch.log10((z_hat - z).flatten(1).pow(2).sum(1) / z.flatten(1).pow(2).sum(1))).numpy()
 
 
@@ -53,28 +53,33 @@ def mean_ci(values: np.ndarray) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
-def accuracy(n: int, iters: list[int], dtypes: list[str], gen_steps: int, seed: int, log=print) -> list[dict]:
+def accuracy(n: int, iters: list[int], dtypes: list[str], gen_steps: int, seed: int, log=print,
+             device: str = "cpu") -> list[dict]:
+    """Ground truth z* generated in float32 on ``device``; each precision inverts x = D(z*)."""
     from .api import get_model
     from .generate import sample_latents
 
     torch.set_grad_enabled(False)
-    base = get_model("tiny")
+    base = get_model("tiny", device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)  # honest wall times on a GPU
     z_T = torch.randn(n, *base.latent_shape(base.default_size), generator=torch.Generator().manual_seed(seed))
     z_star = torch.cat([sample_latents(base, z_T[i : i + 16], gen_steps) for i in range(0, n, 16)])
     x = torch.cat([base.decode(z_star[i : i + 16]) for i in range(0, n, 16)])
     rows = []
     for dtype in dtypes:
-        model = get_model("tiny", "cpu", dtype)
+        model = get_model("tiny", device, dtype)
         for label, method, kwargs, scheduled in METHODS:
             runs = [[k] for k in iters] if scheduled else [iters]
             if method == "encoder":
                 runs = [[0]]
             for checkpoints in runs:
                 top = max(checkpoints)
+                sync()
                 seen, t0 = {}, time.perf_counter()
 
                 def callback(d, seen=seen, t0=t0, checkpoints=checkpoints):
                     if d["i"] in checkpoints:
+                        sync()
                         seen[d["i"]] = (d["z"].clone(), time.perf_counter() - t0)
 
                 xs = x.to(getattr(torch, dtype))
@@ -84,7 +89,8 @@ def accuracy(n: int, iters: list[int], dtypes: list[str], gen_steps: int, seed: 
                         z, record = invert_decoder(method, model.encode, model.decode, xs, **extra)
                 else:
                     z, record = invert_decoder(method, model.encode, model.decode, xs, **extra)
-                seen[top] = (z, record.seconds)
+                sync()
+                seen[top] = (z, record.seconds if device == "cpu" else time.perf_counter() - t0)
                 for k in checkpoints:
                     m, lo, hi = mean_ci(nmse_db(seen[k][0], z_star))
                     rows.append({"method": label, "dtype": dtype, "iters": k, "nmse_db": m, "ci95": [lo, hi],

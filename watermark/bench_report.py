@@ -11,7 +11,8 @@ from typing import Callable
 import torch
 
 
-def machine() -> str:
+def machine(device: str = "cpu") -> str:
+    """CPU model, cores and torch version; the GPU's name too when ``device`` is cuda."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -20,7 +21,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    out = f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    return out + (f"; GPU {torch.cuda.get_device_name()}" if device == "cuda" else "")
 
 
 def pyplot():

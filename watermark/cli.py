@@ -263,6 +263,13 @@ def bench():
     """Benchmarks: decoder inversion (accuracy, cost) and detection (robustness, identification)."""
 
 
+def _exact_float32_on_cuda() -> None:
+    """Benchmarks report float32 as float32: no TF32 in cuDNN convolutions or matmuls."""
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def _csv_ints(value: str) -> list[int]:
     try:
         return [int(v) for v in value.split(",") if v]
@@ -277,7 +284,7 @@ def _csv_ints(value: str) -> list[int]:
 @click.option("--cost-sizes", default="512,256", show_default=True, help="Sizes for the SD 2.1 VAE cost runs.")
 @click.option("--cost-iters", default=3, show_default=True, type=click.IntRange(2))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Device of the cost runs (accuracy runs on the CPU).")
+              help="Device of the accuracy and cost runs.")
 @click.option("--skip-accuracy", is_flag=True)
 @click.option("--skip-cost", is_flag=True)
 @click.option("--quick", is_flag=True, help="4 latents, 2 iteration counts, 64 px cost runs: checks the code.")
@@ -298,13 +305,16 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
     if quick:
         n, iters, sizes, cost_iters, dtypes = 4, [2, 5], [64], 2, dtypes[:1]
     dev = _device(device)
-    if dev == "cuda" and "float16" not in dtypes:
-        dtypes = dtypes + ["float16"]
-    res = {"command": "ringmark bench inversion " + " ".join(sys.argv[3:]), "machine": machine(),
+    if dev == "cuda":
+        _exact_float32_on_cuda()
+        if click.get_current_context().get_parameter_source("dtypes").name == "DEFAULT":
+            dtypes = dtypes + ["float16"]  # the GPU's half precision, unless --dtypes was given
+    elif "float16" in dtypes:
+        raise click.BadParameter("float16 needs a CUDA device (CPU: float32, bfloat16)", param_hint="--dtypes")
+    res = {"command": "ringmark bench inversion " + " ".join(sys.argv[3:]), "machine": machine(dev),
            "date": time.strftime("%Y-%m-%d"), "n": n, "accuracy": [], "cost": []}
     if not skip_accuracy:
-        res["accuracy"] = bi.accuracy(n, iters, [d for d in dtypes if d != "float16"], 10 if quick else 50,
-                                      20241127, log)
+        res["accuracy"] = bi.accuracy(n, iters, dtypes, 10 if quick else 50, 20241127, log, dev)
     if not skip_cost:
         res["cost"] = bi.cost(sizes, cost_iters, dev, dtypes, config, log)
     for f in bi.write(res, Path(outdir)):
@@ -318,10 +328,13 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
 @click.option("--sweep", default="5,10,20,50,100", show_default=True,
               help="Iteration counts of the forward step (fixed_point), taken along one run per image.")
 @click.option("--gradient-iters", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(1),
+              help="Images per inversion batch (verify's default; larger suits a GPU).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--quick", is_flag=True, help="4 images per class, 5 steps, a short sweep: checks the code.")
 @click.option("-o", "--outdir", default="docs/bench", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
-def bench_detect(n, methods, sweep, gradient_iters, quick, outdir, quiet):
+def bench_detect(n, methods, sweep, gradient_iters, batch, device, quick, outdir, quiet):
     """AUC and TPR@1%FPR under Tree-Ring's attacks, 3-key identification, verify time.
 
     Example: ringmark bench detect -n 100 -o docs/bench
@@ -332,8 +345,11 @@ def bench_detect(n, methods, sweep, gradient_iters, quick, outdir, quiet):
     steps = 50
     if quick:
         n, steps, sweep, gradient_iters = 4, 5, "1,2", 2
+    dev = _device(device)
+    if dev == "cuda":
+        _exact_float32_on_cuda()
     res = bd.run(n, [m for m in methods.split(",") if m], sweep=_csv_ints(sweep), gen_steps=steps, ddim_steps=steps,
-                 gradient_iters=gradient_iters, log=log)
+                 gradient_iters=gradient_iters, log=log, device=dev, batch=batch)
     res["command"] = "ringmark bench detect " + " ".join(sys.argv[3:])
     for f in bd.write(res, Path(outdir)):
         log(f"wrote {f}")
