@@ -44,6 +44,7 @@ def test_bench_detect_quick(tmp_path):
     assert set(res["sweep"]) == {"1", "2"} and all(0 <= r["rows"]["none"]["auc"] <= 1 for r in res["sweep"].values())
     assert res["verify_seconds_per_image_default"] > 0
     assert (tmp_path / "detect.md").exists()
+    assert not (tmp_path / "detect.partial.json").exists()  # written after each stage, removed at the end
 
 
 def test_bench_inversion_float16_needs_cuda(tmp_path):
@@ -65,3 +66,29 @@ def test_paired_vs_encoder_detects_a_uniform_improvement():
     assert paired["better"]["none"]["share_smaller_p"] == 1.0 and paired["better"]["none"]["wilcoxon_p"] < 1e-4
     assert paired["same"]["none"] == {"share_smaller_p": 0.0, "wilcoxon_p": 1.0}
     assert "encoder" not in paired
+
+
+def test_bench_detect_keeps_finished_stages_when_stopped(tmp_path, monkeypatch):
+    from watermark import bench_detect
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt  # as a time limit would, in the identification stage
+
+    monkeypatch.setattr(bench_detect, "make_images", _stop_after(bench_detect.make_images, 2, stop))
+    result = CliRunner().invoke(main, ["bench", "detect", "--quick", "--methods", "encoder", "--sweep", "",
+                                       "-o", str(tmp_path), "-q"])
+    assert result.exit_code != 0 and not (tmp_path / "detect.json").exists()
+    partial = json.loads((tmp_path / "detect.partial.json").read_text())
+    assert set(partial["robustness"]) == {"encoder"} and partial["identification"] == {}
+    assert partial["command"].startswith("ringmark bench detect")
+
+
+def _stop_after(fn, calls, then):
+    """fn for the first ``calls`` calls, then ``then``."""
+    count = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        count["n"] += 1
+        return fn(*args, **kwargs) if count["n"] <= calls else then(*args, **kwargs)
+
+    return wrapped

@@ -3,6 +3,7 @@ identification table (Table 2), per decoder-inversion method, on the bundled mod
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -89,8 +90,11 @@ def p_values_sweep(model, images: list[Image.Image], key, method: str, sweep, dd
 
 def run(n: int = 100, methods=("encoder", "gradient", "fixed_point", "adam"), attacks=ATTACKS,
         sweep=(5, 10, 20, 50, 100), gen_steps: int = 50, ddim_steps: int = 50, gradient_iters: int = 20,
-        seed: int = 20241127, log=print, device: str = "cpu", batch: int = 8) -> dict:
+        seed: int = 20241127, log=print, device: str = "cpu", batch: int = 8, checkpoint=None) -> dict:
+    """The whole table; ``checkpoint(res)`` is called after each stage with what is done so far
+    (a run stopped by a time limit keeps it)."""
     torch.set_grad_enabled(False)
+    checkpoint = checkpoint or (lambda res: None)
     model = api.get_model("tiny", device)
     keys = [api.keygen(None, "tiny", seed=seed + j) for j in range(3)]  # the model's default key channel
     seeds = list(range(n))
@@ -124,6 +128,7 @@ def run(n: int = 100, methods=("encoder", "gradient", "fixed_point", "adam"), at
                 f"({sec:.2f}s/image)")
         rows["mean_attacked_auc"] = float(np.mean([rows[a]["auc"] for a in attacks if a != "none"] or [np.nan]))
         res["robustness"][method] = rows
+        checkpoint(res)
     sweep = sorted(sweep)
     if sweep:
         per_attack = {a: (p_values_sweep(model, attacked[a][0], keys[0], "fixed_point", sweep, ddim_steps, batch),
@@ -136,12 +141,14 @@ def run(n: int = 100, methods=("encoder", "gradient", "fixed_point", "adam"), at
         res["sweep"][str(iters)] = {"method": "fixed_point", "rows": rows, "mean_attacked_auc": float(
             np.mean([r["auc"] for a, r in rows.items() if a != "none"] or [np.nan]))}
         log(f"sweep fixed_point iters {iters}: mean attacked AUC {res['sweep'][str(iters)]['mean_attacked_auc']:.3f}")
+    checkpoint(res)
     others = [make_images(model, keys[j], [10_000 * j + s for s in seeds], gen_steps) for j in (1, 2)]
     truth = [keys[0].key_id] * n + [keys[1].key_id] * n + [keys[2].key_id] * n
     for method in methods:
         _, ids, _ = p_values(model, wm + others[0] + others[1], keys, recovery(method), batch)
         res["identification"][method] = float(np.mean([a == b for a, b in zip(ids, truth)]))
         log(f"identification {method}: {res['identification'][method]:.3f}")
+        checkpoint(res)
     with tempfile.TemporaryDirectory() as tmp:  # verify at its defaults on a folder, as a user would
         for i, im in enumerate(wm):
             im.save(Path(tmp) / f"{i:05d}.png")
@@ -233,5 +240,14 @@ def plot_roc(res: dict, path: Path) -> bool:
     return True
 
 
+def write_partial(res: dict, out: Path) -> Path:
+    """detect.partial.json: the stages done so far (removed when the run completes)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "detect.partial.json"
+    path.write_text(json.dumps(res, indent=1) + "\n")
+    return path
+
+
 def write(res: dict, out: Path) -> list[Path]:
+    (out / "detect.partial.json").unlink(missing_ok=True)
     return bench_report.write(res, out, "detect", markdown, plot_roc, "detect_roc.png")

@@ -345,12 +345,14 @@ def bench_detect(n, methods, sweep, gradient_iters, batch, device, quick, outdir
     steps = 50
     if quick:
         n, steps, sweep, gradient_iters = 4, 5, "1,2", 2
+    command = "ringmark bench detect " + " ".join(sys.argv[3:])
     dev = _device(device)
     if dev == "cuda":
         _exact_float32_on_cuda()
     res = bd.run(n, [m for m in methods.split(",") if m], sweep=_csv_ints(sweep), gen_steps=steps, ddim_steps=steps,
-                 gradient_iters=gradient_iters, log=log, device=dev, batch=batch)
-    res["command"] = "ringmark bench detect " + " ".join(sys.argv[3:])
+                 gradient_iters=gradient_iters, log=log, device=dev, batch=batch,
+                 checkpoint=lambda partial: bd.write_partial({**partial, "command": command}, Path(outdir)))
+    res["command"] = command
     for f in bd.write(res, Path(outdir)):
         log(f"wrote {f}")
     click.echo(bd.markdown(res))
