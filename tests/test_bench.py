@@ -21,6 +21,7 @@ def test_bench_inversion_quick(tmp_path):
     assert set(cost) == {"floor", "fixed_point", "inertial_km", "adam", "gradient"}
     assert all("error" not in r and r["seconds_per_iter"] > 0 and "time_vs_floor" in r for r in cost.values())
     assert "| method |" in result.stdout and (tmp_path / "inversion.md").exists()
+    assert not (tmp_path / "inversion.partial.json").exists()
 
 
 def test_bench_inversion_cost_only(tmp_path):
@@ -71,10 +72,8 @@ def test_paired_vs_encoder_detects_a_uniform_improvement():
 def test_bench_detect_keeps_finished_stages_when_stopped(tmp_path, monkeypatch):
     from watermark import bench_detect
 
-    def stop(*args, **kwargs):
-        raise KeyboardInterrupt  # as a time limit would, in the identification stage
-
-    monkeypatch.setattr(bench_detect, "make_images", _stop_after(bench_detect.make_images, 2, stop))
+    # stopped as a time limit would, in the identification stage
+    monkeypatch.setattr(bench_detect, "make_images", _stop_after(bench_detect.make_images, 2, _interrupt))
     result = CliRunner().invoke(main, ["bench", "detect", "--quick", "--methods", "encoder", "--sweep", "",
                                        "-o", str(tmp_path), "-q"])
     assert result.exit_code != 0 and not (tmp_path / "detect.json").exists()
@@ -92,3 +91,19 @@ def _stop_after(fn, calls, then):
         return fn(*args, **kwargs) if count["n"] <= calls else then(*args, **kwargs)
 
     return wrapped
+
+
+def test_bench_inversion_keeps_finished_rows_when_stopped(tmp_path, monkeypatch):
+    from watermark import bench_inversion
+
+    monkeypatch.setattr(bench_inversion, "nmse_db", _stop_after(bench_inversion.nmse_db, 3, _interrupt))
+    result = CliRunner().invoke(main, ["bench", "inversion", "--quick", "--skip-cost", "-o", str(tmp_path), "-q"])
+    assert result.exit_code != 0 and not (tmp_path / "inversion.json").exists()
+    partial = json.loads((tmp_path / "inversion.partial.json").read_text())
+    # encoder (1 row), then the scheduled gradient method, one run per iteration count (2 rows)
+    assert [(r["method"], r["iters"]) for r in partial["accuracy"]] == [
+        ("encoder", 0), ("gradient lr0.1 cosine", 2), ("gradient lr0.1 cosine", 5)]
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt  # as a time limit would

@@ -3,7 +3,6 @@ identification table (Table 2), per decoder-inversion method, on the bundled mod
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -241,13 +240,8 @@ def plot_roc(res: dict, path: Path) -> bool:
 
 
 def write_partial(res: dict, out: Path) -> Path:
-    """detect.partial.json: the stages done so far (removed when the run completes)."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "detect.partial.json"
-    path.write_text(json.dumps(res, indent=1) + "\n")
-    return path
+    return bench_report.write_partial(res, out, "detect")
 
 
 def write(res: dict, out: Path) -> list[Path]:
-    (out / "detect.partial.json").unlink(missing_ok=True)
     return bench_report.write(res, out, "detect", markdown, plot_roc, "detect_roc.png")

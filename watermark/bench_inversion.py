@@ -54,8 +54,10 @@ def mean_ci(values: np.ndarray) -> tuple[float, float, float]:
 
 
 def accuracy(n: int, iters: list[int], dtypes: list[str], gen_steps: int, seed: int, log=print,
-             device: str = "cpu") -> list[dict]:
-    """Ground truth z* generated in float32 on ``device``; each precision inverts x = D(z*)."""
+             device: str = "cpu", checkpoint=None) -> list[dict]:
+    """Ground truth z* generated in float32 on ``device``; each precision inverts x = D(z*).
+    ``checkpoint(rows)`` is called after each run with the rows so far."""
+    checkpoint = checkpoint or (lambda rows: None)
     from .api import get_model
     from .generate import sample_latents
 
@@ -96,6 +98,7 @@ def accuracy(n: int, iters: list[int], dtypes: list[str], gen_steps: int, seed: 
                     rows.append({"method": label, "dtype": dtype, "iters": k, "nmse_db": m, "ci95": [lo, hi],
                                  "seconds": seen[k][1], "n": n})
                     log(f"{label:22s} {dtype:8s} {k:4d} it  NMSE {m:6.1f} dB [{lo:.1f}, {hi:.1f}]  {seen[k][1]:.1f}s")
+                checkpoint(rows)
     return rows
 
 
@@ -139,7 +142,10 @@ print(json.dumps({"seconds_per_iter": sec, "peak_mb_above_model": peak - base}))
 """
 
 
-def cost(sizes: list[int], iters: int, device: str, dtypes: list[str], config: dict, log=print) -> list[dict]:
+def cost(sizes: list[int], iters: int, device: str, dtypes: list[str], config: dict, log=print,
+         checkpoint=None) -> list[dict]:
+    """Each method in its own process; ``checkpoint(rows)`` after each (ratios come at the end)."""
+    checkpoint = checkpoint or (lambda rows: None)
     rows = []
     for dtype in dtypes:
         for size in sizes:
@@ -150,11 +156,13 @@ def cost(sizes: list[int], iters: int, device: str, dtypes: list[str], config: d
                     err = (proc.stderr.strip().splitlines() or ["failed"])[-1]
                     rows.append({"method": method, "size": size, "dtype": dtype, "device": device, "error": err})
                     log(f"cost {method} {size}px {dtype}: {err}")
+                    checkpoint(rows)
                     continue
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 rows.append({"method": method, "size": size, "dtype": dtype, "device": device, **r})
                 log(f"cost {method:12s} {size}px {dtype:8s} {r['seconds_per_iter']:.3f} s/it  "
                     f"peak +{r['peak_mb_above_model']:.0f} MB")
+                checkpoint(rows)
     for r in rows:  # ratios to the floor of the same size and dtype
         floor = next((f for f in rows if f["method"] == "floor" and f["size"] == r["size"]
                       and f["dtype"] == r["dtype"] and "error" not in f), None)
@@ -209,6 +217,10 @@ def plot(res: dict, path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
+
+
+def write_partial(res: dict, out: Path) -> Path:
+    return bench_report.write_partial(res, out, "inversion")
 
 
 def write(res: dict, out: Path) -> list[Path]:

@@ -313,11 +313,14 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
         raise click.BadParameter("float16 needs a CUDA device (CPU: float32, bfloat16)", param_hint="--dtypes")
     res = {"command": "ringmark bench inversion " + " ".join(sys.argv[3:]), "machine": machine(dev),
            "date": time.strftime("%Y-%m-%d"), "n": n, "accuracy": [], "cost": []}
+    out = Path(outdir)
     if not skip_accuracy:
-        res["accuracy"] = bi.accuracy(n, iters, dtypes, 10 if quick else 50, 20241127, log, dev)
+        res["accuracy"] = bi.accuracy(n, iters, dtypes, 10 if quick else 50, 20241127, log, dev,
+                                      checkpoint=lambda rows: bi.write_partial({**res, "accuracy": rows}, out))
     if not skip_cost:
-        res["cost"] = bi.cost(sizes, cost_iters, dev, dtypes, config, log)
-    for f in bi.write(res, Path(outdir)):
+        res["cost"] = bi.cost(sizes, cost_iters, dev, dtypes, config, log,
+                              checkpoint=lambda rows: bi.write_partial({**res, "cost": rows}, out))
+    for f in bi.write(res, out):
         log(f"wrote {f}")
     click.echo(bi.markdown(res))
 
