@@ -110,8 +110,8 @@ def run(n: int = 100, methods=("encoder", "gradient", "fixed_point", "adam"), at
         return Recovery(method, iters, ddim_steps)
 
     res: dict = {"n": n, "gen_steps": gen_steps, "ddim_steps": ddim_steps, "key_pattern": keys[0].pattern,
-                 "key_radius": keys[0].radius, "key_channel": keys[0].channel, "machine": bench_report.machine(device), "batch": batch,
-                 "date": time.strftime("%Y-%m-%d"),
+                 "key_radius": keys[0].radius, "key_channel": keys[0].channel, "batch": batch,
+                 "machine": bench_report.machine(device), "date": time.strftime("%Y-%m-%d"),
                  "iters": {m: recovery(m).iters for m in methods}, "robustness": {}, "sweep": {},
                  "identification": {}}
     for method in methods:

@@ -263,11 +263,15 @@ def bench():
     """Benchmarks: decoder inversion (accuracy, cost) and detection (robustness, identification)."""
 
 
-def _exact_float32_on_cuda() -> None:
-    """Benchmarks report float32 as float32: no TF32 in cuDNN convolutions or matmuls."""
-    import torch
+def _bench_device(device: str) -> str:
+    """The benchmarks' device; on CUDA, float32 is reported as float32: no TF32 in cuDNN
+    convolutions or matmuls."""
+    dev = _device(device)
+    if dev == "cuda":
+        import torch
 
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    return dev
 
 
 def _csv_ints(value: str) -> list[int]:
@@ -304,9 +308,8 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
     config = dict(bi.SD21_VAE)
     if quick:
         n, iters, sizes, cost_iters, dtypes = 4, [2, 5], [64], 2, dtypes[:1]
-    dev = _device(device)
+    dev = _bench_device(device)
     if dev == "cuda":
-        _exact_float32_on_cuda()
         if click.get_current_context().get_parameter_source("dtypes").name == "DEFAULT":
             dtypes = dtypes + ["float16"]  # the GPU's half precision, unless --dtypes was given
     elif "float16" in dtypes:
@@ -349,9 +352,7 @@ def bench_detect(n, methods, sweep, gradient_iters, batch, device, quick, outdir
     if quick:
         n, steps, sweep, gradient_iters = 4, 5, "1,2", 2
     command = "ringmark bench detect " + " ".join(sys.argv[3:])
-    dev = _device(device)
-    if dev == "cuda":
-        _exact_float32_on_cuda()
+    dev = _bench_device(device)
     res = bd.run(n, [m for m in methods.split(",") if m], sweep=_csv_ints(sweep), gen_steps=steps, ddim_steps=steps,
                  gradient_iters=gradient_iters, log=log, device=dev, batch=batch,
                  checkpoint=lambda partial: bd.write_partial({**partial, "command": command}, Path(outdir)))
