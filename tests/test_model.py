@@ -87,3 +87,23 @@ def test_generation_adds_the_terminal_mean_and_inversion_removes_it(tiny):
     recovered = invert_ddim(tiny, z_0, Recovery(ddim_steps=10))
     # the recovered noise is centred like the sampled one, not shifted by sqrt(alpha_bar) * mean
     assert recovered.mean(dim=(2, 3)).abs().max() < 0.25 * expected.abs().max()
+
+
+def test_generation_steps_in_eps_whatever_the_unet_predicts(tiny):
+    """A v-prediction checkpoint generates what diffusers' DDIMScheduler makes of the UNet's raw output."""
+    import dataclasses
+
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(tiny.scheduler.config, prediction_type="v_prediction")
+    as_v = dataclasses.replace(tiny, scheduler=scheduler)
+    z_T = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(4))
+    reference = DDIMScheduler.from_config(scheduler.config)
+    reference.set_timesteps(3)
+    z = z_T + as_v.noise_mean(int(reference.timesteps[0]))
+    with torch.no_grad():
+        for t in reference.timesteps:
+            z = reference.step(tiny.unet(z, t).sample, t, z).prev_sample
+    ours = sample_latents(as_v, z_T, steps=3)
+    assert torch.allclose(ours, z, atol=1e-4)
+    assert not torch.allclose(ours, sample_latents(tiny, z_T, steps=3), atol=1e-2)  # v is not read as eps

@@ -97,9 +97,12 @@ def test_embed_passes_watermarked_noise_as_latents(sd_folder, tmp_path, monkeypa
     assert len(rows) == 2 and all(r["error"] is None and 0 <= r["p_value"] <= 1 for r in rows)
 
 
-def test_pipeline_latents_invert_to_the_key(sd_folder):
-    """Pipeline-generated latents (empty prompt, guidance 1) DDIM-invert (exact) back to the watermark."""
-    from diffusers import StableDiffusionPipeline
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_pipeline_latents_invert_to_the_key(sd_folder, prediction_type):
+    """Pipeline-generated latents (empty prompt, guidance 1) DDIM-invert (exact) back to the watermark,
+    for eps- and v-prediction checkpoints (SD 1.x, SD 2.x at 768 px): the pipeline steps with the
+    UNet's raw output, our inversion with model.eps."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     from inversion import ddim_invert, ddim_schedule
     from watermark.detect import score
@@ -108,6 +111,7 @@ def test_pipeline_latents_invert_to_the_key(sd_folder):
     from watermark.model import load_model
 
     model = load_model(str(sd_folder))
+    model.scheduler = DDIMScheduler.from_config(model.scheduler.config, prediction_type=prediction_type)
     assert model.noise_mean(999) == 0.0  # no ringmark.json: plain N(0, I) noise, as the pipeline samples
     key = new_key(str(sd_folder), model.latent_shape(32), seed=5)
     z_T = initial_noise(key, [0, 1])

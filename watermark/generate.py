@@ -13,7 +13,8 @@ def sample_latents(
     guidance: float = 1.0, uncond: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM from z_T to z_0 (scaled latents), classifier-free guidance when guidance != 1."""
-    scheduler = type(model.scheduler).from_config(model.scheduler.config)
+    # model.eps converts whatever the UNet predicts to eps, so the scheduler steps in eps
+    scheduler = type(model.scheduler).from_config(model.scheduler.config, prediction_type="epsilon")
     scheduler.set_timesteps(steps)
     z = z_T.to(model.device, model.dtype) + model.noise_mean(int(scheduler.timesteps[0]))
     for t in scheduler.timesteps:

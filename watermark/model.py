@@ -123,15 +123,35 @@ class LatentDiffusion:
         return self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
 
     def eps(self, z: torch.Tensor, t: int, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """eps(z, t); ``cond`` is the text embedding of a conditional model (empty prompt if None)."""
+        """eps(z, t) whatever the UNet predicts; ``cond`` is the text embedding of a conditional
+        model (empty prompt if None). DDIM inversion and generation both work in eps."""
         z = z.to(self.unet.dtype)
         if not self.conditional:
-            return self.unet(z, t).sample
-        if cond is None:
-            cond = self.prompt_embeds([""])
-        if len(cond) == 1 and len(z) > 1:
-            cond = cond.expand(len(z), *cond.shape[1:])
-        return self.unet(z, t, encoder_hidden_states=cond).sample
+            out = self.unet(z, t).sample
+        else:
+            if cond is None:
+                cond = self.prompt_embeds([""])
+            if len(cond) == 1 and len(z) > 1:
+                cond = cond.expand(len(z), *cond.shape[1:])
+            out = self.unet(z, t, encoder_hidden_states=cond).sample
+        return self._as_eps(out, z, t)
+
+    def _as_eps(self, out: torch.Tensor, z: torch.Tensor, t: int) -> torch.Tensor:
+        """The UNet's output as eps, for z_t = sqrt(a) z_0 + sqrt(1 - a) eps, a = alpha_bar_t.
+
+        v-prediction (Salimans & Ho, ICLR 2022; SD 2.x at 768 px): v = sqrt(a) eps - sqrt(1 - a) z_0,
+        so eps = sqrt(a) v + sqrt(1 - a) z_t. diffusers' DDIMScheduler does this inside ``step``;
+        inversion needs eps itself, so the conversion lives here and generation steps in eps.
+        """
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return out
+        a = float(self.scheduler.alphas_cumprod[t])
+        if kind == "v_prediction":
+            return a**0.5 * out + (1 - a) ** 0.5 * z
+        if kind == "sample":
+            return (z - a**0.5 * out) / (1 - a) ** 0.5
+        raise ModelError(f"model {self.name!r}: unsupported prediction_type {kind!r}")
 
     @torch.inference_mode()
     def prompt_embeds(self, prompts: list[str]) -> torch.Tensor:
