@@ -31,3 +31,9 @@ def test_quality_figures_reproduce(tmp_path):
     assert new["cocoercivity_min_ratio"]["positive"] == pytest.approx(card["cocoercivity_min_ratio"]["positive"], abs=3)
     for k, v in card["ddim_roundtrip_nmse_db"].items():
         assert new["ddim_roundtrip_nmse_db"][k] == pytest.approx(v, abs=0.5), k
+    # the diagnostics of why decoder inversion stalls (model card)
+    assert new["forward_step_identifiability"]["pixel_nmse_db"] == pytest.approx(
+        card["forward_step_identifiability"]["pixel_nmse_db"], abs=0.3)
+    assert new["decoder_dc_gain"]["gains"] == pytest.approx(card["decoder_dc_gain"]["gains"], rel=0.05)
+    assert new["decoder_dc_gain"]["error_share_in_channel_means"] == pytest.approx(
+        card["decoder_dc_gain"]["error_share_in_channel_means"], abs=0.03)

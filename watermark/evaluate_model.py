@@ -4,7 +4,9 @@
 
 1. VAE reconstruction PSNR on 128 px crops of the held-out photo (and of a training photo).
 2. Decoder inversion of latents the model generated: NMSE of E(x) and of the forward step
-   (Eq. 4) after 10/20/50 iterations; the cocoercivity check of Sec. 3.4 (Fig. 2) with z_300.
+   (Eq. 4) after 10/20/50 iterations; the cocoercivity check of Sec. 3.4 (Fig. 2) with z_300;
+   diagnostics of what the image does not show (pixel error and decoder gain along the latent
+   error; the decoder's gain for the channel means shifted together).
 3. Samples: a 4x4 grid PNG; per-channel latent mean/std against the training latents';
    radially averaged power spectrum of decoded samples against real crops in 3 bands.
 4. DDIM round trip z_T -> z_0 -> z_T (50 steps each): NMSE, naive and exact.
@@ -41,7 +43,8 @@ def nmse_ac_db(z_hat: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """nmse_db without the error's per-channel spatial mean (its DC).
 
     A diagnostic, not a target: on the bundled model most of the inversion error is that mean,
-    which the decoder renders but the encoder reads back weakly (``decoder_gain_per_channel``).
+    nearly all of it in two combinations of the channel means that the decoder barely renders
+    (``decoder_dc_gain``), so no inversion method can recover it from the image.
     """
     return nmse_db(z_hat - (z_hat - z).mean(dim=(-2, -1), keepdim=True), z)
 
@@ -153,6 +156,10 @@ def main(out, grid, quick, n_inv, coco_iters, seed):
     nmse_at: dict[int, list] = {k: [] for k in checkpoints}
     nmse_ac_at: dict[int, list] = {k: [] for k in checkpoints}
     coco = []
+    k_id = min(50, n_iters)  # where the identifiability diagnostic looks at the forward step
+    ident: dict[str, list] = {"pixel_nmse_db": [], "gain_error": [], "gain_white": []}
+    error_dc, error_dc_share = [], []  # the error's per-channel spatial mean, and its share of the error
+    gen_ident = torch.Generator().manual_seed(seed + 1)  # its own: the figures after it stay as they were
     for i in range(0, n_inv, 10):
         traj = []  # z_0 .. z_{n_iters + 1}: the callback sees each iterate before its update
         z_last, _ = fixed_point(model.encode, model.decode, x[i : i + 10], iters=n_iters + 1, rho=rho,
@@ -163,6 +170,19 @@ def main(out, grid, quick, n_inv, coco_iters, seed):
                 nmse_at[k].append(nmse_db(traj[k], z_star[i : i + 10]))
                 nmse_ac_at[k].append(nmse_ac_db(traj[k], z_star[i : i + 10]))
         coco.append(cocoercivity(traj, batched(model.encode, x[i : i + 10]), rho))
+        # why the latent error stalls: how much of it the image shows. The pixel error of z_k,
+        # and the decoder's gain ||D(z* + e) - D(z*)|| / ||e|| along the error e = z_k - z*,
+        # against white noise of the same norm; a direction the decoder barely renders cannot be
+        # recovered from the image by any inversion method.
+        z_k, z_i, x_i = traj[k_id], z_star[i : i + 10], x[i : i + 10]
+        e = z_k - z_i
+        w = torch.randn(e.shape, generator=gen_ident)
+        w = w * (e.flatten(1).norm(dim=1) / w.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
+        ident["pixel_nmse_db"].append(nmse_db(model.decode(z_k), x_i))
+        ident["gain_error"].append((model.decode(z_i + e) - x_i).flatten(1).norm(dim=1) / e.flatten(1).norm(dim=1))
+        ident["gain_white"].append((model.decode(z_i + w) - x_i).flatten(1).norm(dim=1) / w.flatten(1).norm(dim=1))
+        error_dc.append(e.mean(dim=(-2, -1)))
+        error_dc_share.append(e.mean(dim=(-2, -1)).pow(2).sum(1) * e[0, 0].numel() / e.flatten(1).pow(2).sum(1))
         click.echo(f"inversion {i + 10}/{n_inv}", err=True)
     # why: the decoder's gain (pixel RMS change / 0.3) for a shift of one channel's mean by 0.3
     # against white noise of std 0.3 in that channel, on 16 of the generated latents
@@ -175,10 +195,30 @@ def main(out, grid, quick, n_inv, coco_iters, seed):
             z_pert[:, c] += delta
             gains[kind].append(float((batched(model.decode, z_pert) - x16).pow(2).mean().sqrt() / 0.3))
     res["decoder_gain_per_channel"] = gains
+    # The same for the channel means shifted together: G = R R^T / P, R the pixel change per unit
+    # shift of each channel's mean (16 latents). Its eigenvalues, as RMS gains, say which
+    # combinations of the means the image shows; the spread of the generated and the training
+    # latents' means along its eigenvectors, and where the inversion error's mean lies, say why
+    # that error stalls. (One channel at a time, above, hides a combination the decoder ignores.)
+    R = torch.stack([((batched(model.decode, z16 + 0.3 * torch.eye(z16.shape[1])[c].view(1, -1, 1, 1)) - x16) / 0.3)
+                     .flatten(1) for c in range(z16.shape[1])], 1)
+    eig, vec = torch.linalg.eigh((R @ R.transpose(1, 2)).mean(0) / R.shape[-1])  # ascending
+    err_dc = torch.cat(error_dc)
+    res["decoder_dc_gain"] = {
+        "gains": eig.clamp_min(0).sqrt().tolist(),
+        "directions": vec.T.tolist(),
+        "generated_mean_std_along": (z_0.mean(dim=(-2, -1)) @ vec).std(0).tolist(),
+        "train_mean_std_along": (post.mean(dim=(-2, -1)) @ vec).std(0).tolist(),
+        "iterations": k_id,
+        "error_share_in_channel_means": float(torch.cat(error_dc_share).mean()),
+        "error_mean_share_along": ((err_dc @ vec).pow(2) / err_dc.pow(2).sum(1, keepdim=True)).mean(0).tolist(),
+    }
     res["forward_step_rho"] = rho
     res["nmse_forward_step_db"] = {str(k): float(torch.cat(v).mean()) for k, v in nmse_at.items() if v}
     res["nmse_forward_step_without_error_mean_db"] = {str(k): float(torch.cat(v).mean())
                                                       for k, v in nmse_ac_at.items() if v}
+    res["forward_step_identifiability"] = {"iterations": k_id, **{k: float(torch.cat(v).mean())
+                                                                  for k, v in ident.items()}}
     coco = torch.cat(coco)
     res["cocoercivity_min_ratio"] = {"positive": int((coco > 0).sum()), "of": len(coco),
                                      "median": float(coco.median()), "iterations": n_iters}
