@@ -178,30 +178,30 @@ def main(out, grid, quick, n_inv, coco_iters, seed):
         e = z_k - z_i
         w = torch.randn(e.shape, generator=gen_ident)
         w = w * (e.flatten(1).norm(dim=1) / w.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
-        ident["pixel_nmse_db"].append(nmse_db(model.decode(z_k), x_i))
-        ident["gain_error"].append((model.decode(z_i + e) - x_i).flatten(1).norm(dim=1) / e.flatten(1).norm(dim=1))
+        x_k = model.decode(z_k)  # = D(z* + e)
+        ident["pixel_nmse_db"].append(nmse_db(x_k, x_i))
+        ident["gain_error"].append((x_k - x_i).flatten(1).norm(dim=1) / e.flatten(1).norm(dim=1))
         ident["gain_white"].append((model.decode(z_i + w) - x_i).flatten(1).norm(dim=1) / w.flatten(1).norm(dim=1))
-        error_dc.append(e.mean(dim=(-2, -1)))
-        error_dc_share.append(e.mean(dim=(-2, -1)).pow(2).sum(1) * e[0, 0].numel() / e.flatten(1).pow(2).sum(1))
+        e_dc = e.mean(dim=(-2, -1))
+        error_dc.append(e_dc)
+        error_dc_share.append(e_dc.pow(2).sum(1) * e[0, 0].numel() / e.flatten(1).pow(2).sum(1))
         click.echo(f"inversion {i + 10}/{n_inv}", err=True)
-    # why: the decoder's gain (pixel RMS change / 0.3) for a shift of one channel's mean by 0.3
-    # against white noise of std 0.3 in that channel, on 16 of the generated latents
+    # why: the decoder's response to shifting one channel's mean by 0.3, on 16 of the generated
+    # latents: R[:, c] is the pixel change per unit shift of channel c's mean
     z16, x16 = z_star[:16], x[:16]
-    gains = {"channel_mean_shift": [], "white_noise": []}
-    for c in range(z16.shape[1]):
-        for kind, delta in (("channel_mean_shift", torch.full_like(z16[:, c], 0.3)),
-                            ("white_noise", 0.3 * torch.randn(z16[:, c].shape, generator=gen))):
-            z_pert = z16.clone()
-            z_pert[:, c] += delta
-            gains[kind].append(float((batched(model.decode, z_pert) - x16).pow(2).mean().sqrt() / 0.3))
-    res["decoder_gain_per_channel"] = gains
-    # The same for the channel means shifted together: G = R R^T / P, R the pixel change per unit
-    # shift of each channel's mean (16 latents). Its eigenvalues, as RMS gains, say which
-    # combinations of the means the image shows; the spread of the generated and the training
-    # latents' means along its eigenvectors, and where the inversion error's mean lies, say why
-    # that error stalls. (One channel at a time, above, hides a combination the decoder ignores.)
     R = torch.stack([((batched(model.decode, z16 + 0.3 * torch.eye(z16.shape[1])[c].view(1, -1, 1, 1)) - x16) / 0.3)
                      .flatten(1) for c in range(z16.shape[1])], 1)
+    # its gain (pixel RMS change per unit) one channel at a time, against white noise of std 0.3
+    gains = {"channel_mean_shift": R.pow(2).mean(dim=(0, 2)).sqrt().tolist(), "white_noise": []}
+    for c in range(z16.shape[1]):
+        z_pert = z16.clone()
+        z_pert[:, c] += 0.3 * torch.randn(z16[:, c].shape, generator=gen)
+        gains["white_noise"].append(float((batched(model.decode, z_pert) - x16).pow(2).mean().sqrt() / 0.3))
+    res["decoder_gain_per_channel"] = gains
+    # The same for the channel means shifted together: G = R R^T / P. Its eigenvalues, as RMS
+    # gains, say which combinations of the means the image shows; the spread of the generated and
+    # the training latents' means along its eigenvectors, and where the inversion error's mean
+    # lies, say why that error stalls. (One channel at a time hides a combination the decoder ignores.)
     eig, vec = torch.linalg.eigh((R @ R.transpose(1, 2)).mean(0) / R.shape[-1])  # ascending
     err_dc = torch.cat(error_dc)
     res["decoder_dc_gain"] = {
