@@ -6,7 +6,7 @@ and ``eps(z, t, **extra_args)``.
 """
 
 from .adam import adam
-from .ddim import DDIMSchedule, ddim_inverse_step, ddim_invert, ddim_sample, ddim_schedule, ddim_step
+from .ddim import DDIMSchedule, ddim_inverse_step, ddim_inverse_step_v, ddim_invert, ddim_sample, ddim_schedule, ddim_step
 from .encoder import encoder
 from .fixed_point import fixed_point
 from .gradient import gradient
@@ -15,6 +15,6 @@ from .methods import METHODS, invert_decoder
 from .record import InversionRecord
 
 __all__ = [
-    "METHODS", "DDIMSchedule", "InversionRecord", "adam", "ddim_inverse_step", "ddim_invert", "ddim_sample",
+    "METHODS", "DDIMSchedule", "InversionRecord", "adam", "ddim_inverse_step", "ddim_inverse_step_v", "ddim_invert", "ddim_sample",
     "ddim_schedule", "ddim_step", "encoder", "fixed_point", "gradient", "inertial_km", "invert_decoder",
 ]

@@ -53,12 +53,19 @@ def test_gradient_rejects(linear, kwargs, match):
         gradient(linear.encode, linear.decode, linear.x, **kwargs)
 
 
-@pytest.mark.parametrize("steps", [0, -5, 1001, 2.0])
-def test_ddim_schedule_rejects(steps):
-    with pytest.raises(ValueError, match="steps must be"):
-        ddim_schedule(make_scheduler(), steps)
+@pytest.mark.parametrize("timesteps", [[], [1000], [-1, 5]])
+def test_ddim_schedule_rejects(timesteps):
+    with pytest.raises(ValueError, match="timesteps must be"):
+        ddim_schedule(make_scheduler().alphas_cumprod, timesteps, 1.0)
 
 
 def test_ddim_invert_rejects_bad_refine_iters():
     with pytest.raises(ValueError, match="refine_iters must be"):
-        ddim_invert(lambda z, t: z, torch.zeros(1, 4, 2, 2), ddim_schedule(make_scheduler(), 2), refine_iters=-1)
+        ddim_invert(lambda z, t: z, torch.zeros(1, 4, 2, 2), ddim_schedule(make_scheduler().alphas_cumprod, [500, 0], 1.0),
+                    refine_iters=-1)
+
+
+def test_ddim_invert_rejects_unknown_hold():
+    with pytest.raises(ValueError, match="hold must be one of"):
+        ddim_invert(lambda z, t: z, torch.zeros(1, 4, 2, 2), ddim_schedule(make_scheduler().alphas_cumprod, [500, 0], 1.0),
+                    hold="x0")

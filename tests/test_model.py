@@ -33,10 +33,12 @@ def test_shapes_and_sizes(tiny):
 
 
 def test_key_channel_comes_from_the_model_folder(tiny, tmp_path):
-    assert tiny.default_key_channel == json.loads((TINY_PATH / "ringmark.json").read_text())["key_channel"] == 1
+    channel = json.loads((TINY_PATH / "ringmark.json").read_text())["key_channel"]
+    assert tiny.default_key_channel == channel != tiny.latent_channels - 1  # not the fallback (last channel)
     from watermark import api
 
-    assert api.keygen(None, seed=1).channel == 1 and api.keygen(None, seed=1, channel=3).channel == 3
+    other = (channel + 1) % tiny.latent_channels
+    assert api.keygen(None, seed=1).channel == channel and api.keygen(None, seed=1, channel=other).channel == other
 
 
 def test_scaling_factor_is_the_trained_one(tiny):
@@ -45,9 +47,28 @@ def test_scaling_factor_is_the_trained_one(tiny):
     assert tiny.vae.config.scaling_factor != 1.0  # AutoencoderKL's default would mean "not computed"
 
 
-def test_scheduler_is_sd_like(tiny):
+def test_scheduler_is_zero_terminal_snr_v_prediction(tiny):
     c = tiny.scheduler.config
     assert (c.num_train_timesteps, c.beta_schedule, c.clip_sample) == (1000, "scaled_linear", False)
+    assert (c.prediction_type, c.rescale_betas_zero_snr, c.timestep_spacing) == ("v_prediction", True, "trailing")
+    assert float(tiny.scheduler.alphas_cumprod[-1]) == 0.0 and float(tiny.alphas_cumprod[-1]) == 2.0**-24
+    assert tiny.latent_mean is None and tiny.noise_mean(999) == 0.0  # z_T carries no signal: no offset
+
+
+def test_generation_and_inversion_stay_finite_at_t_T(tiny):
+    from watermark.verify import Recovery, invert_ddim
+
+    z_T = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(5))
+    z_0 = sample_latents(tiny, z_T, steps=2)
+    assert tiny.ddim_schedule(2).timesteps[0] == 999 and torch.isfinite(z_0).all()
+    for exact in (False, True):
+        assert torch.isfinite(invert_ddim(tiny, z_0, Recovery(ddim_steps=2, exact=exact))).all()
+
+
+@pytest.mark.parametrize("steps", [0, -5, 1001, 2.0])
+def test_ddim_schedule_rejects(tiny, steps):
+    with pytest.raises(ValueError, match="steps must be"):
+        tiny.ddim_schedule(steps)
 
 
 def test_two_step_generation_is_deterministic(tiny):
@@ -74,36 +95,45 @@ def test_bad_model_and_dtype():
 
 
 def test_generation_adds_the_terminal_mean_and_inversion_removes_it(tiny):
+    """For a checkpoint on a schedule that leaves signal at t = T and a latent_mean in its folder
+    (the bundled model before v2): generation starts from z_T + sqrt(alpha_bar_T) mean, inversion
+    takes it off again."""
+    import dataclasses
+
+    from watermark.train import make_scheduler
     from watermark.verify import Recovery, invert_ddim
 
-    mean = torch.tensor(json.loads((TINY_PATH / "ringmark.json").read_text())["latent_mean"])
-    assert torch.allclose(torch.tensor(tiny.latent_mean), mean)
-    t = 981  # the first of 50 DDIM steps
-    expected = tiny.scheduler.alphas_cumprod[t].sqrt() * mean
-    assert torch.allclose(tiny.noise_mean(t).flatten(), expected, atol=1e-6)
+    mean = (0.5, -0.8, 1.0, 0.3)
+    leaky = dataclasses.replace(tiny, scheduler=make_scheduler(zero_snr=False), latent_mean=mean)
+    t = 981  # the first of 50 DDIM steps on SD's schedule
+    expected = leaky.scheduler.alphas_cumprod[t].sqrt() * torch.tensor(mean)
+    assert torch.allclose(leaky.noise_mean(t).flatten(), expected, atol=1e-6)
     z_T = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(3))
-    z_T = z_T - z_T.mean(dim=(2, 3), keepdim=True)  # zero spatial means: any offset left would show
-    z_0 = sample_latents(tiny, z_T, steps=10)
-    recovered = invert_ddim(tiny, z_0, Recovery(ddim_steps=10))
-    # the recovered noise is centred like the sampled one, not shifted by sqrt(alpha_bar) * mean
-    assert recovered.mean(dim=(2, 3)).abs().max() < 0.25 * expected.abs().max()
+    z_0 = sample_latents(leaky, z_T, steps=10)
+    assert not torch.allclose(z_0, sample_latents(dataclasses.replace(leaky, latent_mean=None), z_T, steps=10))
+    recovered = invert_ddim(leaky, z_0, Recovery(ddim_steps=10, exact=True), refine_iters=5)
+    # the offset is gone: recovered within a fraction of it of the z_T that was sampled
+    assert float((recovered - z_T).mean(dim=(2, 3)).abs().max()) < 0.25 * float(expected.abs().max())
 
 
 def test_generation_steps_in_eps_whatever_the_unet_predicts(tiny):
-    """A v-prediction checkpoint generates what diffusers' DDIMScheduler makes of the UNet's raw output."""
+    """On SD's schedule, a v-prediction checkpoint generates what diffusers' DDIMScheduler makes of
+    the UNet's raw output, and reading the same output as eps gives something else."""
     import dataclasses
 
     from diffusers import DDIMScheduler
 
-    scheduler = DDIMScheduler.from_config(tiny.scheduler.config, prediction_type="v_prediction")
-    as_v = dataclasses.replace(tiny, scheduler=scheduler)
+    from watermark.train import make_scheduler
+
+    as_v = dataclasses.replace(tiny, scheduler=make_scheduler(zero_snr=False, prediction_type="v_prediction"))
     z_T = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(4))
-    reference = DDIMScheduler.from_config(scheduler.config)
+    reference = DDIMScheduler.from_config(as_v.scheduler.config)
     reference.set_timesteps(3)
-    z = z_T + as_v.noise_mean(int(reference.timesteps[0]))
+    z = z_T
     with torch.no_grad():
         for t in reference.timesteps:
             z = reference.step(tiny.unet(z, t).sample, t, z).prev_sample
     ours = sample_latents(as_v, z_T, steps=3)
     assert torch.allclose(ours, z, atol=1e-4)
-    assert not torch.allclose(ours, sample_latents(tiny, z_T, steps=3), atol=1e-2)  # v is not read as eps
+    as_eps = dataclasses.replace(tiny, scheduler=make_scheduler(zero_snr=False, prediction_type="epsilon"))
+    assert not torch.allclose(ours, sample_latents(as_eps, z_T, steps=3), atol=1e-2)  # v is not read as eps

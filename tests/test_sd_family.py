@@ -9,52 +9,6 @@ from click.testing import CliRunner
 from watermark.cli import main
 
 
-def bytes_to_unicode():
-    """GPT-2/CLIP's byte -> printable character table (byte-level BPE alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b), cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-@pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    """A diffusers folder with SD's layout: vae, unet (cross-attention), scheduler, text_encoder, tokenizer."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    root = tmp_path_factory.mktemp("tiny-sd")
-    torch.manual_seed(0)
-    UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, norm_num_groups=8, attention_head_dim=8,
-    ).save_pretrained(root / "unet")
-    AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
-                  sample_size=32).save_pretrained(root / "vae")
-    DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                  set_alpha_to_one=False, steps_offset=1).save_pretrained(root / "scheduler")
-    # a byte-level tokenizer with no merges: every byte is a token
-    chars = list(bytes_to_unicode().values())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    (root / "tokenizer").mkdir()
-    (root / "tokenizer" / "vocab.json").write_text(json.dumps(vocab))
-    (root / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(root / "tokenizer" / "vocab.json"), str(root / "tokenizer" / "merges.txt"),
-                  model_max_length=16, pad_token="<|endoftext|>").save_pretrained(root / "tokenizer")
-    CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                                 vocab_size=len(vocab), max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-                                 pad_token_id=1)).save_pretrained(root / "text_encoder")
-    return root
-
-
 def test_loads_by_path_with_the_same_loader(sd_folder):
     from watermark.model import load_model
 
@@ -104,7 +58,7 @@ def test_pipeline_latents_invert_to_the_key(sd_folder, prediction_type):
     UNet's raw output, our inversion with model.eps."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from inversion import ddim_invert, ddim_schedule
+    from inversion import ddim_invert
     from watermark.detect import score
     from watermark.embed import initial_noise
     from watermark.keys import new_key
@@ -121,7 +75,7 @@ def test_pipeline_latents_invert_to_the_key(sd_folder, prediction_type):
     z_0 = pipe(prompt=["", ""], latents=z_T, num_inference_steps=10, guidance_scale=1.0, output_type="latent",
                height=32, width=32).images
     # a random UNet is far from smooth: naive inversion is 7% off here, exact inversion 1e-5
-    recovered = ddim_invert(model.eps, z_0, ddim_schedule(model.scheduler, 10), exact=True, refine_iters=5,
+    recovered = ddim_invert(model.eps, z_0, model.ddim_schedule(10), exact=True, refine_iters=5,
                             extra_args={"cond": model.prompt_embeds([""])})
     assert all(s.p_value < 1e-10 for s in score(recovered, key))
 
@@ -132,3 +86,68 @@ def test_prompt_refused_by_unconditional_model(tmp_path):
     result = runner.invoke(main, ["embed", "--key", str(tmp_path / "k.json"), "-o", str(tmp_path / "o"),
                                   "--prompt", "cat"])
     assert result.exit_code == 2 and "unconditional" in result.stderr
+
+
+@pytest.fixture
+def zero_snr_model(sd_folder):
+    """The tiny SD checkpoint with a zero-terminal-SNR, trailing, v-prediction DDIM schedule (Lin et al.)."""
+    from diffusers import DDIMScheduler
+
+    from watermark.model import load_model
+
+    model = load_model(str(sd_folder))
+    model.scheduler = DDIMScheduler.from_config(model.scheduler.config, rescale_betas_zero_snr=True,
+                                                timestep_spacing="trailing", prediction_type="v_prediction",
+                                                set_alpha_to_one=False)
+    assert float(model.scheduler.alphas_cumprod[-1]) == 0.0  # alpha_bar_T = 0: the case the floor is for
+    return model
+
+
+def test_zero_terminal_snr_generates_inverts_and_round_trips(zero_snr_model):
+    """Generation (ours, in eps, and the diffusers pipeline, in v) and DDIM inversion, naive and exact,
+    stay finite at t = T and carry the key back to z_T."""
+    from diffusers import StableDiffusionPipeline
+
+    from inversion import ddim_invert
+    from watermark.detect import score
+    from watermark.embed import initial_noise
+    from watermark.generate import sample_latents
+    from watermark.keys import new_key
+
+    model = zero_snr_model
+    key = new_key("tiny-sd", model.latent_shape(32), seed=7)
+    z_T = initial_noise(key, [0, 1])
+    ours = sample_latents(model, z_T, steps=10)
+    pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+                                   unet=model.unet, scheduler=model.scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    theirs = pipe(prompt=["", ""], latents=z_T, num_inference_steps=10, guidance_scale=1.0, output_type="latent",
+                  height=32, width=32).images
+    assert torch.isfinite(ours).all()
+    # the floor on alpha_bar_T (2**-24) moves the first step by ~sqrt(2**-24) of z: same sample to 1e-3
+    assert torch.allclose(ours, theirs, atol=1e-3), float((ours - theirs).abs().max())
+    schedule = model.ddim_schedule(10)
+    assert schedule.timesteps[0] == 999 and 0 < schedule.alpha_bar[0] < 1e-7
+    cond = {"cond": model.prompt_embeds([""])}
+    assert model.prediction == "v"
+    naive = ddim_invert(model.eps, ours, schedule, hold="v", extra_args=cond)
+    exact = ddim_invert(model.eps, ours, schedule, exact=True, refine_iters=8, hold="v", extra_args=cond)
+    held_eps = ddim_invert(model.eps, ours, schedule, exact=True, refine_iters=8, hold="eps", extra_args=cond)
+    assert all(torch.isfinite(z).all() for z in (naive, exact, held_eps))
+    rel = lambda z: float((z - z_T).norm() / z_T.norm())  # noqa: E731
+    # a random UNet is not smooth: naive is ~10 % off; exact, holding v, 3e-5 (measured)
+    assert rel(exact) < 1e-3 < rel(naive) < 0.5, (rel(exact), rel(naive))
+    # holding eps fixed does not contract at alpha_bar_T ~ 0 (eps(z) ~ z): it stalls near 1.5 %
+    assert rel(held_eps) > 10 * rel(exact)
+    assert all(s.p_value < 1e-10 for s in score(exact, key))
+
+
+def test_without_the_floor_zero_terminal_snr_gives_nan(zero_snr_model, monkeypatch):
+    """The floor is what keeps the eps form finite at alpha_bar_T = 0 (this fails if it is removed)."""
+    from watermark import model as model_module
+    from watermark.generate import sample_latents
+
+    z_T = torch.randn(1, *zero_snr_model.latent_shape(32), generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(sample_latents(zero_snr_model, z_T, steps=3)).all()
+    monkeypatch.setattr(model_module, "ALPHA_BAR_MIN", 0.0)
+    assert torch.isnan(sample_latents(zero_snr_model, z_T, steps=3)).any()

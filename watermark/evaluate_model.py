@@ -59,8 +59,8 @@ def batched(fn, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
     return torch.cat([fn(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
-def psnr(model, x: torch.Tensor) -> float:
-    r = batched(lambda b: model.decode(model.encode(b)), x).clamp(-1, 1)
+def psnr(encode, decode, x: torch.Tensor) -> float:
+    r = batched(lambda b: decode(encode(b)), x).clamp(-1, 1)
     return float((10 * torch.log10(4 / (r - x).flatten(1).pow(2).mean(1))).mean())
 
 
@@ -109,35 +109,52 @@ def save_grid(images01: torch.Tensor, path: Path, rows: int = 4) -> None:
 @click.option("--n-inv", default=100, show_default=True, help="Generated latents for decoder inversion.")
 @click.option("--coco-iters", default=300, show_default=True, help="k of z_inf = z_k in the cocoercivity check.")
 @click.option("--seed", default=20241127, show_default=True)
-def main(out, grid, quick, n_inv, coco_iters, seed):
+@click.option("--model", "model_name", default="tiny", show_default=True, help="Model name or folder.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def main(out, grid, quick, n_inv, coco_iters, seed, model_name, device):
     """Measure the bundled tiny model (PSNR, decoder inversion, sample statistics, DDIM round trip)."""
     torch.set_grad_enabled(False)
     t_start = time.time()
-    model = load_model("tiny")
+    model = load_model(model_name, device)
+    dev = model.device
+
+    # every tensor below lives on the CPU; the networks run on ``device``
+    def encode(x):
+        return model.encode(x.to(dev)).float().cpu()
+
+    def decode(z):
+        return model.decode(z.to(dev)).float().cpu()
+
+    def sample(z_T):
+        return sample_latents(model, z_T.to(dev), 50).float().cpu()
+
+    def invert(z_0, recovery, refine_iters=3):
+        return invert_ddim(model, z_0.to(dev), recovery, refine_iters)
+
     n_samples, n_iters, n_rt = (16, 20, 4) if quick else (256, coco_iters, 32)
     n_inv = 8 if quick else n_inv
     gen = torch.Generator().manual_seed(seed)
     res: dict = {"command": "python -m watermark.evaluate_model " + " ".join(sys.argv[1:]),
-                 "machine": machine(),
+                 "machine": machine(device),
                  "torch": torch.__version__}
 
     # 1. VAE reconstruction
-    res["psnr_heldout_db"] = psnr(model, tiles(load_photo(HELD_OUT)))
-    res["psnr_train_photo_db"] = psnr(model, tiles(load_photo("astronaut")))
+    res["psnr_heldout_db"] = psnr(encode, decode, tiles(load_photo(HELD_OUT)))
+    res["psnr_train_photo_db"] = psnr(encode, decode, tiles(load_photo("skimage:astronaut")))
     click.echo(f"PSNR held-out {res['psnr_heldout_db']:.2f} dB", err=True)
 
     # 3. samples from the model (50 DDIM steps), against training latents and real crops
     z_T = torch.randn(n_samples, 4, 32, 32, generator=gen)
-    z_0 = batched(lambda b: sample_latents(model, b, 50), z_T, 32)
+    z_0 = batched(sample, z_T, 32)
     photos = [load_photo(name) for name in TRAIN_PHOTOS]
     real = random_crops(photos, n_samples, 128, gen, max_scale=2.0)
-    post = batched(model.encode, real)  # the UNet learns scaled posterior means
+    post = batched(encode, real)  # the UNet learns scaled posterior means
     stats = {name: (z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))) for name, z in (("generated", z_0), ("train", post))}
     res["latent_mean"] = {k: v[0].tolist() for k, v in stats.items()}
     res["latent_std"] = {k: v[1].tolist() for k, v in stats.items()}
     res["latent_std_ratio"] = (stats["generated"][1] / stats["train"][1]).tolist()
     res["latent_mean_diff_in_std"] = ((stats["generated"][0] - stats["train"][0]) / stats["train"][1]).tolist()
-    images = batched(model.decode, z_0).clamp(-1, 1)
+    images = batched(decode, z_0).clamp(-1, 1)
     res["spectrum_bands"] = ["0-1/8", "1/8-1/4", "1/4-1/2 cycles/px"]
     res["spectrum_generated_db"] = radial_power_db(images)
     res["spectrum_real_db"] = radial_power_db(real)
@@ -148,8 +165,8 @@ def main(out, grid, quick, n_inv, coco_iters, seed):
 
     # 2. decoder inversion of generated latents: x = D(z*)
     z_star = z_0[:n_inv]
-    x = batched(model.decode, z_star)
-    z_enc = batched(model.encode, x)
+    x = batched(decode, z_star)
+    z_enc = batched(encode, x)
     res["nmse_encoder_db"] = float(nmse_db(z_enc, z_star).mean())
     res["nmse_encoder_without_error_mean_db"] = float(nmse_ac_db(z_enc, z_star).mean())
     rho, checkpoints = 0.5, (10, 20, 50, 100, n_iters)
@@ -162,14 +179,14 @@ def main(out, grid, quick, n_inv, coco_iters, seed):
     gen_ident = torch.Generator().manual_seed(seed + 1)  # its own: the figures after it stay as they were
     for i in range(0, n_inv, 10):
         traj = []  # z_0 .. z_{n_iters + 1}: the callback sees each iterate before its update
-        z_last, _ = fixed_point(model.encode, model.decode, x[i : i + 10], iters=n_iters + 1, rho=rho,
+        z_last, _ = fixed_point(encode, decode, x[i : i + 10], iters=n_iters + 1, rho=rho,
                                 callback=lambda d: traj.append(d["z"].clone()))
         traj.append(z_last)
         for k in checkpoints:
             if k < len(traj):
                 nmse_at[k].append(nmse_db(traj[k], z_star[i : i + 10]))
                 nmse_ac_at[k].append(nmse_ac_db(traj[k], z_star[i : i + 10]))
-        coco.append(cocoercivity(traj, batched(model.encode, x[i : i + 10]), rho))
+        coco.append(cocoercivity(traj, batched(encode, x[i : i + 10]), rho))
         # why the latent error stalls: how much of it the image shows. The pixel error of z_k,
         # and the decoder's gain ||D(z* + e) - D(z*)|| / ||e|| along the error e = z_k - z*,
         # against white noise of the same norm; a direction the decoder barely renders cannot be
@@ -178,10 +195,10 @@ def main(out, grid, quick, n_inv, coco_iters, seed):
         e = z_k - z_i
         w = torch.randn(e.shape, generator=gen_ident)
         w = w * (e.flatten(1).norm(dim=1) / w.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
-        x_k = model.decode(z_k)  # = D(z* + e)
+        x_k = decode(z_k)  # = D(z* + e)
         ident["pixel_nmse_db"].append(nmse_db(x_k, x_i))
         ident["gain_error"].append((x_k - x_i).flatten(1).norm(dim=1) / e.flatten(1).norm(dim=1))
-        ident["gain_white"].append((model.decode(z_i + w) - x_i).flatten(1).norm(dim=1) / w.flatten(1).norm(dim=1))
+        ident["gain_white"].append((decode(z_i + w) - x_i).flatten(1).norm(dim=1) / w.flatten(1).norm(dim=1))
         e_dc = e.mean(dim=(-2, -1))
         error_dc.append(e_dc)
         error_dc_share.append(e_dc.pow(2).sum(1) * e[0, 0].numel() / e.flatten(1).pow(2).sum(1))
@@ -189,14 +206,14 @@ def main(out, grid, quick, n_inv, coco_iters, seed):
     # why: the decoder's response to shifting one channel's mean by 0.3, on 16 of the generated
     # latents: R[:, c] is the pixel change per unit shift of channel c's mean
     z16, x16 = z_star[:16], x[:16]
-    R = torch.stack([((batched(model.decode, z16 + 0.3 * torch.eye(z16.shape[1])[c].view(1, -1, 1, 1)) - x16) / 0.3)
+    R = torch.stack([((batched(decode, z16 + 0.3 * torch.eye(z16.shape[1])[c].view(1, -1, 1, 1)) - x16) / 0.3)
                      .flatten(1) for c in range(z16.shape[1])], 1)
     # its gain (pixel RMS change per unit) one channel at a time, against white noise of std 0.3
     gains = {"channel_mean_shift": R.pow(2).mean(dim=(0, 2)).sqrt().tolist(), "white_noise": []}
     for c in range(z16.shape[1]):
         z_pert = z16.clone()
         z_pert[:, c] += 0.3 * torch.randn(z16[:, c].shape, generator=gen)
-        gains["white_noise"].append(float((batched(model.decode, z_pert) - x16).pow(2).mean().sqrt() / 0.3))
+        gains["white_noise"].append(float((batched(decode, z_pert) - x16).pow(2).mean().sqrt() / 0.3))
     res["decoder_gain_per_channel"] = gains
     # The same for the channel means shifted together: G = R R^T / P. Its eigenvalues, as RMS
     # gains, say which combinations of the means the image shows; the spread of the generated and
@@ -227,10 +244,12 @@ def main(out, grid, quick, n_inv, coco_iters, seed):
     z_T_rt = z_T[:n_rt]
     z_0_rt = z_0[:n_rt]
     res["ddim_roundtrip_nmse_db"] = {
-        "naive": float(nmse_db(batched(lambda b: invert_ddim(model, b, Recovery(ddim_steps=50)), z_0_rt),
+        "naive": float(nmse_db(batched(lambda b: invert(b, Recovery(ddim_steps=50)), z_0_rt),
                                z_T_rt).mean()),
-        "exact": float(nmse_db(batched(lambda b: invert_ddim(model, b, Recovery(ddim_steps=50, exact=True),
-                                                             refine_iters=5), z_0_rt), z_T_rt).mean()),
+        "exact": float(nmse_db(batched(lambda b: invert(b, Recovery(ddim_steps=50, exact=True), 5), z_0_rt), z_T_rt).mean()),
+        # the last trailing step (t = 19 -> alpha_bar_0) contracts slowly: 15 refinements per step
+        "exact_15": float(nmse_db(batched(lambda b: invert(b, Recovery(ddim_steps=50, exact=True), 15), z_0_rt),
+                                  z_T_rt).mean()),
     }
     res["seconds"] = round(time.time() - t_start, 1)
     out.parent.mkdir(parents=True, exist_ok=True)

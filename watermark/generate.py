@@ -1,8 +1,10 @@
-"""Generation from a given initial noise z_T with diffusers' DDIMScheduler (eta = 0)."""
+"""Generation from a given initial noise z_T: deterministic DDIM (eta = 0) on the model's schedule."""
 
 from __future__ import annotations
 
 import torch
+
+from inversion import ddim_sample
 
 from .model import LatentDiffusion
 
@@ -12,17 +14,23 @@ def sample_latents(
     model: LatentDiffusion, z_T: torch.Tensor, steps: int = 50, cond: torch.Tensor | None = None,
     guidance: float = 1.0, uncond: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Deterministic DDIM from z_T to z_0 (scaled latents), classifier-free guidance when guidance != 1."""
-    # model.eps converts whatever the UNet predicts to eps, so the scheduler steps in eps
-    scheduler = type(model.scheduler).from_config(model.scheduler.config, prediction_type="epsilon")
-    scheduler.set_timesteps(steps)
-    z = z_T.to(model.device, model.dtype) + model.noise_mean(int(scheduler.timesteps[0]))
-    for t in scheduler.timesteps:
-        eps = model.eps(z, int(t), cond)
+    """Deterministic DDIM from z_T to z_0 (scaled latents), classifier-free guidance when guidance != 1.
+
+    Steps in eps (``model.eps`` converts whatever the UNet predicts) on ``model.ddim_schedule``,
+    the schedule DDIM inversion walks back, alpha_bar floored where a zero-terminal-SNR schedule
+    has alpha_bar_T = 0; the steps land where diffusers' DDIMScheduler lands.
+    """
+
+    def eps(z, t):
+        e = model.eps(z, t, cond)
         if guidance != 1.0:
-            eps = model.eps(z, int(t), uncond) + guidance * (eps - model.eps(z, int(t), uncond))
-        z = scheduler.step(eps, t, z).prev_sample
-    return z
+            e_uncond = model.eps(z, t, uncond)
+            e = e_uncond + guidance * (e - e_uncond)
+        return e
+
+    schedule = model.ddim_schedule(steps)
+    z = z_T.to(model.device, model.dtype) + model.noise_mean(schedule.timesteps[0])
+    return ddim_sample(eps, z, schedule).to(model.dtype)
 
 
 @torch.inference_mode()

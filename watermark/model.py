@@ -15,7 +15,14 @@ from typing import Any
 
 import torch
 
+from inversion import DDIMSchedule, ddim_schedule
+
 TINY_PATH = Path(__file__).parent / "models" / "tiny"
+
+# Floor on alpha_bar: a zero-terminal-SNR schedule (Lin et al., WACV 2024) has alpha_bar_T = 0,
+# and every step written in eps divides by sqrt(alpha_bar_t). diffusers' EulerDiscreteScheduler
+# clamps the same way (alphas_cumprod[-1] = 2**-24) for that schedule.
+ALPHA_BAR_MIN = 2.0**-24
 
 
 class ModelError(Exception):
@@ -63,6 +70,30 @@ class LatentDiffusion:
         SD, unless the model folder says otherwise (the bundled model does, with the reason)."""
         return self.latent_channels - 1 if self.key_channel is None else self.key_channel
 
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """The scheduler's alpha_bar_t in float64, floored at ``ALPHA_BAR_MIN``: the one place
+        the floor is applied; generation, DDIM inversion and the eps conversion all read it."""
+        return self.scheduler.alphas_cumprod.double().clamp(min=ALPHA_BAR_MIN)
+
+    def ddim_schedule(self, steps: int) -> DDIMSchedule:
+        """The timesteps and alpha_bar of a ``steps``-step DDIM run with this model's scheduler."""
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        config = self.scheduler.config
+        if steps > config.num_train_timesteps:
+            raise ValueError(f"steps must be at most {config.num_train_timesteps}, got {steps}")
+        scheduler = type(self.scheduler).from_config(config)  # leave the model's scheduler state alone
+        scheduler.set_timesteps(steps)
+        alphas_cumprod = self.alphas_cumprod
+        final = 1.0 if config.get("set_alpha_to_one", True) else float(alphas_cumprod[0])
+        return ddim_schedule(alphas_cumprod, [int(t) for t in scheduler.timesteps], final)
+
+    @property
+    def prediction(self) -> str:
+        """What the UNet predicts, as DDIM inversion holds it fixed: "v" for v-prediction, else "eps"."""
+        return "v" if self.scheduler.config.prediction_type == "v_prediction" else "eps"
+
     def noise_mean(self, t: int) -> torch.Tensor | float:
         """Mean of z_t over the training data, sqrt(alpha_bar_t) * E[z_0] per channel (0 if unknown).
 
@@ -77,7 +108,7 @@ class LatentDiffusion:
         """
         if self.latent_mean is None:
             return 0.0
-        scale = float(self.scheduler.alphas_cumprod[t]) ** 0.5
+        scale = float(self.alphas_cumprod[t]) ** 0.5
         return (scale * torch.tensor(self.latent_mean)).view(1, -1, 1, 1).to(self.device, self.dtype)
 
     @property
@@ -146,7 +177,7 @@ class LatentDiffusion:
         kind = self.scheduler.config.prediction_type
         if kind == "epsilon":
             return out
-        a = float(self.scheduler.alphas_cumprod[t])
+        a = float(self.alphas_cumprod[t])
         if kind == "v_prediction":
             return a**0.5 * out + (1 - a) ** 0.5 * z
         if kind == "sample":

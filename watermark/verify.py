@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from inversion import METHODS, ddim_invert, ddim_schedule, invert_decoder
+from inversion import METHODS, ddim_invert, invert_decoder
 
 from .detect import score, sidak
 from .keys import Key
@@ -56,9 +56,9 @@ def invert_ddim(model: LatentDiffusion, z_0: torch.Tensor, recovery: Recovery = 
     """Scaled latents z_0 -> z_T (float32, CPU), empty prompt, guidance 1; the generation's
     ``model.noise_mean`` offset removed. ``refine_iters``: per step, for exact inversion."""
     extra = {"cond": model.prompt_embeds([""])} if model.conditional else {}
-    schedule = ddim_schedule(model.scheduler, recovery.ddim_steps)
+    schedule = model.ddim_schedule(recovery.ddim_steps)
     z_T = ddim_invert(model.eps, z_0.to(model.dtype), schedule, exact=recovery.exact, refine_iters=refine_iters,
-                      extra_args=extra)
+                      hold=model.prediction, extra_args=extra)
     return (z_T - model.noise_mean(schedule.timesteps[0])).float().cpu()
 
 
