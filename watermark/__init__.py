@@ -11,6 +11,9 @@ def __getattr__(name):  # import torch and diffusers only when the API is used
     if name in ("keygen", "embed", "verify", "Result", "Generated"):
         from . import api
 
+        # importing api imports the submodules embed.py and verify.py, which binds those names
+        # on this package to the modules; bind them to the API's functions instead
+        globals().update({n: getattr(api, n) for n in ("keygen", "embed", "verify", "Result", "Generated")})
         return getattr(api, name)
     if name in ("Key", "load_key"):
         from . import keys

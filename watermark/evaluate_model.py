@@ -107,7 +107,7 @@ def save_grid(images01: torch.Tensor, path: Path, rows: int = 4) -> None:
               show_default=True)
 @click.option("--quick", is_flag=True, help="Few samples and iterations: checks the script, not the model.")
 @click.option("--n-inv", default=100, show_default=True, help="Generated latents for decoder inversion.")
-@click.option("--coco-iters", default=300, show_default=True, help="k of z_inf = z_k in the cocoercivity check.")
+@click.option("--coco-iters", default=100, show_default=True, help="k of z_inf = z_k in the cocoercivity check.")
 @click.option("--seed", default=20241127, show_default=True)
 @click.option("--model", "model_name", default="tiny", show_default=True, help="Model name or folder.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
