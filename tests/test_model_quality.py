@@ -20,9 +20,11 @@ def test_quality_figures_reproduce(tmp_path):
     from watermark.evaluate_model import main
 
     out = tmp_path / "eval.json"
-    result = CliRunner().invoke(main, ["--out", str(out), "--grid", str(tmp_path / "grid.png")])
+    card = json.loads(RECORD.read_text())
+    args = card["command"].split()[3:]  # the recorded run's options ("python -m watermark.evaluate_model ...")
+    result = CliRunner().invoke(main, [*args, "--out", str(out), "--grid", str(tmp_path / "grid.png")])
     assert result.exit_code == 0, result.output
-    new, card = json.loads(out.read_text()), json.loads(RECORD.read_text())
+    new = json.loads(out.read_text())
     for field in ("psnr_heldout_db", "psnr_train_photo_db", "nmse_encoder_db", "nmse_encoder_without_error_mean_db"):
         assert new[field] == pytest.approx(card[field], abs=0.3), field
     for k, v in card["nmse_forward_step_db"].items():
