@@ -85,9 +85,8 @@ class LatentDiffusion:
             raise ValueError(f"steps must be at most {config.num_train_timesteps}, got {steps}")
         scheduler = type(self.scheduler).from_config(config)  # leave the model's scheduler state alone
         scheduler.set_timesteps(steps)
-        alphas_cumprod = self.alphas_cumprod
-        final = 1.0 if config.get("set_alpha_to_one", True) else float(alphas_cumprod[0])
-        return ddim_schedule(alphas_cumprod, [int(t) for t in scheduler.timesteps], final)
+        return ddim_schedule(self.alphas_cumprod, [int(t) for t in scheduler.timesteps],
+                             float(scheduler.final_alpha_cumprod))
 
     @property
     def prediction(self) -> str:

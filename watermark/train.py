@@ -411,7 +411,7 @@ def main(work, out, stage, schedule, prediction, vae_steps, vae_batch, vae_lr, v
     out.mkdir(parents=True, exist_ok=True)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    photos = [load_photo(name).to(device) for name in TRAIN_PHOTOS]
+    photos = [load_photo(name).to(device) for name in TRAIN_PHOTOS] if stage != "key-channel" else []
     record_path = out / "training.json"
     record = json.loads(record_path.read_text()) if stage != "all" and record_path.exists() else {}
     record.update(seed=seed, torch=torch.__version__, torch_threads=torch.get_num_threads(),
