@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # the precisions the networks may run in
 
 
 def check_common(iters: int, tol: float | None, dtype) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from ._checks import check_common, check_positive
 from .record import InversionRecord, ResidualTracker
-from .schedules import cosine_warmup
+from .lr_schedule import cosine_warmup
 
 
 @torch.inference_mode()

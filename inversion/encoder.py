@@ -12,9 +12,20 @@ from .record import InversionRecord
 
 
 @torch.inference_mode()
-def encoder(encode: Callable, decode: Callable, x: torch.Tensor, *, dtype=None) -> tuple[torch.Tensor, InversionRecord]:
-    """z = E(x), with E the posterior mean; ``decode`` is unused (same signature as the others)."""
-    check_common(0, None, dtype)
+def encoder(
+    encode: Callable,
+    decode: Callable,
+    x: torch.Tensor,
+    *,
+    z0: torch.Tensor | None = None,
+    iters: int = 0,
+    tol: float | None = None,
+    dtype: torch.dtype | None = None,
+    callback: Callable | None = None,
+) -> tuple[torch.Tensor, InversionRecord]:
+    """z = E(x), with E the posterior mean. Takes every method's keywords so that callers need
+    not special-case it; ``decode``, ``z0``, ``iters``, ``tol`` and ``callback`` are unused."""
+    check_common(iters, tol, dtype)
     t0 = time.perf_counter()
     z = encode(x.to(dtype or x.dtype))
     empty = torch.empty(0, len(x))

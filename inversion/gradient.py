@@ -10,7 +10,7 @@ import torch
 
 from ._checks import check_common, check_positive
 from .record import InversionRecord
-from .schedules import cosine_warmup
+from .lr_schedule import cosine_warmup
 
 
 def gradient(
@@ -22,6 +22,7 @@ def gradient(
     iters: int = 100,
     lr: float = 0.1,
     schedule: Literal["cosine", "constant"] = "cosine",
+    tol: float | None = None,
     dtype: torch.dtype | None = None,
     callback: Callable | None = None,
 ) -> tuple[torch.Tensor, InversionRecord]:
@@ -29,13 +30,20 @@ def gradient(
 
     ``lr`` is for unit-variance (scaled) latents. ``schedule="cosine"``: linear warm-up over
     the first 10% of steps, then cosine to zero; ``"constant"``: fixed ``lr``. The only
-    method that builds an autograd graph; the residual E(D(z)) - E(x) is not computed
-    (it would cost an extra encoder pass), so ``record.residual`` is NaN.
+    method that builds an autograd graph, and it does so itself: it may be called inside
+    ``torch.inference_mode()`` like the others. The residual E(D(z)) - E(x) is not computed
+    (it would cost an extra encoder pass), so ``record.residual`` is NaN and ``tol`` is unused.
     """
-    check_common(iters, None, dtype)
+    check_common(iters, tol, dtype)
     check_positive("lr", lr)
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be one of {('cosine', 'constant')}, got {schedule!r}")
+    with torch.inference_mode(False):  # tensors made in inference mode cannot enter autograd: copy them
+        return _adam_through_decoder(encode, decode, x.clone(), None if z0 is None else z0.clone(), iters, lr,
+                                     schedule, dtype, callback)
+
+
+def _adam_through_decoder(encode, decode, x, z0, iters, lr, schedule, dtype, callback):
     out_dtype, dtype = x.dtype, dtype or x.dtype
     t0 = time.perf_counter()
     x = x.to(dtype)

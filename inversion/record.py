@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -26,7 +26,6 @@ class InversionRecord:
     residual: Tensor  # (K, B)
     pixel_error: Tensor  # (K, B)
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def _per_sample_norm(v: Tensor) -> Tensor:

@@ -86,4 +86,9 @@ def sd_folder(tmp_path_factory):
     CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
                                  vocab_size=len(vocab), max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
                                  pad_token_id=1)).save_pretrained(root / "text_encoder")
+    (root / "model_index.json").write_text(json.dumps({  # what StableDiffusionPipeline.from_pretrained reads
+        "_class_name": "StableDiffusionPipeline", "vae": ["diffusers", "AutoencoderKL"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}))
     return root

@@ -56,7 +56,7 @@ def test_bench_inversion_float16_needs_cuda(tmp_path):
 
 
 def test_paired_vs_encoder_detects_a_uniform_improvement():
-    from watermark.bench_detect import paired_vs_encoder
+    from watermark.bench.detect import paired_vs_encoder
 
     rng = np.random.default_rng(0)
     p_enc = rng.uniform(1e-6, 1e-2, 30)
@@ -70,7 +70,7 @@ def test_paired_vs_encoder_detects_a_uniform_improvement():
 
 
 def test_bench_detect_keeps_finished_stages_when_stopped(tmp_path, monkeypatch):
-    from watermark import bench_detect
+    from watermark.bench import detect as bench_detect
 
     # stopped as a time limit would, in the identification stage
     monkeypatch.setattr(bench_detect, "make_images", _stop_after(bench_detect.make_images, 2, _interrupt))
@@ -94,9 +94,9 @@ def _stop_after(fn, calls, then):
 
 
 def test_bench_inversion_keeps_finished_rows_when_stopped(tmp_path, monkeypatch):
-    from watermark import bench_inversion
+    from watermark.bench import report
 
-    monkeypatch.setattr(bench_inversion, "nmse_db", _stop_after(bench_inversion.nmse_db, 3, _interrupt))
+    monkeypatch.setattr(report, "nmse_db", _stop_after(report.nmse_db, 3, _interrupt))
     result = CliRunner().invoke(main, ["bench", "inversion", "--quick", "--skip-cost", "-o", str(tmp_path), "-q"])
     assert result.exit_code != 0 and not (tmp_path / "inversion.json").exists()
     partial = json.loads((tmp_path / "inversion.partial.json").read_text())

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from watermark import api
-from watermark.verify import Recovery
+from watermark.pipeline import Recovery
 
 
 def false_positive_counts(tmp_path, n, steps):

@@ -106,7 +106,8 @@ def test_bad_key_file_is_a_one_line_error(world, tmp_path, content, match):
 
 def test_key_that_does_not_fit_the_model(world, tmp_path):
     doc = json.loads((world / "a.json").read_text())
-    from watermark.keys import Key, save_key
+    from watermark.io.keyfile import save_key
+    from watermark.scheme.keys import Key
 
     key = Key(doc["pattern"], doc["radius"], 2, doc["seed"], "tiny", (3, 32, 32))  # a valid key, wrong model
     save_key(key, tmp_path / "k3.json")
@@ -118,3 +119,67 @@ def test_usage_errors_exit_2(world):
     assert run("verify", world / "wm").exit_code == 2  # no key
     assert run("verify", world / "wm", "--key", world / "a.json", "--inversion", "newton").exit_code == 2
     assert run("verify", world / "wm", "--key", world / "a.json", "--alpha", "1.5").exit_code == 2
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if a model loads: what is checked here must be refused before that."""
+    from watermark import models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+    models._LOADED.clear()
+    yield
+    models._LOADED.clear()
+
+
+def test_bad_paths_and_outputs_fail_before_the_model_loads(world, tmp_path, no_model):
+    for args, match in [
+        (("keygen", "-o", tmp_path / "no" / "such" / "k.json"), "does not exist"),
+        (("keygen", "-o", world / "a.json"), "exists; use --force"),
+        (("verify", tmp_path / "missing.png", "--key", world / "a.json"), "no such file or folder"),
+        (("verify", world / "wm", "--key", tmp_path / "missing.json"), "no such key file"),
+        (("embed", "--key", world / "a.json", "-o", world / "wm", "-n", 1), "exists; use --force"),
+    ]:
+        result = run(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1 and match in result.stderr, (args, result.stderr)
+        assert ".ringmark-key-" not in result.stderr and "Traceback" not in result.output
+    size = run("keygen", "-o", tmp_path / "k.json", "--size", 0)  # a usage error, in click's words
+    assert size.exit_code == 2 and "Invalid value for '--size': 0 is not in the range x>=1" in size.stderr
+
+
+def test_unconditional_model_refuses_guidance_and_writes_nothing(world, tmp_path):
+    result = run("embed", "--key", world / "a.json", "-o", tmp_path / "out", "--guidance", 3, *STEPS)
+    assert result.exit_code == 2 and "takes no prompt or guidance" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_table_shows_alpha_a_summary_and_weak_evidence(world):
+    result = run("verify", world / "wm", world / "clean", "--key", world / "a.json", *FAST, "--alpha", 0.05)
+    rows = result.stdout.strip().splitlines()
+    assert rows[-1].startswith("3 of 6 watermarked at alpha = 0.05"), rows[-1]
+    as_json = lines(run("verify", world / "wm", world / "clean", "--key", world / "a.json", *FAST, "--alpha", 0.05,
+                        "--json"))
+    for r, row in zip(as_json, rows[1:]):
+        assert r["alpha"] == 0.05 and r["weak"] == (0.005 < r["p_value"] <= 0.5)
+        assert ("(weak)" in row) == r["weak"] and ("WATERMARKED" in row) == r["watermarked"]
+        assert r["batch_seconds_per_image"] > 0
+
+
+def test_squashed_image_warns_on_stderr(world, tmp_path):
+    from PIL import Image
+
+    Image.open(world / "wm" / "00000.png").resize((256, 128)).save(tmp_path / "wide.png")
+    result = run("verify", tmp_path / "wide.png", "--key", world / "a.json", *FAST)
+    assert result.exit_code in (0, 1)
+    assert "ringmark: warning:" in result.stderr and "squashed to 128x128 (aspect 2.00)" in result.stderr
+    quiet = run("verify", tmp_path / "wide.png", "--key", world / "a.json", *FAST, "-q")
+    assert quiet.stderr == ""
+
+
+def test_progress_without_a_terminal_prints_lines(world):
+    result = run("verify", world / "wm", world / "clean", "--key", world / "a.json", *FAST, "--batch", 4)
+    assert "verifying: 6/6 images" in result.stderr

@@ -5,7 +5,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from inversion import ddim_invert, ddim_sample, ddim_schedule
-from watermark.train import make_scheduler as make_any_scheduler
+from watermark.training.train import make_scheduler as make_any_scheduler
 
 
 def make_scheduler():

@@ -5,10 +5,9 @@ import pytest
 import torch
 from scipy import stats
 
-from watermark.detect import score, sidak
-from watermark.embed import centred_spectrum, initial_noise, inject
-from watermark.keys import independent_mask, make_pattern, new_key
-from watermark.verify import match_keys
+from watermark.scheme.detection import match_keys, score, sidak
+from watermark.scheme.embedding import centred_spectrum, inject, watermarked_latents
+from watermark.scheme.keys import independent_mask, make_pattern, new_key
 
 PATTERNS = ["ring", "rand", "zeros"]
 
@@ -23,12 +22,12 @@ def test_pattern_is_hermitian(pattern):
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_what_is_written_is_what_is_tested(pattern):
     key = new_key("tiny", (4, 32, 32), pattern=pattern, seed=11)
-    z = initial_noise(key, [0, 1, 2])
+    z = watermarked_latents(key, seeds=[0, 1, 2])
     spectrum = centred_spectrum(z[:, key.channel])
     mask = key.mask()
     assert torch.allclose(spectrum[:, mask], key.pattern_values()[mask].expand(3, -1), atol=1e-5)
     # only the key's channel changed
-    clean = initial_noise(key, [0, 1, 2], watermark=False)
+    clean = watermarked_latents(key, seeds=[0, 1, 2], watermark=False)
     others = [c for c in range(4) if c != key.channel]
     assert torch.equal(z[:, others], clean[:, others])
 
@@ -36,7 +35,7 @@ def test_what_is_written_is_what_is_tested(pattern):
 def test_watermarked_noise_keeps_standard_normal_statistics():
     key = new_key("tiny", (4, 32, 32), pattern="ring", seed=3)
     # over many keys and seeds, the watermarked channel's values are N(0, 1)
-    values = torch.cat([initial_noise(new_key("tiny", (4, 32, 32), seed=s), [s])[:, 3].flatten() for s in range(60)])
+    values = torch.cat([watermarked_latents(new_key("tiny", (4, 32, 32), seed=s), seeds=[s])[:, 3].flatten() for s in range(60)])
     assert stats.kstest(values.numpy(), "norm").pvalue > 0.01
     assert abs(float(values.std()) - 1) < 0.03
     with pytest.raises(ValueError, match="does not fit the key"):
@@ -66,7 +65,7 @@ def test_calibrated_under_the_null(pattern, alpha):
     """Noise that does not carry the key: P(p <= alpha) is consistent with alpha."""
     key = new_key("tiny", (4, 32, 32), pattern=pattern, seed=20241127)
     rng_seeds = list(range(10_000, 12_000))
-    p = np.array([s.p_value for s in score(initial_noise(key, rng_seeds, watermark=False), key)])
+    p = np.array([s.p_value for s in score(watermarked_latents(key, seeds=rng_seeds, watermark=False), key)])
     k = int((p <= alpha).sum())
     assert stats.binomtest(k, len(p), alpha).pvalue > 0.01, (k, len(p))
 
@@ -75,7 +74,7 @@ def test_calibrated_under_the_null(pattern, alpha):
 def test_watermarked_noise_is_detected_and_identified(pattern):
     for seed in range(20):
         keys = [new_key("tiny", (4, 32, 32), pattern=pattern, seed=100 * seed + j) for j in range(3)]
-        z = initial_noise(keys[1], [seed])
+        z = watermarked_latents(keys[1], seeds=[seed])
         assert score(z, keys[1])[0].p_value < 1e-12
         best = match_keys(z, keys)[0]
         assert best.key_id == keys[1].key_id and best.keys_tested == 3

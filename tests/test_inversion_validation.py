@@ -5,7 +5,7 @@ import torch
 
 from inversion import (adam, ddim_invert, ddim_schedule, encoder, fixed_point, gradient, inertial_km,
                        invert_decoder)
-from watermark.train import make_scheduler
+from watermark.training.train import make_scheduler
 
 
 def test_invert_decoder_rejects_unknown_method(linear):

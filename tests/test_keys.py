@@ -6,7 +6,8 @@ import stat
 
 import pytest
 
-from watermark.keys import Key, KeyFileError, default_radius, load_key, new_key, save_key
+from watermark.io.keyfile import load_key, save_key
+from watermark.scheme.keys import Key, KeyFileError, default_radius, new_key
 
 
 @pytest.fixture

@@ -5,8 +5,7 @@ import json
 import pytest
 import torch
 
-from watermark.generate import decode_images, sample_latents
-from watermark.model import TINY_PATH, ModelError, load_model, resolve_dtype
+from watermark.models import TINY_PATH, ModelError, load_model, resolve_dtype
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +51,16 @@ def test_scheduler_is_zero_terminal_snr_v_prediction(tiny):
     assert (c.num_train_timesteps, c.beta_schedule, c.clip_sample) == (1000, "scaled_linear", False)
     assert (c.prediction_type, c.rescale_betas_zero_snr, c.timestep_spacing) == ("v_prediction", True, "trailing")
     assert float(tiny.scheduler.alphas_cumprod[-1]) == 0.0 and float(tiny.alphas_cumprod[-1]) == 2.0**-24
-    assert tiny.latent_mean is None and tiny.noise_mean(999) == 0.0  # z_T carries no signal: no offset
 
 
 def test_generation_and_inversion_stay_finite_at_t_T(tiny):
-    from watermark.verify import Recovery, invert_ddim
+    from watermark.pipeline import Recovery, ddim_inversion
 
     z_T = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(5))
-    z_0 = sample_latents(tiny, z_T, steps=2)
+    z_0 = tiny.sample(z_T, steps=2)
     assert tiny.ddim_schedule(2).timesteps[0] == 999 and torch.isfinite(z_0).all()
     for exact in (False, True):
-        assert torch.isfinite(invert_ddim(tiny, z_0, Recovery(ddim_steps=2, exact=exact))).all()
+        assert torch.isfinite(ddim_inversion(tiny, z_0, Recovery(ddim_steps=2, exact=exact))).all()
 
 
 @pytest.mark.parametrize("steps", [0, -5, 1001, 2.0])
@@ -74,7 +72,7 @@ def test_ddim_schedule_rejects(tiny, steps):
 def test_two_step_generation_is_deterministic(tiny):
     def run(seed):
         z_T = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(seed))
-        return decode_images(tiny, sample_latents(tiny, z_T, steps=2))
+        return tiny.generate(z_T, steps=2)
 
     a, b, c = run(7), run(7), run(8)
     assert a.shape == (2, 3, 128, 128) and 0 <= a.min() and a.max() <= 1
@@ -94,28 +92,6 @@ def test_bad_model_and_dtype():
         resolve_dtype("float64")
 
 
-def test_generation_adds_the_terminal_mean_and_inversion_removes_it(tiny):
-    """For a checkpoint on a schedule that leaves signal at t = T and a latent_mean in its folder
-    (the bundled model before v2): generation starts from z_T + sqrt(alpha_bar_T) mean, inversion
-    takes it off again."""
-    import dataclasses
-
-    from watermark.train import make_scheduler
-    from watermark.verify import Recovery, invert_ddim
-
-    mean = (0.5, -0.8, 1.0, 0.3)
-    leaky = dataclasses.replace(tiny, scheduler=make_scheduler(zero_snr=False), latent_mean=mean)
-    t = 981  # the first of 50 DDIM steps on SD's schedule
-    expected = leaky.scheduler.alphas_cumprod[t].sqrt() * torch.tensor(mean)
-    assert torch.allclose(leaky.noise_mean(t).flatten(), expected, atol=1e-6)
-    z_T = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(3))
-    z_0 = sample_latents(leaky, z_T, steps=10)
-    assert not torch.allclose(z_0, sample_latents(dataclasses.replace(leaky, latent_mean=None), z_T, steps=10))
-    recovered = invert_ddim(leaky, z_0, Recovery(ddim_steps=10, exact=True), refine_iters=5)
-    # the offset is gone: recovered within a fraction of it of the z_T that was sampled
-    assert float((recovered - z_T).mean(dim=(2, 3)).abs().max()) < 0.25 * float(expected.abs().max())
-
-
 def test_generation_steps_in_eps_whatever_the_unet_predicts(tiny):
     """On SD's schedule, a v-prediction checkpoint generates what diffusers' DDIMScheduler makes of
     the UNet's raw output, and reading the same output as eps gives something else."""
@@ -123,7 +99,7 @@ def test_generation_steps_in_eps_whatever_the_unet_predicts(tiny):
 
     from diffusers import DDIMScheduler
 
-    from watermark.train import make_scheduler
+    from watermark.training.train import make_scheduler
 
     as_v = dataclasses.replace(tiny, scheduler=make_scheduler(zero_snr=False, prediction_type="v_prediction"))
     z_T = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(4))
@@ -133,7 +109,7 @@ def test_generation_steps_in_eps_whatever_the_unet_predicts(tiny):
     with torch.no_grad():
         for t in reference.timesteps:
             z = reference.step(tiny.unet(z, t).sample, t, z).prev_sample
-    ours = sample_latents(as_v, z_T, steps=3)
+    ours = as_v.sample(z_T, steps=3)
     assert torch.allclose(ours, z, atol=1e-4)
     as_eps = dataclasses.replace(tiny, scheduler=make_scheduler(zero_snr=False, prediction_type="epsilon"))
-    assert not torch.allclose(ours, sample_latents(as_eps, z_T, steps=3), atol=1e-2)  # v is not read as eps
+    assert not torch.allclose(ours, as_eps.sample(z_T, steps=3), atol=1e-2)  # v is not read as eps

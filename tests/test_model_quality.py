@@ -1,6 +1,6 @@
 """Reruns the bundled model's quality measurement and checks it against its model card.
 
-The card's figures come from `python -m watermark.evaluate_model` (samples/tiny_eval.json);
+The card's figures come from `python -m watermark.training.evaluate` (samples/tiny_eval.json);
 this reruns it (about 30 minutes on 2 cores) and checks they reproduce. Tolerances: 0.3 dB for
 PSNR and averaged NMSE/spectra (fixed seeds; only floating-point summation order may differ).
 """
@@ -17,11 +17,11 @@ RECORD = Path(__file__).parent.parent / "samples" / "tiny_eval.json"
 @pytest.mark.slow
 def test_quality_figures_reproduce(tmp_path):
     pytest.importorskip("skimage")
-    from watermark.evaluate_model import main
+    from watermark.training.evaluate import main
 
     out = tmp_path / "eval.json"
     card = json.loads(RECORD.read_text())
-    args = card["command"].split()[3:]  # the recorded run's options ("python -m watermark.evaluate_model ...")
+    args = card["command"].split()[3:]  # the recorded run's options ("python -m watermark.training.evaluate ...")
     result = CliRunner().invoke(main, [*args, "--out", str(out), "--grid", str(tmp_path / "grid.png")])
     assert result.exit_code == 0, result.output
     new = json.loads(out.read_text())

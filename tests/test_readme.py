@@ -2,8 +2,8 @@
 by command (``ringmark`` through the CLI; ``pip`` installs and the test command itself are what CI
 runs, so they are skipped here), in a fresh folder. ``text`` blocks are synopses, not commands.
 
-The Stable Diffusion example needs a hub checkpoint and a GPU; it runs here on the tiny SD-layout
-checkpoint built in tests/conftest.py, with the size and device a CPU can use.
+The Stable Diffusion examples need a hub checkpoint and a GPU; they run here on the tiny SD-layout
+checkpoint built in tests/conftest.py, with the size, device and precision a CPU can use.
 """
 
 import os
@@ -29,9 +29,17 @@ def test_every_block_is_typed():
     assert BLOCKS and all(lang in ("python", "console", "text") for lang, _ in BLOCKS), [b[0] for b in BLOCKS]
 
 
+def on_stand_in(code: str, folder: str) -> str:
+    """The SD example as it runs here: the tiny SD-layout checkpoint, on the CPU, in float32, 32 px."""
+    code = re.sub(r"stabilityai/[\w.-]+", folder, code).replace('"cuda"', '"cpu"').replace("torch.float16", "torch.float32")
+    return code.replace("512", "32").replace("--device cuda", "--device cpu").replace("--dtype float16", "")
+
+
 @pytest.mark.parametrize("code", blocks("python"))
-def test_python_block_runs(code, tmp_path, monkeypatch):
+def test_python_block_runs(code, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
+    if "stabilityai/" in code:
+        code = on_stand_in(code, str(request.getfixturevalue("sd_folder")))
     exec(compile(code, str(README), "exec"), {})
 
 
@@ -51,9 +59,7 @@ def test_console_block_runs(code, tmp_path, monkeypatch, request):
     ran = 0
     for command in commands(code):
         if stand_in:
-            command = re.sub(r"stabilityai/\S+", folder, command).replace("--size 512", "--size 32")
-            command = command.replace("--device cuda", "--device cpu").replace("--dtype float16", "")
-            command = command.replace("ringmark embed", "ringmark embed --steps 2")
+            command = on_stand_in(command, folder).replace("ringmark embed", "ringmark embed --steps 2")
         args = shlex.split(command)
         assert args[0] == "ringmark", command
         result = CliRunner().invoke(main, args[1:], env={**os.environ})

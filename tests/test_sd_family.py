@@ -10,7 +10,7 @@ from watermark.cli import main
 
 
 def test_loads_by_path_with_the_same_loader(sd_folder):
-    from watermark.model import load_model
+    from watermark.models import load_model
 
     model = load_model(str(sd_folder))
     assert model.conditional and model.downsample == 2 and model.size_multiple == 4
@@ -21,8 +21,8 @@ def test_embed_passes_watermarked_noise_as_latents(sd_folder, tmp_path, monkeypa
     """embed hands z_T to StableDiffusionPipeline(latents=...) with the prompt."""
     from diffusers import StableDiffusionPipeline
 
-    from watermark.embed import initial_noise
-    from watermark.keys import load_key
+    from watermark.scheme.embedding import watermarked_latents
+    from watermark.io.keyfile import load_key
 
     runner = CliRunner()
     assert runner.invoke(main, ["keygen", "-o", str(tmp_path / "k.json"), "--model", str(sd_folder), "--size", "32",
@@ -40,7 +40,7 @@ def test_embed_passes_watermarked_noise_as_latents(sd_folder, tmp_path, monkeypa
     assert result.exit_code == 0, result.output
     key = load_key(tmp_path / "k.json")
     assert key.channel == 3  # no ringmark.json in the folder: the last channel, as Tree-Ring on SD
-    assert torch.equal(seen["latents"], initial_noise(key, [0, 1]))
+    assert torch.equal(seen["latents"], watermarked_latents(key, seeds=[0, 1]))
     assert seen["prompt"] == ["a red house"] * 2 and seen["guidance_scale"] == 7.5
     manifest = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
     assert [m["prompt"] for m in manifest] == ["a red house"] * 2
@@ -59,16 +59,15 @@ def test_pipeline_latents_invert_to_the_key(sd_folder, prediction_type):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     from inversion import ddim_invert
-    from watermark.detect import score
-    from watermark.embed import initial_noise
-    from watermark.keys import new_key
-    from watermark.model import load_model
+    from watermark.scheme.detection import score
+    from watermark.scheme.embedding import watermarked_latents
+    from watermark.scheme.keys import new_key
+    from watermark.models import load_model
 
     model = load_model(str(sd_folder))
     model.scheduler = DDIMScheduler.from_config(model.scheduler.config, prediction_type=prediction_type)
-    assert model.noise_mean(999) == 0.0  # no ringmark.json: plain N(0, I) noise, as the pipeline samples
     key = new_key(str(sd_folder), model.latent_shape(32), seed=5)
-    z_T = initial_noise(key, [0, 1])
+    z_T = watermarked_latents(key, seeds=[0, 1])
     pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
                                    unet=model.unet, scheduler=model.scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
@@ -93,7 +92,7 @@ def zero_snr_model(sd_folder):
     """The tiny SD checkpoint with a zero-terminal-SNR, trailing, v-prediction DDIM schedule (Lin et al.)."""
     from diffusers import DDIMScheduler
 
-    from watermark.model import load_model
+    from watermark.models import load_model
 
     model = load_model(str(sd_folder))
     model.scheduler = DDIMScheduler.from_config(model.scheduler.config, rescale_betas_zero_snr=True,
@@ -109,15 +108,14 @@ def test_zero_terminal_snr_generates_inverts_and_round_trips(zero_snr_model):
     from diffusers import StableDiffusionPipeline
 
     from inversion import ddim_invert
-    from watermark.detect import score
-    from watermark.embed import initial_noise
-    from watermark.generate import sample_latents
-    from watermark.keys import new_key
+    from watermark.scheme.detection import score
+    from watermark.scheme.embedding import watermarked_latents
+    from watermark.scheme.keys import new_key
 
     model = zero_snr_model
     key = new_key("tiny-sd", model.latent_shape(32), seed=7)
-    z_T = initial_noise(key, [0, 1])
-    ours = sample_latents(model, z_T, steps=10)
+    z_T = watermarked_latents(key, seeds=[0, 1])
+    ours = model.sample(z_T, steps=10)
     pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
                                    unet=model.unet, scheduler=model.scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
@@ -144,10 +142,9 @@ def test_zero_terminal_snr_generates_inverts_and_round_trips(zero_snr_model):
 
 def test_without_the_floor_zero_terminal_snr_gives_nan(zero_snr_model, monkeypatch):
     """The floor is what keeps the eps form finite at alpha_bar_T = 0 (this fails if it is removed)."""
-    from watermark import model as model_module
-    from watermark.generate import sample_latents
+    from watermark.models import sd as model_module
 
     z_T = torch.randn(1, *zero_snr_model.latent_shape(32), generator=torch.Generator().manual_seed(1))
-    assert torch.isfinite(sample_latents(zero_snr_model, z_T, steps=3)).all()
+    assert torch.isfinite(zero_snr_model.sample(z_T, steps=3)).all()
     monkeypatch.setattr(model_module, "ALPHA_BAR_MIN", 0.0)
-    assert torch.isnan(sample_latents(zero_snr_model, z_T, steps=3)).any()
+    assert torch.isnan(zero_snr_model.sample(z_T, steps=3)).any()

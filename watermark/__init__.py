@@ -1,30 +1,28 @@
 """ringmark: Tree-Ring-style watermarks in the initial noise of latent diffusion models.
 
-    from watermark import keygen, embed, verify
+    from watermark import keygen, embed, verify, Recovery       # files in, files and results out
+    from watermark import get_model, detect, watermarked_latents  # the same on tensors
 """
 
 __version__ = "0.1.0"
-__all__ = ["keygen", "embed", "verify", "Key", "Result", "Generated", "Recovery", "load_key", "load_model"]
+
+# public name -> module that defines it; imported on first use, so ``ringmark --help`` stays fast
+_EXPORTS = {
+    "keygen": "api", "embed": "api", "verify": "api", "Result": "api", "Generated": "api",
+    "Recovery": "pipeline", "Detection": "pipeline", "detect": "pipeline", "recover_noise": "pipeline",
+    "make_key": "pipeline",
+    "Key": "scheme.keys", "watermarked_latents": "scheme.embedding",
+    "load_key": "io.keyfile", "save_key": "io.keyfile",
+    "load_model": "models", "get_model": "models",
+}
+__all__ = list(_EXPORTS)
 
 
-def __getattr__(name):  # import torch and diffusers only when the API is used
-    if name in ("keygen", "embed", "verify", "Result", "Generated"):
-        from . import api
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'watermark' has no attribute {name!r}")
+    import importlib
 
-        # importing api imports the submodules embed.py and verify.py, which binds those names
-        # on this package to the modules; bind them to the API's functions instead
-        globals().update({n: getattr(api, n) for n in ("keygen", "embed", "verify", "Result", "Generated")})
-        return getattr(api, name)
-    if name in ("Key", "load_key"):
-        from . import keys
-
-        return getattr(keys, name)
-    if name == "Recovery":
-        from .verify import Recovery
-
-        return Recovery
-    if name == "load_model":
-        from .model import load_model
-
-        return load_model
-    raise AttributeError(f"module 'watermark' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -1,6 +1,7 @@
-"""The ``ringmark`` command line: a thin layer over ``watermark.api``.
+"""The ``ringmark`` command line: each command parses its options, calls one function of
+``watermark.api`` (or ``watermark.bench``), and prints.
 
-stdout carries data only (tables, JSON lines); messages and progress bars go to stderr.
+stdout carries data only (tables, JSON lines); messages, warnings and progress go to stderr.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import click
 
+from inversion import DTYPES, METHODS
+
 from . import __version__
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
+DTYPE_NAMES = [str(d).removeprefix("torch.") for d in DTYPES]
 
 
 class Failure(click.ClickException):
@@ -30,11 +34,8 @@ class Failure(click.ClickException):
 
 
 def return_code(results) -> int:
-    """The exit status of ``verify``.
-
-    2 if any input could not be processed (its result carries the error), else 0 if at
-    least one image was found watermarked, else 1. Usage errors also exit with 2.
-    """
+    """The exit status of ``verify``: 2 if any input could not be processed (its result carries
+    the error), else 0 if at least one image was found watermarked, else 1."""
     if any(r.error is not None for r in results):
         return 2
     return 0 if any(r.watermarked for r in results) else 1
@@ -46,8 +47,8 @@ def library_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from .api import OutputError
-        from .keys import KeyFileError
-        from .model import ModelError
+        from .models import ModelError
+        from .scheme.keys import KeyFileError
 
         try:
             return fn(*args, **kwargs)
@@ -58,21 +59,39 @@ def library_errors(fn):
 
 
 def device_options(fn):
-    fn = click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
-                      show_default=True, help="Precision of the networks (float16 needs CUDA).")(fn)
+    fn = click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32", show_default=True,
+                      help="Precision of the networks (float16 needs CUDA).")(fn)
     fn = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                       help="auto: CUDA when present, else CPU.")(fn)
     return fn
 
 
 def quiet_option(fn):
-    return click.option("-q", "--quiet", is_flag=True, help="No messages or progress bars on stderr.")(fn)
+    return click.option("-q", "--quiet", is_flag=True, help="No messages or progress on stderr.")(fn)
 
 
-def _device(device: str) -> str:
-    from .model import resolve_device
+class Progress:
+    """Images done, on stderr: a bar on a terminal, else a line every ``every`` seconds and at the end."""
 
-    return resolve_device(device).type
+    def __init__(self, total: int, label: str, quiet: bool, every: float = 10.0):
+        self.total, self.label, self.done, self.every = total, label, 0, every
+        self.t0 = self.last = time.time()
+        self.off = quiet or total <= 1
+        self.bar = None
+        if not self.off and sys.stderr.isatty():
+            self.bar = click.progressbar(length=total, label=label, file=sys.stderr)
+
+    def update(self, k: int) -> None:
+        self.done += k
+        if self.bar is not None:
+            self.bar.update(k)
+        elif not self.off and (time.time() - self.last >= self.every or self.done == self.total):
+            self.last = time.time()
+            click.echo(f"{self.label}: {self.done}/{self.total} images, {self.last - self.t0:.0f}s", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.render_finish()
 
 
 @click.group(context_settings=CONTEXT)
@@ -91,11 +110,11 @@ def main():
 @main.command(context_settings=CONTEXT)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Key file to write (0600).")
 @click.option("--model", default="tiny", show_default=True, help="'tiny' (bundled), a hub id or a local folder.")
-@click.option("--size", type=int, help="Image side in px (default: the model's).")
+@click.option("--size", type=click.IntRange(1), help="Image side in px (default: the model's).")
 @click.option("--pattern", type=click.Choice(["ring", "rand", "zeros"]), default="ring", show_default=True)
 @click.option("--radius", type=int, help="Mask radius in latent bins (default: Tree-Ring's 10/64 of the side).")
-@click.option("--channel", type=int, help="Latent channel (default: the last).")
-@click.option("--seed", type=int, help="Secret seed (default: 128 random bits).")
+@click.option("--channel", type=int, help="Latent channel (default: the model's key channel).")
+@click.option("--seed", type=click.IntRange(0), help="Secret seed (default: 128 random bits).")
 @click.option("--force", is_flag=True, help="Overwrite an existing key file.")
 @quiet_option
 @library_errors
@@ -113,13 +132,6 @@ def keygen(output, model, size, pattern, radius, channel, seed, force, quiet):
     click.echo(json.dumps({"key": output, "key_id": key.key_id}))
 
 
-def _progress(total: int, quiet: bool, label: str):
-    if quiet or total <= 3:
-        return None, lambda k: None
-    bar = click.progressbar(length=total, label=label, file=sys.stderr)
-    return bar, bar.update
-
-
 @main.command(context_settings=CONTEXT)
 @click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Key file.")
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False), help="Folder for PNGs + manifest.")
@@ -128,7 +140,7 @@ def _progress(total: int, quiet: bool, label: str):
 @click.option("--prompts", "prompts_file", type=click.File(), help="File of prompts, one per line, used in turn.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the first image; the next get seed+1, ...")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1), help="DDIM steps.")
-@click.option("--guidance", type=float, help="Classifier-free guidance (default 7.5 for text models, else 1).")
+@click.option("--guidance", type=float, help="Classifier-free guidance, text-conditioned models only [default: 7.5].")
 @click.option("--no-watermark", is_flag=True, help="Clean controls: same model and seeds, no key.")
 @click.option("--force", is_flag=True, help="Overwrite existing images/manifest in OUTDIR.")
 @device_options
@@ -150,13 +162,12 @@ def embed(key_path, outdir, n, prompt, prompts_file, seed, steps, guidance, no_w
         if not prompts:
             raise Failure(f"{prompts_file.name}: no prompts in file")
     t0 = time.time()
-    bar, update = _progress(n, quiet, "embedding")
+    progress = Progress(n, "embedding", quiet)
     try:
-        records = api.embed(key_path, outdir, n, prompts, seed, steps, guidance, not no_watermark, force,
-                            _device(device), dtype, progress=update)
+        records = api.embed(key_path, outdir, n, prompts, seed, steps, guidance, not no_watermark, force, device,
+                            dtype, progress=progress.update)
     finally:
-        if bar is not None:
-            bar.render_finish()
+        progress.close()
     for r in records:
         click.echo(json.dumps(asdict(r)))
     if not quiet:
@@ -165,24 +176,42 @@ def embed(key_path, outdir, n, prompt, prompts_file, seed, steps, guidance, no_w
                    err=True)
 
 
-def _table(results) -> str:
+def verdict(r) -> str:
+    if r.error is not None:
+        return "ERROR"
+    word = "WATERMARKED" if r.watermarked else "clean"
+    return f"{word} (weak)" if r.weak else word
+
+
+def table(results) -> str:
+    """One row per image, then a summary line with alpha."""
     rows = [("path", "verdict", "p_value", "key_id", "distance", "note")]
     for r in results:
         if r.error is not None:
             rows.append((r.path, "ERROR", "-", "-", "-", r.error))
         else:
-            rows.append((r.path, "WATERMARKED" if r.watermarked else "clean", f"{r.p_value:.3g}", r.key_id,
-                         f"{r.distance:.3f}", r.note or ""))
+            rows.append((r.path, verdict(r), f"{r.p_value:.3g}", r.key_id, f"{r.distance:.3f}", r.note or ""))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[5] for row in rows)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[5] for row in rows]
+    return "\n".join(lines + [summary(results)])
+
+
+def summary(results) -> str:
+    ok = [r for r in results if r.error is None]
+    alpha = results[0].alpha if results else float("nan")
+    line = f"{sum(bool(r.watermarked) for r in ok)} of {len(ok)} watermarked at alpha = {alpha:g}"
+    weak = sum(bool(r.weak) for r in ok)
+    errors = len(results) - len(ok)
+    extra = [f"{weak} weak (p within 10x of alpha)"] * bool(weak) + [f"{errors} could not be read"] * bool(errors)
+    return line + (f"; {', '.join(extra)}" if extra else "")
 
 
 @main.command(context_settings=CONTEXT)
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--key", "key_paths", required=True, multiple=True, type=click.Path(dir_okay=False),
               help="Key file; repeat to test several keys (the p-value is Šidák-corrected).")
-@click.option("--inversion", type=click.Choice(["encoder", "gradient", "fixed_point", "inertial_km", "adam"]),
-              default=None, help="Decoder inversion method.  [default: fixed_point]")
+@click.option("--inversion", type=click.Choice(list(METHODS)), default=None,
+              help="Decoder inversion method.  [default: fixed_point]")
 @click.option("--iters", type=click.IntRange(0), default=None, help="Decoder-inversion iterations.  [default: 10]")
 @click.option("--ddim-steps", default=50, show_default=True, type=click.IntRange(1))
 @click.option("--exact", is_flag=True, help="Exact (fixed-point) DDIM inversion; 4x the UNet evaluations.")
@@ -200,31 +229,35 @@ def verify(paths, key_paths, inversion, iters, ddim_steps, exact, alpha, batch, 
 
     Example: ringmark verify suspect/ --key key.json --json > results.jsonl
     """
-    results = _verify(paths, key_paths, inversion, iters, ddim_steps, exact, alpha, batch, device, dtype, quiet)
+    results = run_verify(paths, key_paths, inversion, iters, ddim_steps, exact, alpha, batch, device, dtype, quiet)
+    if not quiet:
+        for r in results:
+            if r.warning:
+                click.echo(f"ringmark: warning: {r.path}: {r.warning}", err=True)
     if as_json:
         for r in results:
             click.echo(json.dumps(asdict(r)))
+        if not quiet:
+            click.echo(summary(results), err=True)
     else:
-        click.echo(_table(results))
+        click.echo(table(results))
     sys.exit(return_code(results))
 
 
 @library_errors
-def _verify(paths, key_paths, inversion, iters, ddim_steps, exact, alpha, batch, device, dtype, quiet):
+def run_verify(paths, key_paths, inversion, iters, ddim_steps, exact, alpha, batch, device, dtype, quiet):
     from . import api
-    from .images import find_images
-    from .keys import load_key
-    from .verify import DEFAULT_INVERSION, DEFAULT_ITERS, Recovery
+    from .io.images import find_images
+    from .io.keyfile import load_key
+    from .pipeline import DEFAULT_INVERSION, DEFAULT_ITERS, Recovery
 
     keys = [load_key(p) for p in key_paths]
     recovery = Recovery(inversion or DEFAULT_INVERSION, DEFAULT_ITERS if iters is None else iters, ddim_steps, exact)
-    total = len(find_images(list(paths)))
-    bar, update = _progress(total, quiet, "verifying")
+    progress = Progress(len(find_images(list(paths))), "verifying", quiet)
     try:
-        return api.verify(list(paths), keys, recovery, alpha, _device(device), dtype, batch, progress=update)
+        return api.verify(list(paths), keys, recovery, alpha, device, dtype, batch, progress=progress.update)
     finally:
-        if bar is not None:
-            bar.render_finish()
+        progress.close()
 
 
 @main.command(context_settings=CONTEXT)
@@ -238,22 +271,20 @@ def demo(outdir, force, quiet):
     Example: ringmark demo -o demo/
     """
     from . import api
-    from .verify import Recovery
 
     t0 = time.time()
+    say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(outdir or tmp)
         root.mkdir(parents=True, exist_ok=True)
         key = api.keygen(root / "key.json", "tiny", force=force)
-        say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
         say(f"key {key.key_id} -> {root / 'key.json'}")
         api.embed(key, root / "watermarked", n=4, seed=0, force=force)
         api.embed(key, root / "clean", n=4, seed=0, watermark=False, force=force)
         say(f"generated 4 watermarked + 4 clean images (same seeds) in {time.time() - t0:.1f}s")
         t1 = time.time()
-        results = api.verify([str(root / "watermarked"), str(root / "clean")], [key], Recovery())
-        shown = [type(r)(**{**asdict(r), "path": str(Path(r.path).relative_to(root))}) for r in results]
-        click.echo(_table(shown))
+        results = api.verify([str(root / "watermarked"), str(root / "clean")], [key])
+        click.echo(table([replace(r, path=str(Path(r.path).relative_to(root))) for r in results]))
         say(f"verified 8 images in {time.time() - t1:.1f}s; total {time.time() - t0:.1f}s"
             + ("" if outdir else " (files removed; use -o DIR to keep them)"))
 
@@ -263,29 +294,30 @@ def bench():
     """Benchmarks: decoder inversion (accuracy, cost) and detection (robustness, identification)."""
 
 
-def _bench_device(device: str) -> str:
-    """The benchmarks' device; on CUDA, float32 is reported as float32: no TF32 in cuDNN
-    convolutions or matmuls."""
-    dev = _device(device)
-    if dev == "cuda":
-        import torch
-
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    return dev
-
-
-def _csv_ints(value: str) -> list[int]:
+def csv_ints(ctx, param, value: str) -> list[int]:
     try:
         return [int(v) for v in value.split(",") if v]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
 
 
+def csv_choices(choices):
+    def parse(ctx, param, value: str) -> list[str]:
+        items = [v for v in value.split(",") if v]
+        bad = [v for v in items if v not in choices]
+        if bad or not items:
+            raise click.BadParameter(f"expected a comma-separated list of {', '.join(choices)}; got {value!r}")
+        return items
+
+    return parse
+
+
 @bench.command("inversion", context_settings=CONTEXT)
 @click.option("-n", "n", default=32, show_default=True, type=click.IntRange(1), help="Generated latents.")
-@click.option("--iters", default="10,20,50,100,200", show_default=True, help="Iteration counts.")
-@click.option("--dtypes", default="float32,bfloat16", show_default=True)
-@click.option("--cost-sizes", default="512,256", show_default=True, help="Sizes for the SD 2.1 VAE cost runs.")
+@click.option("--iters", default="10,20,50,100,200", show_default=True, callback=csv_ints, help="Iteration counts.")
+@click.option("--dtypes", default="float32,bfloat16", show_default=True, callback=csv_choices(DTYPE_NAMES))
+@click.option("--cost-sizes", default="512,256", show_default=True, callback=csv_ints,
+              help="Sizes for the SD 2.1 VAE cost runs.")
 @click.option("--cost-iters", default=3, show_default=True, type=click.IntRange(2))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Device of the accuracy and cost runs.")
@@ -294,44 +326,26 @@ def _csv_ints(value: str) -> list[int]:
 @click.option("--quick", is_flag=True, help="4 latents, 2 iteration counts, 64 px cost runs: checks the code.")
 @click.option("-o", "--outdir", default="docs/bench", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
+@library_errors
 def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accuracy, skip_cost, quick, outdir,
                     quiet):
     """NMSE vs iterations and time (bundled model), cost per iteration and memory (SD 2.1 VAE).
 
     Example: ringmark bench inversion -n 32 -o docs/bench
     """
-    from . import bench_inversion as bi
-    from .bench_report import machine
+    from .bench import inversion
 
+    given = click.get_current_context().get_parameter_source("dtypes").name != "DEFAULT"
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
-    iters, sizes, dtypes = _csv_ints(iters), _csv_ints(cost_sizes), [d for d in dtypes.split(",") if d]
-    config = dict(bi.SD21_VAE)
-    if quick:
-        n, iters, sizes, cost_iters, dtypes = 4, [2, 5], [64], 2, dtypes[:1]
-    dev = _bench_device(device)
-    if dev == "cuda":
-        if click.get_current_context().get_parameter_source("dtypes").name == "DEFAULT":
-            dtypes = dtypes + ["float16"]  # the GPU's half precision, unless --dtypes was given
-    elif "float16" in dtypes:
-        raise click.BadParameter("float16 needs a CUDA device (CPU: float32, bfloat16)", param_hint="--dtypes")
-    res = {"command": "ringmark bench inversion " + " ".join(sys.argv[3:]), "machine": machine(dev),
-           "date": time.strftime("%Y-%m-%d"), "n": n, "accuracy": [], "cost": []}
-    out = Path(outdir)
-    if not skip_accuracy:
-        res["accuracy"] = bi.accuracy(n, iters, dtypes, 10 if quick else 50, 20241127, log, dev,
-                                      checkpoint=lambda rows: bi.write_partial({**res, "accuracy": rows}, out))
-    if not skip_cost:
-        res["cost"] = bi.cost(sizes, cost_iters, dev, dtypes, config, log,
-                              checkpoint=lambda rows: bi.write_partial({**res, "cost": rows}, out))
-    for f in bi.write(res, out):
-        log(f"wrote {f}")
-    click.echo(bi.markdown(res))
+    click.echo(inversion.main(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accuracy, skip_cost, quick,
+                              Path(outdir), log, dtypes_given=given))
 
 
 @bench.command("detect", context_settings=CONTEXT)
 @click.option("-n", "n", default=100, show_default=True, type=click.IntRange(2), help="Images per class.")
-@click.option("--methods", default="encoder,gradient,fixed_point,adam", show_default=True)
-@click.option("--sweep", default="5,10,20,50,100", show_default=True,
+@click.option("--methods", default="encoder,gradient,fixed_point,adam", show_default=True,
+              callback=csv_choices(list(METHODS)))
+@click.option("--sweep", default="5,10,20,50,100", show_default=True, callback=csv_ints,
               help="Iteration counts of the forward step (fixed_point), taken along one run per image.")
 @click.option("--gradient-iters", default=20, show_default=True, type=click.IntRange(1))
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1),
@@ -340,23 +354,13 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
 @click.option("--quick", is_flag=True, help="4 images per class, 5 steps, a short sweep: checks the code.")
 @click.option("-o", "--outdir", default="docs/bench", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
+@library_errors
 def bench_detect(n, methods, sweep, gradient_iters, batch, device, quick, outdir, quiet):
     """AUC and TPR@1%FPR under Tree-Ring's attacks, 3-key identification, verify time.
 
     Example: ringmark bench detect -n 100 -o docs/bench
     """
-    from . import bench_detect as bd
+    from .bench import detect
 
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
-    steps = 50
-    if quick:
-        n, steps, sweep, gradient_iters = 4, 5, "1,2", 2
-    command = "ringmark bench detect " + " ".join(sys.argv[3:])
-    dev = _bench_device(device)
-    res = bd.run(n, [m for m in methods.split(",") if m], sweep=_csv_ints(sweep), gen_steps=steps, ddim_steps=steps,
-                 gradient_iters=gradient_iters, log=log, device=dev, batch=batch,
-                 checkpoint=lambda partial: bd.write_partial({**partial, "command": command}, Path(outdir)))
-    res["command"] = command
-    for f in bd.write(res, Path(outdir)):
-        log(f"wrote {f}")
-    click.echo(bd.markdown(res))
+    click.echo(detect.main(n, methods, sweep, gradient_iters, batch, device, quick, Path(outdir), log))

@@ -13,13 +13,13 @@ W=${W:-/tmp/w}; mkdir -p $W/a $W/b
 pack() { (cd $W && tar czf $OUT/meta.tar.gz --exclude='*.safetensors' --exclude='*.pt' a/model b/model *.log *.json bench 2>/dev/null); }
 variant() {  # name cycle
   local v=$1 c=$2
-  python3 -m watermark.train --stage vae --work $W/$v --out $W/$v/model --vae-cycle $c ${TRAIN_ARGS:-} >$W/$v.log 2>&1 &&
-  python3 -m watermark.train --stage unet --work $W/$v --out $W/$v/model --vae-cycle $c ${TRAIN_ARGS:-} >>$W/$v.log 2>&1 &&
-  python3 -m watermark.train --stage refit --work $W/$v --out $W/$v/model --vae-cycle $c ${TRAIN_ARGS:-} >>$W/$v.log 2>&1 &&
+  python3 -m watermark.training.train --stage vae --work $W/$v --out $W/$v/model --vae-cycle $c ${TRAIN_ARGS:-} >$W/$v.log 2>&1 &&
+  python3 -m watermark.training.train --stage unet --work $W/$v --out $W/$v/model --vae-cycle $c ${TRAIN_ARGS:-} >>$W/$v.log 2>&1 &&
+  python3 -m watermark.training.train --stage refit --work $W/$v --out $W/$v/model --vae-cycle $c ${TRAIN_ARGS:-} >>$W/$v.log 2>&1 &&
   cp $W/$v/model/vae/diffusion_pytorch_model.safetensors $OUT/${v}_vae.safetensors &&
   cp $W/$v/model/unet/diffusion_pytorch_model.safetensors $OUT/${v}_unet.safetensors &&
   echo "[$(el)s] variant $v trained" >>$L &&
-  python3 -m watermark.evaluate_model --model $W/$v/model --device ${DEV:-cuda} ${EVAL_ARGS:-} --out $W/eval_$v.json --grid $W/$v/model/grid.png >$W/eval_$v.log 2>&1
+  python3 -m watermark.training.evaluate --model $W/$v/model --device ${DEV:-cuda} ${EVAL_ARGS:-} --out $W/eval_$v.json --grid $W/$v/model/grid.png >$W/eval_$v.log 2>&1
   echo "[$(el)s] variant $v evaluated rc=$?" >>$L
 }
 variant a 1.0 &
@@ -48,7 +48,7 @@ print("best", best)
 open(f"{W}/best", "w").write(best)
 PY
 B=$(cat $W/best 2>/dev/null || echo a)
-python3 -m watermark.train --stage key-channel --work $W/$B --out $W/$B/model --key-channel-n ${KEY_N:-24} >$W/key.log 2>&1
+python3 -m watermark.training.train --stage key-channel --work $W/$B --out $W/$B/model --key-channel-n ${KEY_N:-24} >$W/key.log 2>&1
 echo "[$(el)s] key channel: $(tail -c 300 $W/$B/model/ringmark.json | tr -d '\n')" >>$L
 grep "key-channel" $W/key.log >>$L
 for f in vae/config.json unet/config.json scheduler/scheduler_config.json ringmark.json training.json; do cp $W/$B/model/$f watermark/models/tiny/$f; done

@@ -1,4 +1,5 @@
-"""The detection statistic: Tree-Ring's distance, and a calibrated p-value for the key's direction."""
+"""The detection statistic (Tree-Ring's distance, and a calibrated p-value for the key's direction),
+and matching recovered noise against several keys."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from .embed import centred_spectrum
+from .embedding import centred_spectrum
 from .keys import Key, independent_mask, key_mask
 
 
@@ -39,20 +40,15 @@ def score(z_T: torch.Tensor, key: Key) -> list[Score]:
     t = a / s follows Student's t with d - 1 degrees of freedom: p = P(T >= t). With the
     watermark, a ~ |k| while the orthogonal part stays noise.
 
-    This replaces Tree-Ring's non-central chi^2 on |k - z|^2 / sigma^2, which needs sigma from
-    elsewhere in the spectrum. Measured on z_T recovered from clean images of the bundled model,
-    that test (sigma from every bin outside the mask) flagged 1.7-2.3% at alpha = 0.01: the
-    recovered noise is not white, its low frequencies are weaker than the rest and vary from
-    image to image. Estimating the scale inside the mask itself makes the test depend only on
-    the key's direction; with the mask of ``keys.key_mask`` and the centred origin of
-    ``embed.centred_spectrum``, the same images gave 0.6-1.2% over 100 keys (ring and rand,
-    channels 1 and 3), and ``tests/test_calibration_model.py`` checks it.
-    The |k - z|^2 statistic equals |k|^2 - 2|k| a + |z|^2: the t-test keeps the term that
-    carries the key and lets the scale cancel.
+    Tree-Ring's non-central chi^2 on |k - z|^2 / sigma^2 needs sigma from elsewhere in the
+    spectrum, and recovered z_T is not white there; estimating the scale inside the mask keeps
+    only the term |k - z|^2 carries the key in, and lets the scale cancel. The false-positive
+    rates that led here are in README.md ("The test and its p-value");
+    ``tests/test_calibration*.py`` check them.
 
     ``zeros`` has no direction: F = (mean z^2 inside the mask) / (mean z^2 on the annulus
     radius < |f| <= 2 radius), p = P(F(d, m) <= F). It assumes the spectrum is flat across
-    the two regions, which recovered z_T is not; it is not calibrated (README).
+    the two regions, which recovered z_T is not: it is not calibrated (README).
     """
     mask = key.mask()
     first, self_conj = independent_mask(mask)
@@ -83,3 +79,23 @@ def score(z_T: torch.Tensor, key: Key) -> list[Score]:
 def sidak(p: float, m: int) -> float:
     """Šidák correction of the smallest of m independent p-values: 1 - (1 - p)^m."""
     return float(-np.expm1(m * np.log1p(-p))) if p < 1 else 1.0
+
+
+@dataclass(frozen=True)
+class KeyMatch:
+    key_id: str
+    p_value: float  # corrected for the number of keys tested (Šidák)
+    distance: float
+    raw_p_value: float
+    keys_tested: int
+
+
+def match_keys(z_T: torch.Tensor, keys: list[Key]) -> list[KeyMatch]:
+    """For each z_T, the best of ``keys`` with its Šidák-corrected p-value."""
+    per_key = [score(z_T, key) for key in keys]
+    out = []
+    for b in range(len(z_T)):
+        best = min(range(len(keys)), key=lambda i: (per_key[i][b].p_value, per_key[i][b].distance))
+        s = per_key[best][b]
+        out.append(KeyMatch(keys[best].key_id, sidak(s.p_value, len(keys)), s.distance, s.p_value, len(keys)))
+    return out

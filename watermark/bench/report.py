@@ -1,4 +1,4 @@
-"""What both benchmarks share: the machine line, and writing JSON + markdown + an optional plot."""
+"""What the benchmarks share: the device and machine line, NMSE, and writing JSON + markdown + a plot."""
 
 from __future__ import annotations
 
@@ -9,6 +9,23 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+
+def bench_device(device: str) -> str:
+    """The benchmarks' device ("cpu" or "cuda"); on CUDA, float32 is reported as float32: no TF32
+    in cuDNN convolutions or matmuls."""
+    from ..models import resolve_device
+
+    dev = resolve_device(device).type
+    if dev == "cuda":
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    return dev
+
+
+def nmse_db(z_hat: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Per-sample ||z_hat - z||^2 / ||z||^2 in dB (float32, CPU)."""
+    z_hat, z = z_hat.float().cpu(), z.float().cpu()
+    return 10 * torch.log10((z_hat - z).flatten(1).pow(2).sum(1) / z.flatten(1).pow(2).sum(1))
 
 
 def machine(device: str = "cpu") -> str:

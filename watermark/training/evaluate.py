@@ -1,6 +1,6 @@
 """Measure the bundled model against the targets of its model card.
 
-    python -m watermark.evaluate_model --out samples/tiny_eval.json [--quick]
+    python -m watermark.training.evaluate --out samples/tiny_eval.json [--quick]
 
 1. VAE reconstruction PSNR on 128 px crops of the held-out photo (and of a training photo).
 2. Decoder inversion of latents the model generated: NMSE of E(x) and of the forward step
@@ -27,16 +27,11 @@ import torch
 from PIL import Image
 
 from inversion import fixed_point
-from watermark.bench_report import machine
-from watermark.generate import sample_latents
-from watermark.model import load_model
-from watermark.verify import Recovery, invert_ddim
-from watermark.train import HELD_OUT, TRAIN_PHOTOS, load_photo, random_crops
 
-
-def nmse_db(z_hat: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Per-sample ||z_hat - z||^2 / ||z||^2 in dB."""
-    return 10 * torch.log10((z_hat - z).flatten(1).pow(2).sum(1) / z.flatten(1).pow(2).sum(1))
+from ..bench.report import machine, nmse_db
+from ..models import load_model
+from ..pipeline import Recovery, ddim_inversion
+from .train import HELD_OUT, TRAIN_PHOTOS, load_photo, random_crops
 
 
 def nmse_ac_db(z_hat: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -100,52 +95,21 @@ def save_grid(images01: torch.Tensor, path: Path, rows: int = 4) -> None:
     Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="samples/tiny_eval.json",
-              show_default=True)
-@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default="samples/tiny_samples.png",
-              show_default=True)
-@click.option("--quick", is_flag=True, help="Few samples and iterations: checks the script, not the model.")
-@click.option("--n-inv", default=100, show_default=True, help="Generated latents for decoder inversion.")
-@click.option("--coco-iters", default=100, show_default=True, help="k of z_inf = z_k in the cocoercivity check.")
-@click.option("--seed", default=20241127, show_default=True)
-@click.option("--model", "model_name", default="tiny", show_default=True, help="Model name or folder.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-def main(out, grid, quick, n_inv, coco_iters, seed, model_name, device):
-    """Measure the bundled tiny model (PSNR, decoder inversion, sample statistics, DDIM round trip)."""
-    torch.set_grad_enabled(False)
-    t_start = time.time()
-    model = load_model(model_name, device)
-    dev = model.device
-
-    # every tensor below lives on the CPU; the networks run on ``device``
-    def encode(x):
-        return model.encode(x.to(dev)).float().cpu()
-
-    def decode(z):
-        return model.decode(z.to(dev)).float().cpu()
-
-    def sample(z_T):
-        return sample_latents(model, z_T.to(dev), 50).float().cpu()
-
-    def invert(z_0, recovery, refine_iters=3):
-        return invert_ddim(model, z_0.to(dev), recovery, refine_iters)
-
-    n_samples, n_iters, n_rt = (16, 20, 4) if quick else (256, coco_iters, 32)
-    n_inv = 8 if quick else n_inv
-    gen = torch.Generator().manual_seed(seed)
-    res: dict = {"command": "python -m watermark.evaluate_model " + " ".join(sys.argv[1:]),
-                 "machine": machine(device),
-                 "torch": torch.__version__}
-
-    # 1. VAE reconstruction
+def vae_psnr(encode, decode) -> dict:
+    """1. VAE reconstruction PSNR on 128 px tiles of the held-out photo and of a training photo."""
+    res = {}
     res["psnr_heldout_db"] = psnr(encode, decode, tiles(load_photo(HELD_OUT)))
     res["psnr_train_photo_db"] = psnr(encode, decode, tiles(load_photo("skimage:astronaut")))
     click.echo(f"PSNR held-out {res['psnr_heldout_db']:.2f} dB", err=True)
 
-    # 3. samples from the model (50 DDIM steps), against training latents and real crops
-    z_T = torch.randn(n_samples, 4, 32, 32, generator=gen)
-    z_0 = batched(sample, z_T, 32)
+    return res
+
+
+def sample_statistics(encode, decode, z_0, gen, grid: Path) -> tuple[dict, torch.Tensor]:
+    """3. The samples z_0 against the training latents (per-channel mean, std) and against real
+    crops (power spectrum in 3 bands); the 4x4 grid PNG. Returns the figures and the training latents."""
+    res: dict = {}
+    n_samples = len(z_0)
     photos = [load_photo(name) for name in TRAIN_PHOTOS]
     real = random_crops(photos, n_samples, 128, gen, max_scale=2.0)
     post = batched(encode, real)  # the UNet learns scaled posterior means
@@ -163,7 +127,13 @@ def main(out, grid, quick, n_inv, coco_iters, seed, model_name, device):
     save_grid((images[:16] + 1) / 2, grid)
     click.echo(f"latent std ratio {res['latent_std_ratio']}, spectrum diff {res['spectrum_diff_db']}", err=True)
 
-    # 2. decoder inversion of generated latents: x = D(z*)
+    return res, post
+
+
+def decoder_inversion_study(encode, decode, z_0, post, n_inv: int, n_iters: int, seed: int, gen) -> dict:
+    """2. Decoder inversion of generated latents, x = D(z*): NMSE of the encoder and of the forward
+    step, the cocoercivity check, and why the error stalls (what the image does not show)."""
+    res: dict = {}
     z_star = z_0[:n_inv]
     x = batched(decode, z_star)
     z_enc = batched(encode, x)
@@ -240,17 +210,68 @@ def main(out, grid, quick, n_inv, coco_iters, seed, model_name, device):
     res["cocoercivity_min_ratio"] = {"positive": int((coco > 0).sum()), "of": len(coco),
                                      "median": float(coco.median()), "iterations": n_iters}
 
-    # 4. DDIM round trip, 50 steps each way
-    z_T_rt = z_T[:n_rt]
-    z_0_rt = z_0[:n_rt]
+    return res
+
+
+def ddim_round_trip(invert, z_T, z_0) -> dict:
+    """4. DDIM round trip z_T -> z_0 -> z_T, 50 steps each way: NMSE, naive and exact."""
+    res: dict = {}
     res["ddim_roundtrip_nmse_db"] = {
-        "naive": float(nmse_db(batched(lambda b: invert(b, Recovery(ddim_steps=50)), z_0_rt),
-                               z_T_rt).mean()),
-        "exact": float(nmse_db(batched(lambda b: invert(b, Recovery(ddim_steps=50, exact=True), 5), z_0_rt), z_T_rt).mean()),
+        "naive": float(nmse_db(batched(lambda b: invert(b, Recovery(ddim_steps=50)), z_0),
+                               z_T).mean()),
+        "exact": float(nmse_db(batched(lambda b: invert(b, Recovery(ddim_steps=50, exact=True), 5), z_0), z_T).mean()),
         # the last trailing step (t = 19 -> alpha_bar_0) contracts slowly: 15 refinements per step
-        "exact_15": float(nmse_db(batched(lambda b: invert(b, Recovery(ddim_steps=50, exact=True), 15), z_0_rt),
-                                  z_T_rt).mean()),
+        "exact_15": float(nmse_db(batched(lambda b: invert(b, Recovery(ddim_steps=50, exact=True), 15), z_0),
+                                  z_T).mean()),
     }
+    return res
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="samples/tiny_eval.json",
+              show_default=True)
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default="samples/tiny_samples.png",
+              show_default=True)
+@click.option("--quick", is_flag=True, help="Few samples and iterations: checks the script, not the model.")
+@click.option("--n-inv", default=100, show_default=True, help="Generated latents for decoder inversion.")
+@click.option("--coco-iters", default=100, show_default=True, help="k of z_inf = z_k in the cocoercivity check.")
+@click.option("--seed", default=20241127, show_default=True)
+@click.option("--model", "model_name", default="tiny", show_default=True, help="Model name or folder.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def main(out, grid, quick, n_inv, coco_iters, seed, model_name, device):
+    """Measure the bundled tiny model (PSNR, decoder inversion, sample statistics, DDIM round trip)."""
+    torch.set_grad_enabled(False)
+    t_start = time.time()
+    model = load_model(model_name, device)
+    dev = model.device
+
+    # every tensor below lives on the CPU; the networks run on ``device``
+    def encode(x):
+        return model.encode(x.to(dev)).float().cpu()
+
+    def decode(z):
+        return model.decode(z.to(dev)).float().cpu()
+
+    def sample(z_T):
+        return model.sample(z_T.to(dev), 50).float().cpu()
+
+    def invert(z_0, recovery, refine_iters=3):
+        return ddim_inversion(model, z_0.to(dev), recovery, refine_iters)
+
+    n_samples, n_iters, n_rt = (16, 20, 4) if quick else (256, coco_iters, 32)
+    n_inv = 8 if quick else n_inv
+    gen = torch.Generator().manual_seed(seed)
+    res: dict = {"command": "python -m watermark.training.evaluate " + " ".join(sys.argv[1:]),
+                 "machine": machine(device),
+                 "torch": torch.__version__}
+
+    res.update(vae_psnr(encode, decode))
+    z_T = torch.randn(n_samples, 4, 32, 32, generator=gen)
+    z_0 = batched(sample, z_T, 32)
+    stats, post = sample_statistics(encode, decode, z_0, gen, grid)
+    res.update(stats)
+    res.update(decoder_inversion_study(encode, decode, z_0, post, n_inv, n_iters, seed, gen))
+    res.update(ddim_round_trip(invert, z_T[:n_rt], z_0[:n_rt]))
     res["seconds"] = round(time.time() - t_start, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")

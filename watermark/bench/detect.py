@@ -3,6 +3,7 @@ identification table (Table 2), per decoder-inversion method, on the bundled mod
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -12,24 +13,14 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from . import api, bench_report
+from .. import api
+from ..io.images import to_pil, to_tensor
+from ..models import get_model
+from ..pipeline import DEFAULT_ITERS, Recovery, ddim_inversion, decoder_inversion, detect, make_key
+from ..scheme.detection import score
+from ..scheme.embedding import watermarked_latents
+from . import report
 from .attacks import ATTACKS, attack
-from .detect import score
-from .embed import initial_noise
-from .generate import decode_images, sample_latents
-from inversion import invert_decoder
-
-from .verify import DEFAULT_INVERSION, DEFAULT_ITERS, Recovery, invert_ddim, match_keys, recover_noise
-
-
-def to_pil(images01: torch.Tensor) -> list[Image.Image]:
-    a = (images01.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    return [Image.fromarray(x) for x in a]
-
-
-def to_tensor(images: list[Image.Image]) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1)
-                        for im in images]) / 127.5 - 1
 
 
 def auc(wm: np.ndarray, clean: np.ndarray) -> float:
@@ -45,11 +36,10 @@ def tpr_at_fpr(wm: np.ndarray, clean: np.ndarray, fpr: float = 0.01) -> float:
     return float(np.mean(wm <= threshold))
 
 
-def make_images(model, key, seeds, steps, watermark=True):
+def make_images(model, key, seeds, steps, watermark=True) -> list[Image.Image]:
     out = []
     for i in range(0, len(seeds), 16):
-        z_T = initial_noise(key, seeds[i : i + 16], watermark)
-        out.append(decode_images(model, sample_latents(model, z_T, steps)).cpu())
+        out.append(model.generate(watermarked_latents(key, seeds=seeds[i : i + 16], watermark=watermark), steps))
     return to_pil(torch.cat(out))
 
 
@@ -57,13 +47,9 @@ def p_values(model, images: list[Image.Image], keys, recovery: Recovery, batch: 
     """p-values (and picked key ids, for several keys) of ``images``, and the seconds per image."""
     ps, ids, t0 = [], [], time.perf_counter()
     for i in range(0, len(images), batch):
-        z_T, _ = recover_noise(model, to_tensor(images[i : i + batch]), recovery)
-        if len(keys) == 1:
-            ps += [s.p_value for s in score(z_T, keys[0])]
-        else:
-            tests = match_keys(z_T, keys)
-            ps += [t.p_value for t in tests]
-            ids += [t.key_id for t in tests]
+        found = detect(model, to_tensor(images[i : i + batch]), keys, recovery)
+        ps += [d.raw_p_value if len(keys) == 1 else d.p_value for d in found]
+        ids += [d.key_id for d in found] if len(keys) > 1 else []
     return np.array(ps), ids, (time.perf_counter() - t0) / len(images)
 
 
@@ -71,17 +57,18 @@ def p_values_sweep(model, images: list[Image.Image], key, method: str, sweep, dd
     """p-values after each iteration count in ``sweep``, from one run of ``method``: z_k is taken
     along the way (exact for methods without a schedule: fixed_point, inertial_km)."""
     ps = {k: [] for k in sweep}
+    recovery = Recovery(method, max(sweep), ddim_steps)
     for i in range(0, len(images), batch):
-        x = to_tensor(images[i : i + batch]).to(model.device, model.dtype)
+        x = to_tensor(images[i : i + batch])
         snaps = {}
 
         def keep(info):
             if info["i"] in ps:
                 snaps[info["i"]] = info["z"].clone()
 
-        z, _ = invert_decoder(method, model.encode, model.decode, x, iters=max(sweep), callback=keep)
+        z, _ = decoder_inversion(model, x, recovery, callback=keep)
         snaps[max(sweep)] = z
-        z_T = invert_ddim(model, torch.cat([snaps[k] for k in sweep]), Recovery(method, max(sweep), ddim_steps))
+        z_T = ddim_inversion(model, torch.cat([snaps[k] for k in sweep]), recovery)
         for j, k in enumerate(sweep):
             ps[k] += [s.p_value for s in score(z_T[j * len(x) : (j + 1) * len(x)], key)]
     return {k: np.array(v) for k, v in ps.items()}
@@ -94,12 +81,11 @@ def run(n: int = 100, methods=("encoder", "gradient", "fixed_point", "adam"), at
     (a run stopped by a time limit keeps it)."""
     torch.set_grad_enabled(False)
     checkpoint = checkpoint or (lambda res: None)
-    model = api.get_model("tiny", device)
-    keys = [api.keygen(None, "tiny", seed=seed + j) for j in range(3)]  # the model's default key channel
-    seeds = list(range(n))
+    model = get_model("tiny", device)
+    keys = [make_key(model, "tiny", seed=seed + j) for j in range(3)]  # the model's default key channel
     t0 = time.time()
-    wm = make_images(model, keys[0], seeds, gen_steps)
-    clean = make_images(model, keys[0], seeds, gen_steps, watermark=False)
+    wm = make_images(model, keys[0], list(range(n)), gen_steps)
+    clean = make_images(model, keys[0], list(range(n)), gen_steps, watermark=False)
     log(f"generated {n} watermarked + {n} clean images in {time.time() - t0:.0f}s")
     rng = np.random.default_rng(seed)
     attacked = {a: ([attack(im, a, rng) for im in wm], [attack(im, a, rng) for im in clean]) for a in attacks}
@@ -111,51 +97,86 @@ def run(n: int = 100, methods=("encoder", "gradient", "fixed_point", "adam"), at
 
     res: dict = {"n": n, "gen_steps": gen_steps, "ddim_steps": ddim_steps, "key_pattern": keys[0].pattern,
                  "key_radius": keys[0].radius, "key_channel": keys[0].channel, "batch": batch,
-                 "machine": bench_report.machine(device), "date": time.strftime("%Y-%m-%d"),
+                 "machine": report.machine(device), "date": time.strftime("%Y-%m-%d"),
                  "iters": {m: recovery(m).iters for m in methods}, "robustness": {}, "sweep": {},
                  "identification": {}}
     for method in methods:
-        rows = {}
-        for a in attacks:
-            p_wm, _, sec = p_values(model, attacked[a][0], keys[:1], recovery(method), batch)
-            p_clean, _, _ = p_values(model, attacked[a][1], keys[:1], recovery(method), batch)
-            rows[a] = {"auc": auc(p_wm, p_clean), "tpr_at_1pct_fpr": tpr_at_fpr(p_wm, p_clean),
-                       "tpr_at_alpha_0.01": float(np.mean(p_wm <= 0.01)),
-                       "fpr_at_alpha_0.01": float(np.mean(p_clean <= 0.01)), "seconds_per_image": sec,
-                       "p_wm": p_wm.tolist(), "p_clean": p_clean.tolist()}
-            log(f"{method:12s} {a:10s} AUC {rows[a]['auc']:.3f} TPR@1%FPR {rows[a]['tpr_at_1pct_fpr']:.3f} "
-                f"({sec:.2f}s/image)")
-        rows["mean_attacked_auc"] = float(np.mean([rows[a]["auc"] for a in attacks if a != "none"] or [np.nan]))
-        res["robustness"][method] = rows
+        res["robustness"][method] = robustness(model, attacked, keys[0], recovery(method), batch, log)
         checkpoint(res)
-    sweep = sorted(sweep)
-    if sweep:
-        per_attack = {a: (p_values_sweep(model, attacked[a][0], keys[0], "fixed_point", sweep, ddim_steps, batch),
-                          p_values_sweep(model, attacked[a][1], keys[0], "fixed_point", sweep, ddim_steps, batch))
-                      for a in attacks}
-    for iters in sweep:
-        rows = {a: {"auc": auc(wm_p[iters], clean_p[iters]), "tpr_at_1pct_fpr": tpr_at_fpr(wm_p[iters], clean_p[iters]),
-                    "tpr_at_alpha_0.01": float(np.mean(wm_p[iters] <= 0.01))}
-                for a, (wm_p, clean_p) in per_attack.items()}
-        res["sweep"][str(iters)] = {"method": "fixed_point", "rows": rows, "mean_attacked_auc": float(
-            np.mean([r["auc"] for a, r in rows.items() if a != "none"] or [np.nan]))}
-        log(f"sweep fixed_point iters {iters}: mean attacked AUC {res['sweep'][str(iters)]['mean_attacked_auc']:.3f}")
+    res["sweep"] = iteration_sweep(model, attacked, keys[0], sorted(sweep), ddim_steps, batch, log)
     checkpoint(res)
-    others = [make_images(model, keys[j], [10_000 * j + s for s in seeds], gen_steps) for j in (1, 2)]
-    truth = [keys[0].key_id] * n + [keys[1].key_id] * n + [keys[2].key_id] * n
+    others = [make_images(model, keys[j], [10_000 * j + s for s in range(n)], gen_steps) for j in (1, 2)]
+    truth = [k.key_id for k in keys for _ in range(n)]
     for method in methods:
         _, ids, _ = p_values(model, wm + others[0] + others[1], keys, recovery(method), batch)
         res["identification"][method] = float(np.mean([a == b for a, b in zip(ids, truth)]))
         log(f"identification {method}: {res['identification'][method]:.3f}")
         checkpoint(res)
-    with tempfile.TemporaryDirectory() as tmp:  # verify at its defaults on a folder, as a user would
-        for i, im in enumerate(wm):
-            im.save(Path(tmp) / f"{i:05d}.png")
-        t1 = time.perf_counter()
-        api.verify([tmp], keys[:1], device=device)
-        res["verify_seconds_per_image_default"] = (time.perf_counter() - t1) / n
+    res["verify_seconds_per_image_default"] = verify_seconds(wm, keys[0], device)
     log(f"verify at defaults: {res['verify_seconds_per_image_default']:.2f}s per image")
     return res
+
+
+def robustness(model, attacked: dict, key, recovery: Recovery, batch: int, log) -> dict:
+    """AUC, TPR at 1% FPR, and the decision at alpha = 0.01, per attack, for one recovery."""
+    rows = {}
+    for a, (wm, clean) in attacked.items():
+        p_wm, _, sec = p_values(model, wm, [key], recovery, batch)
+        p_clean, _, _ = p_values(model, clean, [key], recovery, batch)
+        rows[a] = {"auc": auc(p_wm, p_clean), "tpr_at_1pct_fpr": tpr_at_fpr(p_wm, p_clean),
+                   "tpr_at_alpha_0.01": float(np.mean(p_wm <= 0.01)),
+                   "fpr_at_alpha_0.01": float(np.mean(p_clean <= 0.01)), "seconds_per_image": sec,
+                   "p_wm": p_wm.tolist(), "p_clean": p_clean.tolist()}
+        log(f"{recovery.method:12s} {a:10s} AUC {rows[a]['auc']:.3f} TPR@1%FPR {rows[a]['tpr_at_1pct_fpr']:.3f} "
+            f"({sec:.2f}s/image)")
+    rows["mean_attacked_auc"] = float(np.mean([rows[a]["auc"] for a in attacked if a != "none"] or [np.nan]))
+    return rows
+
+
+def iteration_sweep(model, attacked: dict, key, sweep: list[int], ddim_steps: int, batch: int, log) -> dict:
+    """The forward step's AUC per attack after each iteration count in ``sweep``, from one run."""
+    if not sweep:
+        return {}
+    per_attack = {a: (p_values_sweep(model, wm, key, "fixed_point", sweep, ddim_steps, batch),
+                      p_values_sweep(model, clean, key, "fixed_point", sweep, ddim_steps, batch))
+                  for a, (wm, clean) in attacked.items()}
+    out = {}
+    for iters in sweep:
+        rows = {a: {"auc": auc(wm_p[iters], clean_p[iters]), "tpr_at_1pct_fpr": tpr_at_fpr(wm_p[iters], clean_p[iters]),
+                    "tpr_at_alpha_0.01": float(np.mean(wm_p[iters] <= 0.01))}
+                for a, (wm_p, clean_p) in per_attack.items()}
+        out[str(iters)] = {"method": "fixed_point", "rows": rows, "mean_attacked_auc": float(
+            np.mean([r["auc"] for a, r in rows.items() if a != "none"] or [np.nan]))}
+        log(f"sweep fixed_point iters {iters}: mean attacked AUC {out[str(iters)]['mean_attacked_auc']:.3f}")
+    return out
+
+
+def verify_seconds(images: list[Image.Image], key, device: str) -> float:
+    """Seconds per image of ``api.verify`` at its defaults on a folder of ``images``, as a user runs it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, im in enumerate(images):
+            im.save(Path(tmp) / f"{i:05d}.png")
+        t0 = time.perf_counter()
+        api.verify([tmp], [key], device=device)
+        return (time.perf_counter() - t0) / len(images)
+
+
+def main(n: int, methods: list[str], sweep: list[int], gradient_iters: int, batch: int, device: str, quick: bool,
+         outdir: Path, log) -> str:
+    """``ringmark bench detect``: run, write detect.json/.md/_roc.png into ``outdir``, return the markdown."""
+    steps = 50
+    if quick:
+        n, steps, sweep, gradient_iters = 4, 5, [1, 2], 2
+    command = "ringmark bench detect " + " ".join(sys.argv[3:])
+    dev = report.bench_device(device)
+    out = Path(outdir)
+    res = run(n, methods, sweep=sweep, gen_steps=steps, ddim_steps=steps, gradient_iters=gradient_iters, log=log,
+              device=dev, batch=batch,
+              checkpoint=lambda partial: report.write_partial({**partial, "command": command}, out, "detect"))
+    res["command"] = command
+    for f in report.write(res, out, "detect", markdown, plot_roc, "detect_roc.png"):
+        log(f"wrote {f}")
+    return markdown(res)
 
 
 def paired_vs_encoder(res: dict) -> dict:
@@ -216,7 +237,7 @@ def markdown(res: dict) -> str:
 
 
 def plot_roc(res: dict, path: Path) -> bool:
-    plt = bench_report.pyplot()
+    plt = report.pyplot()
     if plt is None:
         return False
     methods = list(res["robustness"])
@@ -237,11 +258,3 @@ def plot_roc(res: dict, path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
-
-
-def write_partial(res: dict, out: Path) -> Path:
-    return bench_report.write_partial(res, out, "detect")
-
-
-def write(res: dict, out: Path) -> list[Path]:
-    return bench_report.write(res, out, "detect", markdown, plot_roc, "detect_roc.png")

@@ -20,7 +20,8 @@ from scipy import stats
 
 from inversion import invert_decoder
 
-from . import bench_report
+from ..models import get_model
+from . import report
 
 # (label, method, fixed kwargs, scheduled): a scheduled method's run depends on its length,
 # so each iteration count is its own run; the others are read off one run at checkpoints.
@@ -40,11 +41,6 @@ SD21_VAE = dict(  # stabilityai/stable-diffusion-2-1-base, vae/config.json
 )
 
 
-def nmse_db(z_hat: torch.Tensor, z: torch.Tensor) -> np.ndarray:
-    z_hat, z = z_hat.float().cpu(), z.float().cpu()
-    return (10 * torch.log10((z_hat - z).flatten(1).pow(2).sum(1) / z.flatten(1).pow(2).sum(1))).numpy()
-
-
 def mean_ci(values: np.ndarray) -> tuple[float, float, float]:
     m = float(np.mean(values))
     if len(values) < 2:
@@ -57,15 +53,12 @@ def accuracy(n: int, iters: list[int], dtypes: list[str], gen_steps: int, seed: 
              device: str = "cpu", checkpoint=None) -> list[dict]:
     """Ground truth z* generated in float32 on ``device``; each precision inverts x = D(z*).
     ``checkpoint(rows)`` is called after each run with the rows so far."""
-    from .api import get_model
-    from .generate import sample_latents
-
     checkpoint = checkpoint or (lambda rows: None)
     torch.set_grad_enabled(False)
     base = get_model("tiny", device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)  # honest wall times on a GPU
     z_T = torch.randn(n, *base.latent_shape(base.default_size), generator=torch.Generator().manual_seed(seed))
-    z_star = torch.cat([sample_latents(base, z_T[i : i + 16], gen_steps) for i in range(0, n, 16)])
+    z_star = torch.cat([base.sample(z_T[i : i + 16], gen_steps) for i in range(0, n, 16)])
     x = torch.cat([base.decode(z_star[i : i + 16]) for i in range(0, n, 16)])
     rows = []
     for dtype in dtypes:
@@ -85,61 +78,17 @@ def accuracy(n: int, iters: list[int], dtypes: list[str], gen_steps: int, seed: 
                         seen[d["i"]] = (d["z"].clone(), time.perf_counter() - t0)
 
                 xs = x.to(getattr(torch, dtype))
-                extra = {} if method == "encoder" else {"iters": top, "callback": callback, **kwargs}
-                if method == "gradient":
-                    with torch.enable_grad():
-                        z, record = invert_decoder(method, model.encode, model.decode, xs, **extra)
-                else:
-                    z, record = invert_decoder(method, model.encode, model.decode, xs, **extra)
+                extra = {"iters": top, "callback": callback, **kwargs}
+                z, record = invert_decoder(method, model.encode, model.decode, xs, **extra)
                 sync()
                 seen[top] = (z, time.perf_counter() - t0)  # timed as the callback's checkpoints
                 for k in checkpoints:
-                    m, lo, hi = mean_ci(nmse_db(seen[k][0], z_star))
+                    m, lo, hi = mean_ci(report.nmse_db(seen[k][0], z_star).numpy())
                     rows.append({"method": label, "dtype": dtype, "iters": k, "nmse_db": m, "ci95": [lo, hi],
                                  "seconds": seen[k][1], "n": n})
                     log(f"{label:22s} {dtype:8s} {k:4d} it  NMSE {m:6.1f} dB [{lo:.1f}, {hi:.1f}]  {seen[k][1]:.1f}s")
                 checkpoint(rows)
     return rows
-
-
-COST_SCRIPT = r"""
-import json, resource, sys, time, torch
-from diffusers import AutoencoderKL
-from inversion import invert_decoder
-cfg, method, size, iters, device, dtype = json.loads(sys.argv[1])
-torch.manual_seed(0)
-dtype = getattr(torch, dtype)
-vae = AutoencoderKL(**cfg).to(device, dtype).eval().requires_grad_(False)
-s = cfg["scaling_factor"]
-encode = lambda x: vae.encode(x).latent_dist.mean * s
-decode = lambda z: vae.decode(z / s).sample
-x = torch.rand(1, 3, size, size, device=device, dtype=dtype) * 2 - 1
-def sync():
-    if device == "cuda": torch.cuda.synchronize()
-def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-base = rss_mb()  # the loaded model, before any forward pass
-with torch.inference_mode():
-    decode(encode(x)); sync()  # warm-up (its peak is below every method's: each runs E and D)
-if device == "cuda":
-    torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated() / 2**20
-t0 = time.perf_counter()
-if method == "floor":
-    with torch.inference_mode():
-        for _ in range(iters): decode(encode(x))
-else:  # steady-state time per iteration: between the first and the last iteration's callback
-    stamps = []
-    def callback(d):
-        sync(); stamps.append(time.perf_counter())
-    invert_decoder(method, encode, decode, x, iters=iters, callback=callback)
-sync()
-sec = (time.perf_counter() - t0) / iters if method == "floor" else (stamps[-1] - stamps[0]) / (len(stamps) - 1)
-peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb()
-print(json.dumps({"seconds_per_iter": sec, "peak_mb_above_model": peak - base}))
-"""
 
 
 def cost(sizes: list[int], iters: int, device: str, dtypes: list[str], config: dict, log=print,
@@ -151,7 +100,8 @@ def cost(sizes: list[int], iters: int, device: str, dtypes: list[str], config: d
         for size in sizes:
             for method in ("floor", "fixed_point", "inertial_km", "adam", "gradient"):
                 arg = json.dumps([config, method, size, iters, device, dtype])
-                proc = subprocess.run([sys.executable, "-c", COST_SCRIPT, arg], capture_output=True, text=True)
+                proc = subprocess.run([sys.executable, "-m", "watermark.bench.cost_worker", arg], capture_output=True,
+                                      text=True)
                 if proc.returncode != 0:
                     err = (proc.stderr.strip().splitlines() or ["failed"])[-1]
                     rows.append({"method": method, "size": size, "dtype": dtype, "device": device, "error": err})
@@ -201,7 +151,7 @@ def markdown(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> bool:
-    plt = bench_report.pyplot()
+    plt = report.pyplot()
     if plt is None or not res["accuracy"]:  # a --skip-accuracy run has nothing to plot
         return False
     dtypes = sorted({r["dtype"] for r in res["accuracy"]})
@@ -219,9 +169,28 @@ def plot(res: dict, path: Path) -> bool:
     return True
 
 
-def write_partial(res: dict, out: Path) -> Path:
-    return bench_report.write_partial(res, out, "inversion")
 
 
-def write(res: dict, out: Path) -> list[Path]:
-    return bench_report.write(res, out, "inversion", markdown, plot, "inversion_nmse_vs_time.png")
+def main(n: int, iters: list[int], dtypes: list[str], cost_sizes: list[int], cost_iters: int, device: str,
+         skip_accuracy: bool, skip_cost: bool, quick: bool, outdir: Path, log, dtypes_given: bool = True) -> str:
+    """``ringmark bench inversion``: run, write inversion.json/.md/.png into ``outdir``, return the markdown.
+    On CUDA, float16 joins the precisions unless ``dtypes`` was given."""
+    if quick:
+        n, iters, cost_sizes, cost_iters, dtypes = 4, [2, 5], [64], 2, dtypes[:1]
+    dev = report.bench_device(device)
+    if dev == "cuda" and not dtypes_given:
+        dtypes = dtypes + ["float16"]
+    elif dev != "cuda" and "float16" in dtypes:
+        raise ValueError("float16 needs a CUDA device (CPU: float32, bfloat16)")
+    res = {"command": "ringmark bench inversion " + " ".join(sys.argv[3:]), "machine": report.machine(dev),
+           "date": time.strftime("%Y-%m-%d"), "n": n, "accuracy": [], "cost": []}
+    out = Path(outdir)
+    if not skip_accuracy:
+        res["accuracy"] = accuracy(n, iters, dtypes, 10 if quick else 50, 20241127, log, dev,
+                                   checkpoint=lambda rows: report.write_partial({**res, "accuracy": rows}, out, "inversion"))
+    if not skip_cost:
+        res["cost"] = cost(cost_sizes, cost_iters, dev, dtypes, dict(SD21_VAE), log,
+                           checkpoint=lambda rows: report.write_partial({**res, "cost": rows}, out, "inversion"))
+    for f in report.write(res, out, "inversion", markdown, plot, "inversion_nmse_vs_time.png"):
+        log(f"wrote {f}")
+    return markdown(res)

@@ -1,23 +1,21 @@
-"""Loading a latent diffusion model: the bundled ``tiny`` one or a Stable-Diffusion-family
-checkpoint (hub id or local diffusers folder), through one loader.
-
-Both sources have the diffusers layout (``vae/``, ``unet/``, ``scheduler/`` and, for
-text-conditioned models, ``text_encoder/`` and ``tokenizer/``), so ``tiny`` is just a folder
-shipped inside this package and the real-model path is the one that runs every day.
+"""The Stable Diffusion family: a diffusers VAE (``AutoencoderKL``), a UNet and a DDIM scheduler,
+seen through the model protocol (``watermark.models.protocol``). Serves SD 1.x/2.x checkpoints
+(hub id or local diffusers folder, text-conditioned) and the bundled ``tiny`` (unconditional),
+which is just such a folder shipped inside this package.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from inversion import DDIMSchedule, ddim_schedule
+from inversion import DDIMSchedule, ddim_sample, ddim_schedule
 
-TINY_PATH = Path(__file__).parent / "models" / "tiny"
+from .protocol import ModelError
 
 # Floor on alpha_bar: a zero-terminal-SNR schedule (Lin et al., WACV 2024) has alpha_bar_T = 0,
 # and every step written in eps divides by sqrt(alpha_bar_t). diffusers' EulerDiscreteScheduler
@@ -25,35 +23,10 @@ TINY_PATH = Path(__file__).parent / "models" / "tiny"
 ALPHA_BAR_MIN = 2.0**-24
 
 
-class ModelError(Exception):
-    """The model cannot be loaded or does not fit the request (one-line message)."""
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be one of ('auto', 'cpu', 'cuda'), got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelError("--device cuda was asked for, but torch sees no CUDA device")
-    return torch.device(device)
-
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
-
-
 @dataclass
-class LatentDiffusion:
-    """A VAE, an eps-prediction UNet and a DDIM scheduler, seen through the callables
-    ``inversion`` works with. Latents are scaled (unit variance); images are in [-1, 1]."""
+class StableDiffusionModel:
+    """A VAE, a UNet (eps-, v- or sample-prediction) and a DDIM scheduler, seen through the
+    callables ``inversion`` works with. Latents are scaled (unit variance); images are in [-1, 1]."""
 
     name: str
     vae: Any
@@ -62,7 +35,7 @@ class LatentDiffusion:
     text_encoder: Any = None
     tokenizer: Any = None
     key_channel: int | None = None  # from the model folder's ringmark.json, if it has one
-    latent_mean: tuple[float, ...] | None = None  # likewise: per-channel mean of the training latents
+    _empty_prompt: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def default_key_channel(self) -> int:
@@ -92,23 +65,6 @@ class LatentDiffusion:
     def prediction(self) -> str:
         """What the UNet predicts, as DDIM inversion holds it fixed: "v" for v-prediction, else "eps"."""
         return "v" if self.scheduler.config.prediction_type == "v_prediction" else "eps"
-
-    def noise_mean(self, t: int) -> torch.Tensor | float:
-        """Mean of z_t over the training data, sqrt(alpha_bar_t) * E[z_0] per channel (0 if unknown).
-
-        SD's schedule leaves signal at its last timestep (alpha_bar = 0.0047; Lin et al., "Common
-        Diffusion Noise Schedules and Sample Steps are Flawed", WACV 2024), so a UNet trained on
-        latents with a non-zero mean reads the image's mean from z_T's spatial mean. Sampling from
-        N(0, I) then yields latents of mean ~0: measured on the bundled model, generated channel
-        means 0.14, -0.12, 0.08, -0.10 against the training latents' -0.06, 0.53, 0.93, 0.33, and
-        decoder inversion of its samples at -1.9 dB. Starting from the terminal marginal's mean
-        (this offset on z_T; the key's Fourier bins are off the axes, so it never touches them)
-        gave -0.04, 0.47, 0.83, 0.29 and -8.2 dB. Generation adds it, DDIM inversion removes it.
-        """
-        if self.latent_mean is None:
-            return 0.0
-        scale = float(self.alphas_cumprod[t]) ** 0.5
-        return (scale * torch.tensor(self.latent_mean)).view(1, -1, 1, 1).to(self.device, self.dtype)
 
     @property
     def device(self) -> torch.device:
@@ -187,39 +143,74 @@ class LatentDiffusion:
     def prompt_embeds(self, prompts: list[str]) -> torch.Tensor:
         if not self.conditional:
             raise ModelError(f"model {self.name!r} is unconditional: it takes no prompt")
+        if prompts == [""] and self._empty_prompt is not None:
+            return self._empty_prompt
         ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.device))[0]
+        out = self.text_encoder(ids.to(self.device))[0]
+        if prompts == [""]:
+            self._empty_prompt = out  # inversion asks for it at every UNet call
+        return out
+
+    @torch.inference_mode()
+    def sample(self, z_T: torch.Tensor, steps: int = 50) -> torch.Tensor:
+        """Deterministic DDIM (eta = 0) from z_T to z_0 (scaled latents), empty prompt, guidance 1.
+
+        Steps in eps (``eps`` converts whatever the UNet predicts) on ``ddim_schedule``, the
+        schedule DDIM inversion walks back; the steps land where diffusers' DDIMScheduler lands.
+        """
+        return ddim_sample(self.eps, z_T.to(self.device, self.dtype), self.ddim_schedule(steps)).to(self.dtype)
+
+    @torch.inference_mode()
+    def generate(self, z_T: torch.Tensor, steps: int = 50, prompts: list[str] | None = None,
+                 guidance: float | None = None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1], float32 on the CPU, from z_T: ``sample`` for unconditional
+        models; for text-conditioned ones, the diffusers pipeline with ``latents=z_T``."""
+        if not self.conditional:
+            if any(prompts or []) or guidance not in (None, 1.0):
+                raise ModelError(f"model {self.name!r} is unconditional: it takes no prompt or guidance")
+            return ((self.decode(self.sample(z_T, steps)).float().clamp(-1, 1) + 1) / 2).cpu()
+        from diffusers import StableDiffusionPipeline
+
+        prompts = list(prompts or [""]) * (len(z_T) if len(prompts or [""]) == 1 else 1)
+        pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                       unet=self.unet, scheduler=self.scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        size = z_T.shape[-1] * self.downsample
+        out = pipe(prompt=prompts, latents=z_T.to(self.device, self.dtype), num_inference_steps=steps,
+                   guidance_scale=7.5 if guidance is None else guidance, height=size, width=size, output_type="pt")
+        return out.images.float().cpu()
 
 
-def load_model(name: str = "tiny", device: str = "cpu", dtype: str | torch.dtype = "float32") -> LatentDiffusion:
-    """Load ``tiny`` (bundled) or a diffusers checkpoint by hub id or local folder."""
+def load(source: str, name: str, device: torch.device, dtype: torch.dtype) -> StableDiffusionModel | None:
+    """The model in ``source`` (hub id or diffusers folder), or None if its layout is not this family's."""
     import diffusers
     from diffusers import AutoencoderKL, DDIMScheduler
 
-    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    source = str(TINY_PATH) if name == "tiny" else name
+    folder = Path(source)
+    if folder.is_dir() and not ((folder / "vae").is_dir() and (folder / "unet").is_dir()):
+        return None
     try:
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch_dtype, low_cpu_mem_usage=False)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, low_cpu_mem_usage=False)
         unet_config = AutoencoderKL.load_config(source, subfolder="unet")
         unet_cls = getattr(diffusers, unet_config.get("_class_name", "UNet2DModel"))
-        unet = unet_cls.from_pretrained(source, subfolder="unet", torch_dtype=torch_dtype, low_cpu_mem_usage=False)
+        unet = unet_cls.from_pretrained(source, subfolder="unet", torch_dtype=dtype, low_cpu_mem_usage=False)
         scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(source, subfolder="scheduler"))
         text_encoder = tokenizer = None
         if unet_cls.__name__ == "UNet2DConditionModel":
             import transformers
 
             text_encoder = transformers.CLIPTextModel.from_pretrained(source, subfolder="text_encoder",
-                                                                      torch_dtype=torch_dtype, low_cpu_mem_usage=False)
+                                                                      torch_dtype=dtype, low_cpu_mem_usage=False)
             tokenizer = transformers.CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
-            text_encoder.to(torch_device).eval()
+            text_encoder.to(device).eval()
     except ImportError as e:
         raise ModelError(f"model {name!r} needs a package that is not installed ({e}); try pip install 'ringmark[sd]'") from None
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
-    vae.to(torch_device).eval()
-    unet.to(torch_device).eval()
-    settings = Path(source) / "ringmark.json"
+    vae.to(device).eval()
+    unet.to(device).eval()
+    settings = folder / "ringmark.json"
     extra = json.loads(settings.read_text()) if settings.is_file() else {}
-    latent_mean = tuple(extra["latent_mean"]) if "latent_mean" in extra else None
-    return LatentDiffusion(name, vae, unet, scheduler, text_encoder, tokenizer, extra.get("key_channel"), latent_mean)
+    return StableDiffusionModel(name, vae, unet, scheduler, text_encoder, tokenizer, extra.get("key_channel"))

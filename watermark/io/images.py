@@ -1,9 +1,11 @@
-"""Reading suspect images robustly, and finding them in folders."""
+"""Image files: finding them in folders, reading suspect images robustly, writing PNGs, and the
+one conversion between PIL images and tensors that everything uses (benchmarks included)."""
 
 from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MIN_SIDE = 16
+MAX_ASPECT = 1.25  # squashing an image further than this to a square is worth a warning
 
 
 class ImageError(Exception):
@@ -53,8 +56,15 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image(path: str, size: int) -> tuple[torch.Tensor, str | None]:
-    """(3, size, size) tensor in [-1, 1] and a note (or None) on what was converted.
+@dataclass
+class Loaded:
+    image: torch.Tensor  # (3, size, size) in [-1, 1]
+    note: str | None  # what was converted (mode, frame, size)
+    warning: str | None  # what may cost the watermark: a squashed aspect ratio, another size than the key's
+
+
+def load_image(path: str, size: int) -> Loaded:
+    """Read ``path`` as a (3, size, size) tensor in [-1, 1], resizing (bicubic) if needed.
 
     Raises ImageError for anything that is not a usable image: missing, empty, not an
     image, truncated, too small, a decompression bomb, unreadable.
@@ -99,14 +109,30 @@ def load_image(path: str, size: int) -> tuple[torch.Tensor, str | None]:
         raise ImageError(f"cannot decode image ({msg})") from None
     if mode != "RGB":
         notes.append(f"converted from {mode}")
+    warning = None
     if rgb.size != (size, size):
-        notes.append(f"resized from {rgb.size[0]}x{rgb.size[1]}")
+        w, h = rgb.size
+        notes.append(f"resized from {w}x{h}")
         rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
-    x = torch.from_numpy(np.asarray(rgb, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1.0
-    return x, "; ".join(notes) or None
+        if max(w, h) / min(w, h) > MAX_ASPECT:
+            warning = f"{w}x{h} image squashed to {size}x{size} (aspect {max(w, h) / min(w, h):.2f}); expect a weaker test"
+        else:
+            warning = f"{w}x{h} image resized to the key's {size}x{size}; expect a weaker test"
+    return Loaded(to_tensor([rgb])[0], "; ".join(notes) or None, warning)
+
+
+def to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    """RGB PIL images of one size -> (B, 3, H, W) float32 in [-1, 1]."""
+    return torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1)
+                        for im in images]) / 127.5 - 1.0
+
+
+def to_pil(images01: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [0, 1] -> 8-bit RGB PIL images."""
+    a = (images01.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    return [Image.fromarray(x) for x in a]
 
 
 def save_png(image01: torch.Tensor, path: str | os.PathLike) -> None:
     """(3, H, W) in [0, 1] -> 8-bit PNG."""
-    a = (image01.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    Image.fromarray(a).save(path, format="PNG")
+    to_pil(image01[None])[0].save(path, format="PNG")

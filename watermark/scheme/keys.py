@@ -1,18 +1,15 @@
 """Watermark keys: a Tree-Ring pattern in the centred Fourier transform of one latent channel.
 
-A key file is JSON holding the secret seed from which the pattern is rebuilt; it is written
-atomically with owner-only permissions and never overwrites a file unless asked to.
+A key is its secret seed plus the geometry the pattern is rebuilt from (pattern, radius,
+channel, latent shape); key files are ``watermark.io.keyfile``'s business.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -83,12 +80,9 @@ def circle_mask(hw: tuple[int, int], radius: int) -> torch.Tensor:
 def key_mask(hw: tuple[int, int], radius: int) -> torch.Tensor:
     """Tree-Ring's disk of ``radius`` around the zero frequency, less the two frequency axes.
 
-    The convolutions of the VAE and the UNet pad with zeros, and what they make of the image's
-    borders is constant along rows and columns: its energy sits on the axes fx = 0 and fy = 0.
-    Measured on z_T recovered from 128 clean images of the bundled model (10-step inversion),
-    the axis bins inside the disk had 2-2.5x the power of their off-axis neighbours and a mean
-    that was not zero (|t| up to 12), enough to give a fixed key 2-6x too many false positives
-    at alpha = 0.01. Without the axes the same images are calibrated (see ``detect.score``).
+    The networks' zero padding leaves their border artefacts on the axes fx = 0 and fy = 0,
+    with a mean that is not zero: a key there has too many false positives (README.md, "The
+    test and its p-value").
     """
     fy, fx = _frequencies(hw)
     return circle_mask(hw, radius) & (fx != 0) & (fy != 0)
@@ -176,73 +170,3 @@ def validate(key: Key) -> None:
         raise KeyFileError(f"radius must be in [2, {min(h, w) // 2}) for a {h}x{w} latent, got {key.radius}")
     if not 0 <= key.seed < 2**256:
         raise KeyFileError("seed must be a non-negative integer below 2**256")
-
-
-def save_key(key: Key, path: str | os.PathLike, force: bool = False) -> None:
-    """Write atomically, mode 0600; an existing file is replaced only with ``force``."""
-    path = Path(path)
-    if path.is_dir():
-        raise KeyFileError(f"{path}: is a directory")
-    if path.exists() and not force:
-        raise KeyFileError(f"{path}: exists; use --force to overwrite it")
-    doc = {"format": FORMAT, **key._fields(), "key_id": key.key_id}
-    fd, tmp = tempfile.mkstemp(prefix=".ringmark-key-", dir=path.parent or ".")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if force:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if the path appeared meanwhile: no silent overwrite
-            os.unlink(tmp)
-    except FileExistsError:
-        os.unlink(tmp)
-        raise KeyFileError(f"{path}: exists; use --force to overwrite it") from None
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise KeyFileError(f"{path}: cannot write key ({e.strerror})") from None
-
-
-FIELDS = {"format": str, "version": int, "pattern": str, "radius": int, "channel": int, "seed": int, "model": str,
-          "latent_shape": list, "key_id": str}
-
-
-def load_key(path: str | os.PathLike) -> Key:
-    """Read and validate a key file; a tampered, foreign or malformed file is refused."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: no such key file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise KeyFileError(f"{path}: cannot read key ({getattr(e, 'strerror', None) or e})") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError:
-        raise KeyFileError(f"{path}: not a key file (not JSON)") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise KeyFileError(f"{path}: not a ringmark key file")
-    if doc.get("version") != VERSION:
-        raise KeyFileError(f"{path}: key format version {doc.get('version')!r} is not supported (expected {VERSION})")
-    if set(doc) != set(FIELDS):
-        extra, missing = sorted(set(doc) - set(FIELDS)), sorted(set(FIELDS) - set(doc))
-        raise KeyFileError(f"{path}: bad key fields (unexpected {extra}, missing {missing})")
-    for name, kind in FIELDS.items():
-        if not isinstance(doc[name], kind) or isinstance(doc[name], bool):
-            raise KeyFileError(f"{path}: field {name!r} must be {kind.__name__}")
-    shape = doc["latent_shape"]
-    if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
-        raise KeyFileError(f"{path}: field 'latent_shape' must be three positive integers")
-    key = Key(doc["pattern"], doc["radius"], doc["channel"], doc["seed"], doc["model"], tuple(shape), doc["version"])
-    try:
-        validate(key)
-    except KeyFileError as e:
-        raise KeyFileError(f"{path}: {e}") from None
-    if key.key_id != doc["key_id"]:
-        raise KeyFileError(f"{path}: key_id does not match the key's contents (file altered?)")
-    return key

@@ -1,7 +1,7 @@
 """Train the bundled ``tiny`` latent diffusion model: the VAE, the UNet, then the VAE's encoder
 once more on the UNet's own samples.
 
-    python -m watermark.train --work .train --out watermark/models/tiny
+    python -m watermark.training.train --work .train --out watermark/models/tiny
 
 Data: photographs shipped inside Python packages (scikit-image, matplotlib, scikit-learn:
 ``pip install .[train]``), as random crops with scale and flip augmentation; one photo
@@ -253,16 +253,15 @@ def refit_encoder(vae: AutoencoderKL, unet: UNet2DModel, scheduler: DDIMSchedule
     read back the UNet's own samples, E(D(z)) = z for z from 50-step DDIM, and the training
     latents, while L1 keeps D(E(x)) = x on real crops. Decoder inversion starts from E(x) and
     iterates on E(D(z)) - E(x), so both stages of verification gain."""
-    from .generate import sample_latents
-    from .model import LatentDiffusion
+    from ..models.sd import StableDiffusionModel
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = LatentDiffusion("training", vae.eval(), unet.eval(), scheduler)
+    model = StableDiffusionModel("training", vae.eval(), unet.eval(), scheduler)
     scale = vae.config.scaling_factor
     with torch.no_grad():
-        z_gen = torch.cat([sample_latents(model, torch.randn(min(256, n_samples - i), 4, 32, 32, generator=gen)
-                                          .to(device), 50) for i in range(0, n_samples, 256)])
+        z_gen = torch.cat([model.sample(torch.randn(min(256, n_samples - i), 4, 32, 32, generator=gen).to(device), 50)
+                           for i in range(0, n_samples, 256)])
         targets = torch.cat([z_gen, latents[: n_samples].to(device)])
         images = torch.cat([vae.decode(targets[i : i + 256] / scale).sample for i in range(0, len(targets), 256)])
     vae.decoder.requires_grad_(False)
@@ -339,13 +338,13 @@ def train_unet(latents, work: Path, steps: int, batch: int, lr: float, device, s
 def choose_key_channel(out: Path, n: int, device: str, seed: int) -> dict:
     """Per latent channel: ring keys, n watermarked + n clean images, Tree-Ring's six attacks, the
     default recovery; the channel with the highest mean AUC over the seven conditions wins."""
-    from . import api
-    from .attacks import ATTACKS, attack
-    from .bench_detect import auc, make_images, p_values
-    from .keys import new_key
-    from .verify import Recovery
+    from ..bench.attacks import ATTACKS, attack
+    from ..bench.detect import auc, make_images, p_values
+    from ..models import load_model
+    from ..pipeline import Recovery
+    from ..scheme.keys import new_key
 
-    model = api.load_model(str(out), device)
+    model = load_model(str(out), device)
     shape = model.latent_shape(model.default_size)
     rng = np.random.default_rng(seed)
     per_channel = {}
@@ -363,7 +362,7 @@ def choose_key_channel(out: Path, n: int, device: str, seed: int) -> dict:
                    err=True)
     best = max(per_channel, key=lambda c: per_channel[c]["mean_auc"])
     return {"key_channel": best, "per_channel": per_channel,
-            "why": f"Measured on this model by python -m watermark.train --stage key-channel ({n} watermarked + {n} "
+            "why": f"Measured on this model by python -m watermark.training.train --stage key-channel ({n} watermarked + {n} "
                    f"clean images per channel, ring keys, default recovery, clean and Tree-Ring's six attacks): "
                    f"the highest mean AUC over the seven conditions, {per_channel[best]['mean_auc']:.3f}."}
 
@@ -419,54 +418,29 @@ def main(work, out, stage, schedule, prediction, vae_steps, vae_batch, vae_lr, v
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     settings_path = out / "ringmark.json"  # where the model's loader finds it
     settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+    settings.pop("latent_mean", None), settings.pop("latent_mean_note", None)  # v1's terminal-mean offset: gone
     cache = work / f"latents_{n_latents}.pt"  # the encoded crops, shared by resumed or parallel runs
     if stage in ("all", "vae"):
         t0 = time.time()
-        vae = train_vae(photos, work, vae_steps, vae_batch, 64, vae_lr, vae_mse, vae_max_scale, device, seed)
-        vae = finetune_vae(vae, photos, vae_finetune_steps, vae_finetune_batch, 128, 2e-4, vae_cycle, device,
-                           seed + 4)
-        # 1. The scaling factor makes the latents unit-variance, as SD's 0.18215 did.
-        mean = encode_dataset(vae, photos, n_latents, 128, device, seed + 1)
-        vae.register_to_config(scaling_factor=float(1.0 / mean.std()))
-        torch.save(mean * vae.config.scaling_factor, cache)
-        vae.to("cpu").save_pretrained(out / "vae")
+        scaling = stage_vae(photos, work, out, cache, vae_steps, vae_batch, vae_lr, vae_mse, vae_max_scale,
+                            vae_finetune_steps, vae_finetune_batch, vae_cycle, n_latents, device, seed)
         record.update(vae_steps=vae_steps, vae_batch=vae_batch, vae_lr=vae_lr, vae_mse=vae_mse,
                       vae_max_scale=vae_max_scale, vae_finetune_steps=vae_finetune_steps,
-                      vae_finetune_batch=vae_finetune_batch, vae_cycle=vae_cycle,
-                      scaling_factor=vae.config.scaling_factor, vae_device=device_name,
-                      vae_seconds=round(time.time() - t0, 1))
-    scheduler = make_scheduler(schedule == "zero-snr", prediction)
+                      vae_finetune_batch=vae_finetune_batch, vae_cycle=vae_cycle, scaling_factor=scaling,
+                      vae_device=device_name, vae_seconds=round(time.time() - t0, 1))
     if stage in ("all", "unet"):
         t0 = time.time()
-        vae = AutoencoderKL.from_pretrained(out / "vae").to(device).eval()
-        if cache.exists():
-            latents = torch.load(cache)
-        else:
-            latents = encode_dataset(vae, photos, n_latents, 128, device, seed + 1) * vae.config.scaling_factor
-            torch.save(latents, cache)
         arch = dict(channels=tuple(int(c) for c in unet_channels.split(",")), layers=unet_layers,
                     attention_levels=unet_attention_levels)
-        unet = train_unet(latents, work, unet_steps, unet_batch, unet_lr, device, seed + 3, scheduler, arch)
-        unet.to("cpu").save_pretrained(out / "unet")
-        scheduler.save_pretrained(out / "scheduler")
-        # The terminal-mean offset (model.noise_mean) is for schedules that leave signal at t = T;
-        # with zero terminal SNR z_T carries none, so the model goes without it.
-        settings.pop("latent_mean", None), settings.pop("latent_mean_note", None)
-        if schedule == "sd":
-            settings["latent_mean"] = [round(float(m), 4) for m in latents.mean(dim=(0, 2, 3))]
+        stage_unet(photos, work, out, cache, make_scheduler(schedule == "zero-snr", prediction), arch, unet_steps,
+                   unet_batch, unet_lr, n_latents, device, seed)
         record.update(schedule=schedule, prediction=prediction, unet_steps=unet_steps, unet_batch=unet_batch,
                       unet_lr=unet_lr, n_latents=n_latents, unet_channels=unet_channels, unet_layers=unet_layers,
                       unet_attention_levels=unet_attention_levels, unet_device=device_name,
                       unet_seconds=round(time.time() - t0, 1))
     if stage in ("all", "refit") and refit_steps > 0:
         t0 = time.time()
-        vae = AutoencoderKL.from_pretrained(out / "vae").to(device)
-        unet = UNet2DModel.from_pretrained(out / "unet").to(device)
-        latents = torch.load(cache)
-        scheduler = DDIMScheduler.from_pretrained(out / "scheduler")
-        vae = refit_encoder(vae, unet, scheduler, photos, latents, refit_steps, vae_finetune_batch, 2e-4, refit_samples,
-                            device, seed + 5)
-        vae.to("cpu").save_pretrained(out / "vae")
+        stage_refit(photos, out, cache, refit_steps, vae_finetune_batch, refit_samples, device, seed)
         record.update(refit_steps=refit_steps, refit_samples=refit_samples, refit_device=device_name,
                       refit_seconds=round(time.time() - t0, 1))
     if stage in ("all", "key-channel") and key_channel_n > 0:
@@ -477,6 +451,42 @@ def main(work, out, stage, schedule, prediction, vae_steps, vae_batch, vae_lr, v
     settings_path.write_text(json.dumps(settings, indent=2) + "\n")
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     click.echo(json.dumps(record))
+
+
+def stage_vae(photos, work, out, cache, steps, batch, lr, mse, max_scale, finetune_steps, finetune_batch, cycle,
+              n_latents, device, seed) -> float:
+    """Stages 1-2: the VAE at 64 px, then 128 px with the cycle term; its scaling factor makes the
+    latents unit-variance, as SD's 0.18215 did. Returns the scaling factor."""
+    vae = train_vae(photos, work, steps, batch, 64, lr, mse, max_scale, device, seed)
+    vae = finetune_vae(vae, photos, finetune_steps, finetune_batch, 128, 2e-4, cycle, device, seed + 4)
+    mean = encode_dataset(vae, photos, n_latents, 128, device, seed + 1)
+    vae.register_to_config(scaling_factor=float(1.0 / mean.std()))
+    torch.save(mean * vae.config.scaling_factor, cache)
+    vae.to("cpu").save_pretrained(out / "vae")
+    return vae.config.scaling_factor
+
+
+def stage_unet(photos, work, out, cache, scheduler, arch, steps, batch, lr, n_latents, device, seed) -> None:
+    """Stage 3: the UNet on the VAE's latents of 128 px crops (encoded once, cached in ``cache``)."""
+    vae = AutoencoderKL.from_pretrained(out / "vae").to(device).eval()
+    if cache.exists():
+        latents = torch.load(cache)
+    else:
+        latents = encode_dataset(vae, photos, n_latents, 128, device, seed + 1) * vae.config.scaling_factor
+        torch.save(latents, cache)
+    unet = train_unet(latents, work, steps, batch, lr, device, seed + 3, scheduler, arch)
+    unet.to("cpu").save_pretrained(out / "unet")
+    scheduler.save_pretrained(out / "scheduler")
+
+
+def stage_refit(photos, out, cache, steps, batch, samples, device, seed) -> None:
+    """Stage 4: the encoder refit on the UNet's samples (``refit_encoder``)."""
+    vae = AutoencoderKL.from_pretrained(out / "vae").to(device)
+    unet = UNet2DModel.from_pretrained(out / "unet").to(device)
+    scheduler = DDIMScheduler.from_pretrained(out / "scheduler")
+    vae = refit_encoder(vae, unet, scheduler, photos, torch.load(cache), steps, batch, 2e-4, samples, device,
+                        seed + 5)
+    vae.to("cpu").save_pretrained(out / "vae")
 
 
 if __name__ == "__main__":

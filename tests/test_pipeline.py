@@ -1,0 +1,94 @@
+"""The tensor-level pipeline and the model protocol: a second model family, written here from
+scratch in a few lines, runs embed -> verify through the public functions alone."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from inversion import ddim_sample, ddim_schedule
+from watermark import Recovery, detect, make_key, watermarked_latents
+from watermark.models import DiffusionModel
+from watermark.pipeline import decide
+
+
+@dataclass
+class ToyFamily:
+    """Latents are 2x2 average pools of the image, decoding is nearest upsampling (so E(D(z)) = z);
+    the 'UNet' predicts eps = sqrt(1 - a_t) z_t, which makes DDIM a linear map of z_T."""
+
+    name: str = "toy"
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    default_size: int = 32
+    downsample: int = 2
+    default_key_channel: int = 0
+    conditional: bool = False
+    prediction: str = "eps"
+
+    def latent_shape(self, size):
+        return (3, size // 2, size // 2)
+
+    def encode(self, x):
+        return torch.nn.functional.avg_pool2d(x, 2) * 4
+
+    def decode(self, z):
+        return torch.nn.functional.interpolate(z / 4, scale_factor=2)
+
+    def eps(self, z, t):
+        return z * (1 - self.alphas[t]) ** 0.5
+
+    @property
+    def alphas(self):
+        return torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
+
+    def ddim_schedule(self, steps):
+        return ddim_schedule(self.alphas, list(range(999, -1, -1000 // steps))[:steps], 1.0)
+
+    def generate(self, z_T, steps=50, prompts=None, guidance=None):
+        z_0 = ddim_sample(self.eps, z_T, self.ddim_schedule(steps))
+        return ((self.decode(z_0).clamp(-1, 1) + 1) / 2).float()
+
+
+def test_a_new_family_is_one_class_and_the_pipeline_runs_on_it():
+    toy = ToyFamily()
+    assert isinstance(toy, DiffusionModel)
+    key = make_key(toy, seed=11)
+    assert key.channel == 0 and key.latent_shape == (3, 16, 16)
+    wm = toy.generate(watermarked_latents(key, seeds=range(6)), steps=10) * 2 - 1
+    clean = toy.generate(watermarked_latents(key, seeds=range(6), watermark=False), steps=10) * 2 - 1
+    recovery = Recovery("fixed_point", iters=3, ddim_steps=10)
+    found = detect(toy, torch.cat([wm, clean]), [key], recovery, alpha=0.01)
+    assert [d.watermarked for d in found] == [True] * 6 + [False] * 6, [d.p_value for d in found]
+    assert all(d.key_id == key.key_id and d.keys_tested == 1 for d in found)
+
+
+def test_detect_checks_the_image_size_and_alpha():
+    toy = ToyFamily()
+    key = make_key(toy, seed=1)
+    with pytest.raises(ValueError, match=r"images must be \(B, 3, 32, 32\)"):
+        detect(toy, torch.zeros(1, 3, 64, 64), [key])
+    with pytest.raises(ValueError, match="alpha"):
+        detect(toy, torch.zeros(1, 3, 32, 32), [key], alpha=1.0)
+
+
+def test_weak_evidence_is_within_a_factor_ten_of_alpha_either_side():
+    assert decide(1e-9, 0.01) == (True, False)
+    assert decide(0.005, 0.01) == (True, True)
+    assert decide(0.05, 0.01) == (False, True)
+    assert decide(0.5, 0.01) == (False, False)
+
+
+def test_watermarked_latents_by_seeds_generator_device_and_dtype():
+    key = make_key(ToyFamily(), seed=3)
+    a = watermarked_latents(key, seeds=[4, 5])
+    assert torch.equal(a[1:], watermarked_latents(key, seeds=[5]))  # an image's noise does not depend on its batch
+    g = watermarked_latents(key, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float16)
+    assert g.shape == (3, 3, 16, 16) and g.dtype == torch.float16
+    assert torch.equal(g, watermarked_latents(key, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float16))
+    clean = watermarked_latents(key, seeds=[4, 5], watermark=False)
+    assert torch.equal(a[:, 1:], clean[:, 1:]) and not torch.allclose(a[:, 0], clean[:, 0])  # only the key channel
+    with pytest.raises(ValueError, match="batch_size"):
+        watermarked_latents(key)
+    with pytest.raises(ValueError, match="not both"):
+        watermarked_latents(key, seeds=[1], generator=torch.Generator())

@@ -1,0 +1,1 @@
+"""Files: images (``images``) and key files (``keyfile``)."""

@@ -1,0 +1,65 @@
+"""Model adapters behind one protocol, and the registry that loads them by name, hub id or path.
+
+    model = get_model("tiny")          # the bundled model, loaded once per process
+    model = load_model("/path/to/sd")  # a diffusers folder or hub id of a supported family
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from inversion import DTYPES as _TORCH_DTYPES
+
+from . import sd
+from .protocol import DiffusionModel, ModelError
+
+TINY_PATH = Path(__file__).parent / "tiny"
+NAMED = {"tiny": TINY_PATH}  # names ringmark resolves itself; anything else is a hub id or a folder
+FAMILIES = (sd.load,)  # each returns its model, or None when the source is not in its layout
+DTYPES = {str(d).removeprefix("torch."): d for d in _TORCH_DTYPES}
+
+__all__ = ["DTYPES", "DiffusionModel", "ModelError", "TINY_PATH", "get_model", "load_model", "resolve_device",
+           "resolve_dtype"]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be one of ('auto', 'cpu', 'cuda'), got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def load_model(name: str = "tiny", device: str = "cpu", dtype: str | torch.dtype = "float32") -> DiffusionModel:
+    """Load ``tiny`` (bundled) or a checkpoint by hub id or local folder, with the first family
+    whose layout it has."""
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    source = str(NAMED.get(name, name))
+    for load in FAMILIES:
+        model = load(source, name, torch_device, torch_dtype)
+        if model is not None:
+            return model
+    raise ModelError(f"cannot load model {name!r}: not a layout ringmark knows (diffusers folder with vae/ and unet/)")
+
+
+_LOADED: dict[tuple, DiffusionModel] = {}
+
+
+def get_model(name: str = "tiny", device: str = "cpu", dtype: str | torch.dtype = "float32") -> DiffusionModel:
+    """``load_model``, once per process and (name, device, dtype)."""
+    key = (name, resolve_device(device).type, resolve_dtype(dtype))
+    if key not in _LOADED:
+        _LOADED[key] = load_model(name, device, dtype)
+    return _LOADED[key]

@@ -1,0 +1,70 @@
+"""What ringmark needs of a model family: the protocol every adapter implements.
+
+The pipeline (``watermark.pipeline``) and the embedding see a model only through these members;
+a new family is one file in this folder that implements them, plus a loader in the registry.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+
+from inversion import DDIMSchedule
+
+
+class ModelError(Exception):
+    """The model cannot be loaded or does not fit the request (one-line message)."""
+
+
+@runtime_checkable
+class DiffusionModel(Protocol):
+    """A latent diffusion model seen as callables. Latents are scaled to unit variance; images
+    are (B, 3, H, W) in [-1, 1], except ``generate``'s output, in [0, 1] for saving."""
+
+    name: str
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def default_size(self) -> int:
+        """Image side (px) the model was made for."""
+
+    @property
+    def downsample(self) -> int:
+        """Image pixels per latent cell, along a side."""
+
+    @property
+    def default_key_channel(self) -> int:
+        """The latent channel a key is written to unless the user picks one."""
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model takes a prompt."""
+
+    @property
+    def prediction(self) -> Literal["eps", "v"]:
+        """What DDIM inversion holds fixed in each step's fixed point (``inversion.ddim_invert``)."""
+
+    def latent_shape(self, size: int) -> tuple[int, int, int]:
+        """(C, H, W) of the latents of ``size``-px square images; ModelError for a size it cannot take."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> latents: the encoder's posterior mean."""
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents -> images."""
+
+    def eps(self, z: torch.Tensor, t: int) -> torch.Tensor:
+        """The noise prediction at timestep t, empty prompt and guidance 1 for a conditional model."""
+
+    def ddim_schedule(self, steps: int) -> DDIMSchedule:
+        """Timesteps and alpha_bar of a ``steps``-step DDIM run, the one ``generate`` takes."""
+
+    def generate(self, z_T: torch.Tensor, steps: int = 50, prompts: list[str] | None = None,
+                 guidance: float | None = None) -> torch.Tensor:
+        """Images in [0, 1] (float32, CPU) generated from the initial noise z_T."""

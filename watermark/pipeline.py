@@ -1,0 +1,138 @@
+"""The verification pipeline, on tensors: images -> z_0 (decoder inversion) -> z_T (DDIM
+inversion) -> the test against each key -> a decision at alpha. The CLI, the Python API and the
+benchmarks all call it; it reads no files and knows models only through their protocol.
+
+    model = get_model("tiny")
+    detections = detect(model, images, [key], Recovery(), alpha=0.01)  # images (B, 3, H, W) in [-1, 1]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from inversion import METHODS, InversionRecord, ddim_invert, invert_decoder
+
+from .models import DiffusionModel, ModelError
+from .scheme.detection import match_keys
+from .scheme.keys import Key, KeyFileError, new_key
+
+# The defaults come from `ringmark bench detect` (BENCHMARKS.md): the forward step at 10 iterations
+# keeps verify near 1 s per image on 2 CPU cores with the clean AUC of longer runs.
+DEFAULT_INVERSION = "fixed_point"
+DEFAULT_ITERS = 10
+WEAK_EVIDENCE = 10.0  # a p-value within this factor of alpha, either side, is weak evidence
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """How z_T is recovered: the decoder-inversion method and its iterations, then DDIM inversion."""
+
+    method: str = DEFAULT_INVERSION
+    iters: int = DEFAULT_ITERS
+    ddim_steps: int = 50
+    exact: bool = False
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"inversion method must be one of {sorted(METHODS)}, got {self.method!r}")
+        if self.iters < 0:
+            raise ValueError(f"iters must be non-negative, got {self.iters}")
+        if self.ddim_steps < 1:
+            raise ValueError(f"ddim steps must be positive, got {self.ddim_steps}")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The outcome for one image: the best-matching key and its p-value (Šidák-corrected over
+    ``keys_tested``), the decision ``p_value <= alpha``, and whether it is weak evidence."""
+
+    watermarked: bool
+    weak: bool
+    p_value: float
+    key_id: str
+    distance: float
+    raw_p_value: float
+    keys_tested: int
+    iterations: int  # decoder-inversion iterations this image ran
+
+
+def make_key(model: DiffusionModel, model_name: str | None = None, size: int | None = None, pattern: str = "ring",
+             radius: int | None = None, channel: int | None = None, seed: int | None = None) -> Key:
+    """A new key for ``model`` at ``size`` px (default: the model's), on its default key channel."""
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    shape = model.latent_shape(model.default_size if size is None else size)
+    channel = model.default_key_channel if channel is None else channel
+    return new_key(model_name or model.name, shape, pattern, radius, channel, seed)
+
+
+def check_keys(keys: list[Key], model: DiffusionModel) -> int:
+    """Raise KeyFileError unless every key fits ``model`` at one image size; return that size."""
+    if not keys:
+        raise ValueError("at least one key is needed")
+    if len({tuple(k.latent_shape) for k in keys}) > 1:
+        raise KeyFileError("all keys must have the same latent shape; verify them in separate runs")
+    key = keys[0]
+    size = key.latent_shape[1] * model.downsample
+    try:
+        fits = key.latent_shape[1] == key.latent_shape[2] and model.latent_shape(size) == tuple(key.latent_shape)
+    except ModelError:
+        fits = False
+    if not fits:
+        raise KeyFileError(f"key {key.key_id}: latent shape {list(key.latent_shape)} does not fit model "
+                           f"{key.model!r}")
+    return size
+
+
+@torch.inference_mode()
+def decoder_inversion(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recovery(),
+                      callback: Callable | None = None) -> tuple[torch.Tensor, InversionRecord]:
+    """Images (B, 3, H, W) in [-1, 1] -> (z_0, record): stage 1."""
+    x = x.to(model.device, model.dtype)
+    return invert_decoder(recovery.method, model.encode, model.decode, x, iters=recovery.iters, callback=callback)
+
+
+@torch.inference_mode()
+def ddim_inversion(model: DiffusionModel, z_0: torch.Tensor, recovery: Recovery = Recovery(),
+                   refine_iters: int = 3, callback: Callable | None = None) -> torch.Tensor:
+    """Scaled latents z_0 -> z_T (float32, CPU): stage 2, ``recovery.ddim_steps`` steps of the
+    model's schedule; ``refine_iters`` per step when ``recovery.exact``."""
+    return ddim_invert(model.eps, z_0.to(model.device, model.dtype), model.ddim_schedule(recovery.ddim_steps),
+                       exact=recovery.exact, refine_iters=refine_iters, hold=model.prediction,
+                       callback=callback).float().cpu()
+
+
+def recover_noise(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recovery(),
+                  progress: Callable[[float], None] | None = None) -> tuple[torch.Tensor, InversionRecord]:
+    """Images -> (z_T, decoder-inversion record). ``progress(f)``: the share f of the batch's
+    network calls done so far, after each iteration and DDIM step."""
+    units = recovery.iters + 1 + recovery.ddim_steps * (1 + 3 * recovery.exact)
+    report = (lambda d, base: progress(min(1.0, (base + d["i"] + 1) / units))) if progress else None
+    z_0, record = decoder_inversion(model, x, recovery, report and (lambda d: report(d, 1)))
+    offset = recovery.iters + 1
+    return ddim_inversion(model, z_0, recovery, callback=report and (lambda d: report(d, offset))), record
+
+
+def decide(p_value: float, alpha: float) -> tuple[bool, bool]:
+    """(watermarked, weak): the decision p <= alpha, and whether p is within WEAK_EVIDENCE of alpha."""
+    return p_value <= alpha, alpha / WEAK_EVIDENCE < p_value <= alpha * WEAK_EVIDENCE
+
+
+def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Recovery = Recovery(),
+           alpha: float = 0.01, progress: Callable[[float], None] | None = None) -> list[Detection]:
+    """Test each image (B, 3, H, W) in [-1, 1], at the keys' size, against ``keys``."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    size = check_keys(keys, model)
+    if tuple(x.shape[1:]) != (3, size, size):
+        raise ValueError(f"images must be (B, 3, {size}, {size}) for these keys, got {tuple(x.shape)}")
+    z_T, record = recover_noise(model, x, recovery, progress)
+    out = []
+    for match, iters in zip(match_keys(z_T, keys), record.iterations.tolist()):
+        watermarked, weak = decide(match.p_value, alpha)
+        out.append(Detection(watermarked, weak, match.p_value, match.key_id, match.distance, match.raw_p_value,
+                             match.keys_tested, int(iters)))
+    return out

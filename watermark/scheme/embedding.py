@@ -1,0 +1,83 @@
+"""Writing a key into the Fourier transform of the initial noise z_T.
+
+``watermarked_latents`` is the public entry point: watermarked z_T to pass as ``latents=`` to a
+diffusers pipeline (``ringmark embed`` and the model adapters use it too).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .keys import Key
+
+
+def centred_spectrum(z: torch.Tensor) -> torch.Tensor:
+    """Orthonormal 2-D FFT of the last two dims, zero frequency at the centre (complex128).
+
+    The spatial origin is the centre of the latent too (``ifftshift`` before the transform):
+    a real constant on a ring then stands for a radially symmetric pattern centred in the
+    image, away from the borders where zero padding leaves the networks' artefacts, and it
+    survives a centre crop and a rotation about the centre better (README.md).
+    """
+    dims = (-2, -1)
+    return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(z.double(), dim=dims), norm="ortho"), dim=dims)
+
+
+def real_signal(spectrum: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``centred_spectrum`` for a Hermitian spectrum (float64)."""
+    dims = (-2, -1)
+    return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=dims), norm="ortho"), dim=dims).real
+
+
+def inject(z_T: torch.Tensor, key: Key) -> torch.Tensor:
+    """Replace the key's channel spectrum inside its mask by the key's values.
+
+    The values are Hermitian-consistent, so the inverse transform is real to rounding and
+    taking ``.real`` loses nothing; an orthonormal FFT keeps z_T's N(0, I) statistics.
+    """
+    if tuple(z_T.shape[1:]) != tuple(key.latent_shape):
+        raise ValueError(f"noise shape {tuple(z_T.shape[1:])} does not fit the key's {key.latent_shape}")
+    mask, values = key.mask(), key.pattern_values()
+    spectrum = centred_spectrum(z_T[:, key.channel])
+    spectrum[:, mask] = values[mask]
+    z = z_T.clone()
+    z[:, key.channel] = real_signal(spectrum).to(z.dtype)
+    return z
+
+
+def watermarked_latents(
+    key: Key,
+    batch_size: int | None = None,
+    *,
+    seeds: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    watermark: bool = True,
+) -> torch.Tensor:
+    """Initial noise z_T (B, C, H, W) ~ N(0, I) carrying ``key``, for ``latents=`` of a pipeline.
+
+    ``seeds``: one CPU generator per seed, so an image's noise does not depend on its batch
+    (what ``ringmark embed`` does); else ``batch_size`` draws from ``generator`` (a
+    ``torch.Generator`` on any device, or torch's global one). The key is written in float64 on
+    the CPU, then the noise moves to ``device`` and ``dtype``. ``watermark=False`` gives the same
+    noise without the key (clean controls). diffusers pipelines scale given latents by their
+    scheduler's ``init_noise_sigma`` themselves, so unit variance suits every scheduler.
+    """
+    if seeds is not None:
+        if batch_size is not None and batch_size != len(seeds):
+            raise ValueError(f"batch_size {batch_size} does not match {len(seeds)} seeds")
+        if generator is not None:
+            raise ValueError("give seeds or a generator, not both")
+        z = torch.stack([torch.randn(key.latent_shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    else:
+        if batch_size is None or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        where = generator.device if generator is not None else "cpu"
+        z = torch.randn((batch_size, *key.latent_shape), generator=generator, device=where).cpu()
+    if len(z) == 0:
+        raise ValueError("no seeds given")
+    z = inject(z, key) if watermark else z
+    return z.to(device=device, dtype=dtype)
