@@ -92,3 +92,15 @@ def test_watermarked_latents_by_seeds_generator_device_and_dtype():
         watermarked_latents(key)
     with pytest.raises(ValueError, match="not both"):
         watermarked_latents(key, seeds=[1], generator=torch.Generator())
+
+
+def test_the_layout_holds_inversion_knows_no_diffusers_and_the_runtime_no_benchmarks():
+    import subprocess
+    import sys
+
+    code = ("import sys, inversion; assert 'diffusers' not in sys.modules, 'inversion imported diffusers'; "
+            "import watermark.api, watermark.pipeline, watermark.cli; "
+            "bad = [m for m in sys.modules if m.startswith(('watermark.bench', 'watermark.training'))]; "
+            "assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
