@@ -88,7 +88,7 @@ def check_keys(keys: list[Key], model: DiffusionModel) -> int:
 
 
 @torch.inference_mode()
-def decoder_inversion(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recovery(),
+def latents_from_images(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recovery(),
                       callback: Callable | None = None) -> tuple[torch.Tensor, InversionRecord]:
     """Images (B, 3, H, W) in [-1, 1] -> (z_0, record): stage 1."""
     x = x.to(model.device, model.dtype)
@@ -96,7 +96,7 @@ def decoder_inversion(model: DiffusionModel, x: torch.Tensor, recovery: Recovery
 
 
 @torch.inference_mode()
-def ddim_inversion(model: DiffusionModel, z_0: torch.Tensor, recovery: Recovery = Recovery(),
+def noise_from_latents(model: DiffusionModel, z_0: torch.Tensor, recovery: Recovery = Recovery(),
                    refine_iters: int = 3, callback: Callable | None = None) -> torch.Tensor:
     """Scaled latents z_0 -> z_T (float32, CPU): stage 2, ``recovery.ddim_steps`` steps of the
     model's schedule; ``refine_iters`` per step when ``recovery.exact``."""
@@ -111,9 +111,9 @@ def recover_noise(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = R
     network calls done so far, after each iteration and DDIM step."""
     units = recovery.iters + 1 + recovery.ddim_steps * (1 + 3 * recovery.exact)
     report = (lambda d, base: progress(min(1.0, (base + d["i"] + 1) / units))) if progress else None
-    z_0, record = decoder_inversion(model, x, recovery, report and (lambda d: report(d, 1)))
+    z_0, record = latents_from_images(model, x, recovery, report and (lambda d: report(d, 1)))
     offset = recovery.iters + 1
-    return ddim_inversion(model, z_0, recovery, callback=report and (lambda d: report(d, offset))), record
+    return noise_from_latents(model, z_0, recovery, callback=report and (lambda d: report(d, offset))), record
 
 
 def decide(p_value: float, alpha: float) -> tuple[bool, bool]:

@@ -16,7 +16,7 @@ from scipy import stats
 from .. import api
 from ..io.images import to_pil, to_tensor
 from ..models import get_model
-from ..pipeline import DEFAULT_ITERS, Recovery, ddim_inversion, decoder_inversion, detect, make_key
+from ..pipeline import DEFAULT_ITERS, Recovery, detect, latents_from_images, make_key, noise_from_latents
 from ..scheme.detection import score
 from ..scheme.embedding import watermarked_latents
 from . import report
@@ -66,9 +66,9 @@ def p_values_sweep(model, images: list[Image.Image], key, method: str, sweep, dd
             if info["i"] in ps:
                 snaps[info["i"]] = info["z"].clone()
 
-        z, _ = decoder_inversion(model, x, recovery, callback=keep)
+        z, _ = latents_from_images(model, x, recovery, callback=keep)
         snaps[max(sweep)] = z
-        z_T = ddim_inversion(model, torch.cat([snaps[k] for k in sweep]), recovery)
+        z_T = noise_from_latents(model, torch.cat([snaps[k] for k in sweep]), recovery)
         for j, k in enumerate(sweep):
             ps[k] += [s.p_value for s in score(z_T[j * len(x) : (j + 1) * len(x)], key)]
     return {k: np.array(v) for k, v in ps.items()}

@@ -30,7 +30,7 @@ from inversion import fixed_point
 
 from ..bench.report import machine, nmse_db
 from ..models import load_model
-from ..pipeline import Recovery, ddim_inversion
+from ..pipeline import Recovery, noise_from_latents
 from .train import HELD_OUT, TRAIN_PHOTOS, load_photo, random_crops
 
 
@@ -256,7 +256,7 @@ def main(out, grid, quick, n_inv, coco_iters, seed, model_name, device):
         return model.sample(z_T.to(dev), 50).float().cpu()
 
     def invert(z_0, recovery, refine_iters=3):
-        return ddim_inversion(model, z_0.to(dev), recovery, refine_iters)
+        return noise_from_latents(model, z_0.to(dev), recovery, refine_iters)
 
     n_samples, n_iters, n_rt = (16, 20, 4) if quick else (256, coco_iters, 32)
     n_inv = 8 if quick else n_inv
