@@ -89,7 +89,7 @@ def check_keys(keys: list[Key], model: DiffusionModel) -> int:
 
 @torch.inference_mode()
 def latents_from_images(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recovery(),
-                      callback: Callable | None = None) -> tuple[torch.Tensor, InversionRecord]:
+                        callback: Callable | None = None) -> tuple[torch.Tensor, InversionRecord]:
     """Images (B, 3, H, W) in [-1, 1] -> (z_0, record): stage 1."""
     x = x.to(model.device, model.dtype)
     return invert_decoder(recovery.method, model.encode, model.decode, x, iters=recovery.iters, callback=callback)
@@ -97,7 +97,7 @@ def latents_from_images(model: DiffusionModel, x: torch.Tensor, recovery: Recove
 
 @torch.inference_mode()
 def noise_from_latents(model: DiffusionModel, z_0: torch.Tensor, recovery: Recovery = Recovery(),
-                   refine_iters: int = 3, callback: Callable | None = None) -> torch.Tensor:
+                       refine_iters: int = 3, callback: Callable | None = None) -> torch.Tensor:
     """Scaled latents z_0 -> z_T (float32, CPU): stage 2, ``recovery.ddim_steps`` steps of the
     model's schedule; ``refine_iters`` per step when ``recovery.exact``."""
     return ddim_invert(model.eps, z_0.to(model.device, model.dtype), model.ddim_schedule(recovery.ddim_steps),
