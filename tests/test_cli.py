@@ -183,3 +183,31 @@ def test_squashed_image_warns_on_stderr(world, tmp_path):
 def test_progress_without_a_terminal_prints_lines(world):
     result = run("verify", world / "wm", world / "clean", "--key", world / "a.json", *FAST, "--batch", 4)
     assert "verifying: 6/6 images" in result.stderr
+
+
+def test_api_takes_a_single_path_and_refuses_mixed_keys_before_loading(world, tmp_path, no_model):
+    from watermark import api
+    from watermark.io.keyfile import load_key
+    from watermark.scheme.keys import Key
+
+    a = load_key(world / "a.json")
+    other = Key(a.pattern, a.radius, a.channel, a.seed, "tiny", (4, 64, 64))
+    with pytest.raises(ValueError, match="same model and latent shape"):
+        api.verify(str(world / "wm"), [a, other])
+    with pytest.raises(ValueError, match="size must be a positive integer"):
+        api.keygen(None, size=0)
+    with pytest.raises(ValueError, match="batch must be positive"):
+        api.verify(str(world / "wm"), [a], batch=0)
+    with pytest.raises(ValueError, match="no seeds"):
+        from watermark import watermarked_latents
+
+        watermarked_latents(a, seeds=[])
+
+
+def test_exact_progress_reaches_every_image(world):
+    from watermark import api
+    from watermark.pipeline import Recovery
+
+    seen = []
+    api.verify(str(world / "wm"), [world / "a.json"], Recovery(ddim_steps=4, exact=True), progress=seen.append)
+    assert sum(seen) == 3 and all(k >= 1 for k in seen)

@@ -38,6 +38,8 @@ def keygen(output: str | os.PathLike | None, model: str = "tiny", size: int | No
     """A new key for ``model`` at ``size`` px (default: the model's), saved to ``output`` if given."""
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise ValueError(f"size must be a positive integer, got {size!r}")
     if output is not None:
         check_writable(output, force)
     key = make_key(get_model(model), model, size, pattern, radius, channel, seed)
@@ -80,10 +82,11 @@ def embed(key: Key | str, outdir: str | os.PathLike, n: int = 4, prompts: list[s
     Writes PNGs and ``manifest.jsonl`` into ``outdir``; existing files there are kept unless ``force``.
     """
     key = _as_key(key)
-    if n < 1:
-        raise ValueError(f"n must be positive, got {n}")
-    if steps < 1:
-        raise ValueError(f"steps must be positive, got {steps}")
+    for name, value in (("n", n), ("steps", steps), ("batch", batch)):
+        if value < 1:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if isinstance(prompts, str):
+        prompts = [prompts]
     outdir = Path(outdir)
     names = [f"{i:05d}.png" for i in range(n)]
     _check_outputs(outdir, names + ["manifest.jsonl"], force)
@@ -91,8 +94,9 @@ def embed(key: Key | str, outdir: str | os.PathLike, n: int = 4, prompts: list[s
     model = get_model(key.model, device, dtype)
     check_keys([key], model)
     prompts = list(prompts or [""])
-    if not model.conditional and (any(prompts) or guidance is not None):
+    if not model.conditional and (any(prompts) or guidance not in (None, 1.0)):
         raise ModelError(f"model {key.model!r} is unconditional: it takes no prompt or guidance")
+    guidance = None if not model.conditional else guidance
     guidance = 7.5 if model.conditional and guidance is None else guidance
     outdir.mkdir(parents=True, exist_ok=True)
     records = []
@@ -106,8 +110,8 @@ def embed(key: Key | str, outdir: str | os.PathLike, n: int = 4, prompts: list[s
             save_png(im, outdir / names[i])
             records.append(Generated(names[i], s, p, key.key_id if watermark else None, key.model, watermark,
                                      steps, guidance))
-        if progress is not None:
-            progress(len(idx))
+            if progress is not None:
+                progress(1)
     with open(outdir / "manifest.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(asdict(r)) + "\n")
@@ -144,12 +148,15 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    keys = [_as_key(k) for k in keys]
+    if batch < 1:
+        raise ValueError(f"batch must be positive, got {batch}")
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    keys = [_as_key(k) for k in ([keys] if isinstance(keys, (Key, str, os.PathLike)) else keys)]
     if not keys:
         raise ValueError("at least one key is needed")
-    if len({k.model for k in keys}) > 1:
-        raise ValueError("all keys must be for the same model; verify them in separate runs")
-    found = find_images(list(paths))
+    if len({(k.model, tuple(k.latent_shape)) for k in keys}) > 1:
+        raise ValueError("all keys must be for the same model and latent shape; verify them in separate runs")
+    found = find_images([str(p) for p in paths])
     if all(error is not None for _, error in found):
         raise ValueError(f"{found[0][0]}: {found[0][1]}" if len(found) == 1 else "no usable path among the inputs")
     resolve_device(device), resolve_dtype(dtype)

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import click
 
-from inversion import DTYPES, METHODS
+from inversion import METHODS
 
 from . import __version__
+from .models import DEVICES, DTYPES
+from .pipeline import DEFAULT_INVERSION, DEFAULT_ITERS
+from .scheme.keys import PATTERNS
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
-DTYPE_NAMES = [str(d).removeprefix("torch.") for d in DTYPES]
 
 
 class Failure(click.ClickException):
@@ -54,14 +56,17 @@ def library_errors(fn):
             return fn(*args, **kwargs)
         except (KeyFileError, ModelError, OutputError, ValueError) as e:
             raise Failure(str(e)) from None
+        except OSError as e:  # e.g. an output folder that cannot be written
+            where = f"{e.filename}: " if e.filename else ""
+            raise Failure(f"{where}{e.strerror or e}") from None
 
     return wrapper
 
 
 def device_options(fn):
-    fn = click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32", show_default=True,
+    fn = click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True,
                       help="Precision of the networks (float16 needs CUDA).")(fn)
-    fn = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    fn = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
                       help="auto: CUDA when present, else CPU.")(fn)
     return fn
 
@@ -111,7 +116,7 @@ def main():
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Key file to write (0600).")
 @click.option("--model", default="tiny", show_default=True, help="'tiny' (bundled), a hub id or a local folder.")
 @click.option("--size", type=click.IntRange(1), help="Image side in px (default: the model's).")
-@click.option("--pattern", type=click.Choice(["ring", "rand", "zeros"]), default="ring", show_default=True)
+@click.option("--pattern", type=click.Choice(PATTERNS), default="ring", show_default=True)
 @click.option("--radius", type=int, help="Mask radius in latent bins (default: Tree-Ring's 10/64 of the side).")
 @click.option("--channel", type=int, help="Latent channel (default: the model's key channel).")
 @click.option("--seed", type=click.IntRange(0), help="Secret seed (default: 128 random bits).")
@@ -210,9 +215,10 @@ def summary(results) -> str:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--key", "key_paths", required=True, multiple=True, type=click.Path(dir_okay=False),
               help="Key file; repeat to test several keys (the p-value is Šidák-corrected).")
-@click.option("--inversion", type=click.Choice(list(METHODS)), default=None,
-              help="Decoder inversion method.  [default: fixed_point]")
-@click.option("--iters", type=click.IntRange(0), default=None, help="Decoder-inversion iterations.  [default: 10]")
+@click.option("--inversion", type=click.Choice(list(METHODS)), default=DEFAULT_INVERSION, show_default=True,
+              help="Decoder inversion method.")
+@click.option("--iters", type=click.IntRange(0), default=DEFAULT_ITERS, show_default=True,
+              help="Decoder-inversion iterations.")
 @click.option("--ddim-steps", default=50, show_default=True, type=click.IntRange(1))
 @click.option("--exact", is_flag=True, help="Exact (fixed-point) DDIM inversion; 4x the UNet evaluations.")
 @click.option("--alpha", default=0.01, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -249,10 +255,10 @@ def run_verify(paths, key_paths, inversion, iters, ddim_steps, exact, alpha, bat
     from . import api
     from .io.images import find_images
     from .io.keyfile import load_key
-    from .pipeline import DEFAULT_INVERSION, DEFAULT_ITERS, Recovery
+    from .pipeline import Recovery
 
     keys = [load_key(p) for p in key_paths]
-    recovery = Recovery(inversion or DEFAULT_INVERSION, DEFAULT_ITERS if iters is None else iters, ddim_steps, exact)
+    recovery = Recovery(inversion, iters, ddim_steps, exact)
     progress = Progress(len(find_images(list(paths))), "verifying", quiet)
     try:
         return api.verify(list(paths), keys, recovery, alpha, device, dtype, batch, progress=progress.update)
@@ -315,11 +321,11 @@ def csv_choices(choices):
 @bench.command("inversion", context_settings=CONTEXT)
 @click.option("-n", "n", default=32, show_default=True, type=click.IntRange(1), help="Generated latents.")
 @click.option("--iters", default="10,20,50,100,200", show_default=True, callback=csv_ints, help="Iteration counts.")
-@click.option("--dtypes", default="float32,bfloat16", show_default=True, callback=csv_choices(DTYPE_NAMES))
+@click.option("--dtypes", default="float32,bfloat16", show_default=True, callback=csv_choices(list(DTYPES)))
 @click.option("--cost-sizes", default="512,256", show_default=True, callback=csv_ints,
               help="Sizes for the SD 2.1 VAE cost runs.")
 @click.option("--cost-iters", default=3, show_default=True, type=click.IntRange(2))
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Device of the accuracy and cost runs.")
 @click.option("--skip-accuracy", is_flag=True)
 @click.option("--skip-cost", is_flag=True)
@@ -350,7 +356,7 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
 @click.option("--gradient-iters", default=20, show_default=True, type=click.IntRange(1))
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1),
               help="Images per inversion batch (verify's default; larger suits a GPU).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
 @click.option("--quick", is_flag=True, help="4 images per class, 5 steps, a short sweep: checks the code.")
 @click.option("-o", "--outdir", default="docs/bench", show_default=True, type=click.Path(file_okay=False))
 @quiet_option

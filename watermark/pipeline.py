@@ -106,14 +106,21 @@ def noise_from_latents(model: DiffusionModel, z_0: torch.Tensor, recovery: Recov
 
 
 def recover_noise(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recovery(),
-                  progress: Callable[[float], None] | None = None) -> tuple[torch.Tensor, InversionRecord]:
+                  progress: Callable[[float], None] | None = None,
+                  refine_iters: int = 3) -> tuple[torch.Tensor, InversionRecord]:
     """Images -> (z_T, decoder-inversion record). ``progress(f)``: the share f of the batch's
     network calls done so far, after each iteration and DDIM step."""
-    units = recovery.iters + 1 + recovery.ddim_steps * (1 + 3 * recovery.exact)
-    report = (lambda d, base: progress(min(1.0, (base + d["i"] + 1) / units))) if progress else None
-    z_0, record = latents_from_images(model, x, recovery, report and (lambda d: report(d, 1)))
-    offset = recovery.iters + 1
-    return noise_from_latents(model, z_0, recovery, callback=report and (lambda d: report(d, offset))), record
+    per_step = 1 + refine_iters * recovery.exact  # UNet calls per DDIM step
+    units = recovery.iters + 1 + recovery.ddim_steps * per_step
+
+    def report(done: int):
+        if progress is not None:
+            progress(min(1.0, done / units))
+
+    z_0, record = latents_from_images(model, x, recovery, lambda d: report(d["i"] + 1))
+    z_T = noise_from_latents(model, z_0, recovery, refine_iters,
+                             callback=lambda d: report(recovery.iters + 1 + (d["i"] + 1) * per_step))
+    return z_T, record
 
 
 def decide(p_value: float, alpha: float) -> tuple[bool, bool]:

@@ -25,7 +25,7 @@ from . import report
 
 # (label, method, fixed kwargs, scheduled): a scheduled method's run depends on its length,
 # so each iteration count is its own run; the others are read off one run at checkpoints.
-METHODS = [
+RUNS = [
     ("encoder", "encoder", {}, False),
     ("gradient lr0.1 cosine", "gradient", {"lr": 0.1, "schedule": "cosine"}, True),
     ("gradient lr0.01 fixed", "gradient", {"lr": 0.01, "schedule": "constant"}, False),
@@ -63,7 +63,7 @@ def accuracy(n: int, iters: list[int], dtypes: list[str], gen_steps: int, seed: 
     rows = []
     for dtype in dtypes:
         model = get_model("tiny", device, dtype)
-        for label, method, kwargs, scheduled in METHODS:
+        for label, method, kwargs, scheduled in RUNS:
             runs = [[k] for k in iters] if scheduled else [iters]
             if method == "encoder":
                 runs = [[0]]
@@ -167,7 +167,6 @@ def plot(res: dict, path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
-
 
 
 

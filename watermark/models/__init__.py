@@ -19,16 +19,17 @@ TINY_PATH = Path(__file__).parent / "tiny"
 NAMED = {"tiny": TINY_PATH}  # names ringmark resolves itself; anything else is a hub id or a folder
 FAMILIES = (sd.load,)  # each returns its model, or None when the source is not in its layout
 DTYPES = {str(d).removeprefix("torch."): d for d in _TORCH_DTYPES}
+DEVICES = ("auto", "cpu", "cuda")
 
-__all__ = ["DTYPES", "DiffusionModel", "ModelError", "TINY_PATH", "get_model", "load_model", "resolve_device",
+__all__ = ["DEVICES", "DTYPES", "DiffusionModel", "ModelError", "TINY_PATH", "get_model", "load_model", "resolve_device",
            "resolve_dtype"]
 
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be one of ('auto', 'cpu', 'cuda'), got {device!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for, but torch sees no CUDA device")
     return torch.device(device)
@@ -59,7 +60,9 @@ _LOADED: dict[tuple, DiffusionModel] = {}
 
 def get_model(name: str = "tiny", device: str = "cpu", dtype: str | torch.dtype = "float32") -> DiffusionModel:
     """``load_model``, once per process and (name, device, dtype)."""
-    key = (name, resolve_device(device).type, resolve_dtype(dtype))
+    folder = Path(name)
+    source = str(folder.resolve()) if name not in NAMED and folder.is_dir() else name  # one copy per folder
+    key = (source, resolve_device(device).type, resolve_dtype(dtype))
     if key not in _LOADED:
         _LOADED[key] = load_model(name, device, dtype)
     return _LOADED[key]

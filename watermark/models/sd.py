@@ -172,7 +172,10 @@ class StableDiffusionModel:
             return ((self.decode(self.sample(z_T, steps)).float().clamp(-1, 1) + 1) / 2).cpu()
         from diffusers import StableDiffusionPipeline
 
-        prompts = list(prompts or [""]) * (len(z_T) if len(prompts or [""]) == 1 else 1)
+        prompts = list(prompts or [""])
+        prompts = prompts * len(z_T) if len(prompts) == 1 else prompts
+        if len(prompts) != len(z_T):
+            raise ValueError(f"{len(prompts)} prompts for {len(z_T)} latents")
         pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
                                        unet=self.unet, scheduler=self.scheduler, safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)

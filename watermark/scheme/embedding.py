@@ -67,6 +67,9 @@ def watermarked_latents(
     scheduler's ``init_noise_sigma`` themselves, so unit variance suits every scheduler.
     """
     if seeds is not None:
+        seeds = list(seeds)
+        if not seeds:
+            raise ValueError("no seeds given")
         if batch_size is not None and batch_size != len(seeds):
             raise ValueError(f"batch_size {batch_size} does not match {len(seeds)} seeds")
         if generator is not None:
@@ -77,7 +80,5 @@ def watermarked_latents(
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         where = generator.device if generator is not None else "cpu"
         z = torch.randn((batch_size, *key.latent_shape), generator=generator, device=where).cpu()
-    if len(z) == 0:
-        raise ValueError("no seeds given")
     z = inject(z, key) if watermark else z
     return z.to(device=device, dtype=dtype)
