@@ -88,8 +88,10 @@ def test_watermarked_latents_by_seeds_generator_device_and_dtype():
     assert torch.equal(g, watermarked_latents(key, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float16))
     clean = watermarked_latents(key, seeds=[4, 5], watermark=False)
     assert torch.equal(a[:, 1:], clean[:, 1:]) and not torch.allclose(a[:, 0], clean[:, 0])  # only the key channel
+    with pytest.raises(ValueError, match="global RNG"):
+        watermarked_latents(key, 2)
     with pytest.raises(ValueError, match="batch_size"):
-        watermarked_latents(key)
+        watermarked_latents(key, generator=torch.Generator())
     with pytest.raises(ValueError, match="not both"):
         watermarked_latents(key, seeds=[1], generator=torch.Generator())
 

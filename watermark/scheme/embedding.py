@@ -61,7 +61,7 @@ def watermarked_latents(
 
     ``seeds``: one CPU generator per seed, so an image's noise does not depend on its batch
     (what ``ringmark embed`` does); else ``batch_size`` draws from ``generator`` (a
-    ``torch.Generator`` on any device, or torch's global one). The key is written in float64 on
+    ``torch.Generator`` on any device). The key is written in float64 on
     the CPU, then the noise moves to ``device`` and ``dtype``. ``watermark=False`` gives the same
     noise without the key (clean controls). diffusers pipelines scale given latents by their
     scheduler's ``init_noise_sigma`` themselves, so unit variance suits every scheduler.
@@ -76,9 +76,10 @@ def watermarked_latents(
             raise ValueError("give seeds or a generator, not both")
         z = torch.stack([torch.randn(key.latent_shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
     else:
+        if generator is None:
+            raise ValueError("give seeds or a torch.Generator: the noise is never drawn from the global RNG")
         if batch_size is None or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        where = generator.device if generator is not None else "cpu"
-        z = torch.randn((batch_size, *key.latent_shape), generator=generator, device=where).cpu()
+        z = torch.randn((batch_size, *key.latent_shape), generator=generator, device=generator.device).cpu()
     z = inject(z, key) if watermark else z
     return z.to(device=device, dtype=dtype)
