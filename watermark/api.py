@@ -22,8 +22,8 @@ import torch
 
 from .io.images import ImageError, Loaded, find_images, load_image, save_png
 from .io.keyfile import check_writable, load_key, save_key
-from .models import ModelError, get_model, resolve_device, resolve_dtype
-from .pipeline import Recovery, check_keys, detect, make_key
+from .models import ModelError, get_model
+from .pipeline import Recovery, check_keys, check_size, detect, make_key
 from .scheme.embedding import watermarked_latents
 from .scheme.keys import PATTERNS, Key
 
@@ -38,8 +38,7 @@ def keygen(output: str | os.PathLike | None, model: str = "tiny", size: int | No
     """A new key for ``model`` at ``size`` px (default: the model's), saved to ``output`` if given."""
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
-        raise ValueError(f"size must be a positive integer, got {size!r}")
+    check_size(size)
     if output is not None:
         check_writable(output, force)
     key = make_key(get_model(model), model, size, pattern, radius, channel, seed)
@@ -90,14 +89,12 @@ def embed(key: Key | str, outdir: str | os.PathLike, n: int = 4, prompts: list[s
     outdir = Path(outdir)
     names = [f"{i:05d}.png" for i in range(n)]
     _check_outputs(outdir, names + ["manifest.jsonl"], force)
-    resolve_device(device), resolve_dtype(dtype)
     model = get_model(key.model, device, dtype)
     check_keys([key], model)
     prompts = list(prompts or [""])
     if not model.conditional and (any(prompts) or guidance not in (None, 1.0)):
         raise ModelError(f"model {key.model!r} is unconditional: it takes no prompt or guidance")
-    guidance = None if not model.conditional else guidance
-    guidance = 7.5 if model.conditional and guidance is None else guidance
+    guidance = (7.5 if guidance is None else guidance) if model.conditional else None
     outdir.mkdir(parents=True, exist_ok=True)
     records = []
     for start in range(0, n, batch):
@@ -159,7 +156,6 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
     found = find_images([str(p) for p in paths])
     if all(error is not None for _, error in found):
         raise ValueError(f"{found[0][0]}: {found[0][1]}" if len(found) == 1 else "no usable path among the inputs")
-    resolve_device(device), resolve_dtype(dtype)
     model = get_model(keys[0].model, device, dtype)
     size = check_keys(keys, model)
     results: list[Result | None] = [None] * len(found)

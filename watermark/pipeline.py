@@ -59,11 +59,16 @@ class Detection:
     iterations: int  # decoder-inversion iterations this image ran
 
 
+def check_size(size: int | None) -> None:
+    """Raise ValueError unless ``size`` (image side in px) is None or a positive integer."""
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+
+
 def make_key(model: DiffusionModel, model_name: str | None = None, size: int | None = None, pattern: str = "ring",
              radius: int | None = None, channel: int | None = None, seed: int | None = None) -> Key:
     """A new key for ``model`` at ``size`` px (default: the model's), on its default key channel."""
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
-        raise ValueError(f"size must be a positive integer, got {size!r}")
+    check_size(size)
     shape = model.latent_shape(model.default_size if size is None else size)
     channel = model.default_key_channel if channel is None else channel
     return new_key(model_name or model.name, shape, pattern, radius, channel, seed)
