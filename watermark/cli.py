@@ -20,7 +20,7 @@ from inversion import METHODS
 
 from . import __version__
 from .models import DEVICES, DTYPES
-from .pipeline import DEFAULT_INVERSION, DEFAULT_ITERS
+from .pipeline import DEFAULT_INVERSION, DEFAULT_ITERS, WEAK_EVIDENCE
 from .scheme.keys import PATTERNS
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -207,7 +207,8 @@ def summary(results) -> str:
     line = f"{sum(bool(r.watermarked) for r in ok)} of {len(ok)} watermarked at alpha = {alpha:g}"
     weak = sum(bool(r.weak) for r in ok)
     errors = len(results) - len(ok)
-    extra = [f"{weak} weak (p within 10x of alpha)"] * bool(weak) + [f"{errors} could not be read"] * bool(errors)
+    extra = ([f"{weak} weak (p within {WEAK_EVIDENCE:g}x of alpha)"] * bool(weak)
+             + [f"{errors} could not be read"] * bool(errors))
     return line + (f"; {', '.join(extra)}" if extra else "")
 
 
