@@ -3,9 +3,9 @@
 import json
 import math
 
-import numpy as np
 from click.testing import CliRunner
 
+from watermark.bench.attacks import ATTACKS
 from watermark.cli import main
 
 
@@ -37,14 +37,19 @@ def test_bench_detect_quick(tmp_path):
     assert result.exit_code == 0, result.output
     res = json.loads((tmp_path / "detect.json").read_text())
     assert res["batch"] == 3  # 4 images per class: a full batch and a partial one
-    assert res["n"] == 4 and set(res["robustness"]) == {"encoder", "gradient", "fixed_point", "adam"}
+    assert res["n"] == 4 and res["keys"] == 16 and res["transforms"] == 207
+    assert set(res["robustness"]) == {"search all", "search none"}
     for rows in res["robustness"].values():
-        assert set(rows) >= {"none", "rotation", "jpeg", "crop", "blur", "noise", "brightness", "mean_attacked_auc"}
-        assert all(0 <= rows[a]["auc"] <= 1 and len(rows[a]["p_wm"]) == 4 for a in rows if a != "mean_attacked_auc")
-    assert all(0 <= v <= 1 for v in res["identification"].values())
-    assert set(res["sweep"]) == {"1", "2"} and all(0 <= r["rows"]["none"]["auc"] <= 1 for r in res["sweep"].values())
-    assert res["verify_seconds_per_image_default"] > 0
-    assert (tmp_path / "detect.md").exists()
+        assert set(rows) >= {"none", "rotation", "jpeg", "crop", "blur", "noise", "brightness", "mean_attacked_auc",
+                             "mean_attacked_tpr_at_1pct_fpr", "foreign_key_flagged"}
+        assert all(0 <= rows[a]["auc"] <= 1 and len(rows[a]["p_wm"]) == 4 for a in ATTACKS)
+    for row in res["identification"].values():
+        assert all(0 <= v <= 1 for v in row.values()) and row["identified_at_alpha"] <= row["accuracy"]
+    assert len(res["patterns"]) == 2 and all(0 <= p["mean_abs_cosine"] <= 1 for p in res["patterns"].values())
+    assert {k for k in res["sweep"] if k != "seconds_per_part"} == {"0,1", "0,2", "1,1", "1,2"}
+    assert res["verify"]["default"] > 0 and res["verify"]["previous_default"] > 0
+    md = (tmp_path / "detect.md").read_text()
+    assert "among 16 keys" in md and "on the front" in md and "previous defaults" in md
     assert not (tmp_path / "detect.partial.json").exists()  # written after each stage, removed at the end
 
 
@@ -55,30 +60,16 @@ def test_bench_inversion_float16_needs_cuda(tmp_path):
     assert not (tmp_path / "inversion.json").exists()
 
 
-def test_paired_vs_encoder_detects_a_uniform_improvement():
-    from watermark.bench.detect import paired_vs_encoder
-
-    rng = np.random.default_rng(0)
-    p_enc = rng.uniform(1e-6, 1e-2, 30)
-    res = {"robustness": {"encoder": {"none": {"p_wm": p_enc.tolist()}, "mean_attacked_auc": 1.0},
-                          "better": {"none": {"p_wm": (p_enc * rng.uniform(0.01, 0.5, 30)).tolist()}},
-                          "same": {"none": {"p_wm": p_enc.tolist()}}}}
-    paired = paired_vs_encoder(res)
-    assert paired["better"]["none"]["share_smaller_p"] == 1.0 and paired["better"]["none"]["wilcoxon_p"] < 1e-4
-    assert paired["same"]["none"] == {"share_smaller_p": 0.0, "wilcoxon_p": 1.0}
-    assert "encoder" not in paired
-
-
 def test_bench_detect_keeps_finished_stages_when_stopped(tmp_path, monkeypatch):
     from watermark.bench import detect as bench_detect
 
-    # stopped as a time limit would, in the identification stage
+    # stopped as a time limit would, in the pattern stage
     monkeypatch.setattr(bench_detect, "make_images", _stop_after(bench_detect.make_images, 2, _interrupt))
-    result = CliRunner().invoke(main, ["bench", "detect", "--quick", "--methods", "encoder", "--sweep", "",
-                                       "-o", str(tmp_path), "-q"])
+    result = CliRunner().invoke(main, ["bench", "detect", "--quick", "--search", "none", "-o", str(tmp_path), "-q"])
     assert result.exit_code != 0 and not (tmp_path / "detect.json").exists()
     partial = json.loads((tmp_path / "detect.partial.json").read_text())
-    assert set(partial["robustness"]) == {"encoder"} and partial["identification"] == {}
+    assert set(partial["robustness"]) == {"search none"} and len(partial["identification"]) == 7
+    assert partial["patterns"] == {} and partial["sweep"] == {}
     assert partial["command"].startswith("ringmark bench detect")
 
 

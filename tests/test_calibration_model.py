@@ -1,15 +1,24 @@
-"""Calibration on clean images made by the bundled model: P(p <= alpha) <= alpha.
+"""Calibration on clean images made by the bundled model, and on photographs: P(p <= alpha) <= alpha,
+for every pattern, with and without the geometric search.
 
 One-sided: z_T recovered from an image is not exactly white noise, and the test may be
-conservative on it; what must not happen is an excess of false positives.
+conservative on it (the search's Bonferroni correction is, by design); what must not happen is
+an excess of false positives.
 """
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from watermark import api
-from watermark.pipeline import Recovery
+from watermark.models import get_model
+from watermark.pipeline import Recovery, recover_noise
+from watermark.scheme.detection import match_keys
+from watermark.scheme.geometry import search_grid
+from watermark.scheme.keys import new_key
+
+PATTERNS = ("rand", "ring", "ringid")
 
 
 def false_positive_counts(tmp_path, n, steps):
@@ -21,11 +30,39 @@ def false_positive_counts(tmp_path, n, steps):
     return {alpha: int((p <= alpha).sum()) for alpha in (0.05, 0.01)}
 
 
-@pytest.mark.slow  # ~1.5 min on 2 cores
-def test_clean_model_images_are_calibrated(tmp_path):
-    counts = false_positive_counts(tmp_path, n=96, steps=10)
-    for alpha, k in counts.items():
-        assert stats.binomtest(k, 96, alpha, alternative="greater").pvalue > 0.01, (alpha, k)
+def assert_calibrated(z_T: torch.Tensor, seed: int):
+    """Each pattern (a fixed key), with and without the search: one-sided binomial at 0.05 and 0.01."""
+    n = len(z_T)
+    for pattern in PATTERNS:
+        key = new_key("tiny", tuple(z_T.shape[1:]), pattern=pattern, seed=seed)
+        for search in ("none", "all"):
+            p = np.array([m.p_value for i in range(0, n, 16) for m in match_keys(z_T[i : i + 16], [key],
+                                                                                   search_grid(search))])
+            for alpha in (0.05, 0.01):
+                k = int((p <= alpha).sum())
+                assert stats.binomtest(k, n, alpha, alternative="greater").pvalue > 0.01, (pattern, search, alpha, k)
+
+
+@pytest.mark.slow  # ~2 min on 2 cores
+def test_clean_model_images_are_calibrated_for_every_pattern():
+    model = get_model("tiny")
+    z = torch.randn(96, *model.latent_shape(128), generator=torch.Generator().manual_seed(50_000))
+    images = torch.cat([model.generate(z[i : i + 16], 10) for i in range(0, 96, 16)]) * 2 - 1
+    z_T = torch.cat([recover_noise(model, images[i : i + 8], Recovery(ddim_steps=10))[0] for i in range(0, 96, 8)])
+    assert_calibrated(z_T, seed=20241127)
+
+
+@pytest.mark.slow  # ~2 min on 2 cores
+def test_photographs_are_calibrated_for_every_pattern():
+    """96 random 128 px crops of scikit-image's held-out photo and seven training photos."""
+    pytest.importorskip("skimage")
+    from watermark.training.train import HELD_OUT, TRAIN_PHOTOS, load_photo, random_crops
+
+    model = get_model("tiny")
+    photos = [load_photo(name) for name in (HELD_OUT, *TRAIN_PHOTOS[:7])]
+    images = random_crops(photos, 96, 128, torch.Generator().manual_seed(7))
+    z_T = torch.cat([recover_noise(model, images[i : i + 8], Recovery(ddim_steps=10))[0] for i in range(0, 96, 8)])
+    assert_calibrated(z_T, seed=20241128)
 
 
 @pytest.mark.slow

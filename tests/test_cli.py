@@ -109,7 +109,7 @@ def test_key_that_does_not_fit_the_model(world, tmp_path):
     from watermark.io.keyfile import save_key
     from watermark.scheme.keys import Key
 
-    key = Key(doc["pattern"], doc["radius"], 2, doc["seed"], "tiny", (3, 32, 32))  # a valid key, wrong model
+    key = Key(doc["pattern"], doc["radius"], (2,), doc["seed"], "tiny", (3, 32, 32))  # a valid key, wrong model
     save_key(key, tmp_path / "k3.json")
     result = run("verify", world / "wm", "--key", tmp_path / "k3.json")
     assert result.exit_code == 2 and "does not fit model 'tiny'" in result.stderr
@@ -191,7 +191,7 @@ def test_api_takes_a_single_path_and_refuses_mixed_keys_before_loading(world, tm
     from watermark.scheme.keys import Key
 
     a = load_key(world / "a.json")
-    other = Key(a.pattern, a.radius, a.channel, a.seed, "tiny", (4, 64, 64))
+    other = Key(a.pattern, a.radius, a.channels, a.seed, "tiny", (4, 64, 64))
     with pytest.raises(ValueError, match="same model and latent shape"):
         api.verify(str(world / "wm"), [a, other])
     with pytest.raises(ValueError, match="size must be a positive integer"):

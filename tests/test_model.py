@@ -37,7 +37,10 @@ def test_key_channel_comes_from_the_model_folder(tiny, tmp_path):
     from watermark import api
 
     other = (channel + 1) % tiny.latent_channels
-    assert api.keygen(None, seed=1).channel == channel and api.keygen(None, seed=1, channel=other).channel == other
+    # Tree-Ring's ring goes to the model's key channel; rand to all of them unless told
+    assert api.keygen(None, pattern="ring", seed=1).channels == (channel,)
+    assert api.keygen(None, seed=1).channels == tuple(range(tiny.latent_channels))
+    assert api.keygen(None, seed=1, channels=(other,)).channels == (other,)
 
 
 def test_scaling_factor_is_the_trained_one(tiny):

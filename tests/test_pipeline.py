@@ -54,7 +54,7 @@ def test_a_new_family_is_one_class_and_the_pipeline_runs_on_it():
     toy = ToyFamily()
     assert isinstance(toy, DiffusionModel)
     key = make_key(toy, seed=11)
-    assert key.channel == 0 and key.latent_shape == (3, 16, 16)
+    assert key.channels == (0, 1, 2) and key.latent_shape == (3, 16, 16)
     wm = toy.generate(watermarked_latents(key, seeds=range(6)), steps=10) * 2 - 1
     clean = toy.generate(watermarked_latents(key, seeds=range(6), watermark=False), steps=10) * 2 - 1
     recovery = Recovery("fixed_point", iters=3, ddim_steps=10)

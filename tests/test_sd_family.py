@@ -39,7 +39,7 @@ def test_embed_passes_watermarked_noise_as_latents(sd_folder, tmp_path, monkeypa
                                   "--prompt", "a red house", "--steps", "4", "-q"])
     assert result.exit_code == 0, result.output
     key = load_key(tmp_path / "k.json")
-    assert key.channel == 3  # no ringmark.json in the folder: the last channel, as Tree-Ring on SD
+    assert key.channels == (0, 1, 2, 3)  # the default pattern, rand, uses every channel
     assert torch.equal(seen["latents"], watermarked_latents(key, seeds=[0, 1]))
     assert seen["prompt"] == ["a red house"] * 2 and seen["guidance_scale"] == 7.5
     manifest = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]

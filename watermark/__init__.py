@@ -13,6 +13,8 @@ _EXPORTS = {
     "make_key": "pipeline",
     "Key": "scheme.keys", "watermarked_latents": "scheme.embedding",
     "load_key": "io.keyfile", "save_key": "io.keyfile",
+    "load_keys": "io.keyring", "load_keyring": "io.keyring", "save_keyring": "io.keyring",
+    "add_to_keyring": "io.keyring",
     "load_model": "models", "get_model": "models",
 }
 __all__ = list(_EXPORTS)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,33 +23,59 @@ import torch
 
 from .io.images import ImageError, Loaded, find_images, load_image, save_png
 from .io.keyfile import check_writable, load_key, save_key
+from .io.keyring import add_to_keyring, check_collision, load_keyring, load_keys
 from .models import ModelError, get_model
 from .pipeline import Recovery, check_keys, check_size, detect, make_key
 from .scheme.embedding import watermarked_latents
-from .scheme.keys import PATTERNS, Key
+from .scheme.geometry import DEFAULT_SEARCH, SEARCHES
+from .scheme.keys import DEFAULT_PATTERN, PATTERNS, Key, KeyFileError
 
 
 class OutputError(Exception):
     """An output would overwrite something the user owns (one-line message)."""
 
 
-def keygen(output: str | os.PathLike | None, model: str = "tiny", size: int | None = None, pattern: str = "ring",
-           radius: int | None = None, channel: int | None = None, seed: int | None = None,
-           force: bool = False) -> Key:
-    """A new key for ``model`` at ``size`` px (default: the model's), saved to ``output`` if given."""
+KEYGEN_DRAWS = 100  # fresh seeds tried before a keyring is declared full for this pattern
+
+
+def keygen(output: str | os.PathLike | None, model: str = "tiny", size: int | None = None,
+           pattern: str = DEFAULT_PATTERN, radius: int | None = None, channels: tuple[int, ...] | None = None,
+           seed: int | None = None, force: bool = False, keyring: str | os.PathLike | None = None) -> Key:
+    """A new key for ``model`` at ``size`` px (default: the model's), saved to ``output`` if given.
+
+    ``keyring``: also add it to that keyring file (created if missing). A key too close to one
+    already there (``io.keyring.MAX_SIMILARITY``) is redrawn, up to KEYGEN_DRAWS times; a key
+    from a given ``seed`` is refused instead."""
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
     check_size(size)
     if output is not None:
         check_writable(output, force)
-    key = make_key(get_model(model), model, size, pattern, radius, channel, seed)
+    existing = load_keyring(keyring)[0] if keyring is not None and Path(keyring).exists() else []
+    m = get_model(model)
+    for draw in range(1 if seed is not None else KEYGEN_DRAWS):
+        key = make_key(m, model, size, pattern, radius, channels, seed)
+        try:
+            check_collision(key, existing)
+            break
+        except KeyFileError as e:
+            if seed is not None or draw == KEYGEN_DRAWS - 1:
+                raise KeyFileError(f"{keyring}: {e}" + ("" if seed is not None else
+                                   f"; {KEYGEN_DRAWS} fresh keys all collided: this keyring is full for "
+                                   f"pattern {pattern!r}")) from None
     if output is not None:
         save_key(key, output, force=force)
+    if keyring is not None:
+        add_to_keyring(key, keyring)
     return key
 
 
 def _as_key(key: Key | str | os.PathLike) -> Key:
     return key if isinstance(key, Key) else load_key(key)
+
+
+class KeyringWarning(UserWarning):
+    """A key file or keyring entry that could not be used; the other keys were."""
 
 
 @dataclass
@@ -132,13 +159,17 @@ class Result:
     ddim_steps: int
     exact: bool
     keys_tested: int
+    transform: str | None  # the rotation or crop undone before the test ("identity": none)
     batch_seconds_per_image: float | None  # the wall time of the image's batch over its images
 
 
 def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recovery(), alpha: float = 0.01,
            device: str = "cpu", dtype: str = "float32", batch: int = 8,
-           progress: Callable[[int], None] | None = None) -> list[Result]:
-    """Test every image under ``paths`` against ``keys``; one Result per image, in order.
+           progress: Callable[[int], None] | None = None, search: str = DEFAULT_SEARCH) -> list[Result]:
+    """Test every image under ``paths`` against ``keys`` (Key objects, key files, keyring files,
+    folders of them; a bad file or entry in a folder or keyring is skipped with a KeyringWarning);
+    one Result per image, in order. ``search``: the rotations and crops undone before the test
+    (``scheme.geometry``), counted in the p-value.
 
     An image that cannot be read gets a Result with ``error`` set; the others go on.
     ``progress(k)``: k more images done, called as the work advances (not once per batch).
@@ -148,9 +179,14 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
     if batch < 1:
         raise ValueError(f"batch must be positive, got {batch}")
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    keys = [_as_key(k) for k in ([keys] if isinstance(keys, (Key, str, os.PathLike)) else keys)]
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    keys = [keys] if isinstance(keys, (Key, str, os.PathLike)) else list(keys)
     if not keys:
         raise ValueError("at least one key is needed")
+    keys, problems = load_keys(keys)
+    for problem in problems:
+        warnings.warn(problem, KeyringWarning, stacklevel=2)
     if len({(k.model, tuple(k.latent_shape)) for k in keys}) > 1:
         raise ValueError("all keys must be for the same model and latent shape; verify them in separate runs")
     found = find_images([str(p) for p in paths])
@@ -168,18 +204,18 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
 
     def failed(path: str, error: str) -> Result:
         return Result(path, None, None, None, alpha, None, None, error, None, None, recovery.method, None,
-                      recovery.ddim_steps, recovery.exact, len(keys), None)
+                      recovery.ddim_steps, recovery.exact, len(keys), None, None)
 
     def run(batch_items: list[tuple[int, str, Loaded]]):
         t0, before = time.perf_counter(), counted[0]
         x = torch.stack([loaded.image for _, _, loaded in batch_items])
         detections = detect(model, x, keys, recovery, alpha,
-                            progress=lambda f: advance(before + int(f * len(batch_items))))
+                            progress=lambda f: advance(before + int(f * len(batch_items))), search=search)
         per_image = round((time.perf_counter() - t0) / len(batch_items), 4)
         for (i, path, loaded), d in zip(batch_items, detections):
             results[i] = Result(path, d.watermarked, d.weak, d.p_value, alpha, d.key_id, d.distance, None,
                                 loaded.note, loaded.warning, recovery.method, d.iterations, recovery.ddim_steps,
-                                recovery.exact, len(keys), per_image)
+                                recovery.exact, len(keys), d.transform, per_image)
         advance(before + len(batch_items))
 
     pending: list[tuple[int, str, Loaded]] = []

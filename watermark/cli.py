@@ -20,8 +20,9 @@ from inversion import METHODS
 
 from . import __version__
 from .models import DEVICES, DTYPES
-from .pipeline import DEFAULT_INVERSION, DEFAULT_ITERS, WEAK_EVIDENCE
-from .scheme.keys import PATTERNS
+from .pipeline import DEFAULT_INVERSION, DEFAULT_ITERS, DEFAULT_STEPS, WEAK_EVIDENCE
+from .scheme.geometry import DEFAULT_SEARCH, SEARCHES
+from .scheme.keys import DEFAULT_PATTERN, PATTERNS
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -112,28 +113,41 @@ def main():
     """
 
 
+def csv_channels(ctx, param, value: str | None):
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(",") if v)
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated channel numbers, got {value!r}") from None
+
+
 @main.command(context_settings=CONTEXT)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Key file to write (0600).")
+@click.option("--keyring", type=click.Path(dir_okay=False),
+              help="Also add the key to this keyring file (created if missing), refusing keys too close to its own.")
 @click.option("--model", default="tiny", show_default=True, help="'tiny' (bundled), a hub id or a local folder.")
 @click.option("--size", type=click.IntRange(1), help="Image side in px (default: the model's).")
-@click.option("--pattern", type=click.Choice(PATTERNS), default="ring", show_default=True)
-@click.option("--radius", type=int, help="Mask radius in latent bins (default: Tree-Ring's 10/64 of the side).")
-@click.option("--channel", type=int, help="Latent channel (default: the model's key channel).")
+@click.option("--pattern", type=click.Choice(PATTERNS), default=DEFAULT_PATTERN, show_default=True)
+@click.option("--radius", type=int, help="Mask radius in latent bins (default: 14/64 of the side; ring, zeros: 10/64).")
+@click.option("--channels", callback=csv_channels,
+              help="Latent channels, e.g. 0,3 (default: all; ring, zeros: the model's key channel).")
 @click.option("--seed", type=click.IntRange(0), help="Secret seed (default: 128 random bits).")
 @click.option("--force", is_flag=True, help="Overwrite an existing key file.")
 @quiet_option
 @library_errors
-def keygen(output, model, size, pattern, radius, channel, seed, force, quiet):
+def keygen(output, keyring, model, size, pattern, radius, channels, seed, force, quiet):
     """Make a new secret key.
 
-    Example: ringmark keygen -o key.json --model tiny --size 128
+    Example: ringmark keygen -o key.json --keyring ring.json
     """
     from . import api
 
-    key = api.keygen(output, model, size, pattern, radius, channel, seed, force)
+    key = api.keygen(output, model, size, pattern, radius, channels, seed, force, keyring)
     if not quiet:
-        click.echo(f"wrote {output} (key id {key.key_id}, {pattern}, radius {key.radius}, channel {key.channel}, "
-                   f"latent {list(key.latent_shape)})", err=True)
+        click.echo(f"wrote {output} (key id {key.key_id}, {pattern}, radius {key.radius}, channels "
+                   f"{list(key.channels)}, latent {list(key.latent_shape)})"
+                   + (f"; added to {keyring}" if keyring else ""), err=True)
     click.echo(json.dumps({"key": output, "key_id": key.key_id}))
 
 
@@ -195,7 +209,9 @@ def table(results) -> str:
         if r.error is not None:
             rows.append((r.path, "ERROR", "-", "-", "-", r.error))
         else:
-            rows.append((r.path, verdict(r), f"{r.p_value:.3g}", r.key_id, f"{r.distance:.3f}", r.note or ""))
+            undone = f"best after undoing {r.transform}" if r.watermarked and r.transform != "identity" else ""
+            note = "; ".join(n for n in (r.note, undone) if n)
+            rows.append((r.path, verdict(r), f"{r.p_value:.3g}", r.key_id, f"{r.distance:.3f}", note))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[5] for row in rows]
     return "\n".join(lines + [summary(results)])
@@ -214,13 +230,16 @@ def summary(results) -> str:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--key", "key_paths", required=True, multiple=True, type=click.Path(dir_okay=False),
-              help="Key file; repeat to test several keys (the p-value is Šidák-corrected).")
+@click.option("--key", "key_paths", required=True, multiple=True, type=click.Path(),
+              help="Key file, keyring file or folder of them; repeat for more (the p-value is corrected for "
+                   "every key tested).")
+@click.option("--search", type=click.Choice(SEARCHES), default=DEFAULT_SEARCH, show_default=True,
+              help="Rotations and crops undone before the test (counted in the p-value).")
 @click.option("--inversion", type=click.Choice(list(METHODS)), default=DEFAULT_INVERSION, show_default=True,
               help="Decoder inversion method.")
 @click.option("--iters", type=click.IntRange(0), default=DEFAULT_ITERS, show_default=True,
-              help="Decoder-inversion iterations.")
-@click.option("--ddim-steps", default=50, show_default=True, type=click.IntRange(1))
+              help="Decoder-inversion iterations of the iterative methods (the encoder runs none).")
+@click.option("--ddim-steps", default=DEFAULT_STEPS, show_default=True, type=click.IntRange(1))
 @click.option("--exact", is_flag=True, help="Exact (fixed-point) DDIM inversion; 4x the UNet evaluations.")
 @click.option("--alpha", default=0.01, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Decision level: watermarked when p <= alpha.")
@@ -228,7 +247,8 @@ def summary(results) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
 @device_options
 @quiet_option
-def verify(paths, key_paths, inversion, iters, ddim_steps, exact, alpha, batch, as_json, device, dtype, quiet):
+def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, alpha, batch, as_json, device, dtype,
+           quiet):
     """Test images (files or folders, recursively) for the watermark of one or more keys.
 
     Exit status: 0 if at least one image is watermarked, 1 if none is, 2 if any input could
@@ -236,7 +256,8 @@ def verify(paths, key_paths, inversion, iters, ddim_steps, exact, alpha, batch, 
 
     Example: ringmark verify suspect/ --key key.json --json > results.jsonl
     """
-    results = run_verify(paths, key_paths, inversion, iters, ddim_steps, exact, alpha, batch, device, dtype, quiet)
+    results = run_verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, alpha, batch, device, dtype,
+                         quiet)
     if not quiet:
         for r in results:
             if r.warning:
@@ -252,17 +273,21 @@ def verify(paths, key_paths, inversion, iters, ddim_steps, exact, alpha, batch, 
 
 
 @library_errors
-def run_verify(paths, key_paths, inversion, iters, ddim_steps, exact, alpha, batch, device, dtype, quiet):
+def run_verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, alpha, batch, device, dtype, quiet):
     from . import api
     from .io.images import find_images
-    from .io.keyfile import load_key
+    from .io.keyring import load_keys
     from .pipeline import Recovery
 
-    keys = [load_key(p) for p in key_paths]
+    keys, problems = load_keys(list(key_paths))
+    if not quiet:
+        for problem in problems:
+            click.echo(f"ringmark: warning: {problem} (skipped; {len(keys)} keys in use)", err=True)
     recovery = Recovery(inversion, iters, ddim_steps, exact)
     progress = Progress(len(find_images(list(paths))), "verifying", quiet)
     try:
-        return api.verify(list(paths), keys, recovery, alpha, device, dtype, batch, progress=progress.update)
+        return api.verify(list(paths), keys, recovery, alpha, device, dtype, batch, progress=progress.update,
+                          search=search)
     finally:
         progress.close()
 
@@ -350,24 +375,33 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
 
 @bench.command("detect", context_settings=CONTEXT)
 @click.option("-n", "n", default=100, show_default=True, type=click.IntRange(2), help="Images per class.")
-@click.option("--methods", default="encoder,gradient,fixed_point,adam", show_default=True,
-              callback=csv_choices(list(METHODS)))
-@click.option("--sweep", default="5,10,20,50,100", show_default=True, callback=csv_ints,
-              help="Iteration counts of the forward step (fixed_point), taken along one run per image.")
-@click.option("--gradient-iters", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--keys", "n_keys", default=2048, show_default=True, type=click.IntRange(2),
+              help="Keys in the keyring for identification (image i carries key i).")
+@click.option("--pattern-n", default=48, show_default=True, type=click.IntRange(0),
+              help="Watermarked images per pattern in the pattern comparison (0: skip it).")
+@click.option("--sweep-n", default=24, show_default=True, type=click.IntRange(0),
+              help="Images per class in the decoder iterations x DDIM steps sweep (0: skip it).")
+@click.option("--sweep-iters", default="0,2,5,10", show_default=True, callback=csv_ints,
+              help="Forward-step iterations, taken along one run per image.")
+@click.option("--sweep-steps", default="1,2,5,10,20,50", show_default=True, callback=csv_ints,
+              help="DDIM-inversion steps.")
+@click.option("--search", type=click.Choice(SEARCHES), default=DEFAULT_SEARCH, show_default=True)
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1),
               help="Images per inversion batch (verify's default; larger suits a GPU).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
-@click.option("--quick", is_flag=True, help="4 images per class, 5 steps, a short sweep: checks the code.")
+@click.option("--quick", is_flag=True, help="4 images per class, 16 keys, 5 steps, a tiny sweep: checks the code.")
 @click.option("-o", "--outdir", default="docs/bench", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
 @library_errors
-def bench_detect(n, methods, sweep, gradient_iters, batch, device, quick, outdir, quiet):
-    """AUC and TPR@1%FPR under Tree-Ring's attacks, 3-key identification, verify time.
+def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search, batch, device, quick, outdir,
+                 quiet):
+    """Robustness (AUC, TPR@1%FPR) under Tree-Ring's attacks, identification among many keys, key
+    patterns, the geometric search, and verify time vs TPR over DDIM steps x decoder iterations.
 
-    Example: ringmark bench detect -n 100 -o docs/bench
+    Example: ringmark bench detect -n 100 --keys 2048 -o docs/bench
     """
     from .bench import detect
 
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
-    click.echo(detect.main(n, methods, sweep, gradient_iters, batch, device, quick, Path(outdir), log))
+    click.echo(detect.main(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search, batch, device, quick,
+                           Path(outdir), log))

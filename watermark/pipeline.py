@@ -17,12 +17,16 @@ from inversion import METHODS, InversionRecord, ddim_invert, invert_decoder
 
 from .models import DiffusionModel, ModelError
 from .scheme.detection import match_keys
-from .scheme.keys import Key, KeyFileError, new_key
+from .scheme.geometry import DEFAULT_SEARCH, search_grid
+from .scheme.keys import DEFAULT_PATTERN, Key, KeyFileError, new_key
 
-# The defaults come from `ringmark bench detect` (BENCHMARKS.md): 10 forward steps gain over the
-# encoder alone on clean images and tie it under attack; longer runs gained no AUC.
-DEFAULT_INVERSION = "fixed_point"
-DEFAULT_ITERS = 10
+# The defaults come from the sweep of `ringmark bench detect` (BENCHMARKS.md): under Tree-Ring's
+# attacks the forward step fits the attacked image (more iterations, lower TPR), and past 5 DDIM
+# steps TPR stops rising; at 1-2 steps the clean images' p-values are no longer calibrated. The
+# encoder and 10 DDIM steps take ~0.1x the time of the previous default (10 forward steps, 50).
+DEFAULT_INVERSION = "encoder"
+DEFAULT_ITERS = 10  # for the iterative methods, when asked for
+DEFAULT_STEPS = 10
 WEAK_EVIDENCE = 10.0  # a p-value within this factor of alpha, either side, is weak evidence
 
 
@@ -32,7 +36,7 @@ class Recovery:
 
     method: str = DEFAULT_INVERSION
     iters: int = DEFAULT_ITERS
-    ddim_steps: int = 50
+    ddim_steps: int = DEFAULT_STEPS
     exact: bool = False
 
     def __post_init__(self):
@@ -56,6 +60,8 @@ class Detection:
     distance: float
     raw_p_value: float
     keys_tested: int
+    transform: str  # the geometric transform undone before the test ("identity": none)
+    transforms_tested: int
     iterations: int  # decoder-inversion iterations this image ran
 
 
@@ -65,13 +71,16 @@ def check_size(size: int | None) -> None:
         raise ValueError(f"size must be a positive integer, got {size!r}")
 
 
-def make_key(model: DiffusionModel, model_name: str | None = None, size: int | None = None, pattern: str = "ring",
-             radius: int | None = None, channel: int | None = None, seed: int | None = None) -> Key:
-    """A new key for ``model`` at ``size`` px (default: the model's), on its default key channel."""
+def make_key(model: DiffusionModel, model_name: str | None = None, size: int | None = None,
+             pattern: str = DEFAULT_PATTERN, radius: int | None = None, channels: tuple[int, ...] | None = None,
+             seed: int | None = None) -> Key:
+    """A new key for ``model`` at ``size`` px (default: the model's). ``channels`` default: all
+    of them, except for Tree-Ring's own ``ring`` and ``zeros``, which go to the model's key channel."""
     check_size(size)
     shape = model.latent_shape(model.default_size if size is None else size)
-    channel = model.default_key_channel if channel is None else channel
-    return new_key(model_name or model.name, shape, pattern, radius, channel, seed)
+    if channels is None and pattern in ("ring", "zeros"):
+        channels = (model.default_key_channel,)
+    return new_key(model_name or model.name, shape, pattern, radius, channels, seed)
 
 
 def check_keys(keys: list[Key], model: DiffusionModel) -> int:
@@ -116,7 +125,8 @@ def recover_noise(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = R
     """Images -> (z_T, decoder-inversion record). ``progress(f)``: the share f of the batch's
     network calls done so far, after each iteration and DDIM step."""
     per_step = 1 + refine_iters * recovery.exact  # UNet calls per DDIM step
-    units = recovery.iters + 1 + recovery.ddim_steps * per_step
+    iters = 0 if recovery.method == "encoder" else recovery.iters
+    units = iters + 1 + recovery.ddim_steps * per_step
 
     def report(done: int):
         if progress is not None:
@@ -124,7 +134,7 @@ def recover_noise(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = R
 
     z_0, record = latents_from_images(model, x, recovery, lambda d: report(d["i"] + 1))
     z_T = noise_from_latents(model, z_0, recovery, refine_iters,
-                             callback=lambda d: report(recovery.iters + 1 + (d["i"] + 1) * per_step))
+                             callback=lambda d: report(iters + 1 + (d["i"] + 1) * per_step))
     return z_T, record
 
 
@@ -134,17 +144,20 @@ def decide(p_value: float, alpha: float) -> tuple[bool, bool]:
 
 
 def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Recovery = Recovery(),
-           alpha: float = 0.01, progress: Callable[[float], None] | None = None) -> list[Detection]:
-    """Test each image (B, 3, H, W) in [-1, 1], at the keys' size, against ``keys``."""
+           alpha: float = 0.01, progress: Callable[[float], None] | None = None,
+           search: str = DEFAULT_SEARCH) -> list[Detection]:
+    """Test each image (B, 3, H, W) in [-1, 1], at the keys' size, against ``keys``, undoing
+    the rotations and crops of ``search`` (``scheme.geometry``) before the test."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     size = check_keys(keys, model)
     if tuple(x.shape[1:]) != (3, size, size):
         raise ValueError(f"images must be (B, 3, {size}, {size}) for these keys, got {tuple(x.shape)}")
+    transforms = search_grid(search)
     z_T, record = recover_noise(model, x, recovery, progress)
     out = []
-    for match, iters in zip(match_keys(z_T, keys), record.iterations.tolist()):
+    for match, iters in zip(match_keys(z_T, keys, transforms), record.iterations.tolist()):
         watermarked, weak = decide(match.p_value, alpha)
         out.append(Detection(watermarked, weak, match.p_value, match.key_id, match.distance, match.raw_p_value,
-                             match.keys_tested, int(iters)))
+                             match.keys_tested, match.transform, match.transforms_tested, int(iters)))
     return out

@@ -1,5 +1,11 @@
-"""``ringmark bench detect``: Tree-Ring's robustness table (Table 1/2) and the seed paper's
-identification table (Table 2), per decoder-inversion method, on the bundled model."""
+"""``ringmark bench detect``: robustness to Tree-Ring's attacks (AUC and TPR at 1% FPR),
+identification among a keyring of many keys, the key patterns compared, the geometric search's
+gain and cost, and the verify-time / TPR trade-off of DDIM steps x decoder iterations.
+
+Image i of the watermarked set carries key i of the keyring; clean image i has the same seed and
+no key and is tested against key i. Each attacked image is inverted once per recovery setting:
+every table over that setting is scored from the same z_T.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +22,21 @@ from scipy import stats
 from .. import api
 from ..io.images import to_pil, to_tensor
 from ..models import get_model
-from ..pipeline import DEFAULT_ITERS, Recovery, detect, latents_from_images, make_key, noise_from_latents
-from ..scheme.detection import score
+from ..pipeline import DEFAULT_INVERSION, DEFAULT_ITERS, DEFAULT_STEPS, Recovery, latents_from_images, \
+    noise_from_latents, recover_noise
+from ..scheme.detection import corrected, statistics
 from ..scheme.embedding import watermarked_latents
+from ..scheme.geometry import DEFAULT_SEARCH, search_grid, undo
+from ..scheme.keys import DEFAULT_PATTERN, Key, new_key
 from . import report
 from .attacks import ATTACKS, attack
+
+ALPHA = 0.01
+PATTERNS = {"rand r7 (default)": dict(pattern="rand"), "rand r5": dict(pattern="rand", radius=5),
+            "ringid r7": dict(pattern="ringid"), "ring 4ch r5": dict(pattern="ring", radius=5),
+            "ring ch0 r5 (Tree-Ring)": dict(pattern="ring", radius=5, channels=(0,))}
+PREVIOUS = dict(recovery=Recovery("fixed_point", 10, 50), search="none", key=dict(pattern="ring", radius=5,
+                                                                                   channels=(0,)))
 
 
 def auc(wm: np.ndarray, clean: np.ndarray) -> float:
@@ -36,225 +52,351 @@ def tpr_at_fpr(wm: np.ndarray, clean: np.ndarray, fpr: float = 0.01) -> float:
     return float(np.mean(wm <= threshold))
 
 
-def make_images(model, key, seeds, steps, watermark=True) -> list[Image.Image]:
+def make_keys(model, n: int, seed: int, **kw) -> list[Key]:
+    shape = model.latent_shape(model.default_size)
+    return [new_key("tiny", shape, seed=seed + i, **kw) for i in range(n)]
+
+
+def make_images(model, keys: list[Key | None], seeds, steps: int, batch: int = 16) -> list[Image.Image]:
+    """Image i from seed i, carrying keys[i] (None: clean)."""
     out = []
-    for i in range(0, len(seeds), 16):
-        out.append(model.generate(watermarked_latents(key, seeds=seeds[i : i + 16], watermark=watermark), steps))
+    for i in range(0, len(seeds), batch):
+        z = torch.cat([watermarked_latents(k, seeds=[s]) if k is not None else
+                       torch.randn((1, *model.latent_shape(model.default_size)),
+                                   generator=torch.Generator().manual_seed(int(s)))
+                       for k, s in zip(keys[i : i + batch], seeds[i : i + batch])])
+        out.append(model.generate(z, steps))
     return to_pil(torch.cat(out))
 
 
-def p_values(model, images: list[Image.Image], keys, recovery: Recovery, batch: int = 8):
-    """p-values (and picked key ids, for several keys) of ``images``, and the seconds per image."""
-    ps, ids, t0 = [], [], time.perf_counter()
+def noise(model, images: list[Image.Image], recovery: Recovery, batch: int) -> tuple[torch.Tensor, float]:
+    """z_T of each image, and the seconds per image."""
+    t0, out = time.perf_counter(), []
     for i in range(0, len(images), batch):
-        found = detect(model, to_tensor(images[i : i + batch]), keys, recovery)
-        ps += [d.raw_p_value if len(keys) == 1 else d.p_value for d in found]
-        ids += [d.key_id for d in found] if len(keys) > 1 else []
-    return np.array(ps), ids, (time.perf_counter() - t0) / len(images)
+        out.append(recover_noise(model, to_tensor(images[i : i + batch]), recovery)[0])
+    return torch.cat(out), (time.perf_counter() - t0) / len(images)
 
 
-def p_values_sweep(model, images: list[Image.Image], key, method: str, sweep, ddim_steps: int, batch: int = 8):
-    """p-values after each iteration count in ``sweep``, from one run of ``method``: z_k is taken
-    along the way (exact for methods without a schedule: fixed_point, inertial_km)."""
-    ps = {k: [] for k in sweep}
-    recovery = Recovery(method, max(sweep), ddim_steps)
-    for i in range(0, len(images), batch):
-        x = to_tensor(images[i : i + batch])
-        snaps = {}
-
-        def keep(info):
-            if info["i"] in ps:
-                snaps[info["i"]] = info["z"].clone()
-
-        z, _ = latents_from_images(model, x, recovery, callback=keep)
-        snaps[max(sweep)] = z
-        z_T = noise_from_latents(model, torch.cat([snaps[k] for k in sweep]), recovery)
-        for j, k in enumerate(sweep):
-            ps[k] += [s.p_value for s in score(z_T[j * len(x) : (j + 1) * len(x)], key)]
-    return {k: np.array(v) for k, v in ps.items()}
+def own_and_foreign(z_T: torch.Tensor, keys: list[Key], search: str, batch: int = 16):
+    """For image i: the raw p of key i (max over the search), the corrected p of key i, and the
+    corrected p of key i+1 (a foreign key tested alone)."""
+    transforms = search_grid(search)
+    own, foreign = [], []
+    for i in range(0, len(z_T), batch):
+        warped = undo(z_T[i : i + batch], transforms)
+        idx = list(range(i, min(i + batch, len(z_T))))
+        group = [keys[j % len(keys)] for j in idx] + [keys[(j + 1) % len(keys)] for j in idx]
+        t, df = statistics(warped, group)  # (b, T, 2b)
+        best = t.max(1).values.numpy()
+        own += [stats.t.sf(best[r, r], df) for r in range(len(idx))]
+        foreign += [stats.t.sf(best[r, len(idx) + r], df) for r in range(len(idx))]
+    n_t = len(transforms)
+    return np.array(own), np.array([corrected(p, 1, n_t) for p in own]), np.array([corrected(p, 1, n_t)
+                                                                                    for p in foreign])
 
 
-def run(n: int = 100, methods=("encoder", "gradient", "fixed_point", "adam"), attacks=ATTACKS,
-        sweep=(5, 10, 20, 50, 100), gen_steps: int = 50, ddim_steps: int = 50, gradient_iters: int = 20,
-        seed: int = 20241127, log=print, device: str = "cpu", batch: int = 8, checkpoint=None) -> dict:
-    """The whole table; ``checkpoint(res)`` is called after each stage with what is done so far
-    (a run stopped by a time limit keeps it)."""
-    torch.set_grad_enabled(False)
-    checkpoint = checkpoint or (lambda res: None)
-    model = get_model("tiny", device)
-    keys = [make_key(model, "tiny", seed=seed + j) for j in range(3)]  # the model's default key channel
-    t0 = time.time()
-    wm = make_images(model, keys[0], list(range(n)), gen_steps)
-    clean = make_images(model, keys[0], list(range(n)), gen_steps, watermark=False)
-    log(f"generated {n} watermarked + {n} clean images in {time.time() - t0:.0f}s")
-    rng = np.random.default_rng(seed)
-    attacked = {a: ([attack(im, a, rng) for im in wm], [attack(im, a, rng) for im in clean]) for a in attacks}
-
-    def recovery(method, iters=None):
-        if iters is None:
-            iters = gradient_iters if method == "gradient" else DEFAULT_ITERS
-        return Recovery(method, iters, ddim_steps)
-
-    res: dict = {"n": n, "gen_steps": gen_steps, "ddim_steps": ddim_steps, "key_pattern": keys[0].pattern,
-                 "key_radius": keys[0].radius, "key_channel": keys[0].channel, "batch": batch,
-                 "machine": report.machine(device), "date": time.strftime("%Y-%m-%d"),
-                 "iters": {m: recovery(m).iters for m in methods}, "robustness": {}, "sweep": {},
-                 "identification": {}}
-    for method in methods:
-        res["robustness"][method] = robustness(model, attacked, keys[0], recovery(method), batch, log)
-        checkpoint(res)
-    res["sweep"] = iteration_sweep(model, attacked, keys[0], sorted(sweep), ddim_steps, batch, log)
-    checkpoint(res)
-    others = [make_images(model, keys[j], [10_000 * j + s for s in range(n)], gen_steps) for j in (1, 2)]
-    truth = [k.key_id for k in keys for _ in range(n)]
-    for method in methods:
-        _, ids, _ = p_values(model, wm + others[0] + others[1], keys, recovery(method), batch)
-        res["identification"][method] = float(np.mean([a == b for a, b in zip(ids, truth)]))
-        log(f"identification {method}: {res['identification'][method]:.3f}")
-        checkpoint(res)
-    res["verify_seconds_per_image_default"] = verify_seconds(wm, keys[0], device)
-    log(f"verify at defaults: {res['verify_seconds_per_image_default']:.2f}s per image")
-    return res
+def identify(z_T: torch.Tensor, keyring: list[Key], search: str, batch: int = 4):
+    """For each image, the index of the best key of ``keyring`` and its corrected p-value."""
+    transforms = search_grid(search)
+    best_key, p_best = [], []
+    for i in range(0, len(z_T), batch):
+        t, df = statistics(undo(z_T[i : i + batch], transforms), keyring)  # (b, T, K)
+        t_max, arg = t.max(1).values.max(1)
+        best_key += arg.tolist()
+        p_best += [corrected(float(stats.t.sf(v, df)), len(keyring), len(transforms)) for v in t_max.tolist()]
+    return np.array(best_key), np.array(p_best)
 
 
-def robustness(model, attacked: dict, key, recovery: Recovery, batch: int, log) -> dict:
-    """AUC, TPR at 1% FPR, and the decision at alpha = 0.01, per attack, for one recovery."""
-    rows = {}
-    for a, (wm, clean) in attacked.items():
-        p_wm, _, sec = p_values(model, wm, [key], recovery, batch)
-        p_clean, _, _ = p_values(model, clean, [key], recovery, batch)
-        rows[a] = {"auc": auc(p_wm, p_clean), "tpr_at_1pct_fpr": tpr_at_fpr(p_wm, p_clean),
-                   "tpr_at_alpha_0.01": float(np.mean(p_wm <= 0.01)),
-                   "fpr_at_alpha_0.01": float(np.mean(p_clean <= 0.01)), "seconds_per_image": sec,
-                   "p_wm": p_wm.tolist(), "p_clean": p_clean.tolist()}
-        log(f"{recovery.method:12s} {a:10s} AUC {rows[a]['auc']:.3f} TPR@1%FPR {rows[a]['tpr_at_1pct_fpr']:.3f} "
-            f"({sec:.2f}s/image)")
-    rows["mean_attacked_auc"] = float(np.mean([rows[a]["auc"] for a in attacked if a != "none"] or [np.nan]))
+def rows_for(p_wm: dict, p_clean: dict, attacks) -> dict:
+    """Per attack: AUC, TPR at 1% FPR, TPR and FPR at alpha; then their means over the attacks."""
+    rows = {a: {"auc": auc(p_wm[a], p_clean[a]), "tpr_at_1pct_fpr": tpr_at_fpr(p_wm[a], p_clean[a]),
+                "tpr_at_alpha": float(np.mean(p_wm[a] <= ALPHA)), "fpr_at_alpha": float(np.mean(p_clean[a] <= ALPHA)),
+                "p_wm": p_wm[a].tolist(), "p_clean": p_clean[a].tolist()} for a in attacks}
+    attacked = [a for a in attacks if a != "none"] or list(attacks)
+    for name in ("auc", "tpr_at_1pct_fpr", "tpr_at_alpha"):
+        rows[f"mean_attacked_{name}"] = float(np.mean([rows[a][name] for a in attacked]))
     return rows
 
 
-def iteration_sweep(model, attacked: dict, key, sweep: list[int], ddim_steps: int, batch: int, log) -> dict:
-    """The forward step's AUC per attack after each iteration count in ``sweep``, from one run."""
-    if not sweep:
-        return {}
-    per_attack = {a: (p_values_sweep(model, wm, key, "fixed_point", sweep, ddim_steps, batch),
-                      p_values_sweep(model, clean, key, "fixed_point", sweep, ddim_steps, batch))
-                  for a, (wm, clean) in attacked.items()}
-    out = {}
-    for iters in sweep:
-        rows = {a: {"auc": auc(wm_p[iters], clean_p[iters]), "tpr_at_1pct_fpr": tpr_at_fpr(wm_p[iters], clean_p[iters]),
-                    "tpr_at_alpha_0.01": float(np.mean(wm_p[iters] <= 0.01))}
-                for a, (wm_p, clean_p) in per_attack.items()}
-        out[str(iters)] = {"method": "fixed_point", "rows": rows, "mean_attacked_auc": float(
-            np.mean([r["auc"] for a, r in rows.items() if a != "none"] or [np.nan]))}
-        log(f"sweep fixed_point iters {iters}: mean attacked AUC {out[str(iters)]['mean_attacked_auc']:.3f}")
+def run(n: int = 100, n_keys: int = 2048, attacks=ATTACKS, recovery: Recovery = Recovery(),
+        search: str = DEFAULT_SEARCH, patterns: dict | None = None, pattern_n: int = 48, sweep_n: int = 24,
+        sweep_iters=(0, 2, 5, 10), sweep_steps=(1, 2, 5, 10, 20, 50), gen_steps: int = 50, seed: int = 20241127,
+        batch: int = 8, device: str = "cpu", verify_n: int = 32, log=print, checkpoint=None) -> dict:
+    torch.set_grad_enabled(False)
+    checkpoint = checkpoint or (lambda res: None)
+    patterns = PATTERNS if patterns is None else patterns
+    model = get_model("tiny", device)
+    keyring = make_keys(model, max(n_keys, n), seed)
+    t0 = time.time()
+    wm = make_images(model, keyring[:n], list(range(n)), gen_steps)
+    clean = make_images(model, [None] * n, list(range(n)), gen_steps)
+    log(f"generated {n} watermarked + {n} clean images in {time.time() - t0:.0f}s")
+    rng = np.random.default_rng(seed)
+    attacked = {a: ([attack(im, a, rng) for im in wm], [attack(im, a, rng) for im in clean]) for a in attacks}
+    key0 = keyring[0]
+    res: dict = {"n": n, "keys": len(keyring), "gen_steps": gen_steps, "alpha": ALPHA,
+                 "recovery": {"method": recovery.method, "iters": recovery.iters, "ddim_steps": recovery.ddim_steps},
+                 "search": search, "transforms": len(search_grid(search)),
+                 "key": {"pattern": key0.pattern, "radius": key0.radius, "channels": list(key0.channels),
+                         "latent_shape": list(key0.latent_shape)},
+                 "batch": batch, "machine": report.machine(device), "date": time.strftime("%Y-%m-%d"),
+                 "robustness": {}, "identification": {}, "patterns": {}, "sweep": {}}
+
+    # 1. robustness with and without the search, identification, foreign keys: one z_T per image
+    z_wm, z_clean, seconds = {}, {}, []
+    for a, (w, c) in attacked.items():
+        (z_wm[a], s_w), (z_clean[a], s_c) = noise(model, w, recovery, batch), noise(model, c, recovery, batch)
+        seconds.append((s_w + s_c) / 2)
+    res["recovery"]["seconds_per_image"] = float(np.mean(seconds))
+    log(f"recovered {2 * n} x {len(attacks)} images, {res['recovery']['seconds_per_image']:.2f}s per image")
+    p_wm, p_clean, foreign = {}, {}, {}
+    for label, s in ((search, search), ("none", "none")) if search != "none" else (("none", "none"),):
+        for a in attacks:
+            _, p_wm[a], foreign[a] = own_and_foreign(z_wm[a], keyring[:n], s)
+            _, p_clean[a], _ = own_and_foreign(z_clean[a], keyring[:n], s)
+        res["robustness"][f"search {label}"] = rows_for(p_wm, p_clean, attacks)
+        res["robustness"][f"search {label}"]["foreign_key_flagged"] = {a: float(np.mean(foreign[a] <= ALPHA))
+                                                                       for a in attacks}
+        row = res["robustness"][f"search {label}"]
+        log(f"search {label}: mean attacked AUC {row['mean_attacked_auc']:.3f}, TPR@1%FPR "
+            f"{row['mean_attacked_tpr_at_1pct_fpr']:.3f}; clean {row['none']['auc']:.3f} / "
+            f"{row['none']['tpr_at_1pct_fpr']:.2f}")
+    checkpoint(res)
+    t0 = time.time()
+    truth = np.arange(n)
+    for a in attacks:
+        best, p = identify(z_wm[a], keyring, search)
+        _, p_c = identify(z_clean[a], keyring, search)
+        res["identification"][a] = {"accuracy": float(np.mean(best == truth)),
+                                    "identified_at_alpha": float(np.mean((best == truth) & (p <= ALPHA))),
+                                    "wrong_key_flagged": float(np.mean((best != truth) & (p <= ALPHA))),
+                                    "clean_flagged": float(np.mean(p_c <= ALPHA))}
+        log(f"identification among {len(keyring)} keys, {a}: {res['identification'][a]}")
+    res["identification_seconds_per_image"] = (time.time() - t0) / (2 * n * len(attacks))
+    checkpoint(res)
+
+    # 2. patterns: the same seeds, each pattern's own keys, against the same clean images
+    for label, kw in patterns.items():
+        keys = make_keys(model, pattern_n, seed + 7919, **kw)
+        images = make_images(model, keys, list(range(pattern_n)), gen_steps)
+        rng = np.random.default_rng(seed + 1)
+        p_w, p_c, f = {}, {}, {}
+        for a in attacks:
+            z, _ = noise(model, [attack(im, a, rng) for im in images], recovery, batch)
+            _, p_w[a], f[a] = own_and_foreign(z, keys, search)
+            _, p_c[a], _ = own_and_foreign(z_clean[a][:pattern_n], keys, search)
+        rows = rows_for(p_w, p_c, attacks)
+        res["patterns"][label] = {"rows": rows, "key": {**kw, "radius": keys[0].radius,
+                                                        "channels": list(keys[0].channels)},
+                                  "mean_abs_cosine": mean_abs_cosine(keys),
+                                  "foreign_key_flagged": float(np.mean([np.mean(v <= ALPHA) for v in f.values()]))}
+        log(f"pattern {label}: mean attacked AUC {rows['mean_attacked_auc']:.3f}, TPR@1%FPR "
+            f"{rows['mean_attacked_tpr_at_1pct_fpr']:.3f}")
+        checkpoint(res)
+
+    # 3. the sweep: decoder iterations x DDIM steps, on the first sweep_n images per class
+    if sweep_n and sweep_iters and sweep_steps:
+        res["sweep"] = sweep(model, {a: (w[:sweep_n], c[:sweep_n]) for a, (w, c) in attacked.items()},
+                             keyring[:sweep_n], sorted(sweep_iters), sorted(sweep_steps), search, batch, log)
+        checkpoint(res)
+
+    # 4. verify through the API, as a user runs it: today's defaults against the previous ones
+    if verify_n:
+        k = verify_n
+        prev_key = make_keys(model, 1, seed, **PREVIOUS["key"])[0]
+        prev_images = make_images(model, [prev_key] * k, list(range(k)), gen_steps)
+        res["verify"] = {"images": k, "default": verify_seconds(wm[:k], keyring[0], device),
+                         "previous_default": verify_seconds(prev_images, prev_key, device,
+                                                            recovery=PREVIOUS["recovery"], search=PREVIOUS["search"])}
+        log(f"verify: {res['verify']}")
+    return res
+
+
+def mean_abs_cosine(keys: list[Key]) -> float:
+    """Mean |cos| between distinct keys of a pattern (how much of one key another shows)."""
+    from ..scheme.detection import direction
+
+    d = torch.stack([direction(k) for k in keys])
+    c = (d @ d.T).abs()
+    return float((c.sum() - c.diagonal().sum()) / (len(keys) * (len(keys) - 1)))
+
+
+def sweep(model, attacked: dict, keys: list[Key], iters_grid: list[int], steps_grid: list[int], search: str,
+          batch: int, log) -> dict:
+    """TPR and AUC per attack for each (decoder iterations, DDIM steps), and its seconds per image
+    as the sum of the parts measured in this run: the encoder, one forward-step iteration, one
+    UNet evaluation, and the test with the search."""
+    p = {(i, s): ({}, {}) for i in iters_grid for s in steps_grid}
+    t_enc, t_iter, t_unet, t_test, count = 0.0, 0.0, 0.0, 0.0, 0
+    for a, sets in attacked.items():
+        for side, images in enumerate(sets):
+            for (i, s) in p:
+                p[(i, s)][side][a] = []
+            for j in range(0, len(images), batch):
+                x = to_tensor(images[j : j + batch])
+                snaps = {}
+                t0 = time.perf_counter()
+                snaps[0] = model.encode(x)
+                t1 = time.perf_counter()
+                if max(iters_grid) > 0:
+                    def keep(info):
+                        if info["i"] + 1 in iters_grid:
+                            snaps[info["i"] + 1] = info["z"].clone()
+
+                    z, _ = latents_from_images(model, x, Recovery(DEFAULT_INVERSION, max(iters_grid)), keep)
+                    snaps[max(iters_grid)] = z
+                t2 = time.perf_counter()
+                t_enc += t1 - t0
+                t_iter += (t2 - t1 - (t1 - t0)) / max(1, max(iters_grid))
+                for s in steps_grid:
+                    t3 = time.perf_counter()
+                    z_T = noise_from_latents(model, torch.cat([snaps[i] for i in iters_grid]), Recovery(ddim_steps=s))
+                    t_unet += (time.perf_counter() - t3) / (s * len(iters_grid))
+                    for k, i in enumerate(iters_grid):
+                        t4 = time.perf_counter()
+                        own, pc, _ = own_and_foreign(z_T[k * len(x) : (k + 1) * len(x)], keys[j : j + len(x)], search)
+                        t_test += time.perf_counter() - t4
+                        p[(i, s)][side][a] += pc.tolist()
+                count += len(x)
+    per = {"encoder": t_enc / count, "iteration": t_iter / count, "unet": t_unet / count,
+           "test": t_test / (count * len(steps_grid) * len(iters_grid))}
+    out = {"seconds_per_part": per}
+    for (i, s), (wm, clean) in p.items():
+        rows = rows_for({a: np.array(v) for a, v in wm.items()}, {a: np.array(v) for a, v in clean.items()},
+                        list(wm))
+        for a in rows:
+            if isinstance(rows[a], dict):
+                rows[a].pop("p_wm"), rows[a].pop("p_clean")
+        sec = per["encoder"] + i * per["iteration"] + s * per["unet"] + per["test"]
+        out[f"{i},{s}"] = {"iters": i, "ddim_steps": s, "seconds_per_image": sec, "rows": rows}
+        log(f"sweep iters {i:3d} steps {s:3d}: {sec:.2f}s/image, clean TPR@alpha {rows['none']['tpr_at_alpha']:.2f}, "
+            f"mean attacked TPR@alpha {rows['mean_attacked_tpr_at_alpha']:.3f}, AUC {rows['mean_attacked_auc']:.3f}")
     return out
 
 
-def verify_seconds(images: list[Image.Image], key, device: str) -> float:
-    """Seconds per image of ``api.verify`` at its defaults on a folder of ``images``, as a user runs it."""
+def verify_seconds(images: list[Image.Image], key: Key, device: str, recovery: Recovery = Recovery(), search: str = DEFAULT_SEARCH) -> float:
+    """Seconds per image of ``api.verify`` on a folder of ``images``, as a user runs it."""
     with tempfile.TemporaryDirectory() as tmp:
         for i, im in enumerate(images):
             im.save(Path(tmp) / f"{i:05d}.png")
         t0 = time.perf_counter()
-        api.verify([tmp], [key], device=device)
+        api.verify([tmp], [key], recovery=recovery, search=search, device=device)
         return (time.perf_counter() - t0) / len(images)
 
 
-def main(n: int, methods: list[str], sweep: list[int], gradient_iters: int, batch: int, device: str, quick: bool,
-         outdir: Path, log) -> str:
-    """``ringmark bench detect``: run, write detect.json/.md/_roc.png into ``outdir``, return the markdown."""
-    steps = 50
+def main(n: int, n_keys: int, pattern_n: int, sweep_n: int, sweep_iters: list[int],
+         sweep_steps: list[int], search: str, batch: int, device: str, quick: bool, outdir: Path, log) -> str:
+    """``ringmark bench detect``: run, write detect.json/.md/_tpr_time.png into ``outdir``, return the markdown."""
+    steps, verify_n = 50, 32
     if quick:
-        n, steps, sweep, gradient_iters = 4, 5, [1, 2], 2
+        n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, steps, verify_n = 4, 16, 2, 2, [0, 1], [1, 2], 5, 2
     command = "ringmark bench detect " + " ".join(sys.argv[3:])
     dev = report.bench_device(device)
     out = Path(outdir)
-    res = run(n, methods, sweep=sweep, gen_steps=steps, ddim_steps=steps, gradient_iters=gradient_iters, log=log,
-              device=dev, batch=batch,
+    patterns = dict(list(PATTERNS.items())[:2]) if quick else PATTERNS
+    res = run(n, n_keys, recovery=Recovery(ddim_steps=steps) if quick else Recovery(), search=search,
+              patterns=patterns if pattern_n else {}, pattern_n=pattern_n, sweep_n=sweep_n, sweep_iters=sweep_iters,
+              sweep_steps=sweep_steps, gen_steps=steps, batch=batch, device=dev, verify_n=verify_n, log=log,
               checkpoint=lambda partial: report.write_partial({**partial, "command": command}, out, "detect"))
     res["command"] = command
-    for f in report.write(res, out, "detect", markdown, plot_roc, "detect_roc.png"):
+    for f in report.write(res, out, "detect", markdown, plot_sweep, "detect_tpr_time.png"):
         log(f"wrote {f}")
     return markdown(res)
 
 
-def paired_vs_encoder(res: dict) -> dict:
-    """Per method and attack, the same watermarked images scored after this method and after the
-    encoder alone: the share where this method's p-value is smaller, and the two-sided Wilcoxon
-    signed-rank p of the paired -log p (scipy) - whether a refinement beats the encoder it starts from."""
-    base = res["robustness"].get("encoder")
-    out: dict = {}
-    for method, rows in res["robustness"].items():
-        if base is None or method == "encoder":
-            continue
-        out[method] = {}
-        for a, row in rows.items():
-            if not isinstance(row, dict):
-                continue
-            s_m, s_e = -np.log(np.maximum(row["p_wm"], 1e-300)), -np.log(np.maximum(base[a]["p_wm"], 1e-300))
-            differs = s_m != s_e
-            out[method][a] = {"share_smaller_p": float(np.mean(s_m > s_e)),
-                              "wilcoxon_p": float(stats.wilcoxon(s_m, s_e).pvalue) if differs.sum() > 1 else 1.0}
-    return out
-
-
-def label(res: dict, method: str) -> str:
-    return method if method == "encoder" else f"{method} ({res['iters'][method]} it.)"
+def _cell(row: dict) -> str:
+    return f"{row['auc']:.3f} / {row['tpr_at_1pct_fpr']:.2f}"
 
 
 def markdown(res: dict) -> str:
-    attacks = [a for a in ATTACKS if a in next(iter(res["robustness"].values()))]
-    lines = [f"N = {res['n']} watermarked + {res['n']} clean, generation {res['gen_steps']} DDIM steps, "
-             f"inversion {res['ddim_steps']} DDIM steps; key {res['key_pattern']} r={res['key_radius']} "
-             f"channel {res['key_channel']}; "
-             f"{res['machine']}; {res['date']}", "",
-             "| method | " + " | ".join(attacks) + " | mean attacked | s/image | 3-key accuracy |",
-             "|---" * (len(attacks) + 4) + "|"]
-    for method, rows in res["robustness"].items():
-        cells = [f"{rows[a]['auc']:.3f} / {rows[a]['tpr_at_1pct_fpr']:.2f}" for a in attacks]
-        lines.append(f"| {label(res, method)} | " + " | ".join(cells)
-                     + f" | {rows['mean_attacked_auc']:.3f} | {rows['none']['seconds_per_image']:.2f} | "
-                     + f"{res['identification'].get(method, float('nan')):.3f} |")
-    lines += ["", "Cells: AUC / TPR at 1% FPR (empirical threshold from the clean images).", ""]
-    paired = paired_vs_encoder(res)
-    if paired:
-        lines += ["| against the encoder alone | " + " | ".join(attacks) + " |", "|---" * (len(attacks) + 1) + "|"]
-        for method, rows in paired.items():
-            cells = [f"{rows[a]['share_smaller_p']:.2f} ({rows[a]['wilcoxon_p']:.1g})" for a in attacks]
-            lines.append(f"| {label(res, method)} | " + " | ".join(cells) + " |")
-        lines += ["", "Paired cells: share of the watermarked images whose p-value is smaller after this method "
-                  "than after the encoder alone (Wilcoxon signed-rank p of the paired -log p).", ""]
+    attacks = [a for a in ATTACKS if a in res["identification"]]
+    key, rec = res["key"], res["recovery"]
+    lines = [f"N = {res['n']} watermarked (image i carries key i of a {res['keys']}-key keyring) + {res['n']} clean; "
+             f"generation {res['gen_steps']} DDIM steps; key {key['pattern']} r={key['radius']} channels "
+             f"{key['channels']} on a {key['latent_shape']} latent; recovery {rec['method']} {rec['iters']} it. + "
+             f"{rec['ddim_steps']} DDIM steps ({rec.get('seconds_per_image', float('nan')):.2f} s/image); "
+             f"search '{res['search']}' ({res['transforms']} transforms); {res['machine']}; {res['date']}", "",
+             "| test | " + " | ".join(attacks) + " | mean attacked | foreign key flagged |",
+             "|---" * (len(attacks) + 3) + "|"]
+    for label, rows in res["robustness"].items():
+        foreign = np.mean(list(rows["foreign_key_flagged"].values()))
+        lines.append(f"| {label} | " + " | ".join(_cell(rows[a]) for a in attacks)
+                     + f" | {rows['mean_attacked_auc']:.3f} / {rows['mean_attacked_tpr_at_1pct_fpr']:.2f} | "
+                     f"{foreign:.3f} |")
+    lines += ["", "Cells: AUC / TPR at 1% FPR (empirical threshold from the clean images). Foreign key flagged: "
+              "share of the watermarked images (all conditions) whose p-value for another key of the keyring, "
+              f"tested alone, is <= {res['alpha']}.", ""]
+    if res["identification"]:
+        lines += [f"| among {res['keys']} keys | " + " | ".join(attacks) + " | mean attacked |",
+                  "|---" * (len(attacks) + 2) + "|"]
+        for field, name in (("accuracy", "best key is the right one"), ("identified_at_alpha", "... and p <= alpha"),
+                            ("wrong_key_flagged", "a wrong key flagged"), ("clean_flagged", "clean image flagged")):
+            vals = [res["identification"][a][field] for a in attacks]
+            lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals)
+                         + f" | {np.mean(vals[1:] or vals):.3f} |")
+        lines += ["", f"p-values corrected for {res['keys']} keys x {res['transforms']} transforms; alpha = "
+                  f"{res['alpha']}. Scoring {res['identification_seconds_per_image'] * 1000:.0f} ms per image.", ""]
+    if res["patterns"]:
+        lines += ["| pattern | " + " | ".join(attacks) + " | mean attacked | mean cos | foreign key flagged |",
+                  "|---" * (len(attacks) + 4) + "|"]
+        for label, p in res["patterns"].items():
+            rows = p["rows"]
+            lines.append(f"| {label} | " + " | ".join(_cell(rows[a]) for a in attacks)
+                         + f" | {rows['mean_attacked_auc']:.3f} / {rows['mean_attacked_tpr_at_1pct_fpr']:.2f} | "
+                         f"{p['mean_abs_cosine']:.3f} | {p['foreign_key_flagged']:.3f} |")
+        n_p = len(next(iter(res["patterns"].values()))["rows"]["none"]["p_wm"])
+        lines += ["", f"Patterns: {n_p} watermarked images each against the first {n_p} clean ones, same recovery "
+                  "and search. Mean cos: mean |cos| between two keys of the pattern.", ""]
     if res["sweep"]:
-        lines += ["| iterations | " + " | ".join(attacks) + " | mean attacked |", "|---" * (len(attacks) + 2) + "|"]
-        for iters, row in res["sweep"].items():
-            cells = [f"{row['rows'][a]['auc']:.3f} / {row['rows'][a]['tpr_at_alpha_0.01']:.2f}" for a in attacks]
-            lines.append(f"| {row['method']} {iters} | " + " | ".join(cells) + f" | {row['mean_attacked_auc']:.3f} |")
-        lines += ["", "Sweep cells: AUC / TPR at p <= 0.01 (the decision at the default alpha)."]
-    lines += ["", f"verify at its defaults, a folder of {res['n']} images: "
-              f"{res['verify_seconds_per_image_default']:.2f} s per image"]
+        per = res["sweep"]["seconds_per_part"]
+        lines += ["| decoder it. | DDIM steps | s/image | clean TPR@alpha | mean attacked TPR@alpha | "
+                  "mean attacked AUC | on the front |", "|---" * 7 + "|"]
+        points = [v for k, v in res["sweep"].items() if k != "seconds_per_part"]
+        front = pareto(points)
+        for v in sorted(points, key=lambda v: v["seconds_per_image"]):
+            r = v["rows"]
+            lines.append(f"| {v['iters']} | {v['ddim_steps']} | {v['seconds_per_image']:.2f} | "
+                         f"{r['none']['tpr_at_alpha']:.2f} | {r['mean_attacked_tpr_at_alpha']:.3f} | "
+                         f"{r['mean_attacked_auc']:.3f} | {'yes' if id(v) in front else ''} |")
+        lines += ["", "Sweep: TPR at p <= alpha (the p-values are calibrated, so alpha is the false-positive "
+                  "rate); seconds per image are the sum of the parts measured in the run: encoder "
+                  f"{per['encoder'] * 1000:.0f} ms, one forward-step iteration {per['iteration'] * 1000:.0f} ms, one "
+                  f"UNet evaluation {per['unet'] * 1000:.0f} ms, the test with the search {per['test'] * 1000:.0f} ms.",
+                  ""]
+    if "verify" in res:
+        v = res["verify"]
+        lines += [f"`api.verify` on a folder of {v['images']} images: today's defaults {v['default']:.2f} s/image, "
+                  f"the previous defaults (ring key, forward step 10 it., 50 DDIM steps, no search) "
+                  f"{v['previous_default']:.2f} s/image: {v['default'] / v['previous_default']:.2f}x."]
     return "\n".join(lines) + "\n"
 
 
-def plot_roc(res: dict, path: Path) -> bool:
+def pareto(points: list[dict]) -> set[int]:
+    """ids of the points no other point beats on both time and mean attacked TPR at alpha."""
+    def tpr(v):
+        return v["rows"]["mean_attacked_tpr_at_alpha"]
+
+    return {id(v) for v in points if not any(
+        (w["seconds_per_image"] <= v["seconds_per_image"] and tpr(w) > tpr(v)) or
+        (w["seconds_per_image"] < v["seconds_per_image"] and tpr(w) >= tpr(v)) for w in points)}
+
+
+def plot_sweep(res: dict, path: Path) -> bool:
     plt = report.pyplot()
-    if plt is None:
+    if plt is None or not res["sweep"]:
         return False
-    methods = list(res["robustness"])
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 4), squeeze=False)
-    for ax, method in zip(axes[0], methods):
-        for a, row in res["robustness"][method].items():
-            if not isinstance(row, dict):
-                continue
-            s_wm = -np.log(np.maximum(row["p_wm"], 1e-300))
-            s_clean = -np.log(np.maximum(row["p_clean"], 1e-300))
-            thresholds = np.sort(np.concatenate([s_wm, s_clean, [np.inf]]))[::-1]
-            tpr = [np.mean(s_wm >= t) for t in thresholds]
-            fpr = [np.mean(s_clean >= t) for t in thresholds]
-            ax.plot(fpr, tpr, label=f"{a} ({row['auc']:.3f})")
-        ax.set(title=label(res, method), xlabel="FPR", ylabel="TPR", xscale="symlog",
-               xlim=(0, 1))
-        ax.legend(fontsize=7)
+    points = [v for k, v in res["sweep"].items() if k != "seconds_per_part"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i in sorted({v["iters"] for v in points}):
+        row = sorted((v for v in points if v["iters"] == i), key=lambda v: v["ddim_steps"])
+        ax.plot([v["seconds_per_image"] for v in row], [v["rows"]["mean_attacked_tpr_at_alpha"] for v in row],
+                marker="o", label=f"{i} decoder it.")
+        for v in row:
+            ax.annotate(str(v["ddim_steps"]), (v["seconds_per_image"], v["rows"]["mean_attacked_tpr_at_alpha"]),
+                        fontsize=7)
+    ax.set(xlabel="seconds per image (sum of measured parts)", ylabel=f"mean attacked TPR at p <= {res['alpha']}",
+           xscale="log", title="verify time vs detection (labels: DDIM steps)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True

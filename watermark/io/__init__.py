@@ -1,1 +1,1 @@
-"""Files: images (``images``) and key files (``keyfile``)."""
+"""Files: images (``images``), key files (``keyfile``) and keyrings (``keyring``)."""

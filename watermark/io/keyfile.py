@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..scheme.keys import FORMAT, VERSION, Key, KeyFileError, validate
+from ..scheme.keys import FORMAT, VERSIONS, Key, KeyFileError, validate
 
 
 def check_writable(path: str | os.PathLike, force: bool = False) -> None:
@@ -24,9 +24,13 @@ def check_writable(path: str | os.PathLike, force: bool = False) -> None:
 
 def save_key(key: Key, path: str | os.PathLike, force: bool = False) -> None:
     """Write atomically, mode 0600; an existing file is replaced only with ``force``."""
+    write_secret({"format": FORMAT, **key._fields(), "key_id": key.key_id}, path, force)
+
+
+def write_secret(doc: dict, path: str | os.PathLike, force: bool = False) -> None:
+    """Write ``doc`` as JSON atomically, mode 0600; an existing file is replaced only with ``force``."""
     path = Path(path)
     check_writable(path, force)
-    doc = {"format": FORMAT, **key._fields(), "key_id": key.key_id}
     try:
         fd, tmp = tempfile.mkstemp(prefix=".ringmark-key-", dir=path.parent)
     except OSError as e:
@@ -52,41 +56,55 @@ def save_key(key: Key, path: str | os.PathLike, force: bool = False) -> None:
         raise KeyFileError(f"{path}: cannot write key ({e.strerror})") from None
 
 
-FIELDS = {"format": str, "version": int, "pattern": str, "radius": int, "channel": int, "seed": int, "model": str,
+COMMON = {"format": str, "version": int, "pattern": str, "radius": int, "seed": int, "model": str,
           "latent_shape": list, "key_id": str}
+FIELDS = {2: {**COMMON, "channel": int}, 3: {**COMMON, "channels": list}}
+
+
+def read_json(path: Path, what: str = "key") -> object:
+    """The JSON in ``path``, or a one-line KeyFileError."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise KeyFileError(f"{path}: no such {what} file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise KeyFileError(f"{path}: cannot read {what} ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise KeyFileError(f"{path}: not a {what} file (not JSON)") from None
 
 
 def load_key(path: str | os.PathLike) -> Key:
     """Read and validate a key file; a tampered, foreign or malformed file is refused."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: no such key file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise KeyFileError(f"{path}: cannot read key ({getattr(e, 'strerror', None) or e})") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError:
-        raise KeyFileError(f"{path}: not a key file (not JSON)") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise KeyFileError(f"{path}: not a ringmark key file")
-    if doc.get("version") != VERSION:
-        raise KeyFileError(f"{path}: key format version {doc.get('version')!r} is not supported (expected {VERSION})")
-    if set(doc) != set(FIELDS):
-        extra, missing = sorted(set(doc) - set(FIELDS)), sorted(set(FIELDS) - set(doc))
-        raise KeyFileError(f"{path}: bad key fields (unexpected {extra}, missing {missing})")
-    for name, kind in FIELDS.items():
-        if not isinstance(doc[name], kind) or isinstance(doc[name], bool):
-            raise KeyFileError(f"{path}: field {name!r} must be {kind.__name__}")
-    shape = doc["latent_shape"]
-    if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
-        raise KeyFileError(f"{path}: field 'latent_shape' must be three positive integers")
-    key = Key(doc["pattern"], doc["radius"], doc["channel"], doc["seed"], doc["model"], tuple(shape), doc["version"])
-    try:
-        validate(key)
+        return key_from_doc(read_json(path))
     except KeyFileError as e:
         raise KeyFileError(f"{path}: {e}") from None
+
+
+def key_from_doc(doc: object) -> Key:
+    """A key from its JSON fields (version 2 or 3), validated; KeyFileError says what is wrong."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise KeyFileError("not a ringmark key file")
+    if doc.get("version") not in VERSIONS:
+        raise KeyFileError(f"key format version {doc.get('version')!r} is not supported (expected one of {VERSIONS})")
+    fields = FIELDS[doc["version"]]
+    if set(doc) != set(fields):
+        extra, missing = sorted(set(doc) - set(fields)), sorted(set(fields) - set(doc))
+        raise KeyFileError(f"bad key fields (unexpected {extra}, missing {missing})")
+    for name, kind in fields.items():
+        if not isinstance(doc[name], kind) or isinstance(doc[name], bool):
+            raise KeyFileError(f"field {name!r} must be {kind.__name__}")
+    shape = doc["latent_shape"]
+    if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+        raise KeyFileError("field 'latent_shape' must be three positive integers")
+    channels = [doc["channel"]] if doc["version"] == 2 else doc["channels"]
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in channels):
+        raise KeyFileError("field 'channels' must be integers")
+    key = Key(doc["pattern"], doc["radius"], tuple(channels), doc["seed"], doc["model"], tuple(shape), doc["version"])
+    validate(key)
     if key.key_id != doc["key_id"]:
-        raise KeyFileError(f"{path}: key_id does not match the key's contents (file altered?)")
+        raise KeyFileError("key_id does not match the key's contents (file altered?)")
     return key

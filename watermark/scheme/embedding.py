@@ -25,6 +25,20 @@ def centred_spectrum(z: torch.Tensor) -> torch.Tensor:
     return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(z.double(), dim=dims), norm="ortho"), dim=dims)
 
 
+def centred_window(z: torch.Tensor, radius: int) -> torch.Tensor:
+    """``centred_spectrum(z)`` on the frequencies -radius..radius of each axis only, (..., 2r+1, 2r+1)
+    complex64: two small DFT matrices instead of the whole FFT, which is what the test reads
+    (``torch.fft`` has no pruned transform)."""
+    h, w = z.shape[-2:]
+
+    def dft(n: int) -> torch.Tensor:
+        f = torch.arange(-radius, radius + 1, dtype=torch.float64)[:, None]
+        m = torch.arange(n, dtype=torch.float64)[None, :] - n // 2  # the spatial origin at the centre
+        return (torch.polar(torch.ones(()).double(), -2 * torch.pi * f * m / n) / n**0.5).to(torch.complex64)
+
+    return dft(h) @ z.to(torch.complex64) @ dft(w).T
+
+
 def real_signal(spectrum: torch.Tensor) -> torch.Tensor:
     """The inverse of ``centred_spectrum`` for a Hermitian spectrum (float64)."""
     dims = (-2, -1)
@@ -32,18 +46,19 @@ def real_signal(spectrum: torch.Tensor) -> torch.Tensor:
 
 
 def inject(z_T: torch.Tensor, key: Key) -> torch.Tensor:
-    """Replace the key's channel spectrum inside its mask by the key's values.
+    """Replace the spectrum of the key's channels inside its mask by the key's values.
 
     The values are Hermitian-consistent, so the inverse transform is real to rounding and
     taking ``.real`` loses nothing; an orthonormal FFT keeps z_T's N(0, I) statistics.
     """
     if tuple(z_T.shape[1:]) != tuple(key.latent_shape):
         raise ValueError(f"noise shape {tuple(z_T.shape[1:])} does not fit the key's {key.latent_shape}")
-    mask, values = key.mask(), key.pattern_values()
-    spectrum = centred_spectrum(z_T[:, key.channel])
+    channels = list(key.channels)
+    mask, values = key.mask()[channels], key.pattern_values()[channels]
+    spectrum = centred_spectrum(z_T[:, channels])
     spectrum[:, mask] = values[mask]
     z = z_T.clone()
-    z[:, key.channel] = real_signal(spectrum).to(z.dtype)
+    z[:, channels] = real_signal(spectrum).to(z.dtype)
     return z
 
 

@@ -1,7 +1,12 @@
-"""Watermark keys: a Tree-Ring pattern in the centred Fourier transform of one latent channel.
+"""Watermark keys: a pattern in the centred Fourier transform of one or more latent channels.
 
 A key is its secret seed plus the geometry the pattern is rebuilt from (pattern, radius,
-channel, latent shape); key files are ``watermark.io.keyfile``'s business.
+channels, latent shape); key files and keyrings are ``watermark.io``'s business.
+
+Patterns (``make_pattern``): ``rand``, Hermitian-symmetric complex Gaussian values on every bin
+of the mask (the default, on every channel: the most degrees of freedom, so the most distinct
+keys); ``ring``, Tree-Ring's one real Gaussian value per ring (rotation-invariant, few
+values); ``ringid``, RingID's discretised rings (+-1 per ring); ``zeros``.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import numpy as np
 import torch
 
 FORMAT = "ringmark-key"
-VERSION = 2  # 2: centred spatial origin, the frequency axes left out of the mask, key energy fixed
-PATTERNS = ("ring", "rand", "zeros")
-Pattern = Literal["ring", "rand", "zeros"]
+VERSION = 3  # 3: several channels; 2: centred spatial origin, no axis bins, key energy fixed
+VERSIONS = (2, 3)  # readable; a version-2 key is a version-3 key on one channel
+PATTERNS = ("rand", "ring", "ringid", "zeros")
+Pattern = Literal["rand", "ring", "ringid", "zeros"]
+DEFAULT_PATTERN = "rand"  # chosen by `ringmark bench detect --patterns` (BENCHMARKS.md)
 
 
 class KeyFileError(Exception):
@@ -29,7 +36,7 @@ class KeyFileError(Exception):
 class Key:
     pattern: str
     radius: int
-    channel: int
+    channels: tuple[int, ...]
     seed: int  # secret: the pattern's values follow from it
     model: str
     latent_shape: tuple[int, int, int]
@@ -44,26 +51,41 @@ class Key:
     def _fields(self) -> dict:
         d = asdict(self)
         d["latent_shape"] = list(self.latent_shape)
+        d["channels"] = list(self.channels)
+        if self.version == 2:  # its file and its key_id name one channel
+            d["channel"] = d.pop("channels")[0]
         return d
 
     def __repr__(self) -> str:  # never show the seed
-        return (f"Key(id={self.key_id}, pattern={self.pattern!r}, radius={self.radius}, channel={self.channel}, "
-                f"model={self.model!r}, latent_shape={self.latent_shape})")
+        return (f"Key(id={self.key_id}, pattern={self.pattern!r}, radius={self.radius}, "
+                f"channels={list(self.channels)}, model={self.model!r}, latent_shape={self.latent_shape})")
 
     __str__ = __repr__
 
     def mask(self) -> torch.Tensor:
-        """The bins the key is written to and tested on (see ``key_mask``)."""
-        return key_mask(self.latent_shape[1:], self.radius)
+        """(C, H, W): the bins the key is written to and tested on (``key_mask`` on its channels)."""
+        c, h, w = self.latent_shape
+        on = torch.tensor([ch in self.channels for ch in range(c)])[:, None, None]
+        return on & key_mask((h, w), self.radius)
 
     def pattern_values(self) -> torch.Tensor:
-        """The key's complex values on the centred spectrum (zero outside the mask)."""
-        return make_pattern(self.pattern, self.latent_shape[1:], self.radius, self.seed)
+        """(C, H, W): the key's complex values on the centred spectrum (zero outside the mask)."""
+        c, h, w = self.latent_shape
+        values = torch.zeros(self.latent_shape, dtype=torch.complex128)
+        rng = np.random.default_rng(self.seed)  # one stream, channel after channel
+        for ch in self.channels:
+            values[ch] = make_pattern(self.pattern, (h, w), self.radius, rng)
+        mask = self.mask()
+        if self.pattern != "zeros":  # mean |F|^2 over the whole mask 1, as the noise it replaces
+            values = values * (mask.sum() / values.abs().pow(2).sum()).sqrt()
+        return values
 
 
-def default_radius(latent_side: int) -> int:
-    """Tree-Ring's radius 10 on SD's 64x64 latents, as the same fraction of the latent side."""
-    return max(2, round(10 * latent_side / 64))
+def default_radius(latent_side: int, pattern: str = "ring") -> int:
+    """Tree-Ring's radius 10 on SD's 64x64 latents for its ``ring`` and ``zeros``; 14 for ``rand``
+    and ``ringid``, which gain from the room (``ringmark bench detect --patterns``): as the same
+    fraction of the latent side."""
+    return max(2, round((10 if pattern in ("ring", "zeros") else 14) * latent_side / 64))
 
 
 def _frequencies(hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,29 +134,30 @@ def independent_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return first, self_conj
 
 
-def make_pattern(pattern: str, hw: tuple[int, int], radius: int, seed: int) -> torch.Tensor:
-    """Hermitian-consistent key values on ``key_mask``, with the energy of the noise they replace.
+def make_pattern(pattern: str, hw: tuple[int, int], radius: int, rng: np.random.Generator) -> torch.Tensor:
+    """Hermitian-consistent key values on ``key_mask`` of one channel, drawn from ``rng``.
 
     Tree-Ring writes one complex constant per ring and keeps ``.real`` of the inverse
     transform, losing the imaginary part; here the values are Hermitian from the start, so
     the watermarked latent is exactly real and re-transforms to exactly these values:
     ``ring`` puts one real value on each ring (a constant on a conjugate-symmetric ring must
-    be real), drawn N(0, 1) as in Tree-Ring; ``rand`` a complex N(0, 1) value on each bin
-    (its partner gets the conjugate); ``zeros`` zeros. ``ring`` and ``rand`` values are then
-    scaled so that their mean |F|^2 over the mask is 1, that of the orthonormal FFT of
-    N(0, I) noise: every key is as strong as any other (with raw N(0, 1) ring values, a
+    be real), drawn N(0, 1) as in Tree-Ring; ``ringid`` one of +-1 per ring, RingID's
+    discretised rings (Ci et al., ECCV 2024), which keeps every ring strong; ``rand`` a complex
+    N(0, 1) value on each bin (its partner gets the conjugate); ``zeros`` zeros. ``Key`` then
+    scales the values so that their mean |F|^2 over the mask is 1, that of the orthonormal FFT
+    of N(0, I) noise: every key is as strong as any other (with raw N(0, 1) ring values, a
     key whose outer rings drew small values was several times weaker than the median).
     """
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
     mask = key_mask(hw, radius)
-    rng = np.random.default_rng(seed)
     values = torch.zeros(hw, dtype=torch.complex128)
     if pattern == "zeros":
         return values
-    if pattern == "ring":
+    if pattern in ("ring", "ringid"):
         fy, fx = _frequencies(hw)
-        ring_values = torch.from_numpy(rng.standard_normal(radius + 1))
+        draw = rng.standard_normal(radius + 1) if pattern == "ring" else rng.choice([-1.0, 1.0], radius + 1)
+        ring_values = torch.from_numpy(draw)
         # bin f belongs to the smallest ring i with |f| <= i, as Tree-Ring's nested disks
         ring = torch.ceil((fx**2 + fy**2).double().sqrt() - 1e-9).long().clamp(max=radius)
         values[mask] = ring_values[ring[mask]].to(torch.complex128)
@@ -145,16 +168,17 @@ def make_pattern(pattern: str, hw: tuple[int, int], radius: int, seed: int) -> t
         cy, cx = conjugate_index(hw)
         partners = mask & ~first
         values[partners] = values[cy][:, cx].conj()[partners]  # F(-f) = conj F(f)
-    return values * (mask.sum() / values.abs().pow(2).sum()).sqrt()
+    return values
 
 
-def new_key(model: str, latent_shape: tuple[int, int, int], pattern: Pattern = "ring", radius: int | None = None,
-            channel: int | None = None, seed: int | None = None) -> Key:
-    """A fresh key; ``seed`` is drawn from ``secrets`` (128 bits) when not given."""
+def new_key(model: str, latent_shape: tuple[int, int, int], pattern: Pattern = DEFAULT_PATTERN,
+            radius: int | None = None, channels: tuple[int, ...] | None = None, seed: int | None = None) -> Key:
+    """A fresh key on ``channels`` (default: all); ``seed`` is drawn from ``secrets`` (128 bits)
+    when not given."""
     c, h, w = latent_shape
-    radius = default_radius(min(h, w)) if radius is None else radius
-    channel = c - 1 if channel is None else channel
-    key = Key(pattern, radius, channel, secrets.randbits(128) if seed is None else seed, model,
+    radius = default_radius(min(h, w), pattern) if radius is None else radius
+    channels = tuple(range(c)) if channels is None else tuple(sorted(channels))
+    key = Key(pattern, radius, channels, secrets.randbits(128) if seed is None else seed, model,
               tuple(latent_shape))
     validate(key)
     return key
@@ -164,8 +188,13 @@ def validate(key: Key) -> None:
     c, h, w = key.latent_shape
     if key.pattern not in PATTERNS:
         raise KeyFileError(f"pattern must be one of {PATTERNS}, got {key.pattern!r}")
-    if not 0 <= key.channel < c:
-        raise KeyFileError(f"channel must be in [0, {c}), got {key.channel}")
+    if key.version not in VERSIONS:
+        raise KeyFileError(f"key format version {key.version!r} is not supported (expected one of {VERSIONS})")
+    channels = list(key.channels)
+    if not channels or channels != sorted(set(channels)) or not all(0 <= ch < c for ch in channels):
+        raise KeyFileError(f"channels must be distinct, ascending and in [0, {c}), got {channels}")
+    if key.version == 2 and len(channels) != 1:
+        raise KeyFileError("a version-2 key has one channel")
     if not 2 <= key.radius < min(h, w) // 2:  # radius 1 holds only axis bins
         raise KeyFileError(f"radius must be in [2, {min(h, w) // 2}) for a {h}x{w} latent, got {key.radius}")
     if not 0 <= key.seed < 2**256:

@@ -349,7 +349,7 @@ def choose_key_channel(out: Path, n: int, device: str, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     per_channel = {}
     for c in range(model.latent_channels):
-        key = new_key(str(out), shape, channel=c, seed=seed + c)
+        key = new_key(str(out), shape, pattern="ring", channels=(c,), seed=seed + c)
         wm = make_images(model, key, list(range(n)), 50)
         clean = make_images(model, key, list(range(n)), 50, watermark=False)
         aucs, tprs = {}, {}

@@ -1,0 +1,59 @@
+"""The geometric search (scheme.geometry): it finds a known rotation or crop of a watermarked
+latent, and the p-value corrected for the search stays calibrated under the null."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+
+from watermark.scheme.detection import match_keys
+from watermark.scheme.embedding import watermarked_latents
+from watermark.scheme.geometry import IDENTITY, SEARCHES, search_grid, undo
+from watermark.scheme.keys import new_key
+
+
+def _pil(z: torch.Tensor, edit) -> torch.Tensor:
+    """Apply a PIL edit to each channel of one latent (1, C, H, W), in float."""
+    return torch.stack([torch.from_numpy(np.array(edit(Image.fromarray(c.numpy().astype(np.float32), mode="F"))))
+                        for c in z[0]])[None]
+
+
+@pytest.mark.parametrize("edit, found", [
+    (lambda im: im.rotate(75, resample=Image.Resampling.BILINEAR), "rotation 75"),
+    (lambda im: im.rotate(-30, resample=Image.Resampling.BILINEAR), "rotation 330"),
+    # the width cropped to 24 of 32 px from x = 6 (centre +2 px = +0.125 of the half-width), resized back
+    (lambda im: im.crop((6, 0, 30, 32)).resize((32, 32), Image.Resampling.BILINEAR), "crop x 0.75 +0.125"),
+    (lambda im: im.crop((0, 2, 32, 26)).resize((32, 32), Image.Resampling.BILINEAR), "crop y 0.75 -0.125"),
+    (lambda im: im.crop((4, 4, 28, 28)).resize((32, 32), Image.Resampling.BILINEAR), "crop xy 0.75 +0 +0"),
+])
+def test_the_search_finds_a_known_rotation_or_crop(edit, found):
+    key = new_key("tiny", (4, 32, 32), seed=5)
+    z = _pil(watermarked_latents(key, seeds=[1]), edit)
+    plain = match_keys(z, [key])[0]
+    best = match_keys(z, [key], search_grid("all"))[0]
+    assert best.transform == found and best.transforms_tested == len(search_grid("all"))
+    assert best.p_value < 1e-20 < plain.p_value  # what the search recovers, the plain test does not
+
+
+def test_grid_and_undo():
+    assert [len(search_grid(s)) for s in SEARCHES] == [1, 72, 136, 207]
+    assert all(search_grid(s)[0] == IDENTITY for s in SEARCHES)
+    z = torch.randn(2, 4, 32, 32)
+    out = undo(z, search_grid("rotation")[:3])
+    assert out.shape == (2, 3, 4, 32, 32) and torch.equal(out[:, 0], z)
+    with pytest.raises(ValueError, match="search must be one of"):
+        search_grid("zoom")
+
+
+@pytest.mark.parametrize("pattern", ["rand", "ring", "ringid"])
+@pytest.mark.parametrize("alpha", [0.05, 0.01])
+def test_the_search_keeps_the_p_value_calibrated(pattern, alpha):
+    """N(0, I) noise without the key, with all 207 transforms: Bonferroni over the transforms may
+    be conservative, never liberal, so P(p <= alpha) must not exceed alpha (one-sided binomial)."""
+    key = new_key("tiny", (4, 32, 32), pattern=pattern, seed=20241128)
+    z = watermarked_latents(key, seeds=range(30_000, 30_400), watermark=False)
+    grid = search_grid("all")
+    p = np.array([m.p_value for i in range(0, len(z), 50) for m in match_keys(z[i : i + 50], [key], grid)])
+    k = int((p <= alpha).sum())
+    assert stats.binomtest(k, len(p), alpha, alternative="greater").pvalue > 0.01, (k, len(p))

@@ -1,0 +1,86 @@
+"""The geometric search: a crop-and-resize scales and shifts the latent grid, a rotation rotates
+it. Before the test, candidate transforms of the recovered z_T undo them; the test keeps the
+best and its p-value is corrected for the number of candidates (``detection.match_keys``).
+
+A transform is an affine map of normalised coordinates in [-1, 1] (``torch.nn.functional.
+affine_grid``'s convention): the undone latent at p is the recovered latent at A [p, 1],
+bilinear, zero outside. Rotation by theta undoes an image rotated by theta about its centre
+(counter-clockwise, as ``PIL.Image.rotate``); ``crop`` undoes a crop of a share ``a`` of one or
+both sides at offset ``b``, resized back to full size: the image at u showed the original at
+a u + b.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SEARCHES = ("none", "rotation", "crop", "all")
+DEFAULT_SEARCH = "all"  # `ringmark bench detect` (BENCHMARKS.md): what it costs and what it recovers
+ROTATION_STEP = 5.0  # degrees: half a step off, a bin at radius 7 moves 0.3 bins
+CROP_SCALES = (0.9, 0.85, 0.8, 0.75, 0.7)  # share of the side kept
+SHIFT_STEP = 1 / 16  # of the half-side: one latent pixel on a 32x32 latent
+
+
+@dataclass(frozen=True)
+class Transform:
+    name: str  # "identity", "rotation 75", "crop x 0.75 -0.125", "crop xy 0.8 +0.125 -0.25"
+    matrix: tuple[tuple[float, float, float], tuple[float, float, float]]
+
+
+IDENTITY = Transform("identity", ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)))
+
+
+def rotation(degrees: float) -> Transform:
+    # image rows grow downwards, so a counter-clockwise turn on screen is clockwise in (x, y)
+    t = math.radians(degrees)
+    return Transform(f"rotation {degrees:g}", ((math.cos(t), math.sin(t), 0.0), (-math.sin(t), math.cos(t), 0.0)))
+
+
+def crop(scale: float, bx: float | None, by: float | None) -> Transform:
+    """Undo a crop of ``scale`` of the width (``bx`` given) and/or height (``by`` given)."""
+    sx, tx = (1 / scale, -bx / scale) if bx is not None else (1.0, 0.0)
+    sy, ty = (1 / scale, -by / scale) if by is not None else (1.0, 0.0)
+    axes = "x" * (bx is not None) + "y" * (by is not None)
+    offsets = " ".join(f"{b:+.3g}" for b in (bx, by) if b is not None)
+    return Transform(f"crop {axes} {scale:g} {offsets}", ((sx, 0.0, tx), (0.0, sy, ty)))
+
+
+def _offsets(scale: float, step: float) -> list[float]:
+    n = int(np.floor((1 - scale) / step + 1e-9))
+    return [k * step for k in range(-n, n + 1)]
+
+
+def search_grid(search: str = DEFAULT_SEARCH, rotation_step: float = ROTATION_STEP,
+                scales: tuple[float, ...] = CROP_SCALES, shift_step: float = SHIFT_STEP) -> list[Transform]:
+    """The candidates, identity first: ``rotation``, every ``rotation_step`` degrees round the
+    circle; ``crop``, each scale on the width alone and the height alone (offsets every
+    ``shift_step``) and on both (offsets every 2 ``shift_step``); ``all``, both sets."""
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    grid = [IDENTITY]
+    if search in ("rotation", "all"):
+        grid += [rotation(d) for d in np.arange(rotation_step, 360 - 1e-9, rotation_step)]
+    if search in ("crop", "all"):
+        for a in scales:
+            grid += [crop(a, b, None) for b in _offsets(a, shift_step)]
+            grid += [crop(a, None, b) for b in _offsets(a, shift_step)]
+            grid += [crop(a, bx, by) for bx in _offsets(a, 2 * shift_step) for by in _offsets(a, 2 * shift_step)]
+    return grid
+
+
+def undo(z: torch.Tensor, transforms: list[Transform]) -> torch.Tensor:
+    """(B, C, H, W) -> (B, T, C, H, W): ``z`` under each transform (the identity is exact)."""
+    b, c, h, w = z.shape
+    theta = torch.tensor([t.matrix for t in transforms], dtype=z.dtype)
+    grid = F.affine_grid(theta, [len(transforms), c, h, w], align_corners=False)
+    out = F.grid_sample(z.repeat_interleave(len(transforms), 0), grid.repeat(b, 1, 1, 1), mode="bilinear",
+                        padding_mode="zeros", align_corners=False).view(b, len(transforms), c, h, w)
+    for i, t in enumerate(transforms):
+        if t == IDENTITY:
+            out[:, i] = z
+    return out
