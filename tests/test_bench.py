@@ -47,6 +47,9 @@ def test_bench_detect_quick(tmp_path):
         assert all(0 <= v <= 1 for v in row.values()) and row["identified_at_alpha"] <= row["accuracy"]
     assert len(res["patterns"]) == 2 and all(0 <= p["mean_abs_cosine"] <= 1 for p in res["patterns"].values())
     assert {k for k in res["sweep"] if k != "seconds_per_part"} == {"0,1", "0,2", "1,1", "1,2"}
+    # the forward step really ran: its iterations cost time
+    assert res["sweep"]["seconds_per_part"]["iteration"] > 0
+    assert res["sweep"]["1,1"]["seconds_per_image"] > res["sweep"]["0,1"]["seconds_per_image"]
     assert res["verify"]["default"] > 0 and res["verify"]["previous_default"] > 0
     md = (tmp_path / "detect.md").read_text()
     assert "among 16 keys" in md and "on the front" in md and "previous defaults" in md

@@ -160,9 +160,11 @@ def test_unconditional_model_refuses_guidance_and_writes_nothing(world, tmp_path
 def test_table_shows_alpha_a_summary_and_weak_evidence(world):
     result = run("verify", world / "wm", world / "clean", "--key", world / "a.json", *FAST, "--alpha", 0.05)
     rows = result.stdout.strip().splitlines()
-    assert rows[-1].startswith("3 of 6 watermarked at alpha = 0.05"), rows[-1]
     as_json = lines(run("verify", world / "wm", world / "clean", "--key", world / "a.json", *FAST, "--alpha", 0.05,
                         "--json"))
+    assert all(r["watermarked"] for r in as_json[:3])  # a clean image may come out positive at 0.05 (p = alpha)
+    found = sum(r["watermarked"] for r in as_json)
+    assert rows[-1].startswith(f"{found} of 6 watermarked at alpha = 0.05"), rows[-1]
     for r, row in zip(as_json, rows[1:]):
         assert r["alpha"] == 0.05 and r["weak"] == (0.005 < r["p_value"] <= 0.5)
         assert ("(weak)" in row) == r["weak"] and ("WATERMARKED" in row) == r["watermarked"]

@@ -22,8 +22,7 @@ from scipy import stats
 from .. import api
 from ..io.images import to_pil, to_tensor
 from ..models import get_model
-from ..pipeline import DEFAULT_INVERSION, DEFAULT_ITERS, DEFAULT_STEPS, Recovery, latents_from_images, \
-    noise_from_latents, recover_noise
+from ..pipeline import Recovery, latents_from_images, noise_from_latents, recover_noise
 from ..scheme.detection import corrected, statistics
 from ..scheme.embedding import watermarked_latents
 from ..scheme.geometry import DEFAULT_SEARCH, search_grid, undo
@@ -243,7 +242,7 @@ def sweep(model, attacked: dict, keys: list[Key], iters_grid: list[int], steps_g
                         if info["i"] + 1 in iters_grid:
                             snaps[info["i"] + 1] = info["z"].clone()
 
-                    z, _ = latents_from_images(model, x, Recovery(DEFAULT_INVERSION, max(iters_grid)), keep)
+                    z, _ = latents_from_images(model, x, Recovery("fixed_point", max(iters_grid)), keep)
                     snaps[max(iters_grid)] = z
                 t2 = time.perf_counter()
                 t_enc += t1 - t0
