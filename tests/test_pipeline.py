@@ -80,7 +80,8 @@ def test_weak_evidence_is_within_a_factor_ten_of_alpha_either_side():
 
 
 def test_watermarked_latents_by_seeds_generator_device_and_dtype():
-    key = make_key(ToyFamily(), seed=3)
+    key = make_key(ToyFamily(), pattern="ring", seed=3)  # Tree-Ring's ring: the model's key channel only
+    assert key.channels == (0,)
     a = watermarked_latents(key, seeds=[4, 5])
     assert torch.equal(a[1:], watermarked_latents(key, seeds=[5]))  # an image's noise does not depend on its batch
     g = watermarked_latents(key, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float16)
