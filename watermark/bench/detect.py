@@ -303,6 +303,10 @@ def main(n: int, n_keys: int, pattern_n: int, sweep_n: int, sweep_iters: list[in
     return markdown(res)
 
 
+def _method(rec: dict) -> str:
+    return rec["method"] if rec["method"] == "encoder" else f"{rec['method']} {rec['iters']} it."
+
+
 def _cell(row: dict) -> str:
     return f"{row['auc']:.3f} / {row['tpr_at_1pct_fpr']:.2f}"
 
@@ -312,7 +316,7 @@ def markdown(res: dict) -> str:
     key, rec = res["key"], res["recovery"]
     lines = [f"N = {res['n']} watermarked (image i carries key i of a {res['keys']}-key keyring) + {res['n']} clean; "
              f"generation {res['gen_steps']} DDIM steps; key {key['pattern']} r={key['radius']} channels "
-             f"{key['channels']} on a {key['latent_shape']} latent; recovery {rec['method']} {rec['iters']} it. + "
+             f"{key['channels']} on a {key['latent_shape']} latent; recovery {_method(rec)} + "
              f"{rec['ddim_steps']} DDIM steps ({rec.get('seconds_per_image', float('nan')):.2f} s/image); "
              f"search '{res['search']}' ({res['transforms']} transforms); {res['machine']}; {res['date']}", "",
              "| test | " + " | ".join(attacks) + " | mean attacked | foreign key flagged |",
