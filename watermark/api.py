@@ -23,7 +23,7 @@ import torch
 
 from .io.images import ImageError, Loaded, find_images, load_image, save_png
 from .io.keyfile import check_writable, load_key, save_key
-from .io.keyring import add_to_keyring, check_collision, load_keyring, load_keys
+from .io.keyring import check_collision, load_keyring, load_keys, save_keyring
 from .models import ModelError, get_model
 from .pipeline import Recovery, check_keys, check_size, detect, make_key
 from .scheme.embedding import watermarked_latents
@@ -65,8 +65,8 @@ def keygen(output: str | os.PathLike | None, model: str = "tiny", size: int | No
                                    f"pattern {pattern!r}")) from None
     if output is not None:
         save_key(key, output, force=force)
-    if keyring is not None:
-        add_to_keyring(key, keyring)
+    if keyring is not None:  # checked above against the keys it holds
+        save_keyring(existing + [key], keyring, force=Path(keyring).exists())
     return key
 
 

@@ -23,7 +23,7 @@ from .. import api
 from ..io.images import to_pil, to_tensor
 from ..models import get_model
 from ..pipeline import Recovery, latents_from_images, noise_from_latents, recover_noise
-from ..scheme.detection import corrected, statistics
+from ..scheme.detection import corrected, match_keys, statistics
 from ..scheme.embedding import watermarked_latents
 from ..scheme.geometry import DEFAULT_SEARCH, search_grid, undo
 from ..scheme.keys import DEFAULT_PATTERN, Key, new_key
@@ -56,13 +56,12 @@ def make_keys(model, n: int, seed: int, **kw) -> list[Key]:
     return [new_key("tiny", shape, seed=seed + i, **kw) for i in range(n)]
 
 
-def make_images(model, keys: list[Key | None], seeds, steps: int, batch: int = 16) -> list[Image.Image]:
-    """Image i from seed i, carrying keys[i] (None: clean)."""
+def make_images(model, keys: list[Key], seeds, steps: int, watermark: bool = True,
+                batch: int = 16) -> list[Image.Image]:
+    """Image i from seed i, carrying keys[i] (``watermark=False``: the same noise, clean)."""
     out = []
     for i in range(0, len(seeds), batch):
-        z = torch.cat([watermarked_latents(k, seeds=[s]) if k is not None else
-                       torch.randn((1, *model.latent_shape(model.default_size)),
-                                   generator=torch.Generator().manual_seed(int(s)))
+        z = torch.cat([watermarked_latents(k, seeds=[s], watermark=watermark)
                        for k, s in zip(keys[i : i + batch], seeds[i : i + batch])])
         out.append(model.generate(z, steps))
     return to_pil(torch.cat(out))
@@ -95,15 +94,12 @@ def own_and_foreign(z_T: torch.Tensor, keys: list[Key], search: str, batch: int 
 
 
 def identify(z_T: torch.Tensor, keyring: list[Key], search: str, batch: int = 4):
-    """For each image, the index of the best key of ``keyring`` and its corrected p-value."""
+    """For each image, the index of the best key of ``keyring`` and its corrected p-value
+    (``detection.match_keys``, as verify runs it)."""
+    index = {k.key_id: i for i, k in enumerate(keyring)}
     transforms = search_grid(search)
-    best_key, p_best = [], []
-    for i in range(0, len(z_T), batch):
-        t, df = statistics(undo(z_T[i : i + batch], transforms), keyring)  # (b, T, K)
-        t_max, arg = t.max(1).values.max(1)
-        best_key += arg.tolist()
-        p_best += [corrected(float(stats.t.sf(v, df)), len(keyring), len(transforms)) for v in t_max.tolist()]
-    return np.array(best_key), np.array(p_best)
+    found = [m for i in range(0, len(z_T), batch) for m in match_keys(z_T[i : i + batch], keyring, transforms)]
+    return np.array([index[m.key_id] for m in found]), np.array([m.p_value for m in found])
 
 
 def rows_for(p_wm: dict, p_clean: dict, attacks) -> dict:
@@ -128,7 +124,7 @@ def run(n: int = 100, n_keys: int = 2048, attacks=ATTACKS, recovery: Recovery = 
     keyring = make_keys(model, max(n_keys, n), seed)
     t0 = time.time()
     wm = make_images(model, keyring[:n], list(range(n)), gen_steps)
-    clean = make_images(model, [None] * n, list(range(n)), gen_steps)
+    clean = make_images(model, keyring[:n], list(range(n)), gen_steps, watermark=False)
     log(f"generated {n} watermarked + {n} clean images in {time.time() - t0:.0f}s")
     rng = np.random.default_rng(seed)
     attacked = {a: ([attack(im, a, rng) for im in wm], [attack(im, a, rng) for im in clean]) for a in attacks}

@@ -74,13 +74,14 @@ def search_grid(search: str = DEFAULT_SEARCH, rotation_step: float = ROTATION_ST
 
 
 def undo(z: torch.Tensor, transforms: list[Transform]) -> torch.Tensor:
-    """(B, C, H, W) -> (B, T, C, H, W): ``z`` under each transform (the identity is exact)."""
+    """(B, C, H, W) -> (B, T, C, H, W): ``z`` under each transform (the identity is exact and
+    costs no resampling)."""
     b, c, h, w = z.shape
-    theta = torch.tensor([t.matrix for t in transforms], dtype=z.dtype)
-    grid = F.affine_grid(theta, [len(transforms), c, h, w], align_corners=False)
-    out = F.grid_sample(z.repeat_interleave(len(transforms), 0), grid.repeat(b, 1, 1, 1), mode="bilinear",
-                        padding_mode="zeros", align_corners=False).view(b, len(transforms), c, h, w)
-    for i, t in enumerate(transforms):
-        if t == IDENTITY:
-            out[:, i] = z
+    out = z[:, None].repeat(1, len(transforms), 1, 1, 1)
+    moved = [i for i, t in enumerate(transforms) if t != IDENTITY]
+    if moved:
+        theta = torch.tensor([transforms[i].matrix for i in moved], dtype=z.dtype)
+        grid = F.affine_grid(theta, [len(moved), c, h, w], align_corners=False)
+        out[:, moved] = F.grid_sample(z.repeat_interleave(len(moved), 0), grid.repeat(b, 1, 1, 1), mode="bilinear",
+                                      padding_mode="zeros", align_corners=False).view(b, len(moved), c, h, w)
     return out
