@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it; imported on first use, so ``ringmark --help`` stays fast
 _EXPORTS = {
-    "keygen": "api", "embed": "api", "verify": "api", "Result": "api", "Generated": "api",
+    "keygen": "api", "embed": "api", "verify": "api", "Result": "verifier", "Verifier": "verifier", "Generated": "api",
     "Recovery": "pipeline", "Detection": "pipeline", "detect": "pipeline", "recover_noise": "pipeline",
     "make_key": "pipeline",
     "Key": "scheme.keys", "watermarked_latents": "scheme.embedding",

@@ -13,22 +13,20 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from .io.images import ImageError, Loaded, find_images, load_image, save_png
 from .io.keyfile import check_writable, load_key, save_key
 from .io.keyring import check_collision, load_keyring, load_keys, save_keyring
 from .models import ModelError, get_model
-from .pipeline import Recovery, check_keys, check_size, detect, make_key
+from .pipeline import Recovery, check_keys, check_size, make_key
 from .scheme.embedding import watermarked_latents
-from .scheme.geometry import DEFAULT_SEARCH, SEARCHES
+from .scheme.geometry import DEFAULT_SEARCH
 from .scheme.keys import DEFAULT_PATTERN, PATTERNS, Key, KeyFileError
+from .verifier import Result, Verifier
 
 
 class OutputError(Exception):
@@ -142,27 +140,6 @@ def embed(key: Key | str, outdir: str | os.PathLike, n: int = 4, prompts: list[s
     return records
 
 
-@dataclass
-class Result:
-    path: str
-    watermarked: bool | None
-    weak: bool | None  # p within a factor 10 of alpha, either side: weak evidence either way
-    p_value: float | None
-    alpha: float
-    key_id: str | None
-    distance: float | None
-    error: str | None
-    note: str | None
-    warning: str | None
-    inversion: str
-    iterations: int | None
-    ddim_steps: int
-    exact: bool
-    keys_tested: int
-    transform: str | None  # the rotation or crop undone before the test ("identity": none)
-    batch_seconds_per_image: float | None  # the wall time of the image's batch over its images
-
-
 def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recovery(), alpha: float = 0.01,
            device: str = "cpu", dtype: str = "float32", batch: int = 8,
            progress: Callable[[int], None] | None = None, search: str = DEFAULT_SEARCH) -> list[Result]:
@@ -174,26 +151,19 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
     An image that cannot be read gets a Result with ``error`` set; the others go on.
     ``progress(k)``: k more images done, called as the work advances (not once per batch).
     """
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if batch < 1:
         raise ValueError(f"batch must be positive, got {batch}")
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    if search not in SEARCHES:
-        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
     keys = [keys] if isinstance(keys, (Key, str, os.PathLike)) else list(keys)
     if not keys:
         raise ValueError("at least one key is needed")
     keys, problems = load_keys(keys)
     for problem in problems:
         warnings.warn(problem, KeyringWarning, stacklevel=2)
-    if len({(k.model, tuple(k.latent_shape)) for k in keys}) > 1:
-        raise ValueError("all keys must be for the same model and latent shape; verify them in separate runs")
     found = find_images([str(p) for p in paths])
     if all(error is not None for _, error in found):
         raise ValueError(f"{found[0][0]}: {found[0][1]}" if len(found) == 1 else "no usable path among the inputs")
-    model = get_model(keys[0].model, device, dtype)
-    size = check_keys(keys, model)
+    verifier = Verifier(keys, recovery, alpha, device, dtype, search)
     results: list[Result | None] = [None] * len(found)
     counted = [0]
 
@@ -202,31 +172,23 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
             progress(done - counted[0])
             counted[0] = done
 
-    def failed(path: str, error: str) -> Result:
-        return Result(path, None, None, None, alpha, None, None, error, None, None, recovery.method, None,
-                      recovery.ddim_steps, recovery.exact, len(keys), None, None)
-
     def run(batch_items: list[tuple[int, str, Loaded]]):
-        t0, before = time.perf_counter(), counted[0]
-        x = torch.stack([loaded.image for _, _, loaded in batch_items])
-        detections = detect(model, x, keys, recovery, alpha,
-                            progress=lambda f: advance(before + int(f * len(batch_items))), search=search)
-        per_image = round((time.perf_counter() - t0) / len(batch_items), 4)
-        for (i, path, loaded), d in zip(batch_items, detections):
-            results[i] = Result(path, d.watermarked, d.weak, d.p_value, alpha, d.key_id, d.distance, None,
-                                loaded.note, loaded.warning, recovery.method, d.iterations, recovery.ddim_steps,
-                                recovery.exact, len(keys), d.transform, per_image)
+        before = counted[0]
+        rows = verifier.run([(path, loaded) for _, path, loaded in batch_items],
+                            progress=lambda f: advance(before + int(f * len(batch_items))))
+        for (i, _, _), row in zip(batch_items, rows):
+            results[i] = row
         advance(before + len(batch_items))
 
     pending: list[tuple[int, str, Loaded]] = []
     for i, (path, error) in enumerate(found):
         if error is None:
             try:
-                pending.append((i, path, load_image(path, size)))
+                pending.append((i, path, load_image(path, verifier.size)))
             except ImageError as e:
                 error = str(e)
         if error is not None:
-            results[i] = failed(path, error)
+            results[i] = verifier.failed(path, error)
             advance(counted[0] + 1)
         if len(pending) == batch:
             run(pending)

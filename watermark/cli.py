@@ -50,12 +50,14 @@ def library_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from .api import OutputError
+        from .io.results import ResultsError
         from .models import ModelError
+        from .scale.cluster import ScaleError
         from .scheme.keys import KeyFileError
 
         try:
             return fn(*args, **kwargs)
-        except (KeyFileError, ModelError, OutputError, ValueError) as e:
+        except (KeyFileError, ModelError, OutputError, ResultsError, ScaleError, ValueError) as e:
             raise Failure(str(e)) from None
         except OSError as e:  # e.g. an output folder that cannot be written
             where = f"{e.filename}: " if e.filename else ""
@@ -110,6 +112,8 @@ def main():
     ringmark keygen -o key.json
     ringmark embed --key key.json -o out/ -n 8
     ringmark verify out/ --key key.json --json
+    ringmark serve --key key.json                     # HTTP, on Ray Serve
+    ringmark scan uploads/ --key key.json -o results.parquet   # batch, on Ray Data
     """
 
 
@@ -228,24 +232,45 @@ def summary(results) -> str:
     return line + (f"; {', '.join(extra)}" if extra else "")
 
 
+def verification_options(fn):
+    """The keys and how to recover and decide: shared by verify, serve and scan."""
+    fn = device_options(fn)
+    for option in reversed([
+        click.option("--key", "key_paths", required=True, multiple=True, type=click.Path(),
+                     help="Key file, keyring file or folder of them; repeat for more (the p-value is corrected "
+                          "for every key tested)."),
+        click.option("--search", type=click.Choice(SEARCHES), default=DEFAULT_SEARCH, show_default=True,
+                     help="Rotations and crops undone before the test (counted in the p-value)."),
+        click.option("--inversion", type=click.Choice(list(METHODS)), default=DEFAULT_INVERSION, show_default=True,
+                     help="Decoder inversion method."),
+        click.option("--iters", type=click.IntRange(0), default=DEFAULT_ITERS, show_default=True,
+                     help="Decoder-inversion iterations of the iterative methods (the encoder runs none)."),
+        click.option("--ddim-steps", default=DEFAULT_STEPS, show_default=True, type=click.IntRange(1)),
+        click.option("--exact", is_flag=True, help="Exact (fixed-point) DDIM inversion; 4x the UNet evaluations."),
+        click.option("--alpha", default=0.01, show_default=True,
+                     type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     help="Decision level: watermarked when p <= alpha."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def load_cli_keys(key_paths, quiet: bool):
+    """Keys from --key sources, a warning per unusable file or entry."""
+    from .io.keyring import load_keys
+
+    keys, problems = load_keys(list(key_paths))
+    if not quiet:
+        for problem in problems:
+            click.echo(f"ringmark: warning: {problem} (skipped; {len(keys)} keys in use)", err=True)
+    return keys
+
+
 @main.command(context_settings=CONTEXT)
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--key", "key_paths", required=True, multiple=True, type=click.Path(),
-              help="Key file, keyring file or folder of them; repeat for more (the p-value is corrected for "
-                   "every key tested).")
-@click.option("--search", type=click.Choice(SEARCHES), default=DEFAULT_SEARCH, show_default=True,
-              help="Rotations and crops undone before the test (counted in the p-value).")
-@click.option("--inversion", type=click.Choice(list(METHODS)), default=DEFAULT_INVERSION, show_default=True,
-              help="Decoder inversion method.")
-@click.option("--iters", type=click.IntRange(0), default=DEFAULT_ITERS, show_default=True,
-              help="Decoder-inversion iterations of the iterative methods (the encoder runs none).")
-@click.option("--ddim-steps", default=DEFAULT_STEPS, show_default=True, type=click.IntRange(1))
-@click.option("--exact", is_flag=True, help="Exact (fixed-point) DDIM inversion; 4x the UNet evaluations.")
-@click.option("--alpha", default=0.01, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Decision level: watermarked when p <= alpha.")
+@verification_options
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1), help="Images per batch.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
-@device_options
 @quiet_option
 def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, alpha, batch, as_json, device, dtype,
            quiet):
@@ -276,13 +301,9 @@ def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, alpha,
 def run_verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, alpha, batch, device, dtype, quiet):
     from . import api
     from .io.images import find_images
-    from .io.keyring import load_keys
     from .pipeline import Recovery
 
-    keys, problems = load_keys(list(key_paths))
-    if not quiet:
-        for problem in problems:
-            click.echo(f"ringmark: warning: {problem} (skipped; {len(keys)} keys in use)", err=True)
+    keys = load_cli_keys(key_paths, quiet)
     recovery = Recovery(inversion, iters, ddim_steps, exact)
     progress = Progress(len(find_images(list(paths))), "verifying", quiet)
     try:
@@ -290,6 +311,127 @@ def run_verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, al
                           search=search)
     finally:
         progress.close()
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The bearer token from --token-file, else RINGMARK_TOKEN, else None."""
+    import os
+
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise Failure(f"{token_file}: {e.strerror or e}") from None
+        if not token:
+            raise Failure(f"{token_file}: the token file is empty")
+        return token
+    return os.environ.get("RINGMARK_TOKEN", "").strip() or None
+
+
+@main.command(context_settings=CONTEXT)
+@verification_options
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback needs a token.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--token-file", type=click.Path(dir_okay=False),
+              help="File holding the bearer token clients must send (else RINGMARK_TOKEN).")
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(1), help="Copies of the model.")
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1),
+              help="Images of concurrent requests verified together.")
+@click.option("--batch-wait-ms", default=20.0, show_default=True, type=click.FloatRange(0),
+              help="How long a batch waits to fill.")
+@click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Largest request body.")
+@click.option("--max-queued", default=64, show_default=True, type=click.IntRange(1),
+              help="Requests waiting per replica before the server answers 503.")
+@click.option("--cpus-per-replica", default=1, show_default=True, type=click.IntRange(1),
+              help="CPUs (torch threads) per replica.")
+@click.option("--gpus-per-replica", type=click.FloatRange(0),
+              help="GPUs per replica (default: 1 when the cluster has GPUs and --device allows, else 0).")
+@click.option("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
+@quiet_option
+@library_errors
+def serve(key_paths, search, inversion, iters, ddim_steps, exact, alpha, device, dtype, host, port, token_file,
+          replicas, max_batch, batch_wait_ms, max_upload_mb, max_queued, cpus_per_replica, gpus_per_replica, address,
+          quiet):
+    """Serve verification over HTTP (Ray Serve): POST /v1/verify, GET /v1/keys, GET /healthz.
+
+    Runs until Ctrl-C. Needs pip install 'ringmark[scale]'.
+
+    Example: ringmark serve --key key.json --port 8000
+    """
+    import signal
+
+    from .pipeline import Recovery
+    from .scale.cluster import check_exposure, require_ray
+
+    token = read_token(token_file)
+    check_exposure(host, token)
+    keys = load_cli_keys(key_paths, quiet)
+    require_ray()
+    from ray import serve as ray_serve
+
+    from .scale.serve import start
+
+    url = start(keys, Recovery(inversion, iters, ddim_steps, exact), alpha, search, device, dtype, token, host, port,
+                replicas, max_batch, batch_wait_ms, max_upload_mb, max_queued, cpus_per_replica, gpus_per_replica,
+                address, quiet)
+    if not quiet:
+        click.echo(f"ringmark: serving {len(keys)} keys at {url} (API docs at {url}/docs"
+                   + ("" if token else "; loopback only, no token") + "); Ctrl-C stops", err=True)
+    click.echo(json.dumps({"url": url}))
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        ray_serve.shutdown()
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("sources", nargs=-1, required=True)
+@verification_options
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Results file, .jsonl or .parquet; a rerun with it skips the images it holds.")
+@click.option("--workers", type=click.IntRange(1),
+              help="Actors holding the model (default: one per GPU, else one per --cpus-per-worker CPUs).")
+@click.option("--cpus-per-worker", default=1, show_default=True, type=click.IntRange(1),
+              help="CPUs (torch threads) per worker.")
+@click.option("--gpus-per-worker", type=click.FloatRange(0),
+              help="GPUs per worker (default: 1 when the cluster has GPUs and --device allows, else 0).")
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(1), help="Images per batch.")
+@click.option("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
+@click.option("--force", is_flag=True, help="Start over: delete the results file first.")
+@quiet_option
+@library_errors
+def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, alpha, device, dtype, output, workers,
+         cpus_per_worker, gpus_per_worker, batch, address, force, quiet):
+    """Verify folders or buckets of images on Ray Data, one row per image in a results file.
+
+    SOURCES: local files and folders (recursively), or URIs pyarrow reads (s3://, gs://, ...).
+    Unreadable files get a row with "error"; the scan goes on. Prints a JSON summary.
+    Needs pip install 'ringmark[scale]'.
+
+    Example: ringmark scan uploads/ --key key.json -o results.parquet --workers 2
+    """
+    from .pipeline import Recovery
+    from .scale.cluster import require_ray
+
+    keys = load_cli_keys(key_paths, quiet)
+    require_ray()
+    from .scale.scan import scan as run_scan
+
+    log = (lambda m: None) if quiet else (lambda m: click.echo(f"ringmark: {m}", err=True))
+    summary = run_scan(list(sources), keys, output, Recovery(inversion, iters, ddim_steps, exact), alpha, search,
+                       device, dtype, batch, workers, gpus_per_worker, cpus_per_worker, address, force, log, quiet)
+    log(f"{summary.images} images scanned ({summary.skipped} skipped, already in {output}): "
+        f"{summary.watermarked} watermarked at alpha = {alpha:g}, {summary.errors} errors; "
+        f"{summary.images_per_second:g} images/s over {summary.seconds:.1f}s")
+    click.echo(json.dumps(asdict(summary)))
 
 
 @main.command(context_settings=CONTEXT)

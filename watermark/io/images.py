@@ -3,6 +3,7 @@ one conversion between PIL images and tensors that everything uses (benchmarks i
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -79,12 +80,24 @@ def load_image(path: str, size: int) -> Loaded:
         raise ImageError("permission denied") from None
     except OSError as e:
         raise ImageError(f"cannot read file ({e.strerror or e})") from None
+    return _decode(p, size)
+
+
+def decode_image(data: bytes, size: int) -> Loaded:
+    """``load_image`` for the bytes of an image file (an upload, a blob a batch engine read)."""
+    if not data:
+        raise ImageError("empty file")
+    return _decode(io.BytesIO(data), size)
+
+
+def _decode(source, size: int) -> Loaded:
+    """Decode a path or binary file object; see ``load_image``."""
     notes = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             ImageFile.LOAD_TRUNCATED_IMAGES = False
-            with Image.open(p) as im:
+            with Image.open(source) as im:
                 n_frames = getattr(im, "n_frames", 1)
                 if n_frames > 1:
                     im.seek(0)

@@ -1,0 +1,60 @@
+"""Joining a Ray cluster, or starting a local one, for ``serve`` and ``scan``."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+
+
+class ScaleError(Exception):
+    """Ray is missing or cannot be reached (one-line message)."""
+
+
+def require_ray():
+    """Import ray, or say how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ScaleError("this command needs Ray: pip install 'ringmark[scale]'") from None
+    return ray
+
+
+def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool = True):
+    """Join the cluster at ``address`` (``auto``, ``ray://host:10001``, ``host:6379``; default: the
+    one in RAY_ADDRESS), else start a local Ray on this machine's CPUs (``num_cpus``: fewer).
+    Does nothing when this process is already connected. Returns the ``ray`` module. ``quiet``:
+    Ray logs warnings only (else also its progress)."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS")
+    try:
+        ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+                 logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ScaleError(f"cannot {'join the Ray cluster at ' + address if address else 'start a local Ray'}: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return ray
+
+
+def default_gpus(ray, device: str) -> float:
+    """GPUs per worker or replica when the user names none: 1 where the cluster has GPUs and
+    ``device`` allows them, else 0."""
+    return 1.0 if device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    """Raise ValueError when a server on ``host`` would answer other machines without a token."""
+    if token is None and not is_loopback(host):
+        raise ValueError(f"--host {host} is reachable from other machines: give a token with --token-file FILE "
+                         f"or RINGMARK_TOKEN (an open verifier lets anyone probe and strip watermarks)")

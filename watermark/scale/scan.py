@@ -1,0 +1,168 @@
+"""``ringmark scan``: verify folders or buckets of images on Ray Data.
+
+Ray Data reads the files (local folders, or any URI its pyarrow filesystems take, with the
+user's credentials), an actor pool verifies them (each actor loads the model once and calls
+``Verifier``, as ``verify`` does; one actor per GPU where there are GPUs), and the driver appends
+the rows to the results file as they come. A rerun with the same results file skips the images it
+already holds.
+
+    summary = scan(["suspect/"], ["key.json"], "results.jsonl", workers=2)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..io.images import IMAGE_SUFFIXES, ImageError, decode_image, find_images
+from ..io.keyring import load_keys
+from ..io.results import SETTINGS, ResultsError, ResultsFile, arrow_schema
+from ..pipeline import Recovery
+from ..scheme.geometry import DEFAULT_SEARCH
+from ..verifier import Verifier, failure
+from .cluster import connect, default_gpus
+
+
+@dataclass
+class ScanSummary:
+    output: str
+    images: int  # verified by this run, errors included
+    skipped: int  # already in the results file
+    watermarked: int  # of this run's images
+    errors: int  # of this run's images
+    seconds: float  # wall time of this run, Ray's start included
+    images_per_second: float
+    workers: int
+
+
+class ScanWorker:
+    """One actor of the pool: the model loaded once, then batches of files -> rows."""
+
+    def __init__(self, keys, recovery: Recovery, alpha: float, search: str, device: str, dtype: str, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.verifier = Verifier(keys, recovery, alpha, device, dtype, search)
+
+    def __call__(self, batch: dict):
+        import pyarrow as pa
+
+        rows, items = {}, []
+        for i, (path, data) in enumerate(zip(batch["path"], batch["bytes"])):
+            try:
+                items.append((i, str(path), decode_image(bytes(data), self.verifier.size)))
+            except ImageError as e:
+                rows[i] = self.verifier.failed(str(path), str(e))
+        if items:
+            for (i, _, _), row in zip(items, self.verifier.run([(p, loaded) for _, p, loaded in items])):
+                rows[i] = row
+        return pa.Table.from_pylist([asdict(rows[i]) for i in range(len(rows))], schema=arrow_schema())
+
+
+def list_images(sources: list[str]) -> list[tuple[str, str, str | None]]:
+    """(path shown in the results, path Ray reads, error or None) for every image under ``sources``:
+    local files and folders (recursively, as ``verify``), or URIs (``s3://bucket/prefix``)."""
+    out = []
+    for source in sources:
+        if "://" not in source:
+            for path, error in find_images([source]):
+                if error is None and not os.access(path, os.R_OK):
+                    error = "no such file (broken link)" if not os.path.exists(path) else "permission denied"
+                out.append((path, os.path.abspath(path), error))
+            continue
+        import pyarrow.fs
+
+        try:
+            fs, root = pyarrow.fs.FileSystem.from_uri(source)
+            info = fs.get_file_info(root)
+            if info.type == pyarrow.fs.FileType.Directory:
+                infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+            else:
+                infos = [info]
+        except (OSError, ValueError) as e:
+            out.append((source, source, f"cannot list ({str(e).splitlines()[0]})"))
+            continue
+        scheme = source.split("://", 1)[0]
+        files = sorted(f"{scheme}://{i.path}" for i in infos if i.type == pyarrow.fs.FileType.File
+                       and Path(i.path).suffix.lower() in IMAGE_SUFFIXES)
+        if info.type == pyarrow.fs.FileType.NotFound:
+            out.append((source, source, "no such file or folder"))
+        elif not files:
+            out.append((source, source, "folder holds no images"))
+        out.extend((f, f, None) for f in files)
+    return out
+
+
+def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recovery: Recovery = Recovery(),
+         alpha: float = 0.01, search: str = DEFAULT_SEARCH, device: str = "auto", dtype: str = "float32",
+         batch: int = 8, workers: int | None = None, gpus_per_worker: float | None = None,
+         cpus_per_worker: int = 1, address: str | None = None, force: bool = False,
+         log: Callable[[str], None] = lambda message: None, quiet: bool = True) -> ScanSummary:
+    """Verify every image under ``sources`` against the keys, one row per image in ``output``.
+
+    ``workers``: actors in the pool (default: one per GPU when the cluster has GPUs and ``device``
+    allows, else one per ``cpus_per_worker`` CPUs); each runs torch on ``cpus_per_worker`` threads.
+    """
+    t0 = time.perf_counter()
+    for name, value in (("batch", batch), ("cpus_per_worker", cpus_per_worker), ("workers", workers or 1)):
+        if value < 1:
+            raise ValueError(f"{name} must be positive, got {value}")
+    keys, problems = load_keys(list(key_sources))
+    for problem in problems:
+        log(f"warning: {problem} (skipped; {len(keys)} keys in use)")
+    Verifier.check(keys, alpha, search)
+    results = ResultsFile(output, force)
+    listed = list_images([str(s) for s in sources])
+    if all(error is not None for _, _, error in listed):
+        raise ValueError(f"{listed[0][0]}: {listed[0][2]}" if len(listed) == 1 else "no usable path among the inputs")
+    done = results.rows()
+    expected = dict(zip(SETTINGS, (recovery.method, recovery.ddim_steps, recovery.exact, alpha, len(keys))))
+    for row in done[:1]:
+        if any(row.get(k) != v for k, v in expected.items()):
+            was = ", ".join(f"{k} {row.get(k)}" for k in SETTINGS)
+            raise ResultsError(f"{output}: written with other settings ({was}); rerun with those, or use --force "
+                               f"to start over")
+    seen = {row["path"] for row in done}
+    todo = [(shown, read, error) for shown, read, error in listed if shown not in seen]
+    skipped = len(listed) - len(todo)
+    if skipped:
+        log(f"skipping {skipped} images already in {output}")
+    failed = [asdict(failure(shown, error, recovery, alpha, len(keys))) for shown, _, error in todo if error]
+    results.append(failed)
+    readable = {read: shown for shown, read, error in todo if error is None}
+    rows_done = list(failed)
+    used = 0
+    if readable:
+        ray = connect(address, quiet=quiet)
+        resources = ray.cluster_resources()
+        if gpus_per_worker is None:
+            gpus_per_worker = default_gpus(ray, device)
+        if workers is None:
+            workers = (int(resources["GPU"] // gpus_per_worker) if gpus_per_worker
+                       else max(1, int(resources.get("CPU", 1) // cpus_per_worker)))
+        used = workers
+        log(f"scanning {len(readable)} images with {workers} workers ({cpus_per_worker} CPU"
+            + (f", {gpus_per_worker:g} GPU" if gpus_per_worker else "") + " each)")
+        import ray.data
+
+        # reading is I/O: it asks for no CPU, so an actor pool that holds every CPU cannot starve it
+        ds = ray.data.read_binary_files(list(readable), include_paths=True, num_cpus=0)
+        ds = ds.map_batches(ScanWorker, fn_constructor_kwargs=dict(
+            keys=keys, recovery=recovery, alpha=alpha, search=search, device=device, dtype=dtype,
+            threads=cpus_per_worker), batch_size=batch, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
+        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            rows = table.to_pylist()
+            for row in rows:
+                row["path"] = readable.get(row["path"], row["path"])
+            results.append(rows)
+            rows_done.extend(rows)
+    results.close()
+    seconds = time.perf_counter() - t0
+    summary = ScanSummary(str(output), len(rows_done), skipped, sum(bool(r["watermarked"]) for r in rows_done),
+                          sum(r["error"] is not None for r in rows_done), round(seconds, 2),
+                          round(len(rows_done) / seconds, 3), used)
+    return summary

@@ -1,0 +1,171 @@
+"""``ringmark serve``: the HTTP verifier, a FastAPI app deployed with Ray Serve.
+
+Each replica loads the model once (``Verifier``, as ``verify`` does); concurrent requests are
+batched by Ray Serve (``@serve.batch``), requests beyond the queue limit get Ray Serve's 503, and
+replicas spread over the cluster's CPUs or GPUs.
+
+- ``POST /v1/verify``: images as multipart files (field ``files``, repeatable) -> ``{"results":
+  [...]}``, one object per file with the fields of ``verify --json`` (``file`` instead of
+  ``path``). A bad upload gets a 4xx ``{"error": ...}``: 413 too large, 400 empty or malformed,
+  422 not a usable image (not an image, truncated, a decompression bomb, too small).
+- ``GET /v1/keys``: key ids, model and latent shape; nothing else of a key leaves the server.
+- ``GET /healthz``: no token needed.
+
+An open verifier is an oracle for stripping watermarks: a bearer token is required unless the
+server listens on loopback only (``check_exposure``), and tokens are compared in constant time.
+"""
+
+# no `from __future__ import annotations`: FastAPI reads the route signatures at runtime
+import asyncio
+import hmac
+from dataclasses import asdict
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from ..io.images import ImageError, decode_image
+from ..pipeline import Recovery
+from ..verifier import Verifier
+from .cluster import check_exposure, connect, default_gpus
+
+FIELD = "files"
+MAX_FILES = 64  # per request
+UPLOAD_SCHEMA = {  # multipart is parsed by hand (after the token check), so FastAPI is told its shape
+    "required": True,
+    "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": [FIELD],
+        "properties": {FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}}}}},
+}
+
+app = FastAPI(title="ringmark", version=__version__,
+              description="Verify images for ringmark watermarks. Send `Authorization: Bearer TOKEN` "
+                          "unless the server listens on loopback only.")
+
+
+class UploadProblem(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@app.exception_handler(UploadProblem)
+async def upload_problem(request: Request, e: UploadProblem):
+    return JSONResponse({"error": str(e)}, status_code=e.status)
+
+
+@app.exception_handler(HTTPException)
+async def http_problem(request: Request, e: HTTPException):
+    return JSONResponse({"error": e.detail}, status_code=e.status_code, headers=e.headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def invalid_request(request: Request, e: RequestValidationError):
+    return JSONResponse({"error": "malformed request"}, status_code=400)
+
+
+@serve.deployment
+@serve.ingress(app)
+class VerifyService:
+    """One replica: the keys, the model and the settings, then requests -> rows."""
+
+    def __init__(self, keys, recovery: Recovery, alpha: float, search: str, device: str, dtype: str,
+                 token: str | None, max_upload_mb: float, max_batch: int, batch_wait_ms: float, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.verifier = Verifier(keys, recovery, alpha, device, dtype, search)
+        self.token = None if token is None else token.encode()
+        self.max_bytes = int(max_upload_mb * 2**20)
+        self.detect.set_max_batch_size(max_batch)
+        self.detect.set_batch_wait_timeout_s(batch_wait_ms / 1000)
+
+    def authorize(self, request: Request) -> None:
+        if self.token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def detect(self, items: list) -> list:
+        """Ray Serve gathers the images of concurrent requests into one ``Verifier.run``; it runs
+        in a thread so the replica keeps accepting requests meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.verifier.run, items)
+
+    async def uploads(self, request: Request) -> list[tuple[str, bytes]]:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            raise UploadProblem(413, f"request is {int(length) / 2**20:.1f} MB; the limit is "
+                                     f"{self.max_bytes / 2**20:g} MB")
+        try:
+            form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES)
+        except HTTPException as e:  # starlette's own limits
+            raise UploadProblem(e.status_code, str(e.detail)) from None
+        except Exception as e:  # a body that is not multipart
+            raise UploadProblem(400, f"expected a multipart/form-data body with field {FIELD!r} "
+                                     f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        files = [f for f in form.getlist(FIELD) if isinstance(f, UploadFile)]
+        if not files:
+            raise UploadProblem(400, f"no files in the request (multipart field {FIELD!r})")
+        out, total = [], 0
+        for i, f in enumerate(files):
+            name = f.filename or f"upload {i}"
+            data = await f.read(self.max_bytes + 1)
+            total += len(data)
+            if total > self.max_bytes:
+                raise UploadProblem(413, f"{name}: uploads over {self.max_bytes / 2**20:g} MB")
+            if not data:
+                raise UploadProblem(400, f"{name}: empty file")
+            out.append((name, data))
+        return out
+
+    @app.post("/v1/verify", openapi_extra={"requestBody": UPLOAD_SCHEMA})
+    async def verify(self, request: Request) -> dict:
+        """Verify one or several images; one result per file, in order."""
+        self.authorize(request)
+        items = []
+        for name, data in await self.uploads(request):
+            try:
+                items.append((name, decode_image(data, self.verifier.size)))
+            except ImageError as e:
+                raise UploadProblem(422, f"{name}: {e}") from None
+        rows = await asyncio.gather(*(self.detect(item) for item in items))
+        return {"results": [{"file": d.pop("path"), **d} for d in map(asdict, rows)]}
+
+    @app.get("/v1/keys")
+    async def keys(self, request: Request) -> dict:
+        """The keys this server tests: ids, model and latent shape only."""
+        self.authorize(request)
+        return {"keys": [{"key_id": k.key_id, "model": k.model, "latent_shape": list(k.latent_shape)}
+                         for k in self.verifier.keys]}
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+
+def start(keys, recovery: Recovery = Recovery(), alpha: float = 0.01, search: str = "all", device: str = "auto",
+          dtype: str = "float32", token: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+          replicas: int = 1, max_batch: int = 8, batch_wait_ms: float = 20.0, max_upload_mb: float = 20.0,
+          max_queued: int = 64, cpus_per_replica: int = 1, gpus_per_replica: float | None = None,
+          address: str | None = None, quiet: bool = True) -> str:
+    """Deploy the service on Ray Serve (joining ``address`` or starting a local Ray) and return its
+    URL; it serves until ``serve.shutdown()`` or the end of this process."""
+    check_exposure(host, token)
+    Verifier.check(keys, alpha, search)
+    ray = connect(address, quiet=quiet)
+    if gpus_per_replica is None:
+        gpus_per_replica = default_gpus(ray, device)
+    serve.start(http_options={"host": host, "port": port})
+    service = VerifyService.options(
+        num_replicas=replicas, max_ongoing_requests=2 * max_batch, max_queued_requests=max_queued,
+        ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica},
+    ).bind(keys, recovery, alpha, search, device, dtype, token, max_upload_mb, max_batch, batch_wait_ms,
+           cpus_per_replica)
+    serve.run(service, name="ringmark", route_prefix="/")
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
