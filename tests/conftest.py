@@ -92,3 +92,54 @@ def sd_folder(tmp_path_factory):
         "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
         "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}))
     return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray on 2 CPUs for the serve and scan tests (as on CI's machines)."""
+    from watermark.scale.cluster import connect
+
+    ray = connect(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def scale_world(tmp_path_factory):
+    """A key, 3 watermarked + 3 clean images of the bundled model, 3 unreadable files, and what
+    `verify --json` says of each (path -> row): the reference the Ray entry points must match."""
+    from click.testing import CliRunner
+
+    from watermark.cli import main
+
+    root = tmp_path_factory.mktemp("scale")
+    run = lambda *args: CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)  # noqa: E731
+    assert run("keygen", "-o", root / "key.json", "--seed", 5, "-q").exit_code == 0
+    images = root / "images"
+    assert run("embed", "--key", root / "key.json", "-o", images / "wm", "-n", 3, "--steps", 10, "-q").exit_code == 0
+    assert run("embed", "--key", root / "key.json", "-o", images / "clean", "-n", 3, "--steps", 10, "--no-watermark",
+               "-q").exit_code == 0
+    (images / "bad").mkdir()
+    (images / "bad" / "junk.png").write_text("not an image\n")
+    (images / "bad" / "empty.png").write_bytes(b"")
+    (images / "bad" / "truncated.png").write_bytes((images / "wm" / "00000.png").read_bytes()[:400])
+    result = run("verify", images, "--key", root / "key.json", "--json", "-q")
+    assert result.exit_code == 2  # the unreadable files
+    reference = {row["path"]: row for row in map(json.loads, result.stdout.splitlines())}
+    assert len(reference) == 9 and sum(bool(r["watermarked"]) for r in reference.values()) == 3
+    return root, images, reference
+
+
+def same_result(row: dict, reference: dict) -> bool:
+    """Equal to `verify --json`'s row but for the timing; p-value and distance to float32 batch
+    noise (a convolution's result depends on the batch it ran in, ~1e-5 relative here)."""
+    import math
+
+    skip = {"path", "file", "batch_seconds_per_image", "p_value", "distance"}
+    if {k: v for k, v in row.items() if k not in skip} != {k: v for k, v in reference.items() if k not in skip}:
+        return False
+    for name, tol in (("p_value", 1e-3), ("distance", 1e-4)):
+        a, b = row[name], reference[name]
+        if (a is None) != (b is None) or (a is not None and not math.isclose(a, b, rel_tol=tol)):
+            return False
+    return True

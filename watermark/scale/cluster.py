@@ -28,6 +28,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
     ray = require_ray()
     if ray.is_initialized():
         return ray
+    if not os.environ.get("RAY_ADDRESS", "x").strip():
+        del os.environ["RAY_ADDRESS"]  # set but empty: Ray would refuse it as an address
     address = address or os.environ.get("RAY_ADDRESS")
     try:
         ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,

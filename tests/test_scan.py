@@ -1,0 +1,92 @@
+"""`ringmark scan` on a local Ray (2 CPUs): rows equal `verify --json`, corrupt files are rows,
+and a scan killed halfway resumes without duplicates."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from conftest import same_result
+
+from watermark.cli import main
+from watermark.io.results import ResultsError, ResultsFile
+
+
+def read_rows(path):
+    if str(path).endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    return [json.loads(line) for line in open(path)]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_rows_equal_verify_json(ray_local, scale_world, tmp_path, suffix):
+    root, images, reference = scale_world
+    output = tmp_path / f"results{suffix}"
+    result = CliRunner().invoke(main, ["scan", str(images), "--key", str(root / "key.json"), "-o", str(output),
+                                       "--workers", "2", "--batch", "2", "-q"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    rows = read_rows(output)
+    assert sorted(r["path"] for r in rows) == sorted(reference)  # every image once
+    for row in rows:
+        assert same_result(row, reference[row["path"]]), (row, reference[row["path"]])
+    assert {k: summary[k] for k in ("images", "skipped", "watermarked", "errors", "workers")} == {
+        "images": 9, "skipped": 0, "watermarked": 3, "errors": 3, "workers": 2}
+    assert not output.with_name(output.name + ".parts").exists()
+
+    again = CliRunner().invoke(main, ["scan", str(images), "--key", str(root / "key.json"), "-o", str(output)])
+    assert again.exit_code == 0 and "skipping 9 images already in" in again.stderr
+    assert json.loads(again.stdout)["images"] == 0 and len(read_rows(output)) == 9
+
+
+def test_killed_scan_resumes_without_duplicates(ray_local, scale_world, tmp_path):
+    """A scan in its own process is killed (SIGKILL) after its first rows; the rerun skips them."""
+    root, images, reference = scale_world
+    output = tmp_path / "results.jsonl"
+    command = [sys.executable, "-m", "watermark", "scan", str(images), "--key", str(root / "key.json"), "-o",
+               str(output), "--workers", "1", "--batch", "1", "-q"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and child.poll() is None:
+        if output.exists() and output.read_text().count("\n") >= 5:  # 3 unreadable files + 2 images
+            break
+        time.sleep(0.2)
+    assert child.poll() is None, "the scan ended before it could be killed"
+    os.killpg(child.pid, signal.SIGKILL)  # the scan and the Ray it started, as in a crash
+    child.wait()
+    before = len(read_rows(output))
+    assert 5 <= before < 9
+
+    result = CliRunner().invoke(main, ["scan", str(images), "--key", str(root / "key.json"), "-o", str(output),
+                                       "--workers", "2"], catch_exceptions=False)
+    assert result.exit_code == 0 and f"skipping {before} images already in" in result.stderr
+    rows = read_rows(output)
+    assert sorted(r["path"] for r in rows) == sorted(reference)
+    assert all(same_result(row, reference[row["path"]]) for row in rows)
+
+
+def test_results_file_checks(tmp_path, scale_world):
+    root, images, _ = scale_world
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text('{"path": "a.png", "alpha": 0.01}\n{"path": "b.p')  # a crash in the middle of a line
+    assert [r["path"] for r in ResultsFile(cut).rows()] == ["a.png"] and cut.read_text().endswith("}\n")
+    other = tmp_path / "mine.jsonl"
+    other.write_text('["a user\'s own data"]\n')
+    with pytest.raises(ResultsError, match="line 1 is not a ringmark result; use --force"):
+        ResultsFile(other).rows()
+    assert ResultsFile(other, force=True).rows() == [] and not other.exists()
+    # a results file from other settings is not mixed with new rows
+    settings = tmp_path / "old.jsonl"
+    settings.write_text(json.dumps({"path": "x.png", "inversion": "encoder", "ddim_steps": 50, "exact": False,
+                                    "alpha": 0.01, "keys_tested": 1}) + "\n")
+    result = CliRunner().invoke(main, ["scan", str(images), "--key", str(root / "key.json"), "-o", str(settings)])
+    assert result.exit_code == 2 and "written with other settings" in result.stderr
+    assert "Traceback" not in result.output

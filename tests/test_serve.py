@@ -1,0 +1,157 @@
+"""`ringmark serve` through a real HTTP client, against a server started here on 127.0.0.1."""
+
+import concurrent.futures
+import io
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from conftest import same_result
+from PIL import Image
+
+from watermark.cli import main
+from watermark.io.keyring import load_keys
+
+TOKEN = "test-token-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, scale_world):
+    from ray import serve
+
+    from watermark.scale.serve import start
+
+    root, images, reference = scale_world
+    keys, _ = load_keys([root / "key.json"])
+    url = start(keys, token=TOKEN, port=free_port(), device="cpu", max_upload_mb=1, max_batch=8)
+    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+    yield client, images, reference, keys
+    client.close()
+    serve.shutdown()
+
+
+def upload(*paths: Path):
+    return [("files", (p.name, p.read_bytes(), "image/png")) for p in paths]
+
+
+def test_results_equal_verify_json(server):
+    client, images, reference, _ = server
+    paths = sorted((images / "wm").glob("*.png")) + sorted((images / "clean").glob("*.png"))
+    response = client.post("/v1/verify", files=upload(*paths))
+    assert response.status_code == 200
+    rows = response.json()["results"]
+    assert [r["file"] for r in rows] == [p.name for p in paths]
+    for path, row in zip(paths, rows):
+        assert same_result(row, reference[str(path)]), (row, reference[str(path)])
+    assert sum(r["watermarked"] for r in rows) == 3
+
+
+def bomb() -> bytes:
+    """A PNG of 20000 x 10000 pixels: 23 kB on the wire, 2.2x Pillow's decompression-bomb limit."""
+    out = io.BytesIO()
+    Image.new("1", (20000, 10000)).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("files, status, message", [
+    ([("files", ("empty.png", b""))], 400, "empty.png: empty file"),
+    ([("files", ("junk.png", b"not an image"))], 422, "junk.png: not an image"),
+    ("truncated", 422, "truncated.png: cannot decode image"),
+    ("bomb", 422, "bomb.png: too many pixels"),
+    ("oversize", 413, "the limit is 1 MB"),
+    ([("other", ("a.png", b"x"))], 400, "no files in the request"),
+])
+def test_bad_uploads_get_4xx_json_and_the_service_goes_on(server, files, status, message):
+    client, images, reference, _ = server
+    if files == "truncated":
+        files = [("files", ("truncated.png", (images / "wm" / "00000.png").read_bytes()[:400]))]
+    elif files == "bomb":
+        files = [("files", ("bomb.png", bomb()))]
+    elif files == "oversize":
+        files = [("files", ("big.png", b"\0" * (1 << 20) + b"x"))]
+    response = client.post("/v1/verify", files=files)
+    assert response.status_code == status and message in response.json()["error"], response.text
+    good = client.post("/v1/verify", files=upload(images / "wm" / "00001.png"))
+    assert good.status_code == 200 and good.json()["results"][0]["watermarked"] is True
+
+
+def test_not_multipart_is_400(server):
+    client = server[0]
+    response = client.post("/v1/verify", content=b"\x89PNG", headers={"Content-Type": "image/png"})
+    assert response.status_code == 400 and "error" in response.json()
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}])
+def test_missing_or_wrong_token_is_401(server, headers):
+    client, images, _, _ = server
+    with httpx.Client(base_url=client.base_url, headers=headers, timeout=60) as anonymous:
+        for response in (anonymous.post("/v1/verify", files=upload(images / "wm" / "00000.png")),
+                         anonymous.get("/v1/keys")):
+            assert response.status_code == 401 and response.json() == {"error": "missing or wrong bearer token"}
+        assert anonymous.get("/healthz").json() == {"status": "ok"}
+
+
+def test_keys_show_ids_model_and_shape_only(server):
+    client, _, _, keys = server
+    assert client.get("/v1/keys").json() == {"keys": [{"key_id": keys[0].key_id, "model": "tiny",
+                                                       "latent_shape": [4, 32, 32]}]}
+    assert "/v1/verify" in client.get("/openapi.json").json()["paths"]
+
+
+def test_load_32_clients_128_requests(server):
+    """Zero errors, and every answer equal to the sequential one, within a time limit."""
+    client, images, reference, _ = server
+    paths = sorted((images / "wm").glob("*.png")) + sorted((images / "clean").glob("*.png"))[:1]
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(lambda i: client.post("/v1/verify", files=upload(paths[i % len(paths)])),
+                                  range(128)))
+    seconds = time.perf_counter() - t0
+    assert [r.status_code for r in responses] == [200] * 128
+    for i, response in enumerate(responses):
+        assert same_result(response.json()["results"][0], reference[str(paths[i % len(paths)])])
+    batched = max(r.json()["results"][0]["batch_seconds_per_image"] for r in responses)
+    assert seconds < 600, seconds
+    print(f"128 requests from 32 clients in {seconds:.1f}s; slowest batch {batched:.2f}s per image")
+
+
+def test_full_queue_answers_503_and_the_service_goes_on(server, scale_world):
+    """A second app with a queue of 2 and batches of 1: a burst of 24 gets 503s, never a crash."""
+    from ray import serve
+
+    from watermark.pipeline import Recovery
+    from watermark.scale.serve import VerifyService
+
+    client, images, _, keys = server
+    tight = VerifyService.options(num_replicas=1, max_ongoing_requests=1, max_queued_requests=2,
+                                  ray_actor_options={"num_cpus": 1}).bind(
+        keys, Recovery(), 0.01, "all", "cpu", "float32", None, 20.0, 1, 0.0, 1)
+    serve.run(tight, name="tight", route_prefix="/tight")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(24) as pool:
+            codes = list(pool.map(lambda i: client.post("/tight/v1/verify",
+                                                        files=upload(images / "wm" / "00000.png")).status_code,
+                                  range(24)))
+        assert set(codes) == {200, 503} and codes.count(503) >= 10, codes
+        assert client.post("/tight/v1/verify", files=upload(images / "wm" / "00000.png")).status_code == 200
+    finally:
+        serve.delete("tight")
+
+
+def test_cli_refuses_an_open_server_without_a_token(tmp_path, monkeypatch):
+    monkeypatch.delenv("RINGMARK_TOKEN", raising=False)
+    result = CliRunner().invoke(main, ["serve", "--key", str(tmp_path / "k.json"), "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "reachable from other machines: give a token" in result.stderr
+    (tmp_path / "token").write_text("\n")
+    result = CliRunner().invoke(main, ["serve", "--key", str(tmp_path / "k.json"), "--token-file",
+                                       str(tmp_path / "token")])
+    assert result.exit_code == 2 and "the token file is empty" in result.stderr
