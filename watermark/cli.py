@@ -547,3 +547,27 @@ def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     click.echo(detect.main(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search, batch, device, quick,
                            Path(outdir), log))
+
+
+@bench.command("scale", context_settings=CONTEXT)
+@click.option("-n", "n", default=100, show_default=True, type=click.IntRange(2), help="Images in the scanned folder.")
+@click.option("--clients", default=16, show_default=True, type=click.IntRange(1), help="Concurrent HTTP clients.")
+@click.option("--requests", default=96, show_default=True, type=click.IntRange(1), help="Requests per serve run.")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Generation steps of the images.")
+@click.option("--skip-scan", is_flag=True)
+@click.option("--skip-serve", is_flag=True)
+@click.option("--quick", is_flag=True, help="8 images, 16 requests: checks the code.")
+@click.option("-o", "--outdir", default="docs/bench", show_default=True, type=click.Path(file_okay=False))
+@quiet_option
+@library_errors
+def bench_scale(n, clients, requests, steps, skip_scan, skip_serve, quick, outdir, quiet):
+    """scan (1 and 2 workers) against verify, and serve with and without batching (needs the scale extra).
+
+    Example: ringmark bench scale -n 100 --clients 16 -o docs/bench
+    """
+    from .bench import scale
+
+    if quick:
+        n, requests, steps = 8, 16, 5
+    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    click.echo(scale.main(n, clients, requests, steps, Path(outdir), log, skip_scan, skip_serve))

@@ -25,6 +25,8 @@ from ..scheme.geometry import DEFAULT_SEARCH
 from ..verifier import Verifier, failure
 from .cluster import connect, default_gpus
 
+MAX_BLOCKS = 20_000  # read tasks: one per batch up to this many
+
 
 @dataclass
 class ScanSummary:
@@ -36,6 +38,8 @@ class ScanSummary:
     seconds: float  # wall time of this run, Ray's start included
     images_per_second: float
     workers: int
+    first_result_seconds: float | None  # until the first verified batch: Ray's start, the actors' model loads
+    steady_images_per_second: float | None  # after the first batch: the pool's throughput
 
 
 class ScanWorker:
@@ -134,7 +138,7 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
     results.append(failed)
     readable = {read: shown for shown, read, error in todo if error is None}
     rows_done = list(failed)
-    used = 0
+    used, first, first_rows = 0, None, 0
     if readable:
         ray = connect(address, quiet=quiet)
         resources = ray.cluster_resources()
@@ -149,7 +153,9 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
         import ray.data
 
         # reading is I/O: it asks for no CPU, so an actor pool that holds every CPU cannot starve it
-        ds = ray.data.read_binary_files(list(readable), include_paths=True, num_cpus=0)
+        # and one block per batch, so that the pool's actors share the files evenly
+        blocks = min(-(-len(readable) // batch), MAX_BLOCKS)
+        ds = ray.data.read_binary_files(list(readable), include_paths=True, num_cpus=0, override_num_blocks=blocks)
         ds = ds.map_batches(ScanWorker, fn_constructor_kwargs=dict(
             keys=keys, recovery=recovery, alpha=alpha, search=search, device=device, dtype=dtype,
             threads=cpus_per_worker), batch_size=batch, batch_format="numpy",
@@ -160,9 +166,14 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
                 row["path"] = readable.get(row["path"], row["path"])
             results.append(rows)
             rows_done.extend(rows)
+            if first is None:
+                first, first_rows = time.perf_counter() - t0, len(rows)
+    last = time.perf_counter() - t0
     results.close()
     seconds = time.perf_counter() - t0
-    summary = ScanSummary(str(output), len(rows_done), skipped, sum(bool(r["watermarked"]) for r in rows_done),
-                          sum(r["error"] is not None for r in rows_done), round(seconds, 2),
-                          round(len(rows_done) / seconds, 3), used)
-    return summary
+    after = len(readable) - first_rows
+    steady = after / (last - first) if first is not None and after > 0 else None
+    return ScanSummary(str(output), len(rows_done), skipped, sum(bool(r["watermarked"]) for r in rows_done),
+                       sum(r["error"] is not None for r in rows_done), round(seconds, 2),
+                       round(len(rows_done) / seconds, 3), used, None if first is None else round(first, 2),
+                       None if steady is None else round(steady, 3))
