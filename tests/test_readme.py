@@ -1,14 +1,20 @@
 """Every code block of README.md runs: ``python`` blocks as they stand, ``console`` blocks command
 by command (``ringmark`` through the CLI; ``pip`` installs and the test command itself are what CI
 runs, so they are skipped here), in a fresh folder. ``text`` blocks are synopses, not commands.
+A command ending in ``&`` (``ringmark serve``) runs in its own process, ``curl`` against it must
+answer JSON without an error, and ``kill %1`` stops it.
 
 The Stable Diffusion examples need a hub checkpoint and a GPU; they run here on the tiny SD-layout
 checkpoint built in tests/conftest.py, with the size, device and precision a CPU can use.
 """
 
+import json
 import os
 import re
 import shlex
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,18 +57,60 @@ def commands(code):
                 yield part
 
 
+def start_background(command: str) -> subprocess.Popen:
+    args = shlex.split(command)
+    assert args[0] == "ringmark", command
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a user's
+    return subprocess.Popen([sys.executable, "-m", "watermark", *args[1:]], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Ctrl-C, as a user stops the server; then the process group (its Ray) goes too."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def curl(command: str, server: subprocess.Popen | None) -> None:
+    done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=300)
+    problem = None if server is None or server.poll() is None else server.stderr.read()[-2000:]
+    assert done.returncode == 0, (command, done.stderr, problem)
+    answer = json.loads(done.stdout)
+    assert "error" not in answer, (command, answer)
+
+
 @pytest.mark.parametrize("code", blocks("console"))
 def test_console_block_runs(code, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     stand_in = "stabilityai/" in code  # no hub here: the tiny SD-layout checkpoint stands in, on the CPU
     folder = str(request.getfixturevalue("sd_folder")) if stand_in else None
-    ran = 0
-    for command in commands(code):
-        if stand_in:
-            command = on_stand_in(command, folder).replace("ringmark embed", "ringmark embed --steps 2")
-        args = shlex.split(command)
-        assert args[0] == "ringmark", command
-        result = CliRunner().invoke(main, args[1:], env={**os.environ})
-        assert result.exit_code in (0, 1), (command, result.output, result.stderr)  # verify: 1 = none found
-        ran += 1
+    ran, background = 0, []
+    try:
+        for command in commands(code):
+            ran += 1
+            if command.endswith("&"):
+                background.append(start_background(command[:-1]))
+            elif command.startswith("curl "):
+                curl(command, background[-1] if background else None)
+            elif command == "kill %1":
+                stop(background.pop(0))
+            else:
+                if stand_in:
+                    command = on_stand_in(command, folder).replace("ringmark embed", "ringmark embed --steps 2")
+                args = shlex.split(command)
+                assert args[0] == "ringmark", command
+                result = CliRunner().invoke(main, args[1:], env={**os.environ})
+                assert result.exit_code in (0, 1), (command, result.output, result.stderr)  # verify: 1 = none found
+    finally:
+        for process in background:
+            stop(process)
     assert ran or all(part.strip().startswith(SKIPPED) for part in code.split("&&")), code

@@ -6,6 +6,7 @@ stdout carries data only (tables, JSON lines); messages, warnings and progress g
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -373,9 +374,10 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, alpha, device,
 
     from .scale.serve import start
 
-    url = start(keys, Recovery(inversion, iters, ddim_steps, exact), alpha, search, device, dtype, token, host, port,
-                replicas, max_batch, batch_wait_ms, max_upload_mb, max_queued, cpus_per_replica, gpus_per_replica,
-                address, quiet)
+    with contextlib.redirect_stdout(sys.stderr):  # as in scan
+        url = start(keys, Recovery(inversion, iters, ddim_steps, exact), alpha, search, device, dtype, token, host,
+                    port, replicas, max_batch, batch_wait_ms, max_upload_mb, max_queued, cpus_per_replica,
+                    gpus_per_replica, address, quiet)
     if not quiet:
         click.echo(f"ringmark: serving {len(keys)} keys at {url} (API docs at {url}/docs"
                    + ("" if token else "; loopback only, no token") + "); Ctrl-C stops", err=True)
@@ -426,8 +428,10 @@ def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, alpha,
     from .scale.scan import scan as run_scan
 
     log = (lambda m: None) if quiet else (lambda m: click.echo(f"ringmark: {m}", err=True))
-    summary = run_scan(list(sources), keys, output, Recovery(inversion, iters, ddim_steps, exact), alpha, search,
-                       device, dtype, batch, workers, gpus_per_worker, cpus_per_worker, address, force, log, quiet)
+    with contextlib.redirect_stdout(sys.stderr):  # Ray prints its workers' warnings; stdout is for the summary
+        summary = run_scan(list(sources), keys, output, Recovery(inversion, iters, ddim_steps, exact), alpha,
+                           search, device, dtype, batch, workers, gpus_per_worker, cpus_per_worker, address, force,
+                           log, quiet)
     log(f"{summary.images} images scanned ({summary.skipped} skipped, already in {output}): "
         f"{summary.watermarked} watermarked at alpha = {alpha:g}, {summary.errors} errors; "
         f"{summary.images_per_second:g} images/s over {summary.seconds:.1f}s")

@@ -45,7 +45,7 @@ def timed(command: list[str], threads: int | None = None) -> tuple[float, str]:
     seconds = time.perf_counter() - t0
     if done.returncode not in (0, 1):
         raise RuntimeError(f"{' '.join(command)}: exit {done.returncode}: {done.stderr.strip()[-500:]}")
-    return seconds, done.stdout
+    return seconds, done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
 
 
 def bench_scan(root: Path, folder: Path, n: int, log: Callable[[str], None]) -> dict:

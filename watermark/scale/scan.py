@@ -141,6 +141,7 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
     used, first, first_rows = 0, None, 0
     if readable:
         ray = connect(address, quiet=quiet)
+        log(f"Ray up in {time.perf_counter() - t0:.1f}s")
         resources = ray.cluster_resources()
         if gpus_per_worker is None:
             gpus_per_worker = default_gpus(ray, device)
@@ -152,10 +153,14 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
             + (f", {gpus_per_worker:g} GPU" if gpus_per_worker else "") + " each)")
         import ray.data
 
-        # reading is I/O: it asks for no CPU, so an actor pool that holds every CPU cannot starve it
-        # and one block per batch, so that the pool's actors share the files evenly
+        ray.data.DataContext.get_current().enable_progress_bars = not quiet
+
+        # Reading is I/O: it asks for no CPU, so an actor pool that holds every CPU cannot starve
+        # it, and at most one read task per worker runs at once (each is a process to start); one
+        # block per batch, so that the pool's actors share the files evenly.
         blocks = min(-(-len(readable) // batch), MAX_BLOCKS)
-        ds = ray.data.read_binary_files(list(readable), include_paths=True, num_cpus=0, override_num_blocks=blocks)
+        ds = ray.data.read_binary_files(list(readable), include_paths=True, num_cpus=0, concurrency=workers,
+                                        override_num_blocks=blocks)
         ds = ds.map_batches(ScanWorker, fn_constructor_kwargs=dict(
             keys=keys, recovery=recovery, alpha=alpha, search=search, device=device, dtype=dtype,
             threads=cpus_per_worker), batch_size=batch, batch_format="numpy",
@@ -168,6 +173,7 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
             rows_done.extend(rows)
             if first is None:
                 first, first_rows = time.perf_counter() - t0, len(rows)
+                log(f"first results after {first:.1f}s")
     last = time.perf_counter() - t0
     results.close()
     seconds = time.perf_counter() - t0
