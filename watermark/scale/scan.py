@@ -39,7 +39,7 @@ class ScanSummary:
     images_per_second: float
     workers: int
     first_result_seconds: float | None  # until the first verified batch: Ray's start, the actors' model loads
-    steady_images_per_second: float | None  # after the first batch: the pool's throughput
+    steady_images_per_second: float | None  # over the last 80 % of the images: the pool's throughput
 
 
 class ScanWorker:
@@ -64,6 +64,16 @@ class ScanWorker:
             for (i, _, _), row in zip(items, self.verifier.run([(p, loaded) for _, p, loaded in items])):
                 rows[i] = row
         return pa.Table.from_pylist([asdict(rows[i]) for i in range(len(rows))], schema=arrow_schema())
+
+
+def steady_rate(arrivals: list[tuple[float, int]], skip: float = 0.2) -> float | None:
+    """Images per second after the first ``skip`` of them arrived (the pool warmed up), from
+    (seconds, images so far) pairs; None when too few batches arrived to tell."""
+    if not arrivals:
+        return None
+    start = next((a for a in arrivals if a[1] >= skip * arrivals[-1][1]), None)
+    end = arrivals[-1]
+    return (end[1] - start[1]) / (end[0] - start[0]) if start is not None and end[0] > start[0] else None
 
 
 def list_images(sources: list[str]) -> list[tuple[str, str, str | None]]:
@@ -138,7 +148,7 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
     results.append(failed)
     readable = {read: shown for shown, read, error in todo if error is None}
     rows_done = list(failed)
-    used, first, first_rows = 0, None, 0
+    used, first, arrivals = 0, None, []  # (seconds, images verified so far)
     if readable:
         ray = connect(address, quiet=quiet)
         log(f"Ray up in {time.perf_counter() - t0:.1f}s")
@@ -171,14 +181,13 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
                 row["path"] = readable.get(row["path"], row["path"])
             results.append(rows)
             rows_done.extend(rows)
+            arrivals.append((time.perf_counter() - t0, len(rows) + (arrivals[-1][1] if arrivals else 0)))
             if first is None:
-                first, first_rows = time.perf_counter() - t0, len(rows)
+                first = arrivals[0][0]
                 log(f"first results after {first:.1f}s")
-    last = time.perf_counter() - t0
     results.close()
     seconds = time.perf_counter() - t0
-    after = len(readable) - first_rows
-    steady = after / (last - first) if first is not None and after > 0 else None
+    steady = steady_rate(arrivals)
     return ScanSummary(str(output), len(rows_done), skipped, sum(bool(r["watermarked"]) for r in rows_done),
                        sum(r["error"] is not None for r in rows_done), round(seconds, 2),
                        round(len(rows_done) / seconds, 3), used, None if first is None else round(first, 2),
