@@ -24,15 +24,20 @@ def read_rows(path):
     return [json.loads(line) for line in open(path)]
 
 
-@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
-def test_rows_equal_verify_json(ray_local, scale_world, tmp_path, suffix):
+@pytest.mark.parametrize("suffix, uri", [(".jsonl", False), (".parquet", True)])
+def test_rows_equal_verify_json(ray_local, scale_world, tmp_path, suffix, uri):
+    """A folder, and the same folder as a file:// URI (read through pyarrow's filesystems, as s3:// is)."""
     root, images, reference = scale_world
     output = tmp_path / f"results{suffix}"
-    result = CliRunner().invoke(main, ["scan", str(images), "--key", str(root / "key.json"), "-o", str(output),
+    source = f"file://{images}" if uri else str(images)
+    result = CliRunner().invoke(main, ["scan", source, "--key", str(root / "key.json"), "-o", str(output),
                                        "--workers", "2", "--batch", "2", "-q"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     rows = read_rows(output)
+    assert all(r["path"].startswith("file:///") == uri for r in rows)
+    for row in rows:
+        row["path"] = row["path"].removeprefix("file://")
     assert sorted(r["path"] for r in rows) == sorted(reference)  # every image once
     for row in rows:
         assert same_result(row, reference[row["path"]]), (row, reference[row["path"]])
@@ -40,7 +45,7 @@ def test_rows_equal_verify_json(ray_local, scale_world, tmp_path, suffix):
         "images": 9, "skipped": 0, "watermarked": 3, "errors": 3, "workers": 2}
     assert not output.with_name(output.name + ".parts").exists()
 
-    again = CliRunner().invoke(main, ["scan", str(images), "--key", str(root / "key.json"), "-o", str(output)])
+    again = CliRunner().invoke(main, ["scan", source, "--key", str(root / "key.json"), "-o", str(output)])
     assert again.exit_code == 0 and "skipping 9 images already in" in again.stderr
     assert json.loads(again.stdout)["images"] == 0 and len(read_rows(output)) == 9
 

@@ -147,6 +147,7 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
     failed = [asdict(failure(shown, error, recovery, alpha, len(keys))) for shown, _, error in todo if error]
     results.append(failed)
     readable = {read: shown for shown, read, error in todo if error is None}
+    shown_as = {**{read.split("://", 1)[-1]: shown for read, shown in readable.items()}, **readable}
     rows_done = list(failed)
     used, first, arrivals = 0, None, []  # (seconds, images verified so far)
     if readable:
@@ -177,8 +178,8 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             rows = table.to_pylist()
-            for row in rows:
-                row["path"] = readable.get(row["path"], row["path"])
+            for row in rows:  # back to the path as listed (Ray gives URIs without their scheme)
+                row["path"] = shown_as.get(row["path"], row["path"])
             results.append(rows)
             rows_done.extend(rows)
             arrivals.append((time.perf_counter() - t0, len(rows) + (arrivals[-1][1] if arrivals else 0)))
