@@ -128,10 +128,10 @@ class VerifyService:
     async def verify(self, request: Request) -> dict:
         """Verify one or several images; one result per file, in order."""
         self.authorize(request)
-        items = []
+        items, loop = [], asyncio.get_running_loop()
         for name, data in await self.uploads(request):
-            try:
-                items.append((name, decode_image(data, self.verifier.size)))
+            try:  # decoding (and resizing) a large image is work: off the event loop
+                items.append((name, await loop.run_in_executor(None, decode_image, data, self.verifier.size)))
             except ImageError as e:
                 raise UploadProblem(422, f"{name}: {e}") from None
         rows = await asyncio.gather(*(self.detect(item) for item in items))
