@@ -87,7 +87,9 @@ def test_results_file_checks(tmp_path, scale_world):
     other.write_text('["a user\'s own data"]\n')
     with pytest.raises(ResultsError, match="line 1 is not a ringmark result; use --force"):
         ResultsFile(other).rows()
-    assert ResultsFile(other, force=True).rows() == [] and not other.exists()
+    assert ResultsFile(other, force=True).rows() == [] and other.read_text() == ""
+    with pytest.raises(ResultsError, match="cannot write here"):  # before any image is verified
+        ResultsFile("/proc/results.jsonl")
     # a results file from other settings is not mixed with new rows
     settings = tmp_path / "old.jsonl"
     settings.write_text(json.dumps({"path": "x.png", "inversion": "encoder", "ddim_steps": 50, "exact": False,

@@ -155,3 +155,14 @@ def test_cli_refuses_an_open_server_without_a_token(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["serve", "--key", str(tmp_path / "k.json"), "--token-file",
                                        str(tmp_path / "token")])
     assert result.exit_code == 2 and "the token file is empty" in result.stderr
+
+
+def test_a_port_in_use_is_a_one_line_error():
+    from watermark.scale.cluster import check_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{taken.getsockname()[1]}"):
+            check_port("127.0.0.1", taken.getsockname()[1])
+    check_port("127.0.0.1", free_port())

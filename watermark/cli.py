@@ -379,7 +379,7 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, alpha, device,
                     port, replicas, max_batch, batch_wait_ms, max_upload_mb, max_queued, cpus_per_replica,
                     gpus_per_replica, address, quiet)
     if not quiet:
-        click.echo(f"ringmark: serving {len(keys)} keys at {url} (API docs at {url}/docs"
+        click.echo(f"ringmark: serving {len(keys)} key{'s' * (len(keys) != 1)} at {url} (API docs at {url}/docs"
                    + ("" if token else "; loopback only, no token") + "); Ctrl-C stops", err=True)
     click.echo(json.dumps({"url": url}))
 

@@ -55,7 +55,14 @@ class ResultsFile:
         if force:
             self.path.unlink(missing_ok=True)
             shutil.rmtree(self.parts, ignore_errors=True)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # fail now, not after the scan: where the rows will go must be writable
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.format == ".jsonl":
+                open(self.path, "a").close()
+            else:
+                self.parts.mkdir(exist_ok=True)
+        except OSError as e:
+            raise ResultsError(f"{self.path}: cannot write here ({e.strerror or e})") from None
 
     def rows(self) -> list[dict]:
         """The rows already stored (and, for .jsonl, a last line cut short is cut off the file)."""
@@ -106,7 +113,6 @@ class ResultsFile:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self.parts.mkdir(exist_ok=True)
         name = f"{uuid.uuid4().hex}.parquet"
         pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema()), self.parts / f".{name}.tmp")
         os.replace(self.parts / f".{name}.tmp", self.parts / name)
@@ -114,6 +120,9 @@ class ResultsFile:
     def close(self) -> None:
         """Parquet: merge the file and its parts into one file, sorted by path."""
         if self.format != ".parquet" or not self.parts.exists():
+            return
+        if not any(self.parts.iterdir()) and self.path.exists():  # nothing new
+            self.parts.rmdir()
             return
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import socket
 
 
 class ScaleError(Exception):
@@ -60,3 +61,14 @@ def check_exposure(host: str, token: str | None) -> None:
     if token is None and not is_loopback(host):
         raise ValueError(f"--host {host} is reachable from other machines: give a token with --token-file FILE "
                          f"or RINGMARK_TOKEN (an open verifier lets anyone probe and strip watermarks)")
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise ValueError when this machine cannot listen on (host, port): Ray Serve's proxy would
+    retry binding it for ever instead of failing."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ValueError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None

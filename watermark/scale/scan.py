@@ -159,7 +159,8 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
         if workers is None:
             workers = (int(resources["GPU"] // gpus_per_worker) if gpus_per_worker
                        else max(1, int(resources.get("CPU", 1) // cpus_per_worker)))
-        used = workers
+        blocks = min(-(-len(readable) // batch), MAX_BLOCKS)  # one per batch: the pool shares the files evenly
+        workers = used = min(workers, blocks)  # no actor loads the model for nothing
         log(f"scanning {len(readable)} images with {workers} workers ({cpus_per_worker} CPU"
             + (f", {gpus_per_worker:g} GPU" if gpus_per_worker else "") + " each)")
         import ray.data
@@ -167,9 +168,7 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
         ray.data.DataContext.get_current().enable_progress_bars = not quiet
 
         # Reading is I/O: it asks for no CPU, so an actor pool that holds every CPU cannot starve
-        # it, and at most one read task per worker runs at once (each is a process to start); one
-        # block per batch, so that the pool's actors share the files evenly.
-        blocks = min(-(-len(readable) // batch), MAX_BLOCKS)
+        # it, and at most one read task per worker runs at once (each is a process to start).
         ds = ray.data.read_binary_files(list(readable), include_paths=True, num_cpus=0, concurrency=workers,
                                         override_num_blocks=blocks)
         ds = ds.map_batches(ScanWorker, fn_constructor_kwargs=dict(

@@ -18,11 +18,13 @@ server listens on loopback only (``check_exposure``), and tokens are compared in
 # no `from __future__ import annotations`: FastAPI reads the route signatures at runtime
 import asyncio
 import hmac
+import os
 from dataclasses import asdict
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+import ray
 from ray import serve
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -31,7 +33,7 @@ from .. import __version__
 from ..io.images import ImageError, decode_image
 from ..pipeline import Recovery
 from ..verifier import Verifier
-from .cluster import check_exposure, connect, default_gpus
+from .cluster import check_exposure, check_port, connect, default_gpus
 
 FIELD = "files"
 MAX_FILES = 64  # per request
@@ -158,7 +160,9 @@ def start(keys, recovery: Recovery = Recovery(), alpha: float = 0.01, search: st
     URL; it serves until ``serve.shutdown()`` or the end of this process."""
     check_exposure(host, token)
     Verifier.check(keys, alpha, search)
-    ray = connect(address, quiet=quiet)
+    if not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):  # the proxy will run here
+        check_port(host, port)
+    connect(address, quiet=quiet)
     if gpus_per_replica is None:
         gpus_per_replica = default_gpus(ray, device)
     serve.start(http_options={"host": host, "port": port})
