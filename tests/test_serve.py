@@ -55,10 +55,11 @@ def test_results_equal_verify_json(server):
     assert sum(r["watermarked"] for r in rows) == 3
 
 
-def bomb() -> bytes:
-    """A PNG of 20000 x 10000 pixels: 23 kB on the wire, 2.2x Pillow's decompression-bomb limit."""
+def bomb(width: int) -> bytes:
+    """A 1-bit PNG of width x 10000 pixels: tens of kB on the wire. Pillow's limit is 89.5 M pixels:
+    above twice that it refuses, between once and twice it only warns."""
     out = io.BytesIO()
-    Image.new("1", (20000, 10000)).save(out, format="PNG")
+    Image.new("1", (width, 10000)).save(out, format="PNG")
     return out.getvalue()
 
 
@@ -67,6 +68,8 @@ def bomb() -> bytes:
     ([("files", ("junk.png", b"not an image"))], 422, "junk.png: not an image"),
     ("truncated", 422, "truncated.png: cannot decode image"),
     ("bomb", 422, "bomb.png: too many pixels"),
+    ("bomb 1.3x", 422, "bomb.png: too many pixels"),
+    ("chunked", 411, "Content-Length"),
     ("oversize", 413, "the limit is 1 MB"),
     ([("other", ("a.png", b"x"))], 400, "no files in the request"),
 ])
@@ -74,12 +77,20 @@ def test_bad_uploads_get_4xx_json_and_the_service_goes_on(server, files, status,
     client, images, reference, _ = server
     if files == "truncated":
         files = [("files", ("truncated.png", (images / "wm" / "00000.png").read_bytes()[:400]))]
-    elif files == "bomb":
-        files = [("files", ("bomb.png", bomb()))]
+    elif files.startswith("bomb"):
+        files = [("files", ("bomb.png", bomb(12000 if "1.3x" in files else 20000)))]
+    elif files == "chunked":  # a body of unknown length: refused before it is read
+        chunks = iter([b"--x\r\n", b"Content-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n",
+                       (images / "wm" / "00000.png").read_bytes(), b"\r\n--x--\r\n"])
+        response = client.post("/v1/verify", content=chunks,
+                               headers={"Content-Type": "multipart/form-data; boundary=x"})
+        assert response.status_code == status and message in response.json()["error"], response.text
+        files = None
     elif files == "oversize":
         files = [("files", ("big.png", b"\0" * (1 << 20) + b"x"))]
-    response = client.post("/v1/verify", files=files)
-    assert response.status_code == status and message in response.json()["error"], response.text
+    if files is not None:
+        response = client.post("/v1/verify", files=files)
+        assert response.status_code == status and message in response.json()["error"], response.text
     good = client.post("/v1/verify", files=upload(images / "wm" / "00001.png"))
     assert good.status_code == 200 and good.json()["results"][0]["watermarked"] is True
 
@@ -113,15 +124,17 @@ def test_load_32_clients_128_requests(server):
     paths = sorted((images / "wm").glob("*.png")) + sorted((images / "clean").glob("*.png"))[:1]
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
-        responses = list(pool.map(lambda i: client.post("/v1/verify", files=upload(paths[i % len(paths)])),
-                                  range(128)))
+        futures = [pool.submit(client.post, "/v1/verify", files=upload(paths[i % len(paths)])) for i in range(128)]
+        done, late = concurrent.futures.wait(futures, timeout=300)  # the time limit: 4x what 2 cores need
+        for f in late:
+            f.cancel()
+        assert not late, f"{len(late)} of 128 requests unanswered after 300 s"
+    responses = [f.result() for f in futures]
     seconds = time.perf_counter() - t0
     assert [r.status_code for r in responses] == [200] * 128
     for i, response in enumerate(responses):
         assert same_result(response.json()["results"][0], reference[str(paths[i % len(paths)])])
-    batched = max(r.json()["results"][0]["batch_seconds_per_image"] for r in responses)
-    assert seconds < 600, seconds
-    print(f"128 requests from 32 clients in {seconds:.1f}s; slowest batch {batched:.2f}s per image")
+    print(f"128 requests from 32 clients in {seconds:.1f}s")
 
 
 def test_full_queue_answers_503_and_the_service_goes_on(server, scale_world):
@@ -155,6 +168,10 @@ def test_cli_refuses_an_open_server_without_a_token(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["serve", "--key", str(tmp_path / "k.json"), "--token-file",
                                        str(tmp_path / "token")])
     assert result.exit_code == 2 and "the token file is empty" in result.stderr
+    from watermark.scale.cluster import check_exposure
+
+    with pytest.raises(ValueError, match="the token is empty"):  # the Python API too
+        check_exposure("127.0.0.1", " ")
 
 
 def test_a_port_in_use_is_a_one_line_error():

@@ -344,7 +344,7 @@ def read_token(token_file: str | None) -> str | None:
 @click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Largest request body.")
 @click.option("--max-queued", default=64, show_default=True, type=click.IntRange(1),
-              help="Requests waiting per replica before the server answers 503.")
+              help="Requests waiting (per Serve proxy) before the server answers 503.")
 @click.option("--cpus-per-replica", default=1, show_default=True, type=click.IntRange(1),
               help="CPUs (torch threads) per replica.")
 @click.option("--gpus-per-replica", type=click.FloatRange(0),
@@ -361,6 +361,7 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, alpha, device,
 
     Example: ringmark serve --key key.json --port 8000
     """
+    import os
     import signal
 
     from .pipeline import Recovery
@@ -372,7 +373,7 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, alpha, device,
     require_ray()
     from ray import serve as ray_serve
 
-    from .scale.serve import start
+    from .scale.serve import APP, start
 
     with contextlib.redirect_stdout(sys.stderr):  # as in scan
         url = start(keys, Recovery(inversion, iters, ddim_steps, exact), alpha, search, device, dtype, token, host,
@@ -391,7 +392,10 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, alpha, device,
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        ray_serve.shutdown()
+        if address or os.environ.get("RAY_ADDRESS"):  # a shared cluster: remove only our app
+            ray_serve.delete(APP)
+        else:  # the local Ray this command started
+            ray_serve.shutdown()
 
 
 @main.command(context_settings=CONTEXT)

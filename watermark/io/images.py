@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,24 +92,27 @@ def decode_image(data: bytes, size: int) -> Loaded:
 def _decode(source, size: int) -> Loaded:
     """Decode a path or binary file object; see ``load_image``."""
     notes = []
+    bomb = ImageError("too many pixels (possible decompression bomb)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            ImageFile.LOAD_TRUNCATED_IMAGES = False
-            with Image.open(source) as im:
-                n_frames = getattr(im, "n_frames", 1)
-                if n_frames > 1:
-                    im.seek(0)
-                    notes.append(f"first frame of {n_frames}")
-                im.load()
-                if min(im.size) < MIN_SIDE:
-                    raise ImageError(f"image is {im.size[0]}x{im.size[1]}; at least {MIN_SIDE}x{MIN_SIDE} is needed")
-                mode = im.mode
-                rgb = _to_rgb(im)
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        with Image.open(source) as im:
+            # Pillow only warns between 1x and 2x its limit; checked here, before decoding, without
+            # turning warnings into errors (a process-wide setting, not safe across threads)
+            if Image.MAX_IMAGE_PIXELS and im.size[0] * im.size[1] > Image.MAX_IMAGE_PIXELS:
+                raise bomb
+            n_frames = getattr(im, "n_frames", 1)
+            if n_frames > 1:
+                im.seek(0)
+                notes.append(f"first frame of {n_frames}")
+            im.load()
+            if min(im.size) < MIN_SIDE:
+                raise ImageError(f"image is {im.size[0]}x{im.size[1]}; at least {MIN_SIDE}x{MIN_SIDE} is needed")
+            mode = im.mode
+            rgb = _to_rgb(im)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("too many pixels (possible decompression bomb)") from None
+    except Image.DecompressionBombError:
+        raise bomb from None
     except UnidentifiedImageError:
         raise ImageError("not an image Pillow can read") from None
     except PermissionError:

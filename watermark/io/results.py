@@ -127,7 +127,9 @@ class ResultsFile:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = sorted(self._parquet_rows(), key=lambda r: r["path"])
+        # by path, once each: a crash after the merge and before the parts were removed left
+        # both, the same rows twice
+        rows = sorted({r["path"]: r for r in reversed(self._parquet_rows())}.values(), key=lambda r: r["path"])
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema()), tmp)
         os.replace(tmp, self.path)

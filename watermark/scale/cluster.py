@@ -58,6 +58,8 @@ def is_loopback(host: str) -> bool:
 
 def check_exposure(host: str, token: str | None) -> None:
     """Raise ValueError when a server on ``host`` would answer other machines without a token."""
+    if token is not None and not token.strip():
+        raise ValueError("the token is empty")
     if token is None and not is_loopback(host):
         raise ValueError(f"--host {host} is reachable from other machines: give a token with --token-file FILE "
                          f"or RINGMARK_TOKEN (an open verifier lets anyone probe and strip watermarks)")

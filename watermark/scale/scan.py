@@ -121,8 +121,8 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
     allows, else one per ``cpus_per_worker`` CPUs); each runs torch on ``cpus_per_worker`` threads.
     """
     t0 = time.perf_counter()
-    for name, value in (("batch", batch), ("cpus_per_worker", cpus_per_worker), ("workers", workers or 1)):
-        if value < 1:
+    for name, value in (("batch", batch), ("cpus_per_worker", cpus_per_worker), ("workers", workers)):
+        if value is not None and value < 1:
             raise ValueError(f"{name} must be positive, got {value}")
     keys, problems = load_keys(list(key_sources))
     for problem in problems:
@@ -157,8 +157,11 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
         if gpus_per_worker is None:
             gpus_per_worker = default_gpus(ray, device)
         if workers is None:
-            workers = (int(resources["GPU"] // gpus_per_worker) if gpus_per_worker
+            workers = (int(resources.get("GPU", 0) // gpus_per_worker) if gpus_per_worker
                        else max(1, int(resources.get("CPU", 1) // cpus_per_worker)))
+            if workers < 1:
+                raise ValueError(f"the cluster has {resources.get('GPU', 0):g} GPUs: not enough for one worker "
+                                 f"with {gpus_per_worker:g}")
         blocks = min(-(-len(readable) // batch), MAX_BLOCKS)  # one per batch: the pool shares the files evenly
         workers = used = min(workers, blocks)  # no actor loads the model for nothing
         log(f"scanning {len(readable)} images with {workers} workers ({cpus_per_worker} CPU"

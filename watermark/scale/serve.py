@@ -6,8 +6,9 @@ replicas spread over the cluster's CPUs or GPUs.
 
 - ``POST /v1/verify``: images as multipart files (field ``files``, repeatable) -> ``{"results":
   [...]}``, one object per file with the fields of ``verify --json`` (``file`` instead of
-  ``path``). A bad upload gets a 4xx ``{"error": ...}``: 413 too large, 400 empty or malformed,
-  422 not a usable image (not an image, truncated, a decompression bomb, too small).
+  ``path``). A bad upload gets a 4xx ``{"error": ...}``: 413 too large, 411 no Content-Length,
+  400 empty or malformed, 422 not a usable image (not an image, truncated, a decompression bomb,
+  too small).
 - ``GET /v1/keys``: key ids, model and latent shape; nothing else of a key leaves the server.
 - ``GET /healthz``: no token needed.
 
@@ -35,6 +36,7 @@ from ..pipeline import Recovery
 from ..verifier import Verifier
 from .cluster import check_exposure, check_port, connect, default_gpus
 
+APP = "ringmark"  # the Serve application's name
 FIELD = "files"
 MAX_FILES = 64  # per request
 UPLOAD_SCHEMA = {  # multipart is parsed by hand (after the token check), so FastAPI is told its shape
@@ -63,6 +65,11 @@ async def upload_problem(request: Request, e: UploadProblem):
 @app.exception_handler(HTTPException)
 async def http_problem(request: Request, e: HTTPException):
     return JSONResponse({"error": e.detail}, status_code=e.status_code, headers=e.headers)
+
+
+@app.exception_handler(Exception)
+async def internal_error(request: Request, e: Exception):
+    return JSONResponse({"error": f"internal error ({type(e).__name__}); the service goes on"}, status_code=500)
 
 
 @app.exception_handler(RequestValidationError)
@@ -101,7 +108,9 @@ class VerifyService:
 
     async def uploads(self, request: Request) -> list[tuple[str, bytes]]:
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+        if length is None or not length.isdigit():  # a chunked body would be spooled whole before any check
+            raise UploadProblem(411, "send the upload with a Content-Length")
+        if int(length) > self.max_bytes:
             raise UploadProblem(413, f"request is {int(length) / 2**20:.1f} MB; the limit is "
                                      f"{self.max_bytes / 2**20:g} MB")
         try:
@@ -111,20 +120,20 @@ class VerifyService:
         except Exception as e:  # a body that is not multipart
             raise UploadProblem(400, f"expected a multipart/form-data body with field {FIELD!r} "
                                      f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-        files = [f for f in form.getlist(FIELD) if isinstance(f, UploadFile)]
-        if not files:
-            raise UploadProblem(400, f"no files in the request (multipart field {FIELD!r})")
-        out, total = [], 0
-        for i, f in enumerate(files):
-            name = f.filename or f"upload {i}"
-            data = await f.read(self.max_bytes + 1)
-            total += len(data)
-            if total > self.max_bytes:
-                raise UploadProblem(413, f"{name}: uploads over {self.max_bytes / 2**20:g} MB")
-            if not data:
-                raise UploadProblem(400, f"{name}: empty file")
-            out.append((name, data))
-        return out
+        try:
+            files = [f for f in form.getlist(FIELD) if isinstance(f, UploadFile)]
+            if not files:
+                raise UploadProblem(400, f"no files in the request (multipart field {FIELD!r})")
+            out = []
+            for i, f in enumerate(files):
+                name = f.filename or f"upload {i}"
+                data = await f.read()  # within Content-Length, checked above
+                if not data:
+                    raise UploadProblem(400, f"{name}: empty file")
+                out.append((name, data))
+            return out
+        finally:
+            await form.close()  # the spooled temporary files
 
     @app.post("/v1/verify", openapi_extra={"requestBody": UPLOAD_SCHEMA})
     async def verify(self, request: Request) -> dict:
@@ -165,11 +174,13 @@ def start(keys, recovery: Recovery = Recovery(), alpha: float = 0.01, search: st
     connect(address, quiet=quiet)
     if gpus_per_replica is None:
         gpus_per_replica = default_gpus(ray, device)
-    serve.start(http_options={"host": host, "port": port})
+    if APP in serve.status().applications:
+        raise ValueError(f"this Ray cluster already serves an app named {APP!r}; stop it first")
+    serve.start(http_options={"host": host, "port": port})  # ignored where Serve already runs
     service = VerifyService.options(
         num_replicas=replicas, max_ongoing_requests=2 * max_batch, max_queued_requests=max_queued,
         ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica},
     ).bind(keys, recovery, alpha, search, device, dtype, token, max_upload_mb, max_batch, batch_wait_ms,
            cpus_per_replica)
-    serve.run(service, name="ringmark", route_prefix="/")
+    serve.run(service, name=APP, route_prefix="/")
     return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
