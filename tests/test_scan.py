@@ -48,6 +48,9 @@ def test_rows_equal_verify_json(ray_local, scale_world, tmp_path, suffix, uri):
     again = CliRunner().invoke(main, ["scan", source, "--key", str(root / "key.json"), "-o", str(output)])
     assert again.exit_code == 0 and "skipping 9 images already in" in again.stderr
     assert json.loads(again.stdout)["images"] == 0 and len(read_rows(output)) == 9
+    other = CliRunner().invoke(main, ["scan", source, "--key", str(root / "key.json"), "-o", str(output),
+                                      "--search", "none"])
+    assert other.exit_code == 2 and "written with other search; rerun with those, or use --force" in other.stderr
 
 
 def test_killed_scan_resumes_without_duplicates(ray_local, scale_world, tmp_path):
@@ -90,7 +93,15 @@ def test_results_file_checks(tmp_path, scale_world):
     assert ResultsFile(other, force=True).rows() == [] and other.read_text() == ""
     with pytest.raises(ResultsError, match="cannot write here"):  # before any image is verified
         ResultsFile("/proc/results.jsonl")
-    # a results file from other settings is not mixed with new rows
+    # rows made with other keys (the same number of them) are not mixed with new ones
+    mine = ResultsFile(tmp_path / "keys.jsonl")
+    settings = {"inversion": "encoder", "ddim_steps": 10, "exact": False, "alpha": 0.01, "keys_tested": 1,
+                "keys": ["aaaa"]}
+    mine.check_settings(settings, [])
+    mine.check_settings(settings, [])  # the same settings: fine
+    with pytest.raises(ResultsError, match="written with other keys"):
+        ResultsFile(tmp_path / "keys.jsonl").check_settings({**settings, "keys": ["bbbb"]}, [])
+    # a results file from other settings, without its settings file, is judged by its rows
     settings = tmp_path / "old.jsonl"
     settings.write_text(json.dumps({"path": "x.png", "inversion": "encoder", "ddim_steps": 50, "exact": False,
                                     "alpha": 0.01, "keys_tested": 1}) + "\n")

@@ -7,6 +7,9 @@
   renamed); ``close`` merges the file and the parts into one ``RESULTS.parquet``, sorted by path.
   Parquet needs pyarrow (the ``scale`` extra).
 
+``RESULTS.settings.json`` beside it records how the rows were made (inversion, iterations, DDIM
+steps, alpha, search, key ids), so a rerun with other settings does not mix its rows in.
+
 A file that holds other things than ringmark rows is never overwritten without ``force``.
 """
 
@@ -50,10 +53,12 @@ class ResultsFile:
         if self.format not in FORMATS:
             raise ResultsError(f"{self.path}: the results file must end in .jsonl or .parquet")
         self.parts = self.path.with_name(self.path.name + ".parts")
+        self.settings_file = self.path.with_name(self.path.name + ".settings.json")
         if self.path.is_dir():
             raise ResultsError(f"{self.path}: is a folder")
         if force:
             self.path.unlink(missing_ok=True)
+            self.settings_file.unlink(missing_ok=True)
             shutil.rmtree(self.parts, ignore_errors=True)
         try:  # fail now, not after the scan: where the rows will go must be writable
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +106,27 @@ class ResultsFile:
                 raise ResultsError(f"{f}: not a ringmark results file; use --force to overwrite it")
             rows.extend(table.to_pylist())
         return rows
+
+    def check_settings(self, settings: dict, rows: list[dict]) -> None:
+        """Refuse to add rows made with other ``settings`` (JSON values) than the rows there:
+        they are kept in RESULTS.settings.json beside the file; a file without one (or rows
+        from elsewhere) is judged by what its first row records (``SETTINGS``)."""
+        if self.settings_file.exists():
+            try:
+                saved = json.loads(self.settings_file.read_text())
+            except (OSError, json.JSONDecodeError):
+                raise ResultsError(f"{self.settings_file}: unreadable; use --force to start over") from None
+            differ = [k for k in settings if saved.get(k) != settings[k]]
+            if differ:
+                raise ResultsError(f"{self.path}: written with other {', '.join(differ)}; rerun with those, or "
+                                   f"use --force to start over")
+            return
+        for row in rows[:1]:
+            if any(row.get(k) != settings.get(k) for k in SETTINGS):
+                was = ", ".join(f"{k} {row.get(k)}" for k in SETTINGS)
+                raise ResultsError(f"{self.path}: written with other settings ({was}); rerun with those, or use "
+                                   f"--force to start over")
+        self.settings_file.write_text(json.dumps(settings) + "\n")
 
     def append(self, rows: list[dict]) -> None:
         if not rows:

@@ -19,7 +19,7 @@ from typing import Callable
 
 from ..io.images import IMAGE_SUFFIXES, ImageError, decode_image, find_images
 from ..io.keyring import load_keys
-from ..io.results import SETTINGS, ResultsError, ResultsFile, arrow_schema
+from ..io.results import ResultsFile, arrow_schema
 from ..pipeline import Recovery
 from ..scheme.geometry import DEFAULT_SEARCH
 from ..verifier import Verifier, failure
@@ -133,12 +133,10 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
     if all(error is not None for _, _, error in listed):
         raise ValueError(f"{listed[0][0]}: {listed[0][2]}" if len(listed) == 1 else "no usable path among the inputs")
     done = results.rows()
-    expected = dict(zip(SETTINGS, (recovery.method, recovery.ddim_steps, recovery.exact, alpha, len(keys))))
-    for row in done[:1]:
-        if any(row.get(k) != v for k, v in expected.items()):
-            was = ", ".join(f"{k} {row.get(k)}" for k in SETTINGS)
-            raise ResultsError(f"{output}: written with other settings ({was}); rerun with those, or use --force "
-                               f"to start over")
+    results.check_settings({
+        "inversion": recovery.method, "iterations": None if recovery.method == "encoder" else recovery.iters,
+        "ddim_steps": recovery.ddim_steps, "exact": recovery.exact, "alpha": alpha, "search": search,
+        "keys_tested": len(keys), "keys": sorted(k.key_id for k in keys)}, done)
     seen = {row["path"] for row in done}
     todo = [(shown, read, error) for shown, read, error in listed if shown not in seen]
     skipped = len(listed) - len(todo)
