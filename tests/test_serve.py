@@ -14,14 +14,9 @@ from PIL import Image
 
 from watermark.cli import main
 from watermark.io.keyring import load_keys
+from watermark.scale.cluster import free_port
 
 TOKEN = "test-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

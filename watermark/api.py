@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .io.images import ImageError, Loaded, find_images, load_image, save_png
+from .io.images import ImageError, Loaded, find_images, load_image, require_usable, save_png
 from .io.keyfile import check_writable, load_key, save_key
 from .io.keyring import check_collision, load_keyring, load_keys, save_keyring
 from .models import ModelError, get_model
@@ -161,8 +161,7 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
     for problem in problems:
         warnings.warn(problem, KeyringWarning, stacklevel=2)
     found = find_images([str(p) for p in paths])
-    if all(error is not None for _, error in found):
-        raise ValueError(f"{found[0][0]}: {found[0][1]}" if len(found) == 1 else "no usable path among the inputs")
+    require_usable(found)
     verifier = Verifier(keys, recovery, alpha, device, dtype, search)
     results: list[Result | None] = [None] * len(found)
     counted = [0]

@@ -14,6 +14,7 @@ import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -73,6 +74,11 @@ def device_options(fn):
     fn = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
                       help="auto: CUDA when present, else CPU.")(fn)
     return fn
+
+
+def messages(quiet: bool, prefix: str = "") -> Callable[[str], None]:
+    """Where a command's messages go: stderr, or nowhere with -q."""
+    return (lambda m: None) if quiet else (lambda m: click.echo(prefix + m, err=True))
 
 
 def quiet_option(fn):
@@ -361,11 +367,10 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, alpha, device,
 
     Example: ringmark serve --key key.json --port 8000
     """
-    import os
     import signal
 
     from .pipeline import Recovery
-    from .scale.cluster import check_exposure, require_ray
+    from .scale.cluster import check_exposure, cluster_address, require_ray
 
     token = read_token(token_file)
     check_exposure(host, token)
@@ -392,7 +397,7 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, alpha, device,
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        if address or os.environ.get("RAY_ADDRESS"):  # a shared cluster: remove only our app
+        if cluster_address(address):  # a shared cluster: remove only our app
             ray_serve.delete(APP)
         else:  # the local Ray this command started
             ray_serve.shutdown()
@@ -431,7 +436,7 @@ def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, alpha,
     require_ray()
     from .scale.scan import scan as run_scan
 
-    log = (lambda m: None) if quiet else (lambda m: click.echo(f"ringmark: {m}", err=True))
+    log = messages(quiet, "ringmark: ")
     with contextlib.redirect_stdout(sys.stderr):  # Ray prints its workers' warnings; stdout is for the summary
         summary = run_scan(list(sources), keys, output, Recovery(inversion, iters, ddim_steps, exact), alpha,
                            search, device, dtype, batch, workers, gpus_per_worker, cpus_per_worker, address, force,
@@ -455,7 +460,7 @@ def demo(outdir, force, quiet):
     from . import api
 
     t0 = time.time()
-    say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    say = messages(quiet)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(outdir or tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -518,7 +523,7 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
     from .bench import inversion
 
     given = click.get_current_context().get_parameter_source("dtypes").name != "DEFAULT"
-    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    log = messages(quiet)
     click.echo(inversion.main(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accuracy, skip_cost, quick,
                               Path(outdir), log, dtypes_given=given))
 
@@ -552,7 +557,7 @@ def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search
     """
     from .bench import detect
 
-    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    log = messages(quiet)
     click.echo(detect.main(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search, batch, device, quick,
                            Path(outdir), log))
 
@@ -577,5 +582,5 @@ def bench_scale(n, clients, requests, steps, skip_scan, skip_serve, quick, outdi
 
     if quick:
         n, requests, steps = 8, 16, 5
-    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    log = messages(quiet)
     click.echo(scale.main(n, clients, requests, steps, Path(outdir), log, skip_scan, skip_serve))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -67,12 +66,6 @@ def bench_scan(root: Path, folder: Path, n: int, log: Callable[[str], None]) -> 
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def load(url: str, images: list[bytes], clients: int, requests: int) -> dict:
     """``requests`` single-image POSTs from ``clients`` threads: throughput, latency percentiles."""
     import httpx
@@ -99,7 +92,7 @@ def bench_serve(root: Path, folder: Path, clients: int, requests: int, cpus: int
     from ray import serve
 
     from ..io.keyring import load_keys
-    from ..scale.cluster import connect
+    from ..scale.cluster import connect, free_port
     from ..scale.serve import start
 
     connect(num_cpus=os.cpu_count())

@@ -39,6 +39,12 @@ def find_images(paths: list[str]) -> list[tuple[str, str | None]]:
     return out
 
 
+def require_usable(found: list[tuple[str, str | None]]) -> None:
+    """Raise ValueError when no (path, error) pair of ``find_images`` is usable: nothing to verify."""
+    if all(error is not None for _, error in found):
+        raise ValueError(f"{found[0][0]}: {found[0][1]}" if len(found) == 1 else "no usable path among the inputs")
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     """Convert the modes Pillow reads to 8-bit RGB where that conversion is sound."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):

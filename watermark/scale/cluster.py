@@ -21,6 +21,13 @@ def require_ray():
     return ray
 
 
+def cluster_address(address: str | None = None) -> str | None:
+    """The cluster to join: ``address``, else RAY_ADDRESS; None: a local Ray on this machine."""
+    if not os.environ.get("RAY_ADDRESS", "x").strip():
+        del os.environ["RAY_ADDRESS"]  # set but empty: Ray would refuse it as an address
+    return address or os.environ.get("RAY_ADDRESS")
+
+
 def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool = True):
     """Join the cluster at ``address`` (``auto``, ``ray://host:10001``, ``host:6379``; default: the
     one in RAY_ADDRESS), else start a local Ray on this machine's CPUs (``num_cpus``: fewer).
@@ -29,9 +36,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
     ray = require_ray()
     if ray.is_initialized():
         return ray
-    if not os.environ.get("RAY_ADDRESS", "x").strip():
-        del os.environ["RAY_ADDRESS"]  # set but empty: Ray would refuse it as an address
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(address)
     try:
         ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
                  logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet)
@@ -41,10 +46,10 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
     return ray
 
 
-def default_gpus(ray, device: str) -> float:
-    """GPUs per worker or replica when the user names none: 1 where the cluster has GPUs and
-    ``device`` allows them, else 0."""
-    return 1.0 if device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+def default_gpus(resources: dict, device: str) -> float:
+    """GPUs per worker or replica when the user names none: 1 where the cluster (its
+    ``ray.cluster_resources()``) has GPUs and ``device`` allows them, else 0."""
+    return 1.0 if device != "cpu" and resources.get("GPU", 0) >= 1 else 0.0
 
 
 def is_loopback(host: str) -> bool:
@@ -63,6 +68,13 @@ def check_exposure(host: str, token: str | None) -> None:
     if token is None and not is_loopback(host):
         raise ValueError(f"--host {host} is reachable from other machines: give a token with --token-file FILE "
                          f"or RINGMARK_TOKEN (an open verifier lets anyone probe and strip watermarks)")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (for tests and benchmarks)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def check_port(host: str, port: int) -> None:

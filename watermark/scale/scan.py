@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..io.images import IMAGE_SUFFIXES, ImageError, decode_image, find_images
+from ..io.images import IMAGE_SUFFIXES, ImageError, decode_image, find_images, require_usable
 from ..io.keyring import load_keys
 from ..io.results import ResultsFile, arrow_schema
 from ..pipeline import Recovery
@@ -130,8 +130,7 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
     Verifier.check(keys, alpha, search)
     results = ResultsFile(output, force)
     listed = list_images([str(s) for s in sources])
-    if all(error is not None for _, _, error in listed):
-        raise ValueError(f"{listed[0][0]}: {listed[0][2]}" if len(listed) == 1 else "no usable path among the inputs")
+    require_usable([(shown, error) for shown, _, error in listed])
     done = results.rows()
     results.check_settings({
         "inversion": recovery.method, "iterations": None if recovery.method == "encoder" else recovery.iters,
@@ -153,7 +152,7 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
         log(f"Ray up in {time.perf_counter() - t0:.1f}s")
         resources = ray.cluster_resources()
         if gpus_per_worker is None:
-            gpus_per_worker = default_gpus(ray, device)
+            gpus_per_worker = default_gpus(resources, device)
         if workers is None:
             workers = (int(resources.get("GPU", 0) // gpus_per_worker) if gpus_per_worker
                        else max(1, int(resources.get("CPU", 1) // cpus_per_worker)))

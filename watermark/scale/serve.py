@@ -19,7 +19,6 @@ server listens on loopback only (``check_exposure``), and tokens are compared in
 # no `from __future__ import annotations`: FastAPI reads the route signatures at runtime
 import asyncio
 import hmac
-import os
 from dataclasses import asdict
 
 from fastapi import FastAPI, Request
@@ -33,8 +32,9 @@ from starlette.exceptions import HTTPException
 from .. import __version__
 from ..io.images import ImageError, decode_image
 from ..pipeline import Recovery
+from ..scheme.geometry import DEFAULT_SEARCH
 from ..verifier import Verifier
-from .cluster import check_exposure, check_port, connect, default_gpus
+from .cluster import check_exposure, check_port, cluster_address, connect, default_gpus
 
 APP = "ringmark"  # the Serve application's name
 FIELD = "files"
@@ -160,7 +160,7 @@ class VerifyService:
         return {"status": "ok"}
 
 
-def start(keys, recovery: Recovery = Recovery(), alpha: float = 0.01, search: str = "all", device: str = "auto",
+def start(keys, recovery: Recovery = Recovery(), alpha: float = 0.01, search: str = DEFAULT_SEARCH, device: str = "auto",
           dtype: str = "float32", token: str | None = None, host: str = "127.0.0.1", port: int = 8000,
           replicas: int = 1, max_batch: int = 8, batch_wait_ms: float = 20.0, max_upload_mb: float = 20.0,
           max_queued: int = 64, cpus_per_replica: int = 1, gpus_per_replica: float | None = None,
@@ -169,11 +169,11 @@ def start(keys, recovery: Recovery = Recovery(), alpha: float = 0.01, search: st
     URL; it serves until ``serve.shutdown()`` or the end of this process."""
     check_exposure(host, token)
     Verifier.check(keys, alpha, search)
-    if not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):  # the proxy will run here
+    if not (cluster_address(address) or ray.is_initialized()):  # the proxy will run here
         check_port(host, port)
     connect(address, quiet=quiet)
     if gpus_per_replica is None:
-        gpus_per_replica = default_gpus(ray, device)
+        gpus_per_replica = default_gpus(ray.cluster_resources(), device)
     if APP in serve.status().applications:
         raise ValueError(f"this Ray cluster already serves an app named {APP!r}; stop it first")
     serve.start(http_options={"host": host, "port": port})  # ignored where Serve already runs
