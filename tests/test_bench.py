@@ -101,3 +101,33 @@ def test_bench_inversion_keeps_finished_rows_when_stopped(tmp_path, monkeypatch)
 
 def _interrupt(*args, **kwargs):
     raise KeyboardInterrupt  # as a time limit would
+
+
+def test_bench_detect_study_quick(tmp_path):
+    """The decision study (issue 21) on the SD-faithful model: every recovery scored on the same
+    images, paired against the encoder."""
+    result = CliRunner().invoke(main, ["bench", "detect", "--study", "--model", "tiny-sd", "--quick", "--recoveries",
+                                       "encoder,fixed_point:10,gradient:10", "-o", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    res = json.loads((tmp_path / "study.json").read_text())
+    assert res["model"] == "tiny-sd" and res["n"] == 4 and list(res["recoveries"]) == ["encoder", "fixed_point:2",
+                                                                                      "gradient:2"]
+    for row in res["recoveries"].values():
+        assert set(row["attacks"]) == set(ATTACKS) and row["seconds_per_image"] > 0
+        for a in ATTACKS:
+            r = row["attacks"][a]
+            assert len(r["p_wm"]) == len(r["p_clean"]) == len(r["three_key_correct"]) == 4
+            assert 0 <= r["auc"] <= 1 and 0 <= r["three_key_accuracy"] <= 1
+    # iterating costs time, and the paired tests compare each method with the encoder
+    assert res["recoveries"]["fixed_point:2"]["seconds_per_image"] > res["recoveries"]["encoder"]["seconds_per_image"]
+    assert set(res["paired"]) == {"fixed_point:2", "gradient:2"}
+    assert all(0 <= c["wilcoxon_p"] <= 1 and 0 <= c["mcnemar_p"] <= 1 for cmp in res["paired"].values()
+               for c in cmp.values())
+    assert "| recovery |" in result.stdout and not (tmp_path / "study.partial.json").exists()
+
+
+def test_bench_detect_study_refuses_a_bad_recovery(tmp_path):
+    for bad, message in (("fixed_point", "positive iteration count"), ("encoder:5", "no iterations"),
+                         ("newton:3", "must be one of")):
+        result = CliRunner().invoke(main, ["bench", "detect", "--study", "--recoveries", bad, "-o", str(tmp_path)])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

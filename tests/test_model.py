@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from watermark.models import TINY_PATH, ModelError, load_model, resolve_dtype
+from watermark.models import NAMED, TINY_PATH, TINY_SD_PATH, ModelError, load_model, resolve_dtype
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +116,62 @@ def test_generation_steps_in_eps_whatever_the_unet_predicts(tiny):
     assert torch.allclose(ours, z, atol=1e-4)
     as_eps = dataclasses.replace(tiny, scheduler=make_scheduler(zero_snr=False, prediction_type="epsilon"))
     assert not torch.allclose(ours, as_eps.sample(z_T, steps=3), atol=1e-2)  # v is not read as eps
+
+
+def test_gradient_inversion_leaves_no_grad_on_the_model(tiny):
+    """The loaded networks are frozen: Adam through the decoder builds a graph for z alone
+    (issue 21: 80 of the VAE's 136 parameters used to collect .grad, ~1.5x per step)."""
+    from inversion import invert_decoder
+
+    params = [p for m in (tiny.vae, tiny.unet) for p in m.parameters()]
+    assert not any(p.requires_grad for p in params)
+    x = torch.zeros(1, 3, 32, 32)
+    with torch.inference_mode():
+        z, _ = invert_decoder("gradient", tiny.encode, tiny.decode, x, iters=2)
+    assert z.shape == (1, 4, 8, 8) and all(p.grad is None for p in params)
+
+
+def test_tiny_sd_loads_offline_by_name(monkeypatch):
+    """The SD-faithful bundled model: the same loader and classes as tiny, Stable Diffusion's VAE
+    recipe (no cycle term: its training record says so), Tree-Ring's key channel (the last)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = load_model("tiny-sd")
+    assert type(model.vae).__name__ == "AutoencoderKL" and type(model.unet).__name__ == "UNet2DModel"
+    assert model.latent_shape(model.default_size) == (4, 32, 32) and model.prediction == "v"
+    assert model.default_key_channel == 3
+    record = json.loads((TINY_SD_PATH / "training.json").read_text())
+    assert record["vae_cycle"] == 0 and "refit_steps" not in record
+    weights = sum(f.stat().st_size for f in TINY_SD_PATH.glob("*/*.safetensors"))
+    assert weights <= 25e6
+
+
+@pytest.mark.parametrize("name", sorted(NAMED))
+def test_recovery_default_is_the_models_declared_one(name):
+    """Recovery() takes the recovery each bundled model declares in its ringmark.json; an explicit
+    setting wins; a method the model does not declare gets ringmark's iterations."""
+    from watermark.pipeline import DEFAULT_ITERS, Recovery
+
+    declared = json.loads((NAMED[name] / "ringmark.json").read_text())["recovery"]
+    model = load_model(name)
+    resolved = Recovery().for_model(model.default_recovery)
+    assert resolved.method == declared["method"] and resolved.ddim_steps == declared["ddim_steps"]
+    assert Recovery(ddim_steps=3).for_model(model.default_recovery).ddim_steps == 3
+    other = next(m for m in ("fixed_point", "adam") if m != declared["method"])
+    assert Recovery(other).for_model(model.default_recovery).iters == DEFAULT_ITERS
+
+
+def test_sd_checkpoints_take_the_recovery_measured_on_tiny_sd(sd_folder):
+    """A Stable Diffusion folder without a ringmark.json gets the SD-faithful model's recovery."""
+    declared = json.loads((TINY_SD_PATH / "ringmark.json").read_text())["recovery"]
+    assert not (sd_folder / "ringmark.json").exists()
+    assert load_model(str(sd_folder)).default_recovery == {k: declared[k] for k in ("method", "iters", "ddim_steps")
+                                                          if k in declared}
+
+
+def test_recovery_refuses_bad_settings():
+    from watermark.pipeline import Recovery
+
+    for kwargs, message in ((dict(method="newton"), "must be one of"), (dict(iters=-1), "non-negative"),
+                            (dict(ddim_steps=0), "positive")):
+        with pytest.raises(ValueError, match=message):
+            Recovery(**kwargs)

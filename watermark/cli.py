@@ -22,7 +22,7 @@ from inversion import METHODS
 
 from . import __version__
 from .models import DEVICES, DTYPES
-from .pipeline import DEFAULT_INVERSION, DEFAULT_ITERS, DEFAULT_STEPS, WEAK_EVIDENCE
+from .pipeline import DEFAULT_ITERS, DEFAULT_STEPS, WEAK_EVIDENCE
 from .scheme.geometry import DEFAULT_SEARCH, SEARCHES
 from .scheme.keys import DEFAULT_PATTERN, PATTERNS
 
@@ -248,11 +248,14 @@ def verification_options(fn):
                           "for every key tested)."),
         click.option("--search", type=click.Choice(SEARCHES), default=DEFAULT_SEARCH, show_default=True,
                      help="Rotations and crops undone before the test (counted in the p-value)."),
-        click.option("--inversion", type=click.Choice(list(METHODS)), default=DEFAULT_INVERSION, show_default=True,
-                     help="Decoder inversion method."),
-        click.option("--iters", type=click.IntRange(0), default=DEFAULT_ITERS, show_default=True,
-                     help="Decoder-inversion iterations of the iterative methods (the encoder runs none)."),
-        click.option("--ddim-steps", default=DEFAULT_STEPS, show_default=True, type=click.IntRange(1)),
+        click.option("--inversion", type=click.Choice(list(METHODS)), default=None,
+                     help="Decoder inversion method [default: the model's, measured for it: tiny the encoder, "
+                          "tiny-sd and SD checkpoints the forward step]."),
+        click.option("--iters", type=click.IntRange(0), default=None,
+                     help=f"Decoder-inversion iterations of the iterative methods (the encoder runs none) "
+                          f"[default: the model's; {DEFAULT_ITERS} for a method it does not declare]."),
+        click.option("--ddim-steps", default=None, type=click.IntRange(1),
+                     help=f"DDIM-inversion steps [default: the model's, else {DEFAULT_STEPS}]."),
         click.option("--exact", is_flag=True, help="Exact (fixed-point) DDIM inversion; 4x the UNet evaluations."),
         click.option("--alpha", default=0.01, show_default=True,
                      type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -544,20 +547,33 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1),
               help="Images per inversion batch (verify's default; larger suits a GPU).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option("--study", is_flag=True, help="The decision study instead: each --recoveries method on the same "
+              "images (ringmark's test, 2,048-key identification, the paper's 3 ring keys, paired tests).")
+@click.option("--model", "model_name", default="tiny", show_default=True, help="--study: the model (name, hub id, folder).")
+@click.option("--recoveries", default=None, help="--study: 'encoder' and METHOD:ITERS, comma-separated "
+              "[default: the encoder, then fixed_point, inertial_km, adam and gradient at 10, 20 and 50].")
 @click.option("--quick", is_flag=True, help="4 images per class, 16 keys, 5 steps, a tiny sweep: checks the code.")
 @click.option("-o", "--outdir", default="docs/bench", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
 @library_errors
-def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search, batch, device, quick, outdir,
-                 quiet):
+def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search, batch, device, study, model_name,
+                 recoveries, quick, outdir, quiet):
     """Robustness (AUC, TPR@1%FPR) under Tree-Ring's attacks, identification among many keys, key
-    patterns, the geometric search, and verify time vs TPR over DDIM steps x decoder iterations.
+    patterns, the geometric search, and verify time vs TPR over DDIM steps x decoder iterations;
+    with --study, which decoder inversion pays, method against method on one model.
 
     Example: ringmark bench detect -n 100 --keys 2048 -o docs/bench
+    Example: ringmark bench detect --study --model tiny-sd -n 100 -o docs/bench/study/tiny-sd
     """
+    log = messages(quiet)
+    if study:
+        from .bench import study as decision_study
+
+        click.echo(decision_study.main(model_name, n, n_keys, recoveries and recoveries.split(","), search, batch, device, quick,
+                                       Path(outdir), log))
+        return
     from .bench import detect
 
-    log = messages(quiet)
     click.echo(detect.main(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search, batch, device, quick,
                            Path(outdir), log))
 

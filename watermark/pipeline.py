@@ -8,8 +8,8 @@ benchmarks all call it; it reads no files and knows models only through their pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Callable, Mapping
 
 import torch
 
@@ -20,10 +20,9 @@ from .scheme.detection import match_keys
 from .scheme.geometry import DEFAULT_SEARCH, search_grid
 from .scheme.keys import DEFAULT_PATTERN, Key, KeyFileError, new_key
 
-# The defaults come from the sweep of `ringmark bench detect` (BENCHMARKS.md): under Tree-Ring's
-# attacks the forward step fits the attacked image (more iterations, lower TPR), and past 5 DDIM
-# steps TPR stops rising; at 1-2 steps the clean images' p-values are no longer calibrated. The
-# encoder and 10 DDIM steps take ~0.1x the time of the previous default (10 forward steps, 50).
+# What a recovery setting left unset falls back to when the model declares nothing (every model
+# ringmark loads declares its own: ``DiffusionModel.default_recovery``, from the model folder's
+# ringmark.json, measured by ``ringmark bench detect --study``; BENCHMARKS.md).
 DEFAULT_INVERSION = "encoder"
 DEFAULT_ITERS = 10  # for the iterative methods, when asked for
 DEFAULT_STEPS = 10
@@ -32,20 +31,29 @@ WEAK_EVIDENCE = 10.0  # a p-value within this factor of alpha, either side, is w
 
 @dataclass(frozen=True)
 class Recovery:
-    """How z_T is recovered: the decoder-inversion method and its iterations, then DDIM inversion."""
+    """How z_T is recovered: the decoder-inversion method and its iterations, then DDIM inversion.
+    A setting left None is the model's (``for_model``): ``Recovery()`` is the model's default."""
 
-    method: str = DEFAULT_INVERSION
-    iters: int = DEFAULT_ITERS
-    ddim_steps: int = DEFAULT_STEPS
+    method: str | None = None
+    iters: int | None = None
+    ddim_steps: int | None = None
     exact: bool = False
 
     def __post_init__(self):
-        if self.method not in METHODS:
+        if self.method is not None and self.method not in METHODS:
             raise ValueError(f"inversion method must be one of {sorted(METHODS)}, got {self.method!r}")
-        if self.iters < 0:
+        if self.iters is not None and self.iters < 0:
             raise ValueError(f"iters must be non-negative, got {self.iters}")
-        if self.ddim_steps < 1:
+        if self.ddim_steps is not None and self.ddim_steps < 1:
             raise ValueError(f"ddim steps must be positive, got {self.ddim_steps}")
+
+    def for_model(self, defaults: Mapping) -> Recovery:
+        """Every unset setting from ``defaults`` (a model's ``default_recovery``), then ringmark's.
+        The iterations default to the model's only when the method is the model's too."""
+        method = self.method or defaults.get("method", DEFAULT_INVERSION)
+        model_iters = defaults.get("iters", DEFAULT_ITERS) if method == defaults.get("method") else DEFAULT_ITERS
+        return replace(self, method=method, iters=model_iters if self.iters is None else self.iters,
+                       ddim_steps=self.ddim_steps or defaults.get("ddim_steps", DEFAULT_STEPS))
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ def latents_from_images(model: DiffusionModel, x: torch.Tensor, recovery: Recove
                         callback: Callable | None = None) -> tuple[torch.Tensor, InversionRecord]:
     """Images (B, 3, H, W) in [-1, 1] -> (z_0, record): stage 1."""
     x = x.to(model.device, model.dtype)
+    recovery = recovery.for_model(model.default_recovery)
     return invert_decoder(recovery.method, model.encode, model.decode, x, iters=recovery.iters, callback=callback)
 
 
@@ -114,6 +123,7 @@ def noise_from_latents(model: DiffusionModel, z_0: torch.Tensor, recovery: Recov
                        refine_iters: int = 3, callback: Callable | None = None) -> torch.Tensor:
     """Scaled latents z_0 -> z_T (float32, CPU): stage 2, ``recovery.ddim_steps`` steps of the
     model's schedule; ``refine_iters`` per step when ``recovery.exact``."""
+    recovery = recovery.for_model(model.default_recovery)
     return ddim_invert(model.eps, z_0.to(model.device, model.dtype), model.ddim_schedule(recovery.ddim_steps),
                        exact=recovery.exact, refine_iters=refine_iters, hold=model.prediction,
                        callback=callback).float().cpu()
@@ -124,6 +134,7 @@ def recover_noise(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = R
                   refine_iters: int = 3) -> tuple[torch.Tensor, InversionRecord]:
     """Images -> (z_T, decoder-inversion record). ``progress(f)``: the share f of the batch's
     network calls done so far, after each iteration and DDIM step."""
+    recovery = recovery.for_model(model.default_recovery)
     per_step = 1 + refine_iters * recovery.exact  # UNet calls per DDIM step
     iters = 0 if recovery.method == "encoder" else recovery.iters
     units = iters + 1 + recovery.ddim_steps * per_step

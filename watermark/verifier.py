@@ -56,8 +56,9 @@ class Verifier:
     def __init__(self, keys: list[Key], recovery: Recovery = Recovery(), alpha: float = 0.01,
                  device: str = "cpu", dtype: str = "float32", search: str = DEFAULT_SEARCH):
         self.check(keys, alpha, search)
-        self.keys, self.recovery, self.alpha, self.search = list(keys), recovery, alpha, search
+        self.keys, self.alpha, self.search = list(keys), alpha, search
         self.model = get_model(keys[0].model, device, dtype)
+        self.recovery = recovery.for_model(self.model.default_recovery)  # the settings the rows report
         self.size = check_keys(self.keys, self.model)
 
     @staticmethod

@@ -53,7 +53,7 @@ def tpr_at_fpr(wm: np.ndarray, clean: np.ndarray, fpr: float = 0.01) -> float:
 
 def make_keys(model, n: int, seed: int, **kw) -> list[Key]:
     shape = model.latent_shape(model.default_size)
-    return [new_key("tiny", shape, seed=seed + i, **kw) for i in range(n)]
+    return [new_key(model.name, shape, seed=seed + i, **kw) for i in range(n)]
 
 
 def make_images(model, keys: list[Key], seeds, steps: int, watermark: bool = True,
@@ -121,6 +121,7 @@ def run(n: int = 100, n_keys: int = 2048, attacks=ATTACKS, recovery: Recovery = 
     checkpoint = checkpoint or (lambda res: None)
     patterns = PATTERNS if patterns is None else patterns
     model = get_model("tiny", device)
+    recovery = recovery.for_model(model.default_recovery)  # the settings the report names
     keyring = make_keys(model, max(n_keys, n), seed)
     t0 = time.time()
     wm = make_images(model, keyring[:n], list(range(n)), gen_steps)
@@ -234,9 +235,9 @@ def sweep(model, attacked: dict, keys: list[Key], iters_grid: list[int], steps_g
                 snaps[0] = model.encode(x)
                 t1 = time.perf_counter()
                 if max(iters_grid) > 0:
-                    def keep(info):
-                        if info["i"] + 1 in iters_grid:
-                            snaps[info["i"] + 1] = info["z"].clone()
+                    def keep(info):  # info["z"] is z_i, after i updates
+                        if 0 < info["i"] in iters_grid:
+                            snaps[info["i"]] = info["z"].clone()
 
                     z, _ = latents_from_images(model, x, Recovery("fixed_point", max(iters_grid)), keep)
                     snaps[max(iters_grid)] = z

@@ -16,13 +16,15 @@ from . import sd
 from .protocol import DiffusionModel, ModelError
 
 TINY_PATH = Path(__file__).parent / "tiny"
-NAMED = {"tiny": TINY_PATH}  # names ringmark resolves itself; anything else is a hub id or a folder
+TINY_SD_PATH = Path(__file__).parent / "tiny-sd"  # the same sizes, Stable Diffusion's VAE recipe
+# names ringmark resolves itself; anything else is a hub id or a folder
+NAMED = {"tiny": TINY_PATH, "tiny-sd": TINY_SD_PATH}
 FAMILIES = (sd.load,)  # each returns its model, or None when the source is not in its layout
 DTYPES = {str(d).removeprefix("torch."): d for d in _TORCH_DTYPES}
 DEVICES = ("auto", "cpu", "cuda")
 
-__all__ = ["DEVICES", "DTYPES", "DiffusionModel", "ModelError", "TINY_PATH", "get_model", "load_model", "resolve_device",
-           "resolve_dtype"]
+__all__ = ["DEVICES", "DTYPES", "DiffusionModel", "ModelError", "NAMED", "TINY_PATH", "TINY_SD_PATH", "default_recovery",
+           "get_model", "load_model", "resolve_device", "resolve_dtype"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -53,6 +55,11 @@ def load_model(name: str = "tiny", device: str = "cpu", dtype: str | torch.dtype
         if model is not None:
             return model
     raise ModelError(f"cannot load model {name!r}: not a layout ringmark knows (diffusers folder with vae/ and unet/)")
+
+
+def default_recovery(name: str) -> dict:
+    """The recovery model ``name`` declares (``DiffusionModel.default_recovery``), without loading it."""
+    return sd.default_recovery(str(NAMED.get(name, name)))
 
 
 _LOADED: dict[tuple, DiffusionModel] = {}

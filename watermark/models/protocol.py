@@ -50,6 +50,11 @@ class DiffusionModel(Protocol):
     def prediction(self) -> Literal["eps", "v"]:
         """What DDIM inversion holds fixed in each step's fixed point (``inversion.ddim_invert``)."""
 
+    @property
+    def default_recovery(self) -> dict:
+        """The recovery ``verify`` runs unless told otherwise, as measured for this model:
+        ``method``, ``iters``, ``ddim_steps`` (``pipeline.Recovery.for_model``)."""
+
     def latent_shape(self, size: int) -> tuple[int, int, int]:
         """(C, H, W) of the latents of ``size``-px square images; ModelError for a size it cannot take."""
 

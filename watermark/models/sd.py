@@ -23,6 +23,24 @@ from .protocol import ModelError
 ALPHA_BAR_MIN = 2.0**-24
 
 
+# SD-family checkpoints whose folder declares no recovery take the one measured on the bundled
+# SD-faithful model, whose VAE was trained by Stable Diffusion's recipe (its ringmark.json says
+# why, with the numbers; BENCHMARKS.md, "The decision study").
+FAMILY_SETTINGS = Path(__file__).parent / "tiny-sd" / "ringmark.json"
+
+
+def settings(source: str) -> dict:
+    """The ringmark.json of a model folder ({} for a hub id or a folder without one)."""
+    path = Path(source) / "ringmark.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def default_recovery(source: str) -> dict:
+    """The recovery a model in ``source`` declares, else the family's; reads no weights."""
+    declared = settings(source).get("recovery") or settings(str(FAMILY_SETTINGS.parent)).get("recovery", {})
+    return {k: declared[k] for k in ("method", "iters", "ddim_steps") if k in declared}
+
+
 @dataclass
 class StableDiffusionModel:
     """A VAE, a UNet (eps-, v- or sample-prediction) and a DDIM scheduler, seen through the
@@ -35,6 +53,7 @@ class StableDiffusionModel:
     text_encoder: Any = None
     tokenizer: Any = None
     key_channel: int | None = None  # from the model folder's ringmark.json, if it has one
+    recovery: dict = field(default_factory=dict)  # ``default_recovery``: the folder's, else the family's
     _empty_prompt: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -42,6 +61,10 @@ class StableDiffusionModel:
         """The latent channel keys are written to by default: the last, as Tree-Ring does on
         SD, unless the model folder says otherwise (the bundled model does, with the reason)."""
         return self.latent_channels - 1 if self.key_channel is None else self.key_channel
+
+    @property
+    def default_recovery(self) -> dict:
+        return dict(self.recovery)
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
@@ -207,13 +230,12 @@ def load(source: str, name: str, device: torch.device, dtype: torch.dtype) -> St
             text_encoder = transformers.CLIPTextModel.from_pretrained(source, subfolder="text_encoder",
                                                                       torch_dtype=dtype, low_cpu_mem_usage=False)
             tokenizer = transformers.CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
-            text_encoder.to(device).eval()
     except ImportError as e:
         raise ModelError(f"model {name!r} needs a package that is not installed ({e}); try pip install 'ringmark[sd]'") from None
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
-    vae.to(device).eval()
-    unet.to(device).eval()
-    settings = folder / "ringmark.json"
-    extra = json.loads(settings.read_text()) if settings.is_file() else {}
-    return StableDiffusionModel(name, vae, unet, scheduler, text_encoder, tokenizer, extra.get("key_channel"))
+    for module in (vae, unet, text_encoder):
+        if module is not None:  # inference only: no parameter collects .grad (inversion.gradient backpropagates)
+            module.to(device).eval().requires_grad_(False)
+    return StableDiffusionModel(name, vae, unet, scheduler, text_encoder, tokenizer,
+                                settings(source).get("key_channel"), default_recovery(source))

@@ -20,6 +20,7 @@ from typing import Callable
 from ..io.images import IMAGE_SUFFIXES, ImageError, decode_image, find_images, require_usable
 from ..io.keyring import load_keys
 from ..io.results import ResultsFile, arrow_schema
+from ..models import default_recovery
 from ..pipeline import Recovery
 from ..scheme.geometry import DEFAULT_SEARCH
 from ..verifier import Verifier, failure
@@ -128,6 +129,7 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
     for problem in problems:
         log(f"warning: {problem} (skipped; {len(keys)} keys in use)")
     Verifier.check(keys, alpha, search)
+    recovery = recovery.for_model(default_recovery(keys[0].model))  # what the workers' Verifier will run
     results = ResultsFile(output, force)
     listed = list_images([str(s) for s in sources])
     require_usable([(shown, error) for shown, _, error in listed])

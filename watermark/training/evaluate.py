@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from inversion import fixed_point
+from inversion import fixed_point, invert_decoder
 
 from ..bench.report import machine, nmse_db
 from ..models import load_model
@@ -213,6 +213,32 @@ def decoder_inversion_study(encode, decode, z_0, post, n_inv: int, n_iters: int,
     return res
 
 
+# The methods of the model card's comparison, at the step sizes ringmark uses (scaled latents):
+# the paper's Adam recipe (lr 0.01, warm-up + cosine) and Adam through the decoder at lr 0.01,
+# the better of the two gradient settings `ringmark bench inversion` measured on v2 (BENCHMARKS.md).
+COMPARED = {"fixed_point": {"rho": 0.5}, "inertial_km": {}, "adam": {"lr": 0.01},
+            "gradient": {"lr": 0.01, "schedule": "constant"}}
+
+
+def method_comparison(encode, decode, z_star: torch.Tensor, iters=(10, 20, 50), batch: int = 10) -> dict:
+    """NMSE (dB) of z after each method at each iteration count, from E(x), x = D(z*), with the
+    seconds per latent; each count is its own run (Adam's schedules depend on the total)."""
+    x = batched(decode, z_star)
+    out = {"encoder": {"0": float(nmse_db(batched(encode, x), z_star).mean())}}
+    seconds: dict = {}
+    for method, kwargs in COMPARED.items():
+        out[method], seconds[method] = {}, {}
+        for k in iters:
+            t0 = time.perf_counter()
+            z = torch.cat([invert_decoder(method, encode, decode, x[i : i + batch], iters=k, **kwargs)[0]
+                           for i in range(0, len(x), batch)])
+            seconds[method][str(k)] = (time.perf_counter() - t0) / len(x)
+            out[method][str(k)] = float(nmse_db(z, z_star).mean())
+        click.echo(f"{method}: {out[method]}", err=True)
+    return {"nmse_by_method_db": out, "seconds_per_latent_by_method": seconds, "compared_settings": COMPARED,
+            "n_compared": len(z_star)}
+
+
 def ddim_round_trip(invert, z_T, z_0) -> dict:
     """4. DDIM round trip z_T -> z_0 -> z_T, 50 steps each way: NMSE, naive and exact."""
     res: dict = {}
@@ -271,6 +297,7 @@ def main(out, grid, quick, n_inv, coco_iters, seed, model_name, device):
     stats, post = sample_statistics(encode, decode, z_0, gen, grid)
     res.update(stats)
     res.update(decoder_inversion_study(encode, decode, z_0, post, n_inv, n_iters, seed, gen))
+    res.update(method_comparison(encode, decode, z_0[:n_inv], (2, 4) if quick else (10, 20, 50)))
     res.update(ddim_round_trip(invert, z_T[:n_rt], z_0[:n_rt]))
     res["seconds"] = round(time.time() - t_start, 1)
     out.parent.mkdir(parents=True, exist_ok=True)

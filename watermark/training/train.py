@@ -218,6 +218,8 @@ def finetune_vae(vae: AutoencoderKL, photos, steps: int, batch: int, size: int, 
                  seed: int) -> AutoencoderKL:
     """Stage 2: L1 on the decoded posterior *mean* at the working resolution, plus ``cycle`` times
     the cycle loss ||E(D(z~)) - z~||^2 on perturbed latents z~ (scaled units), constant lr.
+    ``cycle = 0`` is Stable Diffusion's recipe instead (``tiny-sd``): stage 1's loss at 128 px,
+    with no term that ties the encoder to the decoder.
 
     Stage 1 alone leaves a decoder that ignores some latent directions at 128 px (it learned on
     64 px crops, with latent noise), and E(D(z)) far from z: decoder inversion cannot recover
@@ -233,8 +235,14 @@ def finetune_vae(vae: AutoencoderKL, photos, steps: int, batch: int, size: int, 
     t0 = time.time()
     for step in range(steps):
         x = random_crops(photos, batch, size, gen, max_scale=2.0).to(device)
-        mean = vae.encode(x).latent_dist.mean
-        loss = (vae.decode(mean).sample - x).abs().mean()
+        posterior = vae.encode(x).latent_dist
+        mean = posterior.mean
+        if cycle > 0:
+            loss = (vae.decode(mean).sample - x).abs().mean()
+        else:  # Stable Diffusion's recipe (LDM): a decoded posterior sample + 1e-6 KL, nothing more
+            noise = torch.randn(mean.shape, generator=gen).to(device)
+            recon = vae.decode(mean + posterior.std * noise).sample
+            loss = (recon - x).abs().mean() + 1e-6 * posterior.kl().mean() / x[0].numel()
         if cycle > 0:
             z = perturb(mean.detach() * scale, gen)
             x_z = as_png(vae.decode(z / scale).sample, gen)
