@@ -121,7 +121,7 @@ def test_bench_detect_study_quick(tmp_path):
     # iterating costs time, and the paired tests compare each method with the encoder
     assert res["recoveries"]["fixed_point:2"]["seconds_per_image"] > res["recoveries"]["encoder"]["seconds_per_image"]
     assert set(res["paired"]) == {"fixed_point:2", "gradient:2"}
-    assert all(0 <= c["wilcoxon_p"] <= 1 and 0 <= c["mcnemar_p"] <= 1 for cmp in res["paired"].values()
+    assert all(0 <= c["wilcoxon_p"] <= 1 and 0 <= c["three_key_p"] <= 1 for cmp in res["paired"].values()
                for c in cmp.values())
     assert "| recovery |" in result.stdout and not (tmp_path / "study.partial.json").exists()
 

@@ -19,10 +19,11 @@ from watermark.scheme.geometry import search_grid
 from watermark.scheme.keys import new_key
 
 PATTERNS = ("rand", "ring", "ringid")
+MODELS = ("tiny", "tiny-sd")  # the bundled models, each at its declared recovery (Recovery())
 
 
-def false_positive_counts(tmp_path, n, steps):
-    key = api.keygen(tmp_path / "k.json", seed=20241127)
+def false_positive_counts(tmp_path, n, steps, model_name="tiny"):
+    key = api.keygen(tmp_path / "k.json", model=model_name, seed=20241127)
     api.embed(key, tmp_path / "clean", n=n, seed=50_000, steps=steps, watermark=False)
     results = api.verify([str(tmp_path / "clean")], [key], Recovery(ddim_steps=steps))
     p = np.array([r.p_value for r in results])
@@ -30,11 +31,11 @@ def false_positive_counts(tmp_path, n, steps):
     return {alpha: int((p <= alpha).sum()) for alpha in (0.05, 0.01)}
 
 
-def assert_calibrated(z_T: torch.Tensor, seed: int):
+def assert_calibrated(z_T: torch.Tensor, seed: int, model_name: str):
     """Each pattern (a fixed key), with and without the search: one-sided binomial at 0.05 and 0.01."""
     n = len(z_T)
     for pattern in PATTERNS:
-        key = new_key("tiny", tuple(z_T.shape[1:]), pattern=pattern, seed=seed)
+        key = new_key(model_name, tuple(z_T.shape[1:]), pattern=pattern, seed=seed)
         for search in ("none", "all"):
             p = np.array([m.p_value for i in range(0, n, 16) for m in match_keys(z_T[i : i + 16], [key],
                                                                                    search_grid(search))])
@@ -44,29 +45,32 @@ def assert_calibrated(z_T: torch.Tensor, seed: int):
 
 
 @pytest.mark.slow  # ~2 min on 2 cores
-def test_clean_model_images_are_calibrated_for_every_pattern():
-    model = get_model("tiny")
+@pytest.mark.parametrize("model_name", MODELS)
+def test_clean_model_images_are_calibrated_for_every_pattern(model_name):
+    model = get_model(model_name)
     z = torch.randn(96, *model.latent_shape(128), generator=torch.Generator().manual_seed(50_000))
     images = torch.cat([model.generate(z[i : i + 16], 10) for i in range(0, 96, 16)]) * 2 - 1
     z_T = torch.cat([recover_noise(model, images[i : i + 8], Recovery(ddim_steps=10))[0] for i in range(0, 96, 8)])
-    assert_calibrated(z_T, seed=20241127)
+    assert_calibrated(z_T, seed=20241127, model_name=model_name)
 
 
 @pytest.mark.slow  # ~2 min on 2 cores
-def test_photographs_are_calibrated_for_every_pattern():
+@pytest.mark.parametrize("model_name", MODELS)
+def test_photographs_are_calibrated_for_every_pattern(model_name):
     """96 random 128 px crops of scikit-image's held-out photo and seven training photos."""
     pytest.importorskip("skimage")
     from watermark.training.train import HELD_OUT, TRAIN_PHOTOS, load_photo, random_crops
 
-    model = get_model("tiny")
+    model = get_model(model_name)
     photos = [load_photo(name) for name in (HELD_OUT, *TRAIN_PHOTOS[:7])]
     images = random_crops(photos, 96, 128, torch.Generator().manual_seed(7))
     z_T = torch.cat([recover_noise(model, images[i : i + 8], Recovery(ddim_steps=10))[0] for i in range(0, 96, 8)])
-    assert_calibrated(z_T, seed=20241128)
+    assert_calibrated(z_T, seed=20241128, model_name=model_name)
 
 
 @pytest.mark.slow
-def test_clean_model_images_are_calibrated_at_full_steps(tmp_path):
-    counts = false_positive_counts(tmp_path, n=400, steps=50)
+@pytest.mark.parametrize("model_name", MODELS)
+def test_clean_model_images_are_calibrated_at_full_steps(tmp_path, model_name):
+    counts = false_positive_counts(tmp_path, n=400, steps=50, model_name=model_name)
     for alpha, k in counts.items():
         assert stats.binomtest(k, 400, alpha, alternative="greater").pvalue > 0.01, (alpha, k)

@@ -175,3 +175,19 @@ def test_recovery_refuses_bad_settings():
                             (dict(ddim_steps=0), "positive")):
         with pytest.raises(ValueError, match=message):
             Recovery(**kwargs)
+
+
+def test_for_model_fills_only_what_is_unset():
+    """Recovery.for_model with declared settings unlike ringmark's own (the bundled models happen
+    to declare ringmark's): every unset setting comes from the model, an explicit one wins, and a
+    method the model does not declare gets ringmark's iterations, not the model's."""
+    from watermark.pipeline import DEFAULT_ITERS, DEFAULT_STEPS, Recovery
+
+    declared = {"method": "fixed_point", "iters": 20, "ddim_steps": 5}
+    assert Recovery().for_model(declared) == Recovery("fixed_point", 20, 5)
+    assert Recovery(iters=3).for_model(declared) == Recovery("fixed_point", 3, 5)
+    assert Recovery("adam").for_model(declared) == Recovery("adam", DEFAULT_ITERS, 5)
+    assert Recovery(ddim_steps=50, exact=True).for_model(declared) == Recovery("fixed_point", 20, 50, True)
+    assert Recovery().for_model({}) == Recovery("encoder", DEFAULT_ITERS, DEFAULT_STEPS)
+    resolved = Recovery().for_model(declared)
+    assert resolved.for_model({"method": "adam", "ddim_steps": 9}) == resolved  # resolving twice changes nothing

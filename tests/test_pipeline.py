@@ -25,6 +25,7 @@ class ToyFamily:
     default_key_channel: int = 0
     conditional: bool = False
     prediction: str = "eps"
+    default_recovery = {"method": "fixed_point", "iters": 3, "ddim_steps": 4}  # what Recovery() runs on it
 
     def latent_shape(self, size):
         return (3, size // 2, size // 2)
@@ -61,6 +62,8 @@ def test_a_new_family_is_one_class_and_the_pipeline_runs_on_it():
     found = detect(toy, torch.cat([wm, clean]), [key], recovery, alpha=0.01)
     assert [d.watermarked for d in found] == [True] * 6 + [False] * 6, [d.p_value for d in found]
     assert all(d.key_id == key.key_id and d.keys_tested == 1 for d in found)
+    by_default = detect(toy, wm[:2], [key], alpha=0.01)  # Recovery(): the family's declared recovery
+    assert [d.iterations for d in by_default] == [3, 3] and all(d.watermarked for d in by_default)
 
 
 def test_detect_checks_the_image_size_and_alpha():

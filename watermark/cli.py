@@ -249,8 +249,8 @@ def verification_options(fn):
         click.option("--search", type=click.Choice(SEARCHES), default=DEFAULT_SEARCH, show_default=True,
                      help="Rotations and crops undone before the test (counted in the p-value)."),
         click.option("--inversion", type=click.Choice(list(METHODS)), default=None,
-                     help="Decoder inversion method [default: the model's, measured for it: tiny the encoder, "
-                          "tiny-sd and SD checkpoints the forward step]."),
+                     help="Decoder inversion method [default: the one the key's model declares, measured for it; "
+                          "the encoder on tiny, tiny-sd and SD checkpoints]."),
         click.option("--iters", type=click.IntRange(0), default=None,
                      help=f"Decoder-inversion iterations of the iterative methods (the encoder runs none) "
                           f"[default: the model's; {DEFAULT_ITERS} for a method it does not declare]."),
@@ -566,11 +566,13 @@ def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search
     Example: ringmark bench detect --study --model tiny-sd -n 100 -o docs/bench/study/tiny-sd
     """
     log = messages(quiet)
+    if not study and (model_name != "tiny" or recoveries is not None):
+        raise click.UsageError("--model and --recoveries are options of --study")
     if study:
         from .bench import study as decision_study
 
-        click.echo(decision_study.main(model_name, n, n_keys, recoveries and recoveries.split(","), search, batch, device, quick,
-                                       Path(outdir), log))
+        listed = recoveries and [r.strip() for r in recoveries.split(",")]
+        click.echo(decision_study.main(model_name, n, n_keys, listed, search, batch, device, quick, Path(outdir), log))
         return
     from .bench import detect
 

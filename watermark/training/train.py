@@ -347,10 +347,14 @@ def choose_key_channel(out: Path, n: int, device: str, seed: int) -> dict:
     """Per latent channel: ring keys, n watermarked + n clean images, Tree-Ring's six attacks, the
     default recovery; the channel with the highest mean AUC over the seven conditions wins."""
     from ..bench.attacks import ATTACKS, attack
-    from ..bench.detect import auc, make_images, p_values
+    from ..bench.detect import auc, make_images, noise, own_and_foreign
     from ..models import load_model
     from ..pipeline import Recovery
     from ..scheme.keys import new_key
+
+    def p_values(images, key):  # each image's p-value for ``key``, the model's default recovery, no search
+        z_T, _ = noise(model, images, Recovery(), 32)
+        return own_and_foreign(z_T, [key], "none")[1]
 
     model = load_model(str(out), device)
     shape = model.latent_shape(model.default_size)
@@ -358,12 +362,12 @@ def choose_key_channel(out: Path, n: int, device: str, seed: int) -> dict:
     per_channel = {}
     for c in range(model.latent_channels):
         key = new_key(str(out), shape, pattern="ring", channels=(c,), seed=seed + c)
-        wm = make_images(model, key, list(range(n)), 50)
-        clean = make_images(model, key, list(range(n)), 50, watermark=False)
+        wm = make_images(model, [key] * n, list(range(n)), 50)
+        clean = make_images(model, [key] * n, list(range(n)), 50, watermark=False)
         aucs, tprs = {}, {}
         for a in ATTACKS:
-            p_wm, _, _ = p_values(model, [attack(im, a, rng) for im in wm], [key], Recovery(), 32)
-            p_clean, _, _ = p_values(model, [attack(im, a, rng) for im in clean], [key], Recovery(), 32)
+            p_wm = p_values([attack(im, a, rng) for im in wm], key)
+            p_clean = p_values([attack(im, a, rng) for im in clean], key)
             aucs[a], tprs[a] = auc(p_wm, p_clean), float(np.mean(p_wm <= 0.01))
         per_channel[c] = {"auc": aucs, "tpr_at_alpha_0.01": tprs, "mean_auc": float(np.mean(list(aucs.values())))}
         click.echo(f"[key-channel] {c}: mean AUC {per_channel[c]['mean_auc']:.3f}, clean TPR {tprs['none']:.2f}",
