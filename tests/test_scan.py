@@ -108,3 +108,33 @@ def test_results_file_checks(tmp_path, scale_world):
     result = CliRunner().invoke(main, ["scan", str(images), "--key", str(root / "key.json"), "-o", str(settings)])
     assert result.exit_code == 2 and "written with other settings" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_a_worker_turns_any_failure_into_rows(scale_world, monkeypatch):
+    """Not only ImageError: whatever breaks one file is that file's row, and a batch that fails as
+    a whole gives each of its images an error row; the other files keep their verdicts (issue 22)."""
+    import numpy as np
+
+    from watermark.io.keyfile import load_key
+    from watermark.pipeline import Recovery
+    from watermark.scale import scan
+
+    root, images, reference = scale_world
+    files = [str(images / "wm" / "00000.png"), str(images / "wm" / "00001.png")]
+    batch = {"path": np.array(files), "bytes": [open(f, "rb").read() for f in files]}
+    worker = scan.ScanWorker([load_key(root / "key.json")], Recovery(), 0.01, "all", "cpu", "float32", 1)
+    real = scan.decode_image
+
+    def flaky(data, size):
+        if data == batch["bytes"][1]:
+            raise MemoryError("decoder ran out")
+        return real(data, size)
+
+    monkeypatch.setattr(scan, "decode_image", flaky)
+    rows = worker(batch).to_pylist()
+    assert rows[0]["watermarked"] is True and rows[0]["error"] is None
+    assert rows[1]["watermarked"] is None and rows[1]["error"] == "cannot read (MemoryError: decoder ran out)"
+    monkeypatch.setattr(scan, "decode_image", real)
+    monkeypatch.setattr(worker.verifier, "run", lambda items: 1 / 0)
+    rows = worker(batch).to_pylist()
+    assert [r["error"] for r in rows] == ["verification failed (ZeroDivisionError: division by zero)"] * 2

@@ -57,3 +57,20 @@ def test_the_search_keeps_the_p_value_calibrated(pattern, alpha):
     p = np.array([m.p_value for i in range(0, len(z), 50) for m in match_keys(z[i : i + 50], [key], grid)])
     k = int((p <= alpha).sum())
     assert stats.binomtest(k, len(p), alpha, alternative="greater").pvalue > 0.01, (k, len(p))
+
+
+def test_zeros_keys_are_corrected_only_for_the_test_they_get():
+    """A zeros key is tested once, without the search: its p-value is not multiplied by the 207
+    transforms the other keys are tried under (issue 22), and the row says 1 transform."""
+    from watermark.scheme.detection import corrected
+
+    gen = torch.Generator().manual_seed(5)
+    zeros = new_key("tiny", (4, 32, 32), pattern="zeros", seed=1)
+    z = watermarked_latents(zeros, 3, generator=gen)
+    grid = search_grid("all")
+    for m in match_keys(z, [zeros], grid):
+        assert m.transforms_tested == 1 and m.transform == "identity" and m.p_value == m.raw_p_value
+    rand = new_key("tiny", (4, 32, 32), pattern="rand", seed=2)
+    for m in match_keys(z, [zeros, rand], grid):  # two keys: Sidak over both, Bonferroni over the winner's tests
+        tested = 1 if m.key_id == zeros.key_id else len(grid)
+        assert m.transforms_tested == tested and m.p_value == pytest.approx(corrected(m.raw_p_value, 2, tested))

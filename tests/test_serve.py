@@ -178,3 +178,25 @@ def test_a_port_in_use_is_a_one_line_error():
         with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{taken.getsockname()[1]}"):
             check_port("127.0.0.1", taken.getsockname()[1])
     check_port("127.0.0.1", free_port())
+
+
+def test_an_internal_error_is_json_500_and_logged(caplog):
+    """Whatever breaks inside a request answers JSON 500 with the error's kind only, and the
+    traceback goes to the service's log, not nowhere (issue 22)."""
+    from fastapi.testclient import TestClient
+
+    from watermark.scale.serve import app
+
+    @app.get("/test-broken")
+    async def broken():
+        raise KeyError("secret detail")
+
+    try:
+        with caplog.at_level("ERROR", logger="ringmark.serve"):
+            response = TestClient(app, raise_server_exceptions=False).get("/test-broken")
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal error (KeyError); the service goes on"}
+        record = next(r for r in caplog.records if r.name == "ringmark.serve")
+        assert "/test-broken" in record.getMessage() and record.exc_info[0] is KeyError
+    finally:
+        app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/test-broken"]

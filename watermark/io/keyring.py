@@ -8,6 +8,8 @@ carrying either would show part of the other's statistic.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -107,11 +109,28 @@ def save_keyring(keys: list[Key], path: str | os.PathLike, force: bool = False) 
     write_secret({"format": FORMAT, "version": VERSION, "keys": docs}, path, force)
 
 
+@contextlib.contextmanager
+def locked(folder: Path):
+    """An exclusive lock on ``folder`` (flock on the folder itself: no lock file is left behind),
+    held by one process or thread at a time."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as e:
+        raise KeyFileError(f"{folder}: cannot open the keyring's folder ({e.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def add_to_keyring(key: Key, path: str | os.PathLike, max_similarity: float = MAX_SIMILARITY) -> int:
     """Append ``key`` to the keyring at ``path`` (created if missing) after the collision check;
-    return the number of keys now in it. The file is rewritten atomically, the others kept."""
+    return the number of keys now in it. The file is rewritten atomically, the others kept; the
+    read, check and write happen under a lock, so concurrent additions are not lost."""
     path = Path(path)
-    keys = load_keyring(path)[0] if path.exists() else []
-    check_collision(key, keys, max_similarity)
-    save_keyring(keys + [key], path, force=path.exists())
+    with locked(path.parent):
+        keys = load_keyring(path)[0] if path.exists() else []
+        check_collision(key, keys, max_similarity)
+        save_keyring(keys + [key], path, force=path.exists())
     return len(keys) + 1

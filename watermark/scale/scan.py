@@ -61,8 +61,15 @@ class ScanWorker:
                 items.append((i, str(path), decode_image(bytes(data), self.verifier.size)))
             except ImageError as e:
                 rows[i] = self.verifier.failed(str(path), str(e))
+            except Exception as e:  # any other failure is this file's row too: the scan goes on
+                rows[i] = self.verifier.failed(str(path), f"cannot read ({type(e).__name__}: {e})")
         if items:
-            for (i, _, _), row in zip(items, self.verifier.run([(p, loaded) for _, p, loaded in items])):
+            try:
+                verified = self.verifier.run([(p, loaded) for _, p, loaded in items])
+            except Exception as e:  # the batch failed as a whole: each of its images gets the error
+                verified = [self.verifier.failed(p, f"verification failed ({type(e).__name__}: {e})")
+                            for _, p, _ in items]
+            for (i, _, _), row in zip(items, verified):
                 rows[i] = row
         return pa.Table.from_pylist([asdict(rows[i]) for i in range(len(rows))], schema=arrow_schema())
 
@@ -149,45 +156,47 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
     shown_as = {**{read.split("://", 1)[-1]: shown for read, shown in readable.items()}, **readable}
     rows_done = list(failed)
     used, first, arrivals = 0, None, []  # (seconds, images verified so far)
-    if readable:
-        ray = connect(address, quiet=quiet)
-        log(f"Ray up in {time.perf_counter() - t0:.1f}s")
-        resources = ray.cluster_resources()
-        if gpus_per_worker is None:
-            gpus_per_worker = default_gpus(resources, device)
-        if workers is None:
-            workers = (int(resources.get("GPU", 0) // gpus_per_worker) if gpus_per_worker
-                       else max(1, int(resources.get("CPU", 1) // cpus_per_worker)))
-            if workers < 1:
-                raise ValueError(f"the cluster has {resources.get('GPU', 0):g} GPUs: not enough for one worker "
-                                 f"with {gpus_per_worker:g}")
-        blocks = min(-(-len(readable) // batch), MAX_BLOCKS)  # one per batch: the pool shares the files evenly
-        workers = used = min(workers, blocks)  # no actor loads the model for nothing
-        log(f"scanning {len(readable)} images with {workers} workers ({cpus_per_worker} CPU"
-            + (f", {gpus_per_worker:g} GPU" if gpus_per_worker else "") + " each)")
-        import ray.data
+    try:  # what arrived is kept (a .parquet scan merges its parts) even when the scan stops
+        if readable:
+            ray = connect(address, quiet=quiet)
+            log(f"Ray up in {time.perf_counter() - t0:.1f}s")
+            resources = ray.cluster_resources()
+            if gpus_per_worker is None:
+                gpus_per_worker = default_gpus(resources, device)
+            if workers is None:
+                workers = (int(resources.get("GPU", 0) // gpus_per_worker) if gpus_per_worker
+                           else max(1, int(resources.get("CPU", 1) // cpus_per_worker)))
+                if workers < 1:
+                    raise ValueError(f"the cluster has {resources.get('GPU', 0):g} GPUs: not enough for one worker "
+                                     f"with {gpus_per_worker:g}")
+            blocks = min(-(-len(readable) // batch), MAX_BLOCKS)  # one per batch: the pool shares the files evenly
+            workers = used = min(workers, blocks)  # no actor loads the model for nothing
+            log(f"scanning {len(readable)} images with {workers} workers ({cpus_per_worker} CPU"
+                + (f", {gpus_per_worker:g} GPU" if gpus_per_worker else "") + " each)")
+            import ray.data
 
-        ray.data.DataContext.get_current().enable_progress_bars = not quiet
+            ray.data.DataContext.get_current().enable_progress_bars = not quiet
 
-        # Reading is I/O: it asks for no CPU, so an actor pool that holds every CPU cannot starve
-        # it, and at most one read task per worker runs at once (each is a process to start).
-        ds = ray.data.read_binary_files(list(readable), include_paths=True, num_cpus=0, concurrency=workers,
-                                        override_num_blocks=blocks)
-        ds = ds.map_batches(ScanWorker, fn_constructor_kwargs=dict(
-            keys=keys, recovery=recovery, alpha=alpha, search=search, device=device, dtype=dtype,
-            threads=cpus_per_worker), batch_size=batch, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
-        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            rows = table.to_pylist()
-            for row in rows:  # back to the path as listed (Ray gives URIs without their scheme)
-                row["path"] = shown_as.get(row["path"], row["path"])
-            results.append(rows)
-            rows_done.extend(rows)
-            arrivals.append((time.perf_counter() - t0, len(rows) + (arrivals[-1][1] if arrivals else 0)))
-            if first is None:
-                first = arrivals[0][0]
-                log(f"first results after {first:.1f}s")
-    results.close()
+            # Reading is I/O: it asks for no CPU, so an actor pool that holds every CPU cannot starve
+            # it, and at most one read task per worker runs at once (each is a process to start).
+            ds = ray.data.read_binary_files(list(readable), include_paths=True, num_cpus=0, concurrency=workers,
+                                            override_num_blocks=blocks)
+            ds = ds.map_batches(ScanWorker, fn_constructor_kwargs=dict(
+                keys=keys, recovery=recovery, alpha=alpha, search=search, device=device, dtype=dtype,
+                threads=cpus_per_worker), batch_size=batch, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
+            for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                rows = table.to_pylist()
+                for row in rows:  # back to the path as listed (Ray gives URIs without their scheme)
+                    row["path"] = shown_as.get(row["path"], row["path"])
+                results.append(rows)
+                rows_done.extend(rows)
+                arrivals.append((time.perf_counter() - t0, len(rows) + (arrivals[-1][1] if arrivals else 0)))
+                if first is None:
+                    first = arrivals[0][0]
+                    log(f"first results after {first:.1f}s")
+    finally:
+        results.close()
     seconds = time.perf_counter() - t0
     steady = steady_rate(arrivals)
     return ScanSummary(str(output), len(rows_done), skipped, sum(bool(r["watermarked"]) for r in rows_done),

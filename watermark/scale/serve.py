@@ -19,6 +19,7 @@ server listens on loopback only (``check_exposure``), and tokens are compared in
 # no `from __future__ import annotations`: FastAPI reads the route signatures at runtime
 import asyncio
 import hmac
+import logging
 from dataclasses import asdict
 
 from fastapi import FastAPI, Request
@@ -46,6 +47,7 @@ UPLOAD_SCHEMA = {  # multipart is parsed by hand (after the token check), so Fas
         "properties": {FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}}}}},
 }
 
+log = logging.getLogger("ringmark.serve")  # in a replica: Ray Serve's replica log
 app = FastAPI(title="ringmark", version=__version__,
               description="Verify images for ringmark watermarks. Send `Authorization: Bearer TOKEN` "
                           "unless the server listens on loopback only.")
@@ -69,6 +71,8 @@ async def http_problem(request: Request, e: HTTPException):
 
 @app.exception_handler(Exception)
 async def internal_error(request: Request, e: Exception):
+    # the client gets the error's kind only; the operator's log gets the traceback
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=e)
     return JSONResponse({"error": f"internal error ({type(e).__name__}); the service goes on"}, status_code=500)
 
 

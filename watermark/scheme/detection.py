@@ -172,25 +172,27 @@ def match_keys(z_T: torch.Tensor, keys: list[Key], transforms: list[Transform] |
     transforms = transforms or [IDENTITY]
     warped = undo(z_T.float(), transforms)  # (B, T, C, H, W)
     b_size, n_t = warped.shape[:2]
-    best = [(np.inf, -np.inf, 0, 0)] * b_size  # (raw p, t, key index, transform index)
+    # per image: (p Bonferroni-corrected for the transforms its key was tested under, -t, key
+    # index, transform index, raw p, transforms tested); a zeros key is tested under one
+    best = [(np.inf, -np.inf, 0, 0, 1.0, n_t)] * b_size
     for tag, members in _groups(keys).items():
         group = [keys[i] for i in members]
         if tag[0] == "zeros":
             for b, s in enumerate(score(z_T, group[0])):
-                best[b] = min(best[b], (s.p_value, -s.statistic, members[0], 0))
+                best[b] = min(best[b], (s.p_value, -s.statistic, members[0], 0, s.p_value, 1))
             continue
         t, df = statistics(warped, group)
         t_max, arg = t.flatten(1).max(1)
         p = stats.t.sf(t_max.numpy(), df)
         for b in range(b_size):
             ti, ki = divmod(int(arg[b]), len(group))
-            best[b] = min(best[b], (float(p[b]), -float(t_max[b]), members[ki], ti))
+            best[b] = min(best[b], (min(1.0, n_t * float(p[b])), -float(t_max[b]), members[ki], ti, float(p[b]), n_t))
     out = []
-    for b, (p, _, ki, ti) in enumerate(best):
+    for b, (_, _, ki, ti, p, tested) in enumerate(best):
         key = keys[ki]
         mask = key.mask()
         distance = float((centred_spectrum(warped[b, ti])[mask] - key.pattern_values()[mask]).abs().mean())
         p = float(np.clip(p, 0.0, 1.0))
-        out.append(KeyMatch(key.key_id, corrected(p, len(keys), n_t), distance, p, len(keys), transforms[ti].name,
-                            n_t))
+        out.append(KeyMatch(key.key_id, corrected(p, len(keys), tested), distance, p, len(keys),
+                            transforms[ti].name, tested))
     return out
