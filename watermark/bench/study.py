@@ -13,8 +13,8 @@ attack and Tree-Ring's six, and is scored three ways:
    on the model's key channel, image i carries key i mod 3, classified by the smallest Tree-Ring
    distance; accuracy, and the margin (the nearest wrong key's distance minus the right one's).
 3. Paired against the encoder on the same images: Wilcoxon signed-rank on -log p of the
-   watermarked images (per attack, and pooled over the six), McNemar's exact test on the 3-key
-   classification (and Wilcoxon on its margin).
+   watermarked images and McNemar's exact test on the 3-key classification, per attack; pooled
+   over the six attacks with the image as the unit (``paired``).
 
 The seconds per image are the recovery's wall time (decoder inversion + DDIM inversion) on the
 machine of the run, batch ``batch``.
