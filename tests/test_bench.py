@@ -3,6 +3,7 @@
 import json
 import math
 
+import torch
 from click.testing import CliRunner
 
 from watermark.bench.attacks import ATTACKS
@@ -22,6 +23,7 @@ def test_bench_inversion_quick(tmp_path):
     assert all("error" not in r and r["seconds_per_iter"] > 0 and "time_vs_floor" in r for r in cost.values())
     assert "| method |" in result.stdout and (tmp_path / "inversion.md").exists()
     assert not (tmp_path / "inversion.partial.json").exists()
+    assert torch.is_grad_enabled()  # the benchmark left the process's grad mode as it found it
 
 
 def test_bench_inversion_cost_only(tmp_path):
@@ -35,6 +37,7 @@ def test_bench_inversion_cost_only(tmp_path):
 def test_bench_detect_quick(tmp_path):
     result = CliRunner().invoke(main, ["bench", "detect", "--quick", "--batch", "3", "-o", str(tmp_path), "-q"])
     assert result.exit_code == 0, result.output
+    assert torch.is_grad_enabled()  # the benchmark left the process's grad mode as it found it
     res = json.loads((tmp_path / "detect.json").read_text())
     assert res["batch"] == 3  # 4 images per class: a full batch and a partial one
     assert res["n"] == 4 and res["keys"] == 16 and res["transforms"] == 207

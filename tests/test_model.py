@@ -191,3 +191,16 @@ def test_for_model_fills_only_what_is_unset():
     assert Recovery().for_model({}) == Recovery("encoder", DEFAULT_ITERS, DEFAULT_STEPS)
     resolved = Recovery().for_model(declared)
     assert resolved.for_model({"method": "adam", "ddim_steps": 9}) == resolved  # resolving twice changes nothing
+
+
+def test_the_model_cache_is_bounded(monkeypatch, tmp_path):
+    """get_model keeps the MAX_LOADED models most recently asked for, not every model ever loaded."""
+    from watermark import models
+
+    monkeypatch.setattr(models, "_LOADED", type(models._LOADED)())
+    monkeypatch.setattr(models, "load_model", lambda name, device, dtype: object())
+    first = models.get_model("hub/a")
+    assert models.get_model("hub/a") is first  # cached
+    for i in range(models.MAX_LOADED + 2):
+        models.get_model(f"hub/m{i}")
+    assert len(models._LOADED) == models.MAX_LOADED and models.get_model("hub/a") is not first

@@ -113,11 +113,11 @@ def rows_for(p_wm: dict, p_clean: dict, attacks) -> dict:
     return rows
 
 
+@torch.no_grad()  # restores the caller's grad mode
 def run(n: int = 100, n_keys: int = 2048, attacks=ATTACKS, recovery: Recovery = Recovery(),
         search: str = DEFAULT_SEARCH, patterns: dict | None = None, pattern_n: int = 48, sweep_n: int = 24,
         sweep_iters=(0, 2, 5, 10), sweep_steps=(1, 2, 5, 10, 20, 50), gen_steps: int = 50, seed: int = 20241127,
         batch: int = 8, device: str = "cpu", verify_n: int = 32, log=print, checkpoint=None) -> dict:
-    torch.set_grad_enabled(False)
     checkpoint = checkpoint or (lambda res: None)
     patterns = PATTERNS if patterns is None else patterns
     model = get_model("tiny", device)

@@ -49,12 +49,12 @@ def mean_ci(values: np.ndarray) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
+@torch.no_grad()  # restores the caller's grad mode; the gradient method turns it on for itself
 def accuracy(n: int, iters: list[int], dtypes: list[str], gen_steps: int, seed: int, log=print,
              device: str = "cpu", checkpoint=None) -> list[dict]:
     """Ground truth z* generated in float32 on ``device``; each precision inverts x = D(z*).
     ``checkpoint(rows)`` is called after each run with the rows so far."""
     checkpoint = checkpoint or (lambda rows: None)
-    torch.set_grad_enabled(False)
     base = get_model("tiny", device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)  # honest wall times on a GPU
     z_T = torch.randn(n, *base.latent_shape(base.default_size), generator=torch.Generator().manual_seed(seed))

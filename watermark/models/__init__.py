@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -62,14 +63,19 @@ def default_recovery(name: str) -> dict:
     return sd.default_recovery(str(NAMED.get(name, name)))
 
 
-_LOADED: dict[tuple, DiffusionModel] = {}
+MAX_LOADED = 4  # models kept by get_model; the least recently asked for goes first
+_LOADED: OrderedDict[tuple, DiffusionModel] = OrderedDict()
 
 
 def get_model(name: str = "tiny", device: str = "cpu", dtype: str | torch.dtype = "float32") -> DiffusionModel:
-    """``load_model``, once per process and (name, device, dtype)."""
+    """``load_model``, once per process and (name, device, dtype), for the ``MAX_LOADED`` most
+    recently asked for (a caller holding a model keeps it whatever the cache drops)."""
     folder = Path(name)
     source = str(folder.resolve()) if name not in NAMED and folder.is_dir() else name  # one copy per folder
     key = (source, resolve_device(device).type, resolve_dtype(dtype))
     if key not in _LOADED:
         _LOADED[key] = load_model(name, device, dtype)
+        while len(_LOADED) > MAX_LOADED:
+            _LOADED.popitem(last=False)
+    _LOADED.move_to_end(key)
     return _LOADED[key]

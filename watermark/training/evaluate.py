@@ -264,9 +264,9 @@ def ddim_round_trip(invert, z_T, z_0) -> dict:
 @click.option("--seed", default=20241127, show_default=True)
 @click.option("--model", "model_name", default="tiny", show_default=True, help="Model name or folder.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@torch.no_grad()  # restores the caller's grad mode; the gradient method turns it on for itself
 def main(out, grid, quick, n_inv, coco_iters, seed, model_name, device):
     """Measure the bundled tiny model (PSNR, decoder inversion, sample statistics, DDIM round trip)."""
-    torch.set_grad_enabled(False)
     t_start = time.time()
     model = load_model(model_name, device)
     dev = model.device
