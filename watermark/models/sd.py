@@ -26,7 +26,7 @@ ALPHA_BAR_MIN = 2.0**-24
 # SD-family checkpoints whose folder declares no recovery take the one measured on the bundled
 # SD-faithful model, whose VAE was trained by Stable Diffusion's recipe (its ringmark.json says
 # why, with the numbers; BENCHMARKS.md, "The decision study").
-FAMILY_SETTINGS = Path(__file__).parent / "tiny-sd" / "ringmark.json"
+FAMILY_SETTINGS = Path(__file__).parent / "tiny-sd"  # the folder whose ringmark.json has them
 
 
 def settings(source: str) -> dict:
@@ -37,7 +37,7 @@ def settings(source: str) -> dict:
 
 def default_recovery(source: str) -> dict:
     """The recovery a model in ``source`` declares, else the family's; reads no weights."""
-    declared = settings(source).get("recovery") or settings(str(FAMILY_SETTINGS.parent)).get("recovery", {})
+    declared = settings(source).get("recovery") or settings(str(FAMILY_SETTINGS)).get("recovery", {})
     return {k: declared[k] for k in ("method", "iters", "ddim_steps") if k in declared}
 
 

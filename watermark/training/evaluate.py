@@ -29,6 +29,7 @@ from PIL import Image
 from inversion import fixed_point, invert_decoder
 
 from ..bench.report import machine, nmse_db
+from ..bench.study import SETTINGS
 from ..models import load_model
 from ..pipeline import Recovery, noise_from_latents
 from .train import HELD_OUT, TRAIN_PHOTOS, load_photo, random_crops
@@ -213,11 +214,8 @@ def decoder_inversion_study(encode, decode, z_0, post, n_inv: int, n_iters: int,
     return res
 
 
-# The methods of the model card's comparison, at the step sizes ringmark uses (scaled latents):
-# the paper's Adam recipe (lr 0.01, warm-up + cosine) and Adam through the decoder at lr 0.01,
-# the better of the two gradient settings `ringmark bench inversion` measured on v2 (BENCHMARKS.md).
-COMPARED = {"fixed_point": {"rho": 0.5}, "inertial_km": {}, "adam": {"lr": 0.01},
-            "gradient": {"lr": 0.01, "schedule": "constant"}}
+# The model card's comparison runs the iterative methods of the decision study at its step sizes.
+COMPARED = {method: kwargs for method, kwargs in SETTINGS.items() if method != "encoder"}
 
 
 def method_comparison(encode, decode, z_star: torch.Tensor, iters=(10, 20, 50), batch: int = 10) -> dict:

@@ -163,12 +163,18 @@ def _log(stage: str, step: int, total: int, loss: float, t0: float) -> None:
     click.echo(f"[{stage}] step {step}/{total} loss {loss:.4f} {time.time() - t0:.1f}s", err=True)
 
 
+def ldm_loss(vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator, mse: float = 0.0) -> torch.Tensor:
+    """LDM/SD's VAE loss: L1 (+ mse * MSE) reconstruction of a decoded posterior sample, + 1e-6 KL
+    relative to the loss summed over pixels (1e-6 against the *mean* L1 would be ~10^4 times stronger)."""
+    posterior = vae.encode(x).latent_dist
+    noise = torch.randn(posterior.mean.shape, generator=generator).to(x.device)
+    recon = vae.decode(posterior.mean + posterior.std * noise).sample
+    return (recon - x).abs().mean() + mse * (recon - x).pow(2).mean() + 1e-6 * posterior.kl().mean() / x[0].numel()
+
+
 def train_vae(photos, work: Path, steps: int, batch: int, size: int, lr: float, mse: float, max_scale: float,
               device, seed: int) -> AutoencoderKL:
-    """Stage 1: L1 (+ mse * MSE) reconstruction of a posterior sample, + 1e-6 KL; AdamW,
-    cosine learning rate with warm-up. The KL weight is relative to the reconstruction loss
-    summed over pixels, as in LDM/SD (1e-6 against the *mean* L1 would be ~10^4 times stronger).
-    """
+    """Stage 1: ``ldm_loss``; AdamW, cosine learning rate with warm-up."""
     torch.manual_seed(seed)
     vae = make_vae().to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
@@ -182,11 +188,7 @@ def train_vae(photos, work: Path, steps: int, batch: int, size: int, lr: float, 
     t0 = time.time()
     for step in range(start, steps):
         x = random_crops(photos, batch, size, gen, max_scale).to(device)
-        posterior = vae.encode(x).latent_dist
-        noise = torch.randn(posterior.mean.shape, generator=gen).to(device)
-        recon = vae.decode(posterior.mean + posterior.std * noise).sample
-        n_pix = x[0].numel()
-        loss = (recon - x).abs().mean() + mse * (recon - x).pow(2).mean() + 1e-6 * posterior.kl().mean() / n_pix
+        loss = ldm_loss(vae, x, gen, mse)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -235,15 +237,11 @@ def finetune_vae(vae: AutoencoderKL, photos, steps: int, batch: int, size: int, 
     t0 = time.time()
     for step in range(steps):
         x = random_crops(photos, batch, size, gen, max_scale=2.0).to(device)
-        posterior = vae.encode(x).latent_dist
-        mean = posterior.mean
-        if cycle > 0:
+        if cycle == 0:  # Stable Diffusion's recipe: stage 1's loss, nothing that ties E to D
+            loss = ldm_loss(vae, x, gen)
+        else:
+            mean = vae.encode(x).latent_dist.mean
             loss = (vae.decode(mean).sample - x).abs().mean()
-        else:  # Stable Diffusion's recipe (LDM): a decoded posterior sample + 1e-6 KL, nothing more
-            noise = torch.randn(mean.shape, generator=gen).to(device)
-            recon = vae.decode(mean + posterior.std * noise).sample
-            loss = (recon - x).abs().mean() + 1e-6 * posterior.kl().mean() / x[0].numel()
-        if cycle > 0:
             z = perturb(mean.detach() * scale, gen)
             x_z = as_png(vae.decode(z / scale).sample, gen)
             loss = loss + cycle * (vae.encode(x_z).latent_dist.mean * scale - z).pow(2).mean()
@@ -398,7 +396,8 @@ def choose_key_channel(out: Path, n: int, device: str, seed: int) -> dict:
 @click.option("--vae-max-scale", default=2.0, show_default=True, help="Largest crop, in units of the crop size.")
 @click.option("--vae-finetune-steps", default=1500, show_default=True, help="Stage 2, at 128 px.")
 @click.option("--vae-finetune-batch", default=16, show_default=True)
-@click.option("--vae-cycle", default=3.0, show_default=True, help="Weight of the cycle term in stage 2.")
+@click.option("--vae-cycle", default=3.0, show_default=True, type=click.FloatRange(0),
+              help="Weight of the cycle term in stage 2; 0: Stable Diffusion's recipe (tiny-sd).")
 @click.option("--unet-steps", default=2000, show_default=True)
 @click.option("--unet-batch", default=256, show_default=True)
 @click.option("--unet-lr", default=5e-4, show_default=True)
