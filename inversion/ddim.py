@@ -82,8 +82,7 @@ def ddim_sample(
     return z
 
 
-@torch.inference_mode()
-def ddim_invert(
+def ddim_invert_graph(
     eps: Callable,
     z_0: torch.Tensor,
     schedule: DDIMSchedule,
@@ -125,3 +124,8 @@ def ddim_invert(
         if callback is not None:
             callback({"i": i, "t": t, "z": z})
     return z
+
+
+# the same steps without autograd; ``ddim_invert_graph`` keeps the graph, for attacks that
+# backpropagate through the inversion (``watermark.bench.security``)
+ddim_invert = torch.inference_mode()(ddim_invert_graph)

@@ -142,11 +142,15 @@ def embed(key: Key | str, outdir: str | os.PathLike, n: int = 4, prompts: list[s
 
 def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recovery(), alpha: float = 0.01,
            device: str = "cpu", dtype: str = "float32", batch: int = 8,
-           progress: Callable[[int], None] | None = None, search: str = DEFAULT_SEARCH) -> list[Result]:
+           progress: Callable[[int], None] | None = None, search: str = DEFAULT_SEARCH,
+           null: str | os.PathLike | None = "auto", key_files: list = ()) -> list[Result]:
     """Test every image under ``paths`` against ``keys`` (Key objects, key files, keyring files,
     folders of them; a bad file or entry in a folder or keyring is skipped with a KeyringWarning);
     one Result per image, in order. ``search``: the rotations and crops undone before the test
-    (``scheme.geometry``), counted in the p-value.
+    (``scheme.geometry``), counted in the p-value. ``null``: the null model that makes the p-value
+    exact for each key (``scheme.null``): "auto" finds the one of this recovery in the model's folder or
+    beside the key files (those in ``keys`` and ``key_files``), "none" runs the test without one, else a
+    file (``ringmark calibrate``).
 
     An image that cannot be read gets a Result with ``error`` set; the others go on.
     ``progress(k)``: k more images done, called as the work advances (not once per batch).
@@ -157,12 +161,13 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
     keys = [keys] if isinstance(keys, (Key, str, os.PathLike)) else list(keys)
     if not keys:
         raise ValueError("at least one key is needed")
+    key_files = [k for k in keys if isinstance(k, (str, os.PathLike))] + list(key_files)
     keys, problems = load_keys(keys)
     for problem in problems:
         warnings.warn(problem, KeyringWarning, stacklevel=2)
     found = find_images([str(p) for p in paths])
     require_usable(found)
-    verifier = Verifier(keys, recovery, alpha, device, dtype, search)
+    verifier = Verifier(keys, recovery, alpha, device, dtype, search, null, key_files)
     results: list[Result | None] = [None] * len(found)
     counted = [0]
 

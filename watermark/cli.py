@@ -55,11 +55,12 @@ def library_errors(fn):
         from .io.results import ResultsError
         from .models import ModelError
         from .scale.cluster import ScaleError
+        from .io.nullfile import NullFileError
         from .scheme.keys import KeyFileError
 
         try:
             return fn(*args, **kwargs)
-        except (KeyFileError, ModelError, OutputError, ResultsError, ScaleError, ValueError) as e:
+        except (KeyFileError, ModelError, NullFileError, OutputError, ResultsError, ScaleError, ValueError) as e:
             raise Failure(str(e)) from None
         except OSError as e:  # e.g. an output folder that cannot be written
             where = f"{e.filename}: " if e.filename else ""
@@ -257,6 +258,10 @@ def verification_options(fn):
         click.option("--ddim-steps", default=None, type=click.IntRange(1),
                      help=f"DDIM-inversion steps [default: the model's, else {DEFAULT_STEPS}]."),
         click.option("--exact", is_flag=True, help="Exact (fixed-point) DDIM inversion; 4x the UNet evaluations."),
+        click.option("--null", default="auto", show_default=True,
+                     help="Null-model file that makes the p-value exact for each key ('ringmark calibrate'); "
+                          "'auto': the one of this recovery in the model's folder or beside the key files; "
+                          "'none': the test without one (exact on average over keys)."),
         click.option("--alpha", default=0.01, show_default=True,
                      type=click.FloatRange(0, 1, min_open=True, max_open=True),
                      help="Decision level: watermarked when p <= alpha."),
@@ -282,8 +287,8 @@ def load_cli_keys(key_paths, quiet: bool):
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1), help="Images per batch.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
 @quiet_option
-def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, alpha, batch, as_json, device, dtype,
-           quiet):
+def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, batch, as_json, device,
+           dtype, quiet):
     """Test images (files or folders, recursively) for the watermark of one or more keys.
 
     Exit status: 0 if at least one image is watermarked, 1 if none is, 2 if any input could
@@ -291,8 +296,8 @@ def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, alpha,
 
     Example: ringmark verify suspect/ --key key.json --json > results.jsonl
     """
-    results = run_verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, alpha, batch, device, dtype,
-                         quiet)
+    results = run_verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, batch, device,
+                         dtype, quiet)
     if not quiet:
         for r in results:
             if r.warning:
@@ -308,7 +313,8 @@ def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, alpha,
 
 
 @library_errors
-def run_verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, alpha, batch, device, dtype, quiet):
+def run_verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, batch, device, dtype,
+               quiet):
     from . import api
     from .io.images import find_images
     from .pipeline import Recovery
@@ -318,7 +324,7 @@ def run_verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, al
     progress = Progress(len(find_images(list(paths))), "verifying", quiet)
     try:
         return api.verify(list(paths), keys, recovery, alpha, device, dtype, batch, progress=progress.update,
-                          search=search)
+                          search=search, null=null, key_files=list(key_paths))
     finally:
         progress.close()
 
@@ -361,7 +367,7 @@ def read_token(token_file: str | None) -> str | None:
 @click.option("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
 @quiet_option
 @library_errors
-def serve(key_paths, search, inversion, iters, ddim_steps, exact, alpha, device, dtype, host, port, token_file,
+def serve(key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, device, dtype, host, port, token_file,
           replicas, max_batch, batch_wait_ms, max_upload_mb, max_queued, cpus_per_replica, gpus_per_replica, address,
           quiet):
     """Serve verification over HTTP (Ray Serve): POST /v1/verify, GET /v1/keys, GET /healthz.
@@ -386,7 +392,7 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, alpha, device,
     with contextlib.redirect_stdout(sys.stderr):  # as in scan
         url = start(keys, Recovery(inversion, iters, ddim_steps, exact), alpha, search, device, dtype, token, host,
                     port, replicas, max_batch, batch_wait_ms, max_upload_mb, max_queued, cpus_per_replica,
-                    gpus_per_replica, address, quiet)
+                    gpus_per_replica, address, quiet, null, list(key_paths))
     if not quiet:
         click.echo(f"ringmark: serving {len(keys)} key{'s' * (len(keys) != 1)} at {url} (API docs at {url}/docs"
                    + ("" if token else "; loopback only, no token") + "); Ctrl-C stops", err=True)
@@ -422,7 +428,7 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, alpha, device,
 @click.option("--force", is_flag=True, help="Start over: delete the results file first.")
 @quiet_option
 @library_errors
-def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, alpha, device, dtype, output, workers,
+def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, device, dtype, output, workers,
          cpus_per_worker, gpus_per_worker, batch, address, force, quiet):
     """Verify folders or buckets of images on Ray Data, one row per image in a results file.
 
@@ -443,11 +449,53 @@ def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, alpha,
     with contextlib.redirect_stdout(sys.stderr):  # Ray prints its workers' warnings; stdout is for the summary
         summary = run_scan(list(sources), keys, output, Recovery(inversion, iters, ddim_steps, exact), alpha,
                            search, device, dtype, batch, workers, gpus_per_worker, cpus_per_worker, address, force,
-                           log, quiet)
+                           log, quiet, null, list(key_paths))
     log(f"{summary.images} images scanned ({summary.skipped} skipped, already in {output}): "
         f"{summary.watermarked} watermarked at alpha = {alpha:g}, {summary.errors} errors; "
         f"{summary.images_per_second:g} images/s over {summary.seconds:.1f}s")
     click.echo(json.dumps(asdict(summary)))
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--model", default="tiny", show_default=True, help="'tiny', 'tiny-sd' (bundled), a hub id or a local folder.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Null-model file to write [default: the model folder's null/, where verify finds it; "
+                   "for a hub id, give one beside the keys].")
+@click.option("-n", default=2048, show_default=True, type=click.IntRange(2), help="Clean images.")
+@click.option("--size", type=click.IntRange(1), help="Image side in px (default: the model's).")
+@click.option("--images", type=click.Path(exists=True, file_okay=False),
+              help="Use the first N clean images of this folder instead of generating them.")
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(1), help="DDIM steps of the generated images.")
+@click.option("--seed", default=10**9, show_default=True, type=click.IntRange(0), help="Seed of the first generated image.")
+@click.option("--inversion", type=click.Choice(list(METHODS)), default=None,
+              help="Decoder inversion method (default: the model's); verify must run the same.")
+@click.option("--iters", type=click.IntRange(0), default=None, help="Decoder-inversion iterations (default: the model's).")
+@click.option("--ddim-steps", default=None, type=click.IntRange(1), help="DDIM-inversion steps (default: the model's).")
+@click.option("--exact", is_flag=True, help="Exact (fixed-point) DDIM inversion.")
+@click.option("--batch", default=16, show_default=True, type=click.IntRange(1), help="Images per batch.")
+@click.option("--force", is_flag=True, help="Replace an existing null model, or restart a stopped run.")
+@device_options
+@quiet_option
+@library_errors
+def calibrate(model, output, n, size, images, steps, seed, inversion, iters, ddim_steps, exact, batch, force, device,
+              dtype, quiet):
+    """Make the null model that makes verify's p-value exact for every key of MODEL.
+
+    Recovers z_T from N clean images (generated, or --images) and keeps the mean and the
+    cross-channel covariance of its spectrum. Resumable: rerun the same command after a stop.
+
+    Example: ringmark calibrate --model ./my-sd-checkpoint -o keys/null.npz -n 2048
+    """
+    from .calibrate import calibrate as run
+    from .pipeline import Recovery
+
+    progress = Progress(n, "calibrating", quiet)
+    try:
+        path = run(model, output, n, size, Recovery(inversion, iters, ddim_steps, exact), steps, seed, images, batch,
+                   force, device, dtype, progress=lambda done, total: progress.update(done - progress.done))
+    finally:
+        progress.close()
+    click.echo(json.dumps({"null_model": str(path), "images": n}))
 
 
 @main.command(context_settings=CONTEXT)
@@ -578,6 +626,26 @@ def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search
 
     click.echo(detect.main(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search, batch, device, quick,
                            Path(outdir), log))
+
+
+@bench.command("null", context_settings=CONTEXT)
+@click.option("--model", "model_name", default="tiny-sd", show_default=True, help="A model with a null model.")
+@click.option("-n", "n", default=2048, show_default=True, type=click.IntRange(2), help="Clean generated images.")
+@click.option("--keys", "n_keys", default=50, show_default=True, type=click.IntRange(1), help="Keys per pattern.")
+@click.option("--steps", default=10, show_default=True, type=click.IntRange(1), help="Generation steps.")
+@click.option("--photos", default=512, show_default=True, type=click.IntRange(0),
+              help="Photograph crops (needs the train extra; 0: none).")
+@click.option("-o", "--outdir", default="docs/bench/null", show_default=True, type=click.Path(file_okay=False))
+@quiet_option
+@library_errors
+def bench_null(model_name, n, n_keys, steps, photos, outdir, quiet):
+    """Each key's false-positive rate with and without the null model (clean, JPEG, blur, photographs).
+
+    Example: ringmark bench null --model tiny-sd -n 2048 --keys 50
+    """
+    from .bench import null
+
+    null.run(model_name, n, n_keys, steps, photos, outdir, messages(quiet))
 
 
 @bench.command("scale", context_settings=CONTEXT)

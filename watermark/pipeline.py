@@ -18,6 +18,7 @@ from inversion import METHODS, InversionRecord, ddim_invert, invert_decoder
 from .models import DiffusionModel, ModelError
 from .scheme.detection import match_keys
 from .scheme.geometry import DEFAULT_SEARCH, search_grid
+from .scheme.null import NullModel
 from .scheme.keys import DEFAULT_PATTERN, Key, KeyFileError, new_key
 
 # What a recovery setting left unset falls back to when the model declares nothing (every model
@@ -156,9 +157,11 @@ def decide(p_value: float, alpha: float) -> tuple[bool, bool]:
 
 def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Recovery = Recovery(),
            alpha: float = 0.01, progress: Callable[[float], None] | None = None,
-           search: str = DEFAULT_SEARCH) -> list[Detection]:
+           search: str = DEFAULT_SEARCH, null: NullModel | None = None) -> list[Detection]:
     """Test each image (B, 3, H, W) in [-1, 1], at the keys' size, against ``keys``, undoing
-    the rotations and crops of ``search`` (``scheme.geometry``) before the test."""
+    the rotations and crops of ``search`` (``scheme.geometry``) before the test. ``null``: the
+    null model of this model, recovery and size (``scheme.null``), which makes the p-value exact
+    for each key; without one it is exact on average over keys."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     size = check_keys(keys, model)
@@ -167,7 +170,7 @@ def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Re
     transforms = search_grid(search)
     z_T, record = recover_noise(model, x, recovery, progress)
     out = []
-    for match, iters in zip(match_keys(z_T, keys, transforms), record.iterations.tolist()):
+    for match, iters in zip(match_keys(z_T, keys, transforms, null), record.iterations.tolist()):
         watermarked, weak = decide(match.p_value, alpha)
         out.append(Detection(watermarked, weak, match.p_value, match.key_id, match.distance, match.raw_p_value,
                              match.keys_tested, match.transform, match.transforms_tested, int(iters)))

@@ -9,6 +9,7 @@ turns its decisions into the rows users store, so a row never depends on the pat
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -16,10 +17,12 @@ from typing import Callable
 import torch
 
 from .io.images import Loaded
+from .io.nullfile import NO_NULL_NOTE, resolve_null
 from .models import get_model
 from .pipeline import Recovery, check_keys, detect
 from .scheme.geometry import DEFAULT_SEARCH, SEARCHES
 from .scheme.keys import Key
+from .scheme.null import NullModel
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Result:
     keys_tested: int
     transform: str | None  # the rotation or crop undone before the test ("identity": none)
     batch_seconds_per_image: float | None  # the wall time of the image's batch over its images
+    null_model: str | None = None  # the null model's file (``scheme.null``); None: the test without one
 
 
 def failure(path: str, error: str, recovery: Recovery, alpha: float, keys_tested: int) -> Result:
@@ -54,12 +58,16 @@ class Verifier:
     recover z_T and decide. ``size``: the image side the keys need."""
 
     def __init__(self, keys: list[Key], recovery: Recovery = Recovery(), alpha: float = 0.01,
-                 device: str = "cpu", dtype: str = "float32", search: str = DEFAULT_SEARCH):
+                 device: str = "cpu", dtype: str = "float32", search: str = DEFAULT_SEARCH,
+                 null: str | os.PathLike | NullModel | None = "auto", key_files: list = ()):
         self.check(keys, alpha, search)
         self.keys, self.alpha, self.search = list(keys), alpha, search
         self.model = get_model(keys[0].model, device, dtype)
         self.recovery = recovery.for_model(self.model.default_recovery)  # the settings the rows report
         self.size = check_keys(self.keys, self.model)
+        # ``null``: "auto" (the model's folder, then the key files' folders), "none", a file or a NullModel
+        self.null = resolve_null(null, keys[0].model, self.recovery, tuple(keys[0].latent_shape), key_files)
+        self.null_note = None if self.null is not None or all(k.pattern == "zeros" for k in keys) else NO_NULL_NOTE
 
     @staticmethod
     def check(keys: list[Key], alpha: float, search: str) -> None:
@@ -82,10 +90,11 @@ class Verifier:
         t0 = time.perf_counter()
         x = torch.stack([loaded.image for _, loaded in items])
         detections = detect(self.model, x, self.keys, self.recovery, self.alpha, progress=progress,
-                            search=self.search)
+                            search=self.search, null=self.null)
         per_image = round((time.perf_counter() - t0) / len(items), 4)
         r = self.recovery
-        return [Result(path, d.watermarked, d.weak, d.p_value, self.alpha, d.key_id, d.distance, None, loaded.note,
+        return [Result(path, d.watermarked, d.weak, d.p_value, self.alpha, d.key_id, d.distance, None,
+                       "; ".join(n for n in (loaded.note, self.null_note) if n) or None,
                        loaded.warning, r.method, d.iterations, r.ddim_steps, r.exact, len(self.keys), d.transform,
-                       per_image)
+                       per_image, self.null.meta.get("file", "given") if self.null is not None else None)
                 for (path, loaded), d in zip(items, detections)]

@@ -19,6 +19,7 @@ from typing import Callable
 
 from ..io.images import IMAGE_SUFFIXES, ImageError, decode_image, find_images, require_usable
 from ..io.keyring import load_keys
+from ..io.nullfile import resolve_null
 from ..io.results import ResultsFile, arrow_schema
 from ..models import default_recovery
 from ..pipeline import Recovery
@@ -46,11 +47,12 @@ class ScanSummary:
 class ScanWorker:
     """One actor of the pool: the model loaded once, then batches of files -> rows."""
 
-    def __init__(self, keys, recovery: Recovery, alpha: float, search: str, device: str, dtype: str, threads: int):
+    def __init__(self, keys, recovery: Recovery, alpha: float, search: str, device: str, dtype: str, threads: int,
+                 null="none"):
         import torch
 
         torch.set_num_threads(threads)
-        self.verifier = Verifier(keys, recovery, alpha, device, dtype, search)
+        self.verifier = Verifier(keys, recovery, alpha, device, dtype, search, null)
 
     def __call__(self, batch: dict):
         import pyarrow as pa
@@ -122,7 +124,8 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
          alpha: float = 0.01, search: str = DEFAULT_SEARCH, device: str = "auto", dtype: str = "float32",
          batch: int = 8, workers: int | None = None, gpus_per_worker: float | None = None,
          cpus_per_worker: int = 1, address: str | None = None, force: bool = False,
-         log: Callable[[str], None] = lambda message: None, quiet: bool = True) -> ScanSummary:
+         log: Callable[[str], None] = lambda message: None, quiet: bool = True, null="auto",
+         key_files: list = ()) -> ScanSummary:
     """Verify every image under ``sources`` against the keys, one row per image in ``output``.
 
     ``workers``: actors in the pool (default: one per GPU when the cluster has GPUs and ``device``
@@ -137,6 +140,7 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
         log(f"warning: {problem} (skipped; {len(keys)} keys in use)")
     Verifier.check(keys, alpha, search)
     recovery = recovery.for_model(default_recovery(keys[0].model))  # what the workers' Verifier will run
+    null = resolve_null(null, keys[0].model, recovery, tuple(keys[0].latent_shape), key_files) or "none"
     results = ResultsFile(output, force)
     listed = list_images([str(s) for s in sources])
     require_usable([(shown, error) for shown, _, error in listed])
@@ -144,7 +148,8 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
     results.check_settings({
         "inversion": recovery.method, "iterations": None if recovery.method == "encoder" else recovery.iters,
         "ddim_steps": recovery.ddim_steps, "exact": recovery.exact, "alpha": alpha, "search": search,
-        "keys_tested": len(keys), "keys": sorted(k.key_id for k in keys)}, done)
+        "keys_tested": len(keys), "keys": sorted(k.key_id for k in keys),
+        "null_model": null.meta.get("file", "given") if null != "none" else None}, done)
     seen = {row["path"] for row in done}
     todo = [(shown, read, error) for shown, read, error in listed if shown not in seen]
     skipped = len(listed) - len(todo)
@@ -183,7 +188,7 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
                                             override_num_blocks=blocks)
             ds = ds.map_batches(ScanWorker, fn_constructor_kwargs=dict(
                 keys=keys, recovery=recovery, alpha=alpha, search=search, device=device, dtype=dtype,
-                threads=cpus_per_worker), batch_size=batch, batch_format="numpy",
+                threads=cpus_per_worker, null=null), batch_size=batch, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
             for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 rows = table.to_pylist()

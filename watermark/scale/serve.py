@@ -32,6 +32,8 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..io.images import ImageError, decode_image
+from ..io.nullfile import resolve_null
+from ..models import default_recovery
 from ..pipeline import Recovery
 from ..scheme.geometry import DEFAULT_SEARCH
 from ..verifier import Verifier
@@ -87,11 +89,12 @@ class VerifyService:
     """One replica: the keys, the model and the settings, then requests -> rows."""
 
     def __init__(self, keys, recovery: Recovery, alpha: float, search: str, device: str, dtype: str,
-                 token: str | None, max_upload_mb: float, max_batch: int, batch_wait_ms: float, threads: int):
+                 token: str | None, max_upload_mb: float, max_batch: int, batch_wait_ms: float, threads: int,
+                 null="none"):
         import torch
 
         torch.set_num_threads(threads)
-        self.verifier = Verifier(keys, recovery, alpha, device, dtype, search)
+        self.verifier = Verifier(keys, recovery, alpha, device, dtype, search, null)
         self.token = None if token is None else token.encode()
         self.max_bytes = int(max_upload_mb * 2**20)
         self.detect.set_max_batch_size(max_batch)
@@ -168,11 +171,13 @@ def start(keys, recovery: Recovery = Recovery(), alpha: float = 0.01, search: st
           dtype: str = "float32", token: str | None = None, host: str = "127.0.0.1", port: int = 8000,
           replicas: int = 1, max_batch: int = 8, batch_wait_ms: float = 20.0, max_upload_mb: float = 20.0,
           max_queued: int = 64, cpus_per_replica: int = 1, gpus_per_replica: float | None = None,
-          address: str | None = None, quiet: bool = True) -> str:
+          address: str | None = None, quiet: bool = True, null="auto", key_files: list = ()) -> str:
     """Deploy the service on Ray Serve (joining ``address`` or starting a local Ray) and return its
     URL; it serves until ``serve.shutdown()`` or the end of this process."""
     check_exposure(host, token)
     Verifier.check(keys, alpha, search)
+    null = resolve_null(null, keys[0].model, recovery.for_model(default_recovery(keys[0].model)),
+                        tuple(keys[0].latent_shape), key_files) or "none"  # found here, shipped to the replicas
     if not (cluster_address(address) or ray.is_initialized()):  # the proxy will run here
         check_port(host, port)
     connect(address, quiet=quiet)
@@ -185,6 +190,6 @@ def start(keys, recovery: Recovery = Recovery(), alpha: float = 0.01, search: st
         num_replicas=replicas, max_ongoing_requests=2 * max_batch, max_queued_requests=max_queued,
         ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica},
     ).bind(keys, recovery, alpha, search, device, dtype, token, max_upload_mb, max_batch, batch_wait_ms,
-           cpus_per_replica)
+           cpus_per_replica, null)
     serve.run(service, name=APP, route_prefix="/")
     return f"http://{'[' + host + ']' if ':' in host else host}:{port}"

@@ -13,6 +13,7 @@ from scipy import stats
 from .embedding import centred_spectrum, centred_window
 from .geometry import IDENTITY, Transform, undo
 from .keys import Key, independent_mask, key_mask
+from .null import NullModel, rings
 
 
 @dataclass(frozen=True)
@@ -25,60 +26,114 @@ class Score:
 
 
 def dof(spectrum: torch.Tensor, key: Key) -> torch.Tensor:
-    """The independent real degrees of freedom of a Hermitian spectrum (..., C, H, W) inside the
-    key's mask, each with variance sigma^2 under white noise of per-bin variance sigma^2:
-    sqrt(2) Re and sqrt(2) Im of one bin per conjugate pair, and the real part of each
-    self-conjugate bin, on each of the key's channels."""
+    """The independent real degrees of freedom of a Hermitian spectrum (..., c, H, W) on the key's
+    c channels inside its mask, each with variance sigma^2 under white noise of per-bin variance
+    sigma^2: sqrt(2) Re and sqrt(2) Im of one bin per conjugate pair, and the real part of each
+    self-conjugate bin."""
     h, w = key.latent_shape[1:]
     first, self_conj = independent_mask(key_mask((h, w), key.radius))
     sh, sw = spectrum.shape[-2:]
     if (sh, sw) != (h, w):  # a centred window of the spectrum (``centred_window``)
-        first = first[h // 2 - sh // 2 : h // 2 + sh // 2 + 1, w // 2 - sw // 2 : w // 2 + sw // 2 + 1]
-        self_conj = self_conj[h // 2 - sh // 2 : h // 2 + sh // 2 + 1, w // 2 - sw // 2 : w // 2 + sw // 2 + 1]
-    x = spectrum[..., list(key.channels), :, :]
-    pairs, selfs = x[..., first], x[..., self_conj].real
+        first, self_conj = _window(first, sh // 2), _window(self_conj, sh // 2)
+    pairs, selfs = spectrum[..., first], spectrum[..., self_conj].real
     return torch.cat([2**0.5 * pairs.real, 2**0.5 * pairs.imag, selfs], dim=-1).flatten(-2)
 
 
-def score(z_T: torch.Tensor, key: Key) -> list[Score]:
+def _window(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """The frequencies -radius..radius of each axis of a centred spectrum (..., H, W)."""
+    h, w = x.shape[-2:]
+    return x[..., h // 2 - radius : h // 2 + radius + 1, w // 2 - radius : w // 2 + radius + 1]
+
+
+def test_vectors(z_T: torch.Tensor, keys: list[Key], null: NullModel | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the test reads, for keys sharing one mask (not ``zeros``): the degrees of freedom z
+    (..., d) of each z_T (..., C, H, W) and the keys' unit directions (K, d) in them.
+
+    With a ``null`` model, z_T must already be less its mean (``match_keys`` subtracts it before
+    the geometric search); each bin's channel vector, and the keys' values with it, are then
+    whitened by the model's S_rho^{-1/2} (``scheme.null``): the optimal direction to test a
+    known pattern in coloured Gaussian noise, along which t is exact.
+    """
+    key = keys[0]
+    channels = list(key.channels)
+    window = centred_window(z_T, key.radius)[..., channels, :, :]
+    k = _window(torch.stack([k.pattern_values()[channels] for k in keys]), key.radius)
+    if null is not None:
+        window, k = null.whiten(window, key.channels), null.whiten(k, key.channels)
+    z, k = dof(window, key), dof(k, key)
+    if null is not None:  # then the radially symmetric components, which the bins' whitening misses
+        basis = radial_basis(key)
+        correct = null.radial_whitener(key.radius, key.channels) - torch.eye(basis.shape[1], dtype=torch.float64)
+        z = z + ((z.double() @ basis) @ correct @ basis.T).to(z.dtype)
+        k = k + (k @ basis) @ correct @ basis.T
+    return z, (k / k.norm(dim=-1, keepdim=True)).float()
+
+
+def radial_basis(key: Key) -> torch.Tensor:
+    """(d, c (radius - 1)): in the key's degrees of freedom (``dof``), the unit vector of the
+    radially symmetric pattern (Re F constant) on each channel and ring 2..radius, orthonormal."""
+    return _radial_basis(tuple(key.latent_shape[1:]), key.radius, len(key.channels))
+
+
+@functools.lru_cache(maxsize=64)
+def _radial_basis(hw: tuple[int, int], r: int, c: int) -> torch.Tensor:
+    first, self_conj = independent_mask(key_mask(hw, r))
+    ring = rings(hw)[0][first]  # the ring of each pair, in dof order
+    per_channel = 2 * len(ring) + int(self_conj.sum())
+    basis = torch.zeros(c * per_channel, c * (r - 1), dtype=torch.float64)
+    for ci in range(c):
+        for rho in range(2, r + 1):
+            on = (ring == rho).nonzero()[:, 0]
+            basis[ci * per_channel + on, ci * (r - 1) + rho - 2] = len(on) ** -0.5
+    return basis
+
+
+def score(z_T: torch.Tensor, key: Key, null: NullModel | None = None) -> list[Score]:
     """Test each recovered z_T (B, C, H, W) against ``key``; small p = evidence of the key.
 
     ``ring``, ``ringid`` and ``rand``: the d independent real degrees of freedom z of the mask
-    (one bin of each conjugate pair, Re and Im, on each channel) are split along the key k:
-    a = <z, k/|k|>, and the d - 1 directions orthogonal to it, whose mean square s^2
-    estimates the noise scale. Without the watermark, z does not depend on the key, and if z is
-    white inside the mask (any scale), t = a / s follows Student's t with d - 1 degrees of
-    freedom: p = P(T >= t). With the watermark, a ~ |k| while the orthogonal part stays noise.
+    (one bin of each conjugate pair, Re and Im, on each channel; ``test_vectors``) are split
+    along the key k: a = <z, k/|k|>, and the d - 1 directions orthogonal to it, whose mean
+    square s^2 estimates the noise scale. Without the watermark, z does not depend on the key,
+    and if z is white inside the mask (any scale), t = a / s follows Student's t with d - 1
+    degrees of freedom: p = P(T >= t). With the watermark, a ~ |k| while the orthogonal part
+    stays noise. Recovered z_T is not white; with the ``null`` model of the model and recovery
+    that made it (``scheme.null``), z and k are whitened first and t is exact for every key;
+    without one it is exact only on average over keys (README.md, "The test and its p-value").
 
     Tree-Ring's non-central chi^2 on |k - z|^2 / sigma^2 needs sigma from elsewhere in the
     spectrum, and recovered z_T is not white there; estimating the scale inside the mask keeps
-    only the term |k - z|^2 carries the key in, and lets the scale cancel. The false-positive
-    rates that led here are in README.md ("The test and its p-value");
-    ``tests/test_calibration*.py`` check them.
+    only the term |k - z|^2 carries the key in, and lets the scale cancel.
 
     ``zeros`` has no direction: F = (mean z^2 inside the mask) / (mean z^2 on the annulus
     radius < |f| <= 2 radius), p = P(F(d, m) <= F). It assumes the spectrum is flat across
-    the two regions, which recovered z_T is not: it is not calibrated (README).
+    the two regions, which recovered z_T is not: it is not calibrated (README), and takes no
+    null model.
     """
     spectrum = centred_spectrum(z_T.float())
     mask, keyvals = key.mask(), key.pattern_values()
-    z = dof(spectrum, key)
     distance = (spectrum[:, mask] - keyvals[mask]).abs().mean(-1)
-    d = z.shape[-1]
     if key.pattern == "zeros":
+        channels = spectrum[:, list(key.channels)]
+        z = dof(channels, key)
         annulus = replace(key, radius=2 * key.radius)  # off the axes, as the mask
-        ref = dof(spectrum, annulus)[:, _outside(key)]
-        m = ref.shape[-1]
+        ref = dof(channels, annulus)[:, _outside(key)]
+        d, m = z.shape[-1], ref.shape[-1]
         sigma = ref.pow(2).mean(-1).sqrt()
         stat = z.pow(2).mean(-1) / sigma.pow(2).clamp_min(1e-24)
         p = stats.f.cdf(stat.numpy(), d, m)
     else:
-        t, sigma = t_statistic(z, direction(key)[None])
-        stat, m = t[..., 0], d - 1
-        sigma = sigma[..., 0]
+        z, k_hat = test_vectors(centred(z_T, null), [key], null)
+        t, sigma = t_statistic(z, k_hat)
+        stat, m, sigma = t[..., 0], z.shape[-1] - 1, sigma[..., 0]
         p = stats.t.sf(stat.numpy(), m)
     return [Score(float(np.clip(p[b], 0.0, 1.0)), float(distance[b]), float(sigma[b]), float(stat[b]), m)
             for b in range(len(z_T))]
+
+
+def centred(z_T: torch.Tensor, null: NullModel | None) -> torch.Tensor:
+    """z_T (float32) less the null model's mean, if there is one."""
+    return z_T.float() if null is None else z_T.float() - null.mean().float()
 
 
 def _outside(key: Key) -> torch.Tensor:
@@ -92,8 +147,9 @@ def _outside(key: Key) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=8192)
 def direction(key: Key) -> torch.Tensor:
-    """The key's unit vector k/|k| in its degrees of freedom (``dof``)."""
-    k = dof(key.pattern_values(), key)
+    """The key's unit vector k/|k| in its degrees of freedom (``dof``), unwhitened: how alike
+    two keys' patterns are."""
+    k = dof(key.pattern_values()[list(key.channels)], key)
     return k / k.norm()
 
 
@@ -155,22 +211,25 @@ def _groups(keys: list[Key]) -> dict:
     return groups
 
 
-def statistics(z_T: torch.Tensor, keys: list[Key]) -> tuple[torch.Tensor, int]:
-    """Student t of every key (sharing one mask, not ``zeros``) on every latent (B, T, C, H, W):
-    (t (B, T, K), degrees of freedom)."""
-    z = dof(centred_window(z_T, keys[0].radius), keys[0])  # (B, T, d)
-    t, _ = t_statistic(z, torch.stack([direction(k) for k in keys]))
+def statistics(z_T: torch.Tensor, keys: list[Key], null: NullModel | None = None) -> tuple[torch.Tensor, int]:
+    """Student t of every key (sharing one mask, not ``zeros``) on every latent (B, T, C, H, W),
+    less the null model's mean if one is given: (t (B, T, K), degrees of freedom)."""
+    z, k_hat = test_vectors(z_T, keys, null)  # (B, T, d), (K, d)
+    t, _ = t_statistic(z, k_hat)
     return t, z.shape[-1] - 1
 
 
-def match_keys(z_T: torch.Tensor, keys: list[Key], transforms: list[Transform] | None = None) -> list[KeyMatch]:
+def match_keys(z_T: torch.Tensor, keys: list[Key], transforms: list[Transform] | None = None,
+               null: NullModel | None = None) -> list[KeyMatch]:
     """For each z_T (B, C, H, W), the best of ``keys`` under the best of ``transforms`` (default:
-    none), with its p-value corrected for all the tests (``corrected``).
+    none), with its p-value corrected for all the tests (``corrected``). ``null``: the null model
+    of the model and recovery that made z_T (``scheme.null``); its mean is subtracted before the
+    transforms, its whitening applied after them.
 
     Keys that share a mask are scored in one matrix product over all transforms; ``zeros`` keys,
     which have no direction, are tested without a search."""
     transforms = transforms or [IDENTITY]
-    warped = undo(z_T.float(), transforms)  # (B, T, C, H, W)
+    warped = undo(centred(z_T, null), transforms)  # (B, T, C, H, W)
     b_size, n_t = warped.shape[:2]
     # per image: (p Bonferroni-corrected for the transforms its key was tested under, -t, key
     # index, transform index, raw p, transforms tested); a zeros key is tested under one
@@ -181,7 +240,7 @@ def match_keys(z_T: torch.Tensor, keys: list[Key], transforms: list[Transform] |
             for b, s in enumerate(score(z_T, group[0])):
                 best[b] = min(best[b], (s.p_value, -s.statistic, members[0], 0, s.p_value, 1))
             continue
-        t, df = statistics(warped, group)
+        t, df = statistics(warped, group, null)
         t_max, arg = t.flatten(1).max(1)
         p = stats.t.sf(t_max.numpy(), df)
         for b in range(b_size):

@@ -1,0 +1,105 @@
+"""The null model (``scheme.null``) on coloured Gaussian noise of a known covariance: whitened, every
+key's false-positive rate is alpha; unwhitened, some keys are liberal. Then its file, and verify
+using it."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from watermark.bench.null import holm
+from watermark.io.nullfile import NullFileError, load_null, null_name, resolve_null, save_null
+from watermark.pipeline import Recovery
+from watermark.scheme.detection import centred, match_keys, score, statistics
+from watermark.scheme.embedding import centred_spectrum, real_signal, watermarked_latents
+from watermark.scheme.keys import new_key
+from watermark.scheme.null import NullModel, rings
+
+SHAPE = (4, 32, 32)
+
+
+def coloured(n: int, seed: int) -> torch.Tensor:
+    """z = mu + the inverse FFT of A_rho F_white: a mean field, and on each ring rho a channel mixing
+    A_rho whose power falls with rho (channel 2 weakest), as recovered z_T's does."""
+    g = torch.Generator().manual_seed(seed)
+    white = centred_spectrum(torch.randn(n, *SHAPE, generator=g, dtype=torch.float64))
+    ring, top = rings(SHAPE[1:])
+    rho = ring.clamp_min(0).double()
+    mix = torch.eye(4, dtype=torch.float64) + 0.6 * torch.tensor([[0, 0, 0, 0], [0, 0, 1, -0.5], [0, 1, 0, 0], [0, 0, 0, 0]],
+                                                                  dtype=torch.float64)
+    power = torch.stack([1.3 - 0.03 * rho, 1.1 - 0.01 * rho, 0.9 - 0.04 * rho, 1.0 + 0.02 * rho])  # (C, H, W)
+    spectrum = torch.einsum("cd,bdhw->bchw", mix.to(torch.complex128), white * power.sqrt())
+    mean = 0.3 * torch.sin(torch.arange(SHAPE[2], dtype=torch.float64) / 3)[None, None, :].expand(*SHAPE)
+    return (real_signal(spectrum) + mean).float()
+
+
+@pytest.fixture(scope="module")
+def null():
+    return NullModel(SHAPE).update(coloured(3000, seed=1))
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    return coloured(3000, seed=2)
+
+
+def rates(z: torch.Tensor, null, pattern, channels, n_keys=20, alpha=0.01):
+    keys = [new_key("tiny", SHAPE, pattern=pattern, channels=channels, seed=100 + i) for i in range(n_keys)]
+    t, df = statistics(centred(z, null)[:, None], keys, null)
+    k = (stats.t.sf(t[:, 0].numpy(), df) <= alpha).sum(0)
+    return [stats.binomtest(int(x), len(z), alpha, alternative="greater").pvalue for x in k]
+
+
+SPECS = [("rand", None), ("ring", (0,)), ("ring", (2,)), ("ringid", None)]
+
+
+def test_whitened_test_is_calibrated_for_every_key(null, fresh):
+    p = np.concatenate([rates(fresh, null, pattern, channels) for pattern, channels in SPECS])
+    assert not holm(p).any(), sorted(p)[:5]
+
+
+def test_unwhitened_test_is_liberal_for_some_key(fresh):
+    """The noise is coloured enough for the null model to matter (else the test above proves little)."""
+    p = np.concatenate([rates(fresh, None, pattern, channels) for pattern, channels in SPECS])
+    assert holm(p).any()
+
+
+def test_whitened_t_follows_student(null, fresh):
+    key = new_key("tiny", SHAPE, pattern="ring", channels=(0,), seed=5)
+    scores = score(fresh, key, null)
+    df = scores[0].df
+    assert stats.kstest([s.statistic for s in scores], stats.t(df).cdf).pvalue > 0.01
+
+
+def test_watermark_is_still_detected_after_whitening(null):
+    key = new_key("tiny", SHAPE, seed=3)
+    z = watermarked_latents(key, seeds=range(8))
+    assert all(m.raw_p_value < 1e-12 for m in match_keys(z, [key], null=null))
+
+
+def test_match_keys_and_score_are_one_statistic(null, fresh):
+    key = new_key("tiny", SHAPE, pattern="rand", seed=9)
+    a = [s.p_value for s in score(fresh[:16], key, null)]
+    b = [m.raw_p_value for m in match_keys(fresh[:16], [key], null=null)]
+    assert np.allclose(a, b, rtol=1e-4, atol=1e-12)
+
+
+def test_null_file_round_trip_and_checks(tmp_path, null):
+    recovery = Recovery("encoder", 0, 10)
+    made = NullModel(null.latent_shape, null.n, null.sum_z, null.sum_outer, null.sum_radial,
+                     {"model": "tiny", "recovery": {"method": "encoder", "iters": 0, "ddim_steps": 10, "exact": False}})
+    path = tmp_path / null_name(recovery, SHAPE)
+    save_null(made, path)
+    back = load_null(path)
+    assert back.n == null.n and torch.equal(back.sum_z, null.sum_z) and back.meta["file"] == path.name
+    assert resolve_null(str(path), "tiny", recovery, SHAPE) is not None
+    with pytest.raises(NullFileError, match="recovery"):
+        resolve_null(str(path), "tiny", Recovery("encoder", 0, 50), SHAPE)
+    with pytest.raises(NullFileError, match="latent shape"):
+        resolve_null(str(path), "tiny", recovery, (4, 16, 16))
+    (tmp_path / "bad.npz").write_bytes(b"not a null model")
+    with pytest.raises(NullFileError, match="not a ringmark null-model file"):
+        load_null(tmp_path / "bad.npz")
+    # found beside the key files
+    assert resolve_null("auto", "no-such-model", recovery, SHAPE, [tmp_path / "key.json"]) is not None
+    assert resolve_null("auto", "no-such-model", recovery, SHAPE, []) is None

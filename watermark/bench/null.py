@@ -1,0 +1,125 @@
+"""``ringmark bench null``: the false-positive rate of each key, with and without the model's null
+model (``scheme.null``), on clean images the model generates (clean and after JPEG and blur) and
+on photographs.
+
+For each key spec (``SPECS``: rand, Tree-Ring's ring on each channel, ringid) ``keys`` keys are
+drawn; every clean image is tested against every key without the geometric search (the
+search's Bonferroni correction is conservative by design, and would hide a liberal key). Per
+key: the share of images with p <= alpha and the one-sided binomial p-value of "more than
+alpha"; Holm's step-down across all keys says which keys are liberal at family level 0.01.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats
+
+from ..io.images import to_pil, to_tensor
+from ..io.nullfile import find_null, load_null
+from ..models import get_model
+from ..pipeline import Recovery, recover_noise
+from ..scheme.detection import centred, statistics
+from ..scheme.keys import new_key
+from ..scheme.null import NullModel
+from .attacks import attack
+
+SPECS = {"rand": dict(pattern="rand"), **{f"ring ch{c}": dict(pattern="ring", channels=(c,)) for c in range(4)},
+         "ringid": dict(pattern="ringid")}
+ALPHA = 0.01
+TEST_SEED = 50_000  # the clean images' seeds, far from ``calibrate``'s (10**9 on)
+
+
+def per_key_rates(z_T: torch.Tensor, shape, null: NullModel | None, n_keys: int, seed: int = 7,
+                  alpha: float = ALPHA) -> dict:
+    """{spec: (rates (n_keys,), binomial p-values (n_keys,))} over the recovered z_T."""
+    out = {}
+    channels = shape[0]
+    for name, spec in SPECS.items():
+        if any(c >= channels for c in spec.get("channels", ())):
+            continue
+        keys = [new_key("bench", tuple(shape), seed=seed + 1000 * i, **spec) for i in range(n_keys)]
+        t, df = statistics(centred(z_T, null)[:, None], keys, null)
+        p = stats.t.sf(t[:, 0].numpy(), df)  # (images, keys)
+        k = (p <= alpha).sum(0)
+        out[name] = ((k / len(p)), np.array([stats.binomtest(int(x), len(p), alpha, alternative="greater").pvalue
+                                             for x in k]))
+    return out
+
+
+def holm(p_values: np.ndarray, level: float = 0.01) -> np.ndarray:
+    """Holm's step-down: which hypotheses are rejected at family-wise ``level``."""
+    order = np.argsort(p_values)
+    reject = np.zeros(len(p_values), bool)
+    for i, j in enumerate(order):
+        if p_values[j] > level / (len(p_values) - i):
+            break
+        reject[j] = True
+    return reject
+
+
+def summarise(rates: dict) -> dict:
+    """Per spec: mean and worst rate; over all keys: how many Holm rejects, the worst rate."""
+    all_p = np.concatenate([p for _, p in rates.values()])
+    rejected = holm(all_p)
+    rows = {name: {"mean": float(r.mean()), "worst": float(r.max())} for name, (r, _) in rates.items()}
+    worst = max(rows.values(), key=lambda row: row["worst"])["worst"]
+    return {"per_spec": rows, "keys": len(all_p), "holm_rejected": int(rejected.sum()), "worst": worst}
+
+
+def clean_images(model, n: int, steps: int, seed: int = TEST_SEED, batch: int = 32) -> torch.Tensor:
+    shape = model.latent_shape(model.default_size)
+    out = []
+    for i in range(0, n, batch):
+        z = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + j))
+                         for j in range(i, min(n, i + batch))])
+        out.append(model.generate(z, steps) * 2 - 1)
+    return torch.cat(out)
+
+
+def recover(model, images: torch.Tensor, recovery: Recovery, batch: int = 32) -> torch.Tensor:
+    return torch.cat([recover_noise(model, images[i : i + batch], recovery)[0] for i in range(0, len(images), batch)])
+
+
+def attacked(images: torch.Tensor, name: str) -> torch.Tensor:
+    rng = np.random.default_rng(0)
+    return to_tensor([attack(im, name, rng) for im in to_pil((images + 1) / 2)])
+
+
+def run(model_name: str = "tiny-sd", n: int = 2048, n_keys: int = 50, steps: int = 10, photos: int = 512,
+        outdir: str = "docs/bench/null", log=print) -> dict:
+    model = get_model(model_name)
+    recovery = Recovery().for_model(model.default_recovery)
+    shape = model.latent_shape(model.default_size)
+    path = find_null(model_name, recovery, shape)
+    if path is None:
+        raise ValueError(f"model {model_name!r} has no null model for {recovery}: run `ringmark calibrate` first")
+    null = load_null(path)
+    t0 = time.perf_counter()
+    images = clean_images(model, n, steps)
+    log(f"{n} clean images in {time.perf_counter() - t0:.0f}s")
+    sets = {"clean": images, "jpeg": attacked(images, "jpeg"), "blur": attacked(images, "blur")}
+    if photos:
+        from ..training.train import HELD_OUT, TRAIN_PHOTOS, load_photo, random_crops
+
+        pics = [load_photo(name) for name in (HELD_OUT, *TRAIN_PHOTOS)]
+        sets["photographs"] = random_crops(pics, photos, model.default_size, torch.Generator().manual_seed(7))
+    res = {"model": model_name, "null_model": path.name, "null_images": null.n, "images": n, "steps": steps,
+           "keys_per_spec": n_keys, "alpha": ALPHA, "sets": {}}
+    for name, x in sets.items():
+        z_T = recover(model, x, recovery)
+        res["sets"][name] = {"n": len(x), "with_null": summarise(per_key_rates(z_T, shape, null, n_keys)),
+                             "without": summarise(per_key_rates(z_T, shape, None, n_keys))}
+        log(f"{name}: {json.dumps(res['sets'][name])}")
+    res.update(seconds=round(time.perf_counter() - t0, 1), machine=f"{platform.machine()}, {torch.get_num_threads()} "
+               f"torch threads, torch {torch.__version__}", command="ringmark " + " ".join(sys.argv[1:]))
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{model_name}.json").write_text(json.dumps(res, indent=1) + "\n")
+    return res
