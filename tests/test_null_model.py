@@ -103,3 +103,50 @@ def test_null_file_round_trip_and_checks(tmp_path, null):
     # found beside the key files
     assert resolve_null("auto", "no-such-model", recovery, SHAPE, [tmp_path / "key.json"]) is not None
     assert resolve_null("auto", "no-such-model", recovery, SHAPE, []) is None
+
+
+def test_calibrate_writes_resumes_and_refuses_to_overwrite(tmp_path):
+    from watermark.calibrate import calibrate
+
+    out = tmp_path / "null.npz"
+
+    def stop_after_first(done, total):
+        if done < total:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        calibrate("tiny", out, n=4, steps=2, batch=2, progress=stop_after_first)
+    assert not out.exists() and load_null(tmp_path / "null.npz.partial").n == 2
+    seen = []
+    assert calibrate("tiny", out, n=4, steps=2, batch=2, progress=lambda d, t: seen.append(d)) == out
+    assert seen == [4] and load_null(out).n == 4 and not (tmp_path / "null.npz.partial").exists()
+    assert load_null(out).meta["recovery"] == {"method": "encoder", "iters": 0, "ddim_steps": 10, "exact": False}
+    with pytest.raises(NullFileError, match="exists"):
+        calibrate("tiny", out, n=4, steps=2, batch=2)
+
+
+def test_cli_calibrate_and_verify_with_and_without_it(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from watermark.cli import main
+
+    runner = CliRunner()
+    key = tmp_path / "k.json"
+    assert runner.invoke(main, ["keygen", "-o", str(key), "--seed", "1", "-q"]).exit_code == 0
+    assert runner.invoke(main, ["embed", "--key", str(key), "-o", str(tmp_path / "im"), "-n", "2", "--steps", "2",
+                                "-q"]).exit_code == 0
+    r = runner.invoke(main, ["calibrate", "--model", "tiny", "-o", str(tmp_path / "n.npz"), "-n", "3", "--steps", "2",
+                             "-q"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["calibrate", "--model", "tiny", "-o", str(tmp_path / "n.npz"), "-n", "3", "-q"])
+    assert r.exit_code == 2 and "exists" in r.output and "Traceback" not in r.output
+    rows = lambda out: [json.loads(line) for line in out.splitlines() if line.startswith("{")]  # noqa: E731
+    r = runner.invoke(main, ["verify", str(tmp_path / "im"), "--key", str(key), "--json", "-q", "--null",
+                             str(tmp_path / "n.npz")])
+    assert all(row["null_model"] == "n.npz" and row["note"] is None for row in rows(r.output)), r.output
+    r = runner.invoke(main, ["verify", str(tmp_path / "im"), "--key", str(key), "--json", "-q", "--null", "none"])
+    assert all(row["null_model"] is None and "calibrate" in row["note"] for row in rows(r.output)), r.output
+    r = runner.invoke(main, ["verify", str(tmp_path / "im"), "--key", str(key), "-q", "--null", str(key)])
+    assert r.exit_code == 2 and "null-model" in r.output and "Traceback" not in r.output

@@ -143,14 +143,17 @@ def embed(key: Key | str, outdir: str | os.PathLike, n: int = 4, prompts: list[s
 def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recovery(), alpha: float = 0.01,
            device: str = "cpu", dtype: str = "float32", batch: int = 8,
            progress: Callable[[int], None] | None = None, search: str = DEFAULT_SEARCH,
-           null: str | os.PathLike | None = "auto", key_files: list = ()) -> list[Result]:
+           null: str | os.PathLike | None = "auto", key_files: list = (), one_key: bool = False,
+           min_consistency: float | None = None) -> list[Result]:
     """Test every image under ``paths`` against ``keys`` (Key objects, key files, keyring files,
     folders of them; a bad file or entry in a folder or keyring is skipped with a KeyringWarning);
     one Result per image, in order. ``search``: the rotations and crops undone before the test
     (``scheme.geometry``), counted in the p-value. ``null``: the null model that makes the p-value
     exact for each key (``scheme.null``): "auto" finds the one of this recovery in the model's folder or
     beside the key files (those in ``keys`` and ``key_files``), "none" runs the test without one, else a
-    file (``ringmark calibrate``).
+    file (``ringmark calibrate``). Defences against forgery (README, "Threats"): ``one_key``, an image
+    matching two keys at alpha is not watermarked; ``min_consistency`` (dB), a match whose image
+    regenerates from its recovered z_T further than that from itself is not (``pipeline.consistency``).
 
     An image that cannot be read gets a Result with ``error`` set; the others go on.
     ``progress(k)``: k more images done, called as the work advances (not once per batch).
@@ -167,7 +170,7 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
         warnings.warn(problem, KeyringWarning, stacklevel=2)
     found = find_images([str(p) for p in paths])
     require_usable(found)
-    verifier = Verifier(keys, recovery, alpha, device, dtype, search, null, key_files)
+    verifier = Verifier(keys, recovery, alpha, device, dtype, search, null, key_files, one_key, min_consistency)
     results: list[Result | None] = [None] * len(found)
     counted = [0]
 

@@ -210,6 +210,8 @@ def embed(key_path, outdir, n, prompt, prompts_file, seed, steps, guidance, no_w
 def verdict(r) -> str:
     if r.error is not None:
         return "ERROR"
+    if r.rejected_by is not None:
+        return f"rejected ({r.rejected_by})"
     word = "WATERMARKED" if r.watermarked else "clean"
     return f"{word} (weak)" if r.weak else word
 
@@ -286,9 +288,13 @@ def load_cli_keys(key_paths, quiet: bool):
 @verification_options
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1), help="Images per batch.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
+@click.option("--one-key", is_flag=True, help="Defence: an image that matches two keys of the keyring is not watermarked.")
+@click.option("--consistency", "min_consistency", type=float, metavar="DB",
+              help="Defence: a match whose image regenerates from its recovered z_T further than DB (PSNR) from "
+                   "itself is not watermarked; one generation per match (README, 'Threats').")
 @quiet_option
-def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, batch, as_json, device,
-           dtype, quiet):
+def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, batch, as_json, one_key,
+           min_consistency, device, dtype, quiet):
     """Test images (files or folders, recursively) for the watermark of one or more keys.
 
     Exit status: 0 if at least one image is watermarked, 1 if none is, 2 if any input could
@@ -297,7 +303,7 @@ def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, 
     Example: ringmark verify suspect/ --key key.json --json > results.jsonl
     """
     results = run_verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, batch, device,
-                         dtype, quiet)
+                         dtype, quiet, one_key, min_consistency)
     if not quiet:
         for r in results:
             if r.warning:
@@ -314,7 +320,7 @@ def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, 
 
 @library_errors
 def run_verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, batch, device, dtype,
-               quiet):
+               quiet, one_key=False, min_consistency=None):
     from . import api
     from .io.images import find_images
     from .pipeline import Recovery
@@ -324,7 +330,8 @@ def run_verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, nu
     progress = Progress(len(find_images(list(paths))), "verifying", quiet)
     try:
         return api.verify(list(paths), keys, recovery, alpha, device, dtype, batch, progress=progress.update,
-                          search=search, null=null, key_files=list(key_paths))
+                          search=search, null=null, key_files=list(key_paths), one_key=one_key,
+                          min_consistency=min_consistency)
     finally:
         progress.close()
 
@@ -646,6 +653,30 @@ def bench_null(model_name, n, n_keys, steps, photos, outdir, quiet):
     from .bench import null
 
     null.run(model_name, n, n_keys, steps, photos, outdir, messages(quiet))
+
+
+@bench.command("security", context_settings=CONTEXT)
+@click.option("--model", "model_name", default="tiny-sd", show_default=True, help="The public model (bundled).")
+@click.option("-n", "n", default=100, show_default=True, type=click.IntRange(2), help="Images per set.")
+@click.option("--budgets", default="10,100,1000", show_default=True, help="Averaging: watermarked images M.")
+@click.option("--imprint-n", default=16, show_default=True, type=click.IntRange(1), help="Imprinted covers per set.")
+@click.option("--imprint-steps", default=150, show_default=True, type=click.IntRange(1), help="Adam steps.")
+@click.option("--quick", is_flag=True, help="A few images and steps: checks the code.")
+@click.option("-o", "--outdir", default="docs/bench/security", show_default=True, type=click.Path(file_okay=False))
+@quiet_option
+@library_errors
+def bench_security(model_name, n, budgets, imprint_n, imprint_steps, quick, outdir, quiet):
+    """Forgery and removal by averaging, imprinting and regeneration, and the defences' cost.
+
+    Example: ringmark bench security --model tiny-sd -n 100
+    """
+    from .bench import security
+
+    budgets = tuple(int(b) for b in budgets.split(","))
+    if quick:
+        n, budgets, imprint_n, imprint_steps = 4, (2,), 2, 2
+    security.run(model_name, n, budgets, imprint_n, imprint_steps, strengths=(0.3,) if quick else (0.1, 0.2, 0.3, 0.4, 0.5),
+                 many_keys=2 if quick else 8, outdir=outdir, log=messages(quiet))
 
 
 @bench.command("scale", context_settings=CONTEXT)

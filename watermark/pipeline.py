@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
+import numpy as np
 import torch
 
 from inversion import METHODS, InversionRecord, ddim_invert, invert_decoder
@@ -72,6 +73,9 @@ class Detection:
     transform: str  # the geometric transform undone before the test ("identity": none)
     transforms_tested: int
     iterations: int  # decoder-inversion iterations this image ran
+    runner_up_p_value: float = 1.0  # the second-best key's corrected p (1 with one key)
+    consistency_psnr: float | None = None  # dB to its regeneration, when the check ran (``consistency``)
+    rejected_by: str | None = None  # the defence that overruled p <= alpha: "one key", "consistency"
 
 
 def check_size(size: int | None) -> None:
@@ -150,6 +154,24 @@ def recover_noise(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = R
     return z_T, record
 
 
+@torch.inference_mode()
+def consistency(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recovery(),
+                z_T: torch.Tensor | None = None) -> np.ndarray:
+    """PSNR (dB) of each image (B, 3, H, W) in [-1, 1] to the image its recovered z_T generates
+    (``recovery.ddim_steps`` DDIM steps, the schedule the inversion walked back).
+
+    A genuine watermarked image came from a z_T carrying the key, and regenerates close to
+    itself; a forgery made to invert onto a watermarked z_T (imprinting) carries the key but not
+    the content of that z_T, and regenerates into another image. Costs one generation per image.
+    """
+    recovery = recovery.for_model(model.default_recovery)
+    if z_T is None:
+        z_T, _ = recover_noise(model, x, recovery)
+    regenerated = model.generate(z_T.to(model.device, model.dtype), recovery.ddim_steps) * 2 - 1
+    mse = (regenerated.float() - x.float().cpu()).pow(2).flatten(1).mean(1).clamp_min(1e-12)
+    return (10 * torch.log10(4 / mse)).numpy()
+
+
 def decide(p_value: float, alpha: float) -> tuple[bool, bool]:
     """(watermarked, weak): the decision p <= alpha, and whether p is within WEAK_EVIDENCE of alpha."""
     return p_value <= alpha, alpha / WEAK_EVIDENCE < p_value <= alpha * WEAK_EVIDENCE
@@ -157,11 +179,17 @@ def decide(p_value: float, alpha: float) -> tuple[bool, bool]:
 
 def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Recovery = Recovery(),
            alpha: float = 0.01, progress: Callable[[float], None] | None = None,
-           search: str = DEFAULT_SEARCH, null: NullModel | None = None) -> list[Detection]:
+           search: str = DEFAULT_SEARCH, null: NullModel | None = None, one_key: bool = False,
+           min_consistency: float | None = None) -> list[Detection]:
     """Test each image (B, 3, H, W) in [-1, 1], at the keys' size, against ``keys``, undoing
     the rotations and crops of ``search`` (``scheme.geometry``) before the test. ``null``: the
     null model of this model, recovery and size (``scheme.null``), which makes the p-value exact
-    for each key; without one it is exact on average over keys."""
+    for each key; without one it is exact on average over keys.
+
+    Defences against forgery (README, "Threats"): ``one_key``, an image that also matches a second
+    key of the keyring at alpha is not watermarked (a genuine image carries one key); and
+    ``min_consistency`` (dB), a match whose image regenerates from its recovered z_T further than
+    that from itself is not watermarked (``consistency``; one generation per match)."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     size = check_keys(keys, model)
@@ -169,9 +197,21 @@ def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Re
         raise ValueError(f"images must be (B, 3, {size}, {size}) for these keys, got {tuple(x.shape)}")
     transforms = search_grid(search)
     z_T, record = recover_noise(model, x, recovery, progress)
+    matches = match_keys(z_T, keys, transforms, null)
+    psnr = [None] * len(matches)
+    hits = [i for i, m in enumerate(matches) if m.p_value <= alpha]
+    if min_consistency is not None and hits:
+        for i, v in zip(hits, consistency(model, x[hits], recovery, z_T[hits])):
+            psnr[i] = round(float(v), 2)
     out = []
-    for match, iters in zip(match_keys(z_T, keys, transforms, null), record.iterations.tolist()):
+    for match, iters, db in zip(matches, record.iterations.tolist(), psnr):
         watermarked, weak = decide(match.p_value, alpha)
-        out.append(Detection(watermarked, weak, match.p_value, match.key_id, match.distance, match.raw_p_value,
-                             match.keys_tested, match.transform, match.transforms_tested, int(iters)))
+        rejected = None
+        if watermarked and one_key and match.runner_up_p_value <= alpha:
+            rejected = "one key"
+        elif watermarked and db is not None and db < min_consistency:
+            rejected = "consistency"
+        out.append(Detection(watermarked and rejected is None, weak, match.p_value, match.key_id, match.distance,
+                             match.raw_p_value, match.keys_tested, match.transform, match.transforms_tested,
+                             int(iters), match.runner_up_p_value, db, rejected))
     return out

@@ -45,6 +45,9 @@ class Result:
     transform: str | None  # the rotation or crop undone before the test ("identity": none)
     batch_seconds_per_image: float | None  # the wall time of the image's batch over its images
     null_model: str | None = None  # the null model's file (``scheme.null``); None: the test without one
+    runner_up_p_value: float | None = None  # the second-best key's corrected p (1 with one key)
+    consistency_psnr: float | None = None  # dB to its regeneration from z_T, when the check ran
+    rejected_by: str | None = None  # the defence that overruled p <= alpha ("one key", "consistency")
 
 
 def failure(path: str, error: str, recovery: Recovery, alpha: float, keys_tested: int) -> Result:
@@ -59,9 +62,11 @@ class Verifier:
 
     def __init__(self, keys: list[Key], recovery: Recovery = Recovery(), alpha: float = 0.01,
                  device: str = "cpu", dtype: str = "float32", search: str = DEFAULT_SEARCH,
-                 null: str | os.PathLike | NullModel | None = "auto", key_files: list = ()):
+                 null: str | os.PathLike | NullModel | None = "auto", key_files: list = (), one_key: bool = False,
+                 min_consistency: float | None = None):
         self.check(keys, alpha, search)
         self.keys, self.alpha, self.search = list(keys), alpha, search
+        self.one_key, self.min_consistency = one_key, min_consistency  # the defences (``pipeline.detect``)
         self.model = get_model(keys[0].model, device, dtype)
         self.recovery = recovery.for_model(self.model.default_recovery)  # the settings the rows report
         self.size = check_keys(self.keys, self.model)
@@ -90,11 +95,13 @@ class Verifier:
         t0 = time.perf_counter()
         x = torch.stack([loaded.image for _, loaded in items])
         detections = detect(self.model, x, self.keys, self.recovery, self.alpha, progress=progress,
-                            search=self.search, null=self.null)
+                            search=self.search, null=self.null, one_key=self.one_key,
+                            min_consistency=self.min_consistency)
         per_image = round((time.perf_counter() - t0) / len(items), 4)
         r = self.recovery
         return [Result(path, d.watermarked, d.weak, d.p_value, self.alpha, d.key_id, d.distance, None,
                        "; ".join(n for n in (loaded.note, self.null_note) if n) or None,
                        loaded.warning, r.method, d.iterations, r.ddim_steps, r.exact, len(self.keys), d.transform,
-                       per_image, self.null.meta.get("file", "given") if self.null is not None else None)
+                       per_image, self.null.meta.get("file", "given") if self.null is not None else None,
+                       d.runner_up_p_value, d.consistency_psnr, d.rejected_by)
                 for (path, loaded), d in zip(items, detections)]

@@ -197,6 +197,7 @@ class KeyMatch:
     keys_tested: int
     transform: str  # the geometric transform undone ("identity" without a search)
     transforms_tested: int
+    runner_up_p_value: float = 1.0  # the second-best key's, corrected as p_value (1 with one key)
 
 
 def _tag(key: Key) -> tuple:
@@ -231,27 +232,31 @@ def match_keys(z_T: torch.Tensor, keys: list[Key], transforms: list[Transform] |
     transforms = transforms or [IDENTITY]
     warped = undo(centred(z_T, null), transforms)  # (B, T, C, H, W)
     b_size, n_t = warped.shape[:2]
-    # per image: (p Bonferroni-corrected for the transforms its key was tested under, -t, key
-    # index, transform index, raw p, transforms tested); a zeros key is tested under one
-    best = [(np.inf, -np.inf, 0, 0, 1.0, n_t)] * b_size
+    # per image and key: (p Bonferroni-corrected for the transforms the key was tested under, -t,
+    # key index, transform index, raw p, transforms tested); a zeros key is tested under one
+    found: list[list[tuple]] = [[] for _ in range(b_size)]
     for tag, members in _groups(keys).items():
         group = [keys[i] for i in members]
         if tag[0] == "zeros":
             for b, s in enumerate(score(z_T, group[0])):
-                best[b] = min(best[b], (s.p_value, -s.statistic, members[0], 0, s.p_value, 1))
+                found[b].append((s.p_value, -s.statistic, members[0], 0, s.p_value, 1))
             continue
-        t, df = statistics(warped, group, null)
-        t_max, arg = t.flatten(1).max(1)
-        p = stats.t.sf(t_max.numpy(), df)
+        t, df = statistics(warped, group, null)  # (B, T, K)
+        t_max, arg = t.max(1)  # each key's best transform
+        top = t_max.topk(min(2, len(group)), dim=1)  # the two best keys of the group are all the ranking needs
         for b in range(b_size):
-            ti, ki = divmod(int(arg[b]), len(group))
-            best[b] = min(best[b], (min(1.0, n_t * float(p[b])), -float(t_max[b]), members[ki], ti, float(p[b]), n_t))
+            for v, ki in zip(top.values[b].tolist(), top.indices[b].tolist()):
+                p = float(stats.t.sf(v, df))
+                found[b].append((min(1.0, n_t * p), -v, members[ki], int(arg[b, ki]), p, n_t))
     out = []
-    for b, (_, _, ki, ti, p, tested) in enumerate(best):
+    for b in range(b_size):
+        ranked = sorted(found[b])
+        _, _, ki, ti, p, tested = ranked[0]
         key = keys[ki]
         mask = key.mask()
         distance = float((centred_spectrum(warped[b, ti])[mask] - key.pattern_values()[mask]).abs().mean())
         p = float(np.clip(p, 0.0, 1.0))
+        runner_up = corrected(ranked[1][4], len(keys), ranked[1][5]) if len(ranked) > 1 else 1.0
         out.append(KeyMatch(key.key_id, corrected(p, len(keys), tested), distance, p, len(keys),
-                            transforms[ti].name, tested))
+                            transforms[ti].name, tested, runner_up))
     return out

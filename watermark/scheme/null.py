@@ -143,6 +143,10 @@ class NullModel:
         cov = cov * scale[None, :, None, None] * scale[None, None, None, :]
         ch = list(channels)
         sub = cov[ch][:, 2 : radius + 1][:, :, ch][:, :, :, 2 : radius + 1].reshape(len(ch) * (radius - 1), -1)
+        # shrunk towards white noise's identity by as many pseudo-images as it has dimensions: a few
+        # images still give a usable model; 2,048 images barely move (Ledoit-Wolf-style shrinkage)
+        d = len(sub)
+        sub = (self.n * sub + d * torch.eye(d, dtype=torch.float64)) / (self.n + d)
         evals, evecs = torch.linalg.eigh(sub)
         if not bool((evals > 0).all()):
             raise ValueError("the null model's radial covariance is singular: too few images")

@@ -1,0 +1,259 @@
+"""``ringmark bench security``: what an adversary who has the public model (the bundled one) but not
+the key can do, and what the defences of ``verify`` cost.
+
+- Averaging (Yang et al., NeurIPS 2024): the mean of M watermarked images of one key less the mean
+  of M clean images of the same model is a content-independent pattern delta. Forgery: a clean
+  cover + delta; removal: a watermarked image - delta. M = 10, 100, 1000.
+- Imprinting (Mueller et al., CVPR 2025): Adam on the cover's latent so that its DDIM inversion
+  through the public model lands on the z_T the public model recovers from one watermarked
+  image (forgery), or on the clean z_T of the image itself with the key's bins moved off it
+  (removal); the image is the optimised latent decoded. Success: verified (forgery) or missed
+  (removal) at alpha = 0.01 with PSNR to the cover >= 30 dB.
+- Regeneration (WAVES, ICML 2024): a VAE round trip, and diffusion regeneration (noise z_0 to
+  strength s, denoise with DDIM) at s = 0.1 ... 0.5: TPR at 1 % FPR (the clean images
+  regenerated too).
+
+Defences (``Defences``): a keyring of many keys, with the rule that one image may fire exactly
+one key; and the consistency check (``pipeline.consistency``), which regenerates the image from its
+recovered z_T and rejects a match whose regeneration is far from the image.
+Verification is ``pipeline.detect`` as ``verify`` runs it: the model's recovery and null model,
+the default geometric search.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inversion.ddim import ddim_invert_graph
+from ..io.nullfile import find_null, load_null
+from ..models import get_model
+from ..pipeline import Recovery, consistency, detect
+from ..scheme.detection import match_keys
+from ..io.images import to_pil, to_tensor
+from ..scheme.embedding import inject, watermarked_latents
+from ..scheme.keys import Key, new_key
+from .attacks import ATTACKS, attack
+from .detect import tpr_at_fpr
+
+ALPHA = 0.01
+MIN_PSNR = 30.0
+THRESHOLDS = (12.0, 14.0, 16.0, 18.0, 20.0)  # candidate consistency thresholds (dB)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """Per image, images in [-1, 1] (peak-to-peak 2)."""
+    mse = (x.float() - y.float()).pow(2).flatten(1).mean(1).clamp_min(1e-12)
+    return (10 * torch.log10(4 / mse)).numpy()
+
+
+def generate(model, key: Key, seeds, steps: int, watermark: bool, batch: int = 32) -> torch.Tensor:
+    """Images in [-1, 1] from the noise of ``seeds``, with or without ``key``."""
+    seeds = list(seeds)
+    return torch.cat([model.generate(watermarked_latents(key, seeds=seeds[i : i + batch], watermark=watermark),
+                                     steps) * 2 - 1 for i in range(0, len(seeds), batch)])
+
+
+class Verify:
+    """``verify`` on tensors: the model's recovery and null model, the default search."""
+
+    def __init__(self, model, model_name: str, keys: list[Key]):
+        self.model, self.keys = model, keys
+        self.recovery = Recovery().for_model(model.default_recovery)
+        path = find_null(model_name, self.recovery, tuple(keys[0].latent_shape))
+        self.null = None if path is None else load_null(path)
+
+    def p(self, x: torch.Tensor, keys: list[Key] | None = None, batch: int = 32) -> np.ndarray:
+        keys = keys or self.keys
+        return np.array([d.p_value for i in range(0, len(x), batch)
+                         for d in detect(self.model, x[i : i + batch], keys, self.recovery, ALPHA, null=self.null)])
+
+    def fired(self, x: torch.Tensor, keys: list[Key], batch: int = 32) -> np.ndarray:
+        """How many of ``keys`` each image fires at ALPHA (each key tested alone, Šidák over the
+        keyring): the 'exactly one key' rule rejects an image that fires more than one."""
+        from ..pipeline import recover_noise
+        from ..scheme.detection import sidak
+
+        out = []
+        for i in range(0, len(x), batch):
+            z_T, _ = recover_noise(self.model, x[i : i + batch], self.recovery)
+            per_key = np.array([[m.raw_p_value for m in match_keys(z_T, [k], null=self.null)] for k in keys]).T
+            out.append((np.vectorize(lambda p: sidak(p, len(keys)))(per_key) <= ALPHA).sum(1))
+        return np.concatenate(out)
+
+
+def removal_target(z_T: torch.Tensor, key: Key) -> torch.Tensor:
+    """z_T with the key's bins overwritten by another (random) key's values: where imprinting
+    removal sends the inversion."""
+    decoy = new_key(key.model, tuple(key.latent_shape), key.pattern, key.radius, key.channels)
+    return inject(z_T.double(), decoy).float()
+
+
+def consistency_psnr(model, verify: Verify, x: torch.Tensor, batch: int = 32) -> np.ndarray:
+    """PSNR of each image to the image regenerated from its recovered z_T (``pipeline.consistency``)."""
+    return np.concatenate([consistency(model, x[i : i + batch], verify.recovery) for i in range(0, len(x), batch)])
+
+
+def averaging(model, verify: Verify, key: Key, others: list[Key], budgets, covers: torch.Tensor,
+              marked: torch.Tensor, steps: int, log) -> dict:
+    """Forgery and removal with the pattern of M watermarked images, for each M in ``budgets``;
+    the same with the M images spread over ``others`` (many keys, one per user)."""
+    out, forged_100 = {}, []
+    top = max(budgets)
+    wm = generate(model, key, range(200_000, 200_000 + top), steps, True)
+    clean = generate(model, key, range(300_000, 300_000 + top), steps, False)
+    spread = None
+    if others:  # image j carries key j mod len(others): any first M images spread evenly over the keys
+        per_key = [generate(model, k, range(400_000 + i, 400_000 + top, len(others)), steps, True)
+                   for i, k in enumerate(others)]
+        spread = torch.stack([per_key[j % len(others)][j // len(others)] for j in range(top)])
+    for m in budgets:
+        delta = wm[:m].mean(0) - clean[:m].mean(0)
+        forged = (covers + delta).clamp(-1, 1)
+        removed = (marked - delta).clamp(-1, 1)
+        row = {"forgery_success": float(np.mean(verify.p(forged) <= ALPHA)), "forgery_psnr": float(psnr(forged, covers).mean()),
+               "removal_tpr": float(np.mean(verify.p(removed) <= ALPHA)), "removal_psnr": float(psnr(removed, marked).mean())}
+        if spread is not None:
+            d_many = spread[:m].mean(0) - clean[:m].mean(0)
+            f_many = (covers + d_many).clamp(-1, 1)
+            fired = verify.fired(f_many, others)
+            row["many_keys_forgery_success"] = float(np.mean(fired >= 1))
+            row["many_keys_forgery_success_one_key_rule"] = float(np.mean(fired == 1))
+        out[m] = row
+        if m <= 100 or not forged_100:  # the consistency check's sample: the largest M up to 100
+            forged_100[:] = [(m, forged)]
+        log(f"averaging M={m}: {row}")
+    return out, forged_100[0]
+
+
+def imprint(model, covers: torch.Tensor, target: torch.Tensor, recovery: Recovery, steps: int = 150,
+            lr: float = 0.05, key_mask: torch.Tensor | None = None, batch: int = 8) -> tuple[torch.Tensor, float]:
+    """Adam on z_0 (from the cover's encoding) so that the public model's DDIM inversion of it
+    lands on ``target`` z_T (on ``key_mask``'s frequencies if given, else everywhere), with a
+    pixel penalty keeping D(z_0) near the cover; returns (images, seconds per image)."""
+    t0 = time.perf_counter()
+    schedule = model.ddim_schedule(recovery.ddim_steps)
+    out = []
+    for i in range(0, len(covers), batch):
+        x = covers[i : i + batch]
+        with torch.no_grad():
+            z = model.encode(x).detach()
+        z.requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=lr)
+        goal = target[i : i + batch]
+        for _ in range(steps):
+            z_T = ddim_invert_graph(model.eps, z, schedule, hold=model.prediction)
+            diff = z_T - goal
+            if key_mask is not None:
+                spectrum = torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(diff, dim=(-2, -1)), norm="ortho"),
+                                              dim=(-2, -1))
+                loss = spectrum.abs().pow(2)[..., key_mask].sum() / len(x)
+            else:
+                loss = diff.pow(2).sum() / len(x)
+            loss = loss + 10.0 * (model.decode(z) - x).pow(2).flatten(1).mean(1).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            out.append(model.decode(z).clamp(-1, 1))
+    return torch.cat(out), (time.perf_counter() - t0) / len(covers)
+
+
+def regeneration(model, x: torch.Tensor, strength: float, steps: int = 10, seed: int = 0) -> torch.Tensor:
+    """WAVES' regeneration: z_0 = E(x) noised to ``strength`` of the schedule, then DDIM back to 0
+    (strength 0: the VAE round trip D(E(x)))."""
+    from inversion.ddim import ddim_step
+
+    with torch.no_grad():
+        z = model.encode(x)
+        if strength > 0:
+            schedule = model.ddim_schedule(steps)
+            first = int(round((1 - strength) * steps))
+            a = schedule.alpha_bar[first]
+            g = torch.Generator().manual_seed(seed)
+            z = a**0.5 * z + (1 - a) ** 0.5 * torch.randn(z.shape, generator=g)
+            for t, a_t, a_prev in list(zip(schedule.timesteps, schedule.alpha_bar, schedule.alpha_bar_prev))[first:]:
+                z = ddim_step(z, model.eps(z, t), a_t, a_prev)
+        return model.decode(z).clamp(-1, 1)
+
+
+def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), imprint_n: int = 16,
+        imprint_steps: int = 150, strengths=(0.1, 0.2, 0.3, 0.4, 0.5), steps: int = 10, many_keys: int = 8,
+        outdir: str = "docs/bench/security", log=print) -> dict:
+    t_start = time.perf_counter()
+    model = get_model(model_name)
+    shape = model.latent_shape(model.default_size)
+    key = new_key(model_name, shape, seed=20261201)
+    others = [new_key(model_name, shape, seed=20261202 + i) for i in range(many_keys)]
+    verify = Verify(model, model_name, [key])
+    marked = generate(model, key, range(n), steps, True)
+    covers = generate(model, key, range(100_000, 100_000 + n), steps, False)
+    from ..training.train import HELD_OUT, TRAIN_PHOTOS, load_photo, random_crops
+
+    photos = random_crops([load_photo(p) for p in (HELD_OUT, *TRAIN_PHOTOS)], n, model.default_size,
+                          torch.Generator().manual_seed(11))
+    res = {"model": model_name, "n": n, "steps": steps, "alpha": ALPHA, "null_model": verify.null is not None,
+           "baseline": {"tpr": float(np.mean(verify.p(marked) <= ALPHA)),
+                        "fpr_model_images": float(np.mean(verify.p(covers) <= ALPHA)),
+                        "fpr_photographs": float(np.mean(verify.p(photos) <= ALPHA))}}
+    log(f"baseline: {res['baseline']}")
+    # regeneration
+    res["regeneration"] = {}
+    for s in (0.0, *strengths):
+        wm_p, clean_p = verify.p(regeneration(model, marked, s, steps)), verify.p(regeneration(model, covers, s, steps))
+        row = {"tpr_at_1pct_fpr": tpr_at_fpr(wm_p, clean_p), "tpr_at_alpha": float(np.mean(wm_p <= ALPHA)),
+               "fpr_at_alpha": float(np.mean(clean_p <= ALPHA)),
+               "psnr": float(psnr(regeneration(model, marked[:16], s, steps), marked[:16]).mean())}
+        res["regeneration"]["vae" if s == 0 else f"diffusion {s:g}"] = row
+        log(f"regeneration {s}: {row}")
+    # averaging
+    res["averaging"], res["_forged"] = averaging(model, verify, key, others, budgets, covers, marked, steps, log)
+    # imprinting: forgery of model images and photographs, removal of watermarked images
+    recovery = verify.recovery
+    from ..pipeline import recover_noise
+
+    with torch.no_grad():
+        target, _ = recover_noise(model, marked[:1], recovery)
+    res["imprinting"] = {"steps": imprint_steps}
+    consistent = {}
+    for name, cov in (("model images", covers[:imprint_n]), ("photographs", photos[:imprint_n])):
+        forged, sec = imprint(model, cov, target.expand(len(cov), -1, -1, -1), recovery, imprint_steps)
+        ok = (verify.p(forged) <= ALPHA) & (psnr(forged, cov) >= MIN_PSNR)
+        row = {"success": float(ok.mean()), "verified": float(np.mean(verify.p(forged) <= ALPHA)),
+               "psnr": float(psnr(forged, cov).mean()), "seconds_per_image": round(sec, 1)}
+        consistent[f"imprinted {name}"] = consistency_psnr(model, verify, forged[ok] if ok.any() else forged)
+        res["imprinting"][f"forgery of {name}"] = row
+        log(f"imprinting forgery {name}: {row}")
+    with torch.no_grad():
+        own, _ = recover_noise(model, marked[:imprint_n], recovery)
+    key_mask = key.mask()[0]  # the same bins on every channel
+    removed, sec = imprint(model, marked[:imprint_n], removal_target(own, key), recovery, imprint_steps,
+                           key_mask=key_mask)
+    res["imprinting"]["removal"] = {"tpr": float(np.mean(verify.p(removed) <= ALPHA)),
+                                    "psnr": float(psnr(removed, marked[:imprint_n]).mean()),
+                                    "seconds_per_image": round(sec, 1)}
+    log(f"imprinting removal: {res['imprinting']['removal']}")
+    # the consistency check: PSNR of each image to its regeneration from the recovered z_T
+    rng = np.random.default_rng(0)
+    for name in ATTACKS:
+        attacked_images = to_tensor([attack(im, name, rng) for im in to_pil((marked[:32] + 1) / 2)])
+        consistent[f"genuine, {name}"] = consistency_psnr(model, verify, attacked_images)
+    m, forged = res.pop("_forged")
+    consistent[f"averaging forgery M={m}"] = consistency_psnr(model, verify, forged)
+    res["consistency"] = {"psnr": {k: np.round(v, 2).tolist() for k, v in consistent.items()},
+                          "rejected": {f"{t} dB": {k: float(np.mean(v < t)) for k, v in consistent.items()}
+                                       for t in THRESHOLDS}}
+    log(f"consistency: {json.dumps(res['consistency']['rejected'])}")
+    res.update(seconds=round(time.perf_counter() - t_start, 1),
+               machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+               command="ringmark " + " ".join(sys.argv[1:]))
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{model_name}.json").write_text(json.dumps(res, indent=1) + "\n")
+    return res
