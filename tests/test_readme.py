@@ -38,7 +38,8 @@ def test_every_block_is_typed():
 def on_stand_in(code: str, folder: str) -> str:
     """The SD example as it runs here: the tiny SD-layout checkpoint, on the CPU, in float32, 32 px."""
     code = re.sub(r"stabilityai/[\w.-]+", folder, code).replace('"cuda"', '"cpu"').replace("torch.float16", "torch.float32")
-    return code.replace("512", "32").replace("--device cuda", "--device cpu").replace("--dtype float16", "")
+    code = code.replace("512", "32").replace("--device cuda", "--device cpu").replace("--dtype float16", "")
+    return code.replace("-n 2048", "-n 4 --steps 2")  # calibrate: a few images show the command works
 
 
 @pytest.mark.parametrize("code", blocks("python"))

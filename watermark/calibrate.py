@@ -38,7 +38,8 @@ def calibrate(model: str = "tiny", output: str | os.PathLike | None = None, n: i
               dtype: str = "float32", progress: Callable[[int, int], None] | None = None) -> Path:
     """Make the null model of ``model`` under ``recovery`` at ``size`` px from ``n`` clean images:
     generated from seeds seed, seed + 1, ... with ``steps`` DDIM steps, or the first ``n`` of the
-    images under ``images`` (sorted; unreadable files skipped). Returns the file written.
+    images under ``images`` (sorted; unreadable files skipped). Returns the file written: ``output``,
+    or in the folder ``output`` the name ``verify`` looks for (``io.nullfile.null_name``).
 
     The sums so far are kept in ``<output>.partial`` after every batch; a rerun with the same
     settings continues from there. An existing ``output`` is replaced only with ``force``.
@@ -53,8 +54,8 @@ def calibrate(model: str = "tiny", output: str | os.PathLike | None = None, n: i
     shape = m.latent_shape(size)
     recovery = recovery.for_model(m.default_recovery)
     output = Path(output) if output is not None else default_output(model, recovery, shape)
-    if output.is_dir():
-        raise NullFileError(f"{output}: is a directory")
+    if output.is_dir():  # a folder (beside the keys): the name verify looks for
+        output = output / null_name(recovery, shape)
     if output.exists() and not force:
         raise NullFileError(f"{output}: exists; use --force to make it again")
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -465,9 +465,9 @@ def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, null, 
 
 @main.command(context_settings=CONTEXT)
 @click.option("--model", default="tiny", show_default=True, help="'tiny', 'tiny-sd' (bundled), a hub id or a local folder.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Null-model file to write [default: the model folder's null/, where verify finds it; "
-                   "for a hub id, give one beside the keys].")
+@click.option("-o", "--output", type=click.Path(),
+              help="Null-model file, or a folder (e.g. the keys' folder) to write it in under the name verify looks "
+                   "for [default: the model folder's null/; a hub id needs -o].")
 @click.option("-n", default=2048, show_default=True, type=click.IntRange(2), help="Clean images.")
 @click.option("--size", type=click.IntRange(1), help="Image side in px (default: the model's).")
 @click.option("--images", type=click.Path(exists=True, file_okay=False),
@@ -491,7 +491,7 @@ def calibrate(model, output, n, size, images, steps, seed, inversion, iters, ddi
     Recovers z_T from N clean images (generated, or --images) and keeps the mean and the
     cross-channel covariance of its spectrum. Resumable: rerun the same command after a stop.
 
-    Example: ringmark calibrate --model ./my-sd-checkpoint -o keys/null.npz -n 2048
+    Example: ringmark calibrate --model ./my-sd-checkpoint -o keys/ -n 2048
     """
     from .calibrate import calibrate as run
     from .pipeline import Recovery

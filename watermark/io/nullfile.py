@@ -45,6 +45,9 @@ def save_null(null: NullModel, path: str | os.PathLike) -> None:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, header=np.array(json.dumps(header)), sum_z=null.sum_z.numpy(),
                      sum_outer=null.sum_outer.numpy(), sum_radial=null.sum_radial.numpy())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # not a secret (mkstemp makes 0600): as any file the user writes
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,5 +1,7 @@
-"""The detection statistic (Tree-Ring's distance, and a calibrated p-value for the key's direction),
-and matching recovered noise against several keys."""
+"""The detection statistic (Tree-Ring's distance, and a p-value for the key's direction, exact for
+every key with the model's null model, ``scheme.null``), and matching recovered noise against
+several keys. One statistic: ``score`` (one key) and ``match_keys`` (many keys, the geometric
+search; what ``verify`` runs) both read ``test_vectors``."""
 
 from __future__ import annotations
 
@@ -39,6 +41,12 @@ def dof(spectrum: torch.Tensor, key: Key) -> torch.Tensor:
     return torch.cat([2**0.5 * pairs.real, 2**0.5 * pairs.imag, selfs], dim=-1).flatten(-2)
 
 
+@functools.lru_cache(maxsize=8192)
+def key_window(key: Key) -> torch.Tensor:
+    """(c, 2r+1, 2r+1): the key's values on its channels, in the centred window the test reads."""
+    return _window(key.pattern_values()[list(key.channels)], key.radius)
+
+
 def _window(x: torch.Tensor, radius: int) -> torch.Tensor:
     """The frequencies -radius..radius of each axis of a centred spectrum (..., H, W)."""
     h, w = x.shape[-2:]
@@ -57,7 +65,7 @@ def test_vectors(z_T: torch.Tensor, keys: list[Key], null: NullModel | None = No
     key = keys[0]
     channels = list(key.channels)
     window = centred_window(z_T, key.radius)[..., channels, :, :]
-    k = _window(torch.stack([k.pattern_values()[channels] for k in keys]), key.radius)
+    k = torch.stack([key_window(k) for k in keys])
     if null is not None:
         window, k = null.whiten(window, key.channels), null.whiten(k, key.channels)
     z, k = dof(window, key), dof(k, key)
