@@ -134,3 +134,23 @@ def test_bench_detect_study_refuses_a_bad_recovery(tmp_path):
                          ("newton:3", "must be one of")):
         result = CliRunner().invoke(main, ["bench", "detect", "--study", "--recoveries", bad, "-o", str(tmp_path)])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_bench_null_quick(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "null", "--quick", "--model", "tiny-sd", "-o", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    res = json.loads((tmp_path / "tiny-sd.json").read_text())
+    for name in ("clean", "jpeg", "blur"):  # and "photographs" with the train extra
+        for side in ("with_null", "without"):
+            row = res["sets"][name][side]
+            assert row["keys"] == 18 and 0 <= row["worst"] <= 1 and set(row["per_spec"]) >= {"rand", "ring ch0"}
+
+
+def test_bench_security_quick(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "security", "--quick", "--model", "tiny-sd", "-o", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    res = json.loads((tmp_path / "tiny-sd.json").read_text())
+    assert res["null_model"] and 0 <= res["baseline"]["tpr"] <= 1
+    assert set(res["regeneration"]) == {"vae", "diffusion 0.3"} and set(res["averaging"]) == {"2"}
+    assert {"forgery of model images", "removal"} <= set(res["imprinting"])
+    assert "genuine, jpeg" in res["consistency"] and "averaging forgery M=2" in res["consistency"]

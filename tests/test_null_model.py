@@ -106,7 +106,7 @@ def test_null_file_round_trip_and_checks(tmp_path, null):
 
 
 def test_calibrate_writes_resumes_and_refuses_to_overwrite(tmp_path):
-    from watermark.calibrate import calibrate
+    from watermark.calibration import calibrate
 
     out = tmp_path / "null.npz"
 

@@ -2,6 +2,7 @@
 
     from watermark import keygen, embed, verify, Recovery       # files in, files and results out
     from watermark import get_model, detect, watermarked_latents  # the same on tensors
+    from watermark import calibrate                               # a model's null model
 """
 
 __version__ = "0.1.0"
@@ -15,7 +16,7 @@ _EXPORTS = {
     "load_key": "io.keyfile", "save_key": "io.keyfile",
     "load_keys": "io.keyring", "load_keyring": "io.keyring", "save_keyring": "io.keyring",
     "add_to_keyring": "io.keyring",
-    "load_model": "models", "get_model": "models",
+    "load_model": "models", "get_model": "models", "calibrate": "calibration",
 }
 __all__ = list(_EXPORTS)
 

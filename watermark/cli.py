@@ -493,7 +493,7 @@ def calibrate(model, output, n, size, images, steps, seed, inversion, iters, ddi
 
     Example: ringmark calibrate --model ./my-sd-checkpoint -o keys/ -n 2048
     """
-    from .calibrate import calibrate as run
+    from .calibration import calibrate as run
     from .pipeline import Recovery
 
     progress = Progress(n, "calibrating", quiet)
@@ -642,16 +642,19 @@ def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(1), help="Generation steps.")
 @click.option("--photos", default=512, show_default=True, type=click.IntRange(0),
               help="Photograph crops (needs the train extra; 0: none).")
+@click.option("--quick", is_flag=True, help="16 images, 3 keys per pattern: checks the code.")
 @click.option("-o", "--outdir", default="docs/bench/null", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
 @library_errors
-def bench_null(model_name, n, n_keys, steps, photos, outdir, quiet):
+def bench_null(model_name, n, n_keys, steps, photos, quick, outdir, quiet):
     """Each key's false-positive rate with and without the null model (clean, JPEG, blur, photographs).
 
     Example: ringmark bench null --model tiny-sd -n 2048 --keys 50
     """
     from .bench import null
 
+    if quick:
+        n, n_keys, steps, photos = 16, 3, 2, 8
     null.run(model_name, n, n_keys, steps, photos, outdir, messages(quiet))
 
 
@@ -674,7 +677,7 @@ def bench_security(model_name, n, budgets, imprint_n, imprint_steps, quick, outd
 
     budgets = tuple(int(b) for b in budgets.split(","))
     if quick:
-        n, budgets, imprint_n, imprint_steps = 4, (2,), 2, 2
+        n, budgets, imprint_n, imprint_steps = 4, (2,), 1, 2
     security.run(model_name, n, budgets, imprint_n, imprint_steps, strengths=(0.3,) if quick else (0.1, 0.2, 0.3, 0.4, 0.5),
                  many_keys=2 if quick else 8, outdir=outdir, log=messages(quiet))
 
