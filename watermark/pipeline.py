@@ -168,7 +168,12 @@ def consistency(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Rec
     if z_T is None:
         z_T, _ = recover_noise(model, x, recovery)
     regenerated = model.generate(z_T.to(model.device, model.dtype), recovery.ddim_steps) * 2 - 1
-    mse = (regenerated.float() - x.float().cpu()).pow(2).flatten(1).mean(1).clamp_min(1e-12)
+    return psnr(regenerated, x.cpu())
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """PSNR (dB) of each image pair, images in [-1, 1] (peak-to-peak 2)."""
+    mse = (x.float() - y.float()).pow(2).flatten(1).mean(1).clamp_min(1e-12)
     return (10 * torch.log10(4 / mse)).numpy()
 
 

@@ -34,7 +34,7 @@ import torch
 from inversion.ddim import ddim_invert_graph
 from ..io.nullfile import find_null, load_null
 from ..models import get_model
-from ..pipeline import Recovery, consistency, detect
+from ..pipeline import Recovery, consistency, detect, psnr
 from ..scheme.detection import match_keys
 from ..io.images import to_pil, to_tensor
 from ..scheme.embedding import inject, watermarked_latents
@@ -46,12 +46,6 @@ from .null import photographs
 ALPHA = 0.01
 MIN_PSNR = 30.0
 THRESHOLDS = (12.0, 14.0, 16.0, 18.0, 20.0)  # candidate consistency thresholds (dB)
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """Per image, images in [-1, 1] (peak-to-peak 2)."""
-    mse = (x.float() - y.float()).pow(2).flatten(1).mean(1).clamp_min(1e-12)
-    return (10 * torch.log10(4 / mse)).numpy()
 
 
 def generate(model, key: Key, seeds, steps: int, watermark: bool, batch: int = 32) -> torch.Tensor:

@@ -111,15 +111,9 @@ class NullModel:
         ring, top = rings((h, w))
         if radius > top:
             raise ValueError(f"radius {radius} is beyond the null model's rings (<= {top})")
-        ch = list(channels)
-        s = self.covariance()[:, ch][:, :, ch]
-        evals, evecs = torch.linalg.eigh(s[2:])
-        if not bool((evals > 0).all()):
-            raise ValueError("the null model's covariance is singular: too few images")
-        root = torch.eye(len(ch), dtype=torch.float64).repeat(top + 1, 1, 1)
-        root[2:] = evecs @ torch.diag_embed(evals.rsqrt()) @ evecs.transpose(-1, -2)
+        root = self._roots(channels)
         window = ring[h // 2 - radius : h // 2 + radius + 1, w // 2 - radius : w // 2 + radius + 1]
-        out = torch.eye(len(ch), dtype=torch.float64).repeat(*window.shape, 1, 1)
+        out = torch.eye(len(channels), dtype=torch.float64).repeat(*window.shape, 1, 1)
         inside = window >= 0
         out[inside] = root[window[inside]]
         return out.to(torch.complex64)
@@ -130,10 +124,7 @@ class NullModel:
         rings 2..radius (channel-major). ``radial_basis`` says how the test applies it."""
         c, h, w = self.latent_shape
         _, top = rings((h, w))
-        s = self.covariance()
-        root = torch.zeros(top + 1, c, c, dtype=torch.float64)
-        evals, evecs = torch.linalg.eigh(s[2:])
-        root[2:] = evecs @ torch.diag_embed(evals.rsqrt()) @ evecs.transpose(-1, -2)
+        root = self._roots(tuple(range(c)))  # rings 0 and 1 fall outside the block taken below
         v_mean = radial_sums(centred_spectrum(self.mean())[None])[0]  # (C, rings)
         cov = (self.sum_radial / self.n - torch.outer(v_mean.flatten(), v_mean.flatten())).view(c, top + 1, c, top + 1)
         # whiten each ring's channel vector as the bins are, then scale to unit variance under white noise
@@ -157,6 +148,17 @@ class NullModel:
         z_T less ``mean()``, or a key's values), whitened bin by bin: what the test reads."""
         radius = window.shape[-1] // 2
         return torch.einsum("hwcd,...dhw->...chw", self.whitener(radius, channels).to(window.dtype), window)
+
+    def _roots(self, channels: tuple[int, ...]) -> torch.Tensor:
+        """(rings, c, c): S_rho^{-1/2} on ``channels`` from ring 2 on, the identity on rings 0 and 1."""
+        ch = list(channels)
+        s = self.covariance()[:, ch][:, :, ch]
+        evals, evecs = torch.linalg.eigh(s[2:])
+        if not bool((evals > 0).all()):
+            raise ValueError("the null model's covariance is singular: too few images")
+        root = torch.eye(len(ch), dtype=torch.float64).repeat(len(s), 1, 1)
+        root[2:] = evecs @ torch.diag_embed(evals.rsqrt()) @ evecs.transpose(-1, -2)
+        return root
 
     def _check(self):
         if self.n < 2:
