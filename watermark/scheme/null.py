@@ -124,16 +124,18 @@ class NullModel:
         rings 2..radius (channel-major). ``radial_basis`` says how the test applies it."""
         c, h, w = self.latent_shape
         _, top = rings((h, w))
-        root = self._roots(tuple(range(c)))  # rings 0 and 1 fall outside the block taken below
+        ch = list(channels)
+        root = self._roots(channels)  # the test's own S_rho^{-1/2} on the key's channels
         v_mean = radial_sums(centred_spectrum(self.mean())[None])[0]  # (C, rings)
         cov = (self.sum_radial / self.n - torch.outer(v_mean.flatten(), v_mean.flatten())).view(c, top + 1, c, top + 1)
-        # whiten each ring's channel vector as the bins are, then scale to unit variance under white noise
+        cov = cov[ch][:, :, ch]
+        # whiten each ring's channel vector as the test whitens the bins, then scale to unit
+        # variance under white noise
         cov = torch.einsum("rcd,dres,set->crts", root, cov, root)
         ring, _ = rings((h, w))
         scale = torch.bincount(ring[ring >= 0], minlength=top + 1).double().clamp_min(1).rsqrt()  # var 2P -> 1
         cov = cov * scale[None, :, None, None] * scale[None, None, None, :]
-        ch = list(channels)
-        sub = cov[ch][:, 2 : radius + 1][:, :, ch][:, :, :, 2 : radius + 1].reshape(len(ch) * (radius - 1), -1)
+        sub = cov[:, 2 : radius + 1][:, :, :, 2 : radius + 1].reshape(len(ch) * (radius - 1), -1)
         # shrunk towards white noise's identity by as many pseudo-images as it has dimensions: a few
         # images still give a usable model; 2,048 images barely move (Ledoit-Wolf-style shrinkage)
         d = len(sub)
