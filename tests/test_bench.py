@@ -152,5 +152,6 @@ def test_bench_security_quick(tmp_path):
     res = json.loads((tmp_path / "tiny-sd.json").read_text())
     assert res["null_model"] and 0 <= res["baseline"]["tpr"] <= 1
     assert set(res["regeneration"]) == {"vae", "diffusion 0.3"} and set(res["averaging"]) == {"2"}
+    assert {"fresh_keys_forgery_success", "fresh_keys_forgery_success_one_key_rule"} <= set(res["averaging"]["2"])
     assert {"forgery of model images", "removal"} <= set(res["imprinting"])
     assert "genuine, jpeg" in res["consistency"] and "averaging forgery M=2" in res["consistency"]

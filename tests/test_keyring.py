@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from watermark import api
 from watermark.cli import main
 from watermark.io.images import to_tensor
 from watermark.io.keyfile import save_key
@@ -129,3 +130,24 @@ def test_concurrent_additions_are_not_lost(tmp_path):
     keys = json.loads(ring.read_text())["keys"]
     assert len(keys) == 40 and len({k["key_id"] for k in keys}) == 40
     assert not [f for f in tmp_path.iterdir() if f.name != "ring.json"]  # no lock file or temporary left
+
+
+def test_a_fresh_key_per_image_from_a_keyring(tmp_path):
+    """keygen -n fills a ring; embed with the ring gives each image a key drawn from it, recorded in
+    the manifest, and verify against the ring finds that key."""
+    ring = tmp_path / "ring.json"
+    made = run("keygen", "--keyring", ring, "-n", 32, "-q")
+    assert made.exit_code == 0, made.output
+    assert json.loads(made.stdout) == {"keyring": str(ring), "added": 32}
+    assert stat.S_IMODE(ring.stat().st_mode) == 0o600
+    keys = load_keyring(ring)[0]
+    assert len(keys) == 32 and len({k.key_id for k in keys}) == 32
+    assert run("keygen", "--keyring", ring, "-n", 1, "-o", tmp_path / "k.json").exit_code == 2  # -n writes no key file
+    out = tmp_path / "out"
+    assert run("embed", "--key", ring, "-o", out, "-n", 6, "--steps", 10, "-q").exit_code == 0
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    used = [r["key_id"] for r in manifest]
+    assert set(used) <= {k.key_id for k in keys}
+    assert len(set(used)) > 1  # six draws from 32 keys all alike: probability 32^-5
+    for r, found in zip(manifest, api.verify([str(out)], [ring], Recovery(ddim_steps=10))):
+        assert found.watermarked and found.key_id == r["key_id"] and found.keys_tested == 32

@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it; imported on first use, so ``ringmark --help`` stays fast
 _EXPORTS = {
-    "keygen": "api", "embed": "api", "verify": "api", "Result": "verifier", "Verifier": "verifier", "Generated": "api",
+    "keygen": "api", "add_keys": "api", "embed": "api", "verify": "api", "Generated": "api",
+    "Result": "verifier", "Verifier": "verifier",
     "Recovery": "pipeline", "Detection": "pipeline", "detect": "pipeline", "recover_noise": "pipeline",
     "make_key": "pipeline",
     "Key": "scheme.keys", "watermarked_latents": "scheme.embedding",

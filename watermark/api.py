@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from .io.images import ImageError, Loaded, find_images, load_image, require_usable, save_png
-from .io.keyfile import check_writable, load_key, save_key
-from .io.keyring import check_collision, load_keyring, load_keys, save_keyring
+from .io.keyfile import check_writable, load_key, read_json, save_key
+from .io.keyring import check_collision, is_keyring, load_keyring, load_keys, locked, save_keyring
 from .models import ModelError, get_model
 from .pipeline import Recovery, check_keys, check_size, make_key
 from .scheme.embedding import watermarked_latents
@@ -49,27 +52,71 @@ def keygen(output: str | os.PathLike | None, model: str = "tiny", size: int | No
     check_size(size)
     if output is not None:
         check_writable(output, force)
-    existing = load_keyring(keyring)[0] if keyring is not None and Path(keyring).exists() else []
     m = get_model(model)
+    key = (_draw(m, model, size, pattern, radius, channels, seed, [], None) if keyring is None
+           else _add(keyring, m, model, size, pattern, radius, channels, [seed])[0])
+    if output is not None:
+        save_key(key, output, force=force)
+    return key
+
+
+def add_keys(keyring: str | os.PathLike, n: int, model: str = "tiny", size: int | None = None,
+             pattern: str = DEFAULT_PATTERN, radius: int | None = None,
+             channels: tuple[int, ...] | None = None) -> list[Key]:
+    """``n`` new keys added to ``keyring`` (created if missing), each drawn as ``keygen`` draws one:
+    the ring for a fresh key per image (``embed`` with a keyring; README, "Threats")."""
+    if pattern not in PATTERNS:
+        raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    check_size(size)
+    return _add(keyring, get_model(model), model, size, pattern, radius, channels, [None] * n)
+
+
+def _add(keyring, m, model: str, size, pattern, radius, channels, seeds: list) -> list[Key]:
+    """New keys, one per seed, added to ``keyring`` under its lock (read, check, write)."""
+    path = Path(keyring)
+    with locked(path.resolve().parent):
+        existing = load_keyring(path)[0] if path.exists() else []
+        new = []
+        for seed in seeds:
+            new.append(_draw(m, model, size, pattern, radius, channels, seed, existing + new, keyring))
+        save_keyring(existing + new, path, force=path.exists())
+    return new
+
+
+def _draw(m, model: str, size, pattern, radius, channels, seed, existing: list[Key], keyring) -> Key:
+    """A key not too close to any of ``existing`` (redrawn up to KEYGEN_DRAWS times; one from a
+    given ``seed`` is refused instead)."""
     for draw in range(1 if seed is not None else KEYGEN_DRAWS):
         key = make_key(m, model, size, pattern, radius, channels, seed)
         try:
             check_collision(key, existing)
-            break
+            return key
         except KeyFileError as e:
             if seed is not None or draw == KEYGEN_DRAWS - 1:
                 raise KeyFileError(f"{keyring}: {e}" + ("" if seed is not None else
                                    f"; {KEYGEN_DRAWS} fresh keys all collided: this keyring is full for "
                                    f"pattern {pattern!r}")) from None
-    if output is not None:
-        save_key(key, output, force=force)
-    if keyring is not None:  # checked above against the keys it holds
-        save_keyring(existing + [key], keyring, force=Path(keyring).exists())
-    return key
 
 
 def _as_key(key: Key | str | os.PathLike) -> Key:
     return key if isinstance(key, Key) else load_key(key)
+
+
+def _embedding_keys(key: Key | str | os.PathLike | list) -> list[Key]:
+    """``embed``'s keys: one key (object or file), or a keyring (file or list), all of one model."""
+    if isinstance(key, (list, tuple)):
+        keys = [_as_key(k) for k in key]
+    elif isinstance(key, Key) or not is_keyring(read_json(Path(key))):
+        keys = [_as_key(key)]
+    else:
+        keys = load_keyring(key)[0]
+    if not keys:
+        raise KeyFileError(f"{key}: no keys")
+    if len({k.model for k in keys}) > 1:
+        raise KeyFileError("the keys of a keyring used by embed must all be for one model")
+    return keys
 
 
 class KeyringWarning(UserWarning):
@@ -97,15 +144,20 @@ def _check_outputs(outdir: Path, names: list[str], force: bool) -> None:
                           + (f" ({len(clash)} files)" if len(clash) > 1 else ""))
 
 
-def embed(key: Key | str, outdir: str | os.PathLike, n: int = 4, prompts: list[str] | None = None, seed: int = 0,
+def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, prompts: list[str] | None = None, seed: int = 0,
           steps: int = 50, guidance: float | None = None, watermark: bool = True, force: bool = False,
           device: str = "cpu", dtype: str = "float32", batch: int = 8,
           progress: Callable[[int], None] | None = None) -> list[Generated]:
     """Generate ``n`` images from z_T carrying ``key`` (or clean controls), seeds seed..seed+n-1.
 
+    ``key``: a key (object or file), or a keyring (file or list of keys): each image then carries a
+    fresh key drawn from the ring by the operating system's random source (``secrets``), so no two
+    images are likely to share one; the manifest records which. That is the defence against
+    averaging forgery (README, "Threats"); verify such images against the whole keyring.
     Writes PNGs and ``manifest.jsonl`` into ``outdir``; existing files there are kept unless ``force``.
     """
-    key = _as_key(key)
+    ring = _embedding_keys(key)
+    key = ring[0]
     for name, value in (("n", n), ("steps", steps), ("batch", batch)):
         if value < 1:
             raise ValueError(f"{name} must be positive, got {value}")
@@ -115,7 +167,7 @@ def embed(key: Key | str, outdir: str | os.PathLike, n: int = 4, prompts: list[s
     names = [f"{i:05d}.png" for i in range(n)]
     _check_outputs(outdir, names + ["manifest.jsonl"], force)
     model = get_model(key.model, device, dtype)
-    check_keys([key], model)
+    check_keys(ring, model)
     prompts = list(prompts or [""])
     if not model.conditional and (any(prompts) or guidance not in (None, 1.0)):
         raise ModelError(f"model {key.model!r} is unconditional: it takes no prompt or guidance")
@@ -126,11 +178,12 @@ def embed(key: Key | str, outdir: str | os.PathLike, n: int = 4, prompts: list[s
         idx = list(range(start, min(n, start + batch)))
         seeds = [seed + i for i in idx]
         batch_prompts = [prompts[i % len(prompts)] for i in idx]
-        z_T = watermarked_latents(key, seeds=seeds, watermark=watermark)
+        chosen = [ring[secrets.randbelow(len(ring))] for _ in idx]
+        z_T = torch.cat([watermarked_latents(k, seeds=[s], watermark=watermark) for k, s in zip(chosen, seeds)])
         images = model.generate(z_T, steps, batch_prompts if model.conditional else None, guidance)
-        for i, s, p, im in zip(idx, seeds, batch_prompts, images):
+        for i, s, p, im, k in zip(idx, seeds, batch_prompts, images, chosen):
             save_png(im, outdir / names[i])
-            records.append(Generated(names[i], s, p, key.key_id if watermark else None, key.model, watermark,
+            records.append(Generated(names[i], s, p, k.key_id if watermark else None, key.model, watermark,
                                      steps, guidance))
             if progress is not None:
                 progress(1)

@@ -135,9 +135,12 @@ def csv_channels(ctx, param, value: str | None):
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Key file to write (0600).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Key file to write (0600).")
 @click.option("--keyring", type=click.Path(dir_okay=False),
               help="Also add the key to this keyring file (created if missing), refusing keys too close to its own.")
+@click.option("-n", "count", type=click.IntRange(1),
+              help="Add this many keys to --keyring and write no key file: the ring for a fresh key per image "
+                   "(embed --key RING).")
 @click.option("--model", default="tiny", show_default=True, help="'tiny' (bundled), a hub id or a local folder.")
 @click.option("--size", type=click.IntRange(1), help="Image side in px (default: the model's).")
 @click.option("--pattern", type=click.Choice(PATTERNS), default=DEFAULT_PATTERN, show_default=True)
@@ -148,13 +151,24 @@ def csv_channels(ctx, param, value: str | None):
 @click.option("--force", is_flag=True, help="Overwrite an existing key file.")
 @quiet_option
 @library_errors
-def keygen(output, keyring, model, size, pattern, radius, channels, seed, force, quiet):
-    """Make a new secret key.
+def keygen(output, keyring, count, model, size, pattern, radius, channels, seed, force, quiet):
+    """Make a new secret key, or a keyring of many.
 
-    Example: ringmark keygen -o key.json --keyring ring.json
+    Examples: ringmark keygen -o key.json --keyring ring.json;
+    ringmark keygen --keyring ring.json -n 2048
     """
     from . import api
 
+    if count is not None:
+        if keyring is None or output is not None or seed is not None:
+            raise click.UsageError("-n takes --keyring, and neither -o nor --seed")
+        keys = api.add_keys(keyring, count, model, size, pattern, radius, channels)
+        if not quiet:
+            click.echo(f"added {len(keys)} keys ({pattern}) to {keyring}", err=True)
+        click.echo(json.dumps({"keyring": keyring, "added": len(keys)}))
+        return
+    if output is None:
+        raise click.UsageError("give -o FILE (or --keyring RING -n N for many keys)")
     key = api.keygen(output, model, size, pattern, radius, channels, seed, force, keyring)
     if not quiet:
         click.echo(f"wrote {output} (key id {key.key_id}, {pattern}, radius {key.radius}, channels "
@@ -164,7 +178,8 @@ def keygen(output, keyring, model, size, pattern, radius, channels, seed, force,
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Key file.")
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False),
+              help="Key file, or keyring: then each image carries a fresh key drawn at random from it.")
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False), help="Folder for PNGs + manifest.")
 @click.option("-n", default=4, show_default=True, type=click.IntRange(1), help="Number of images.")
 @click.option("--prompt", help="Prompt (text-conditioned models).")
@@ -664,11 +679,13 @@ def bench_null(model_name, n, n_keys, steps, photos, quick, outdir, quiet):
 @click.option("--budgets", default="10,100,1000", show_default=True, help="Averaging: watermarked images M.")
 @click.option("--imprint-n", default=16, show_default=True, type=click.IntRange(1), help="Imprinted covers per set.")
 @click.option("--imprint-steps", default=150, show_default=True, type=click.IntRange(1), help="Adam steps.")
+@click.option("--fresh-keys", default=2048, show_default=True, type=click.IntRange(1),
+              help="Averaging defence: the keyring each image draws a fresh key from.")
 @click.option("--quick", is_flag=True, help="A few images and steps: checks the code.")
 @click.option("-o", "--outdir", default="docs/bench/security", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
 @library_errors
-def bench_security(model_name, n, budgets, imprint_n, imprint_steps, quick, outdir, quiet):
+def bench_security(model_name, n, budgets, imprint_n, imprint_steps, fresh_keys, quick, outdir, quiet):
     """Forgery and removal by averaging, imprinting and regeneration, and the defences' cost.
 
     Example: ringmark bench security --model tiny-sd -n 100
@@ -677,9 +694,9 @@ def bench_security(model_name, n, budgets, imprint_n, imprint_steps, quick, outd
 
     budgets = tuple(int(b) for b in budgets.split(","))
     if quick:
-        n, budgets, imprint_n, imprint_steps = 4, (2,), 1, 2
+        n, budgets, imprint_n, imprint_steps, fresh_keys = 4, (2,), 1, 2, 8
     security.run(model_name, n, budgets, imprint_n, imprint_steps, strengths=(0.3,) if quick else (0.1, 0.2, 0.3, 0.4, 0.5),
-                 many_keys=2 if quick else 8, outdir=outdir, log=messages(quiet))
+                 many_keys=2 if quick else 8, fresh_keys=fresh_keys, outdir=outdir, log=messages(quiet))
 
 
 @bench.command("scale", context_settings=CONTEXT)

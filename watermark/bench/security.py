@@ -65,8 +65,12 @@ class Verify:
         self.null = None if path is None else load_null(path)
 
     def p(self, x: torch.Tensor, keys: list[Key] | None = None, batch: int = 32) -> np.ndarray:
+        return self.detections(x, keys, batch)[:, 0]
+
+    def detections(self, x: torch.Tensor, keys: list[Key] | None = None, batch: int = 32) -> np.ndarray:
+        """(B, 2): each image's best key's p-value and the runner-up's, both corrected over ``keys``."""
         keys = keys or self.keys
-        return np.array([d.p_value for i in range(0, len(x), batch)
+        return np.array([(d.p_value, d.runner_up_p_value) for i in range(0, len(x), batch)
                          for d in detect(self.model, x[i : i + batch], keys, self.recovery, ALPHA, null=self.null)])
 
     def fired(self, x: torch.Tensor, keys: list[Key], batch: int = 32) -> np.ndarray:
@@ -95,19 +99,28 @@ def consistency_psnr(model, verify: Verify, x: torch.Tensor, batch: int = 32) ->
     return np.concatenate([consistency(model, x[i : i + batch], verify.recovery) for i in range(0, len(x), batch)])
 
 
-def averaging(model, verify: Verify, key: Key, others: list[Key], budgets, covers: torch.Tensor,
-              marked: torch.Tensor, steps: int, log) -> dict:
+def generate_each(model, keys: list[Key], seeds, steps: int, batch: int = 32) -> torch.Tensor:
+    """Image j from the noise of seed j carrying keys[j]."""
+    z_T = torch.cat([watermarked_latents(k, seeds=[s]) for k, s in zip(keys, seeds)])
+    return torch.cat([model.generate(z_T[i : i + batch], steps) * 2 - 1 for i in range(0, len(z_T), batch)])
+
+
+def averaging(model, verify: Verify, key: Key, others: list[Key], ring: list[Key], budgets,
+              covers: torch.Tensor, marked: torch.Tensor, steps: int, log) -> dict:
     """Forgery and removal with the pattern of M watermarked images, for each M in ``budgets``;
-    the same with the M images spread over ``others`` (many keys, one per user)."""
+    the same with the M images spread over ``others`` (many keys, one per user), and with each
+    image carrying a fresh key drawn at random from ``ring`` (``embed`` with a keyring)."""
     out, forged_100 = {}, []
     top = max(budgets)
     wm = generate(model, key, range(200_000, 200_000 + top), steps, True)
     clean = generate(model, key, range(300_000, 300_000 + top), steps, False)
-    spread = None
+    spread = fresh = None
     if others:  # image j carries key j mod len(others): any first M images spread evenly over the keys
-        per_key = [generate(model, k, range(400_000 + i, 400_000 + top, len(others)), steps, True)
-                   for i, k in enumerate(others)]
-        spread = torch.stack([per_key[j % len(others)][j // len(others)] for j in range(top)])
+        spread = generate_each(model, [others[j % len(others)] for j in range(top)], range(400_000, 400_000 + top),
+                               steps)
+    if ring:  # as embed draws them (with a seeded generator here, so the run repeats)
+        draw = np.random.default_rng(20261201).integers(len(ring), size=top)
+        fresh = generate_each(model, [ring[j] for j in draw], range(500_000, 500_000 + top), steps)
     for m in budgets:
         delta = wm[:m].mean(0) - clean[:m].mean(0)
         forged = (covers + delta).clamp(-1, 1)
@@ -120,6 +133,12 @@ def averaging(model, verify: Verify, key: Key, others: list[Key], budgets, cover
             fired = verify.fired(f_many, others)
             row["many_keys_forgery_success"] = float(np.mean(fired >= 1))
             row["many_keys_forgery_success_one_key_rule"] = float(np.mean(fired == 1))
+        if fresh is not None:
+            f_fresh = (covers + fresh[:m].mean(0) - clean[:m].mean(0)).clamp(-1, 1)
+            p = verify.detections(f_fresh, ring)
+            row["fresh_keys_forgery_success"] = float(np.mean(p[:, 0] <= ALPHA))
+            row["fresh_keys_forgery_success_one_key_rule"] = float(np.mean((p[:, 0] <= ALPHA) & (p[:, 1] > ALPHA)))
+            row["fresh_keys_forgery_psnr"] = float(psnr(f_fresh, covers).mean())
         out[m] = row
         if m <= 100 or not forged_100:  # the consistency check's sample: the largest M up to 100
             forged_100[:] = [(m, forged)]
@@ -181,17 +200,20 @@ def regeneration(model, x: torch.Tensor, strength: float, steps: int = 10, seed:
 
 def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), imprint_n: int = 16,
         imprint_steps: int = 150, strengths=(0.1, 0.2, 0.3, 0.4, 0.5), steps: int = 10, many_keys: int = 8,
+        fresh_keys: int = 2048,
         outdir: str = "docs/bench/security", log=print) -> dict:
     t_start = time.perf_counter()
     model = get_model(model_name)
     shape = model.latent_shape(model.default_size)
     key = new_key(model_name, shape, seed=20261201)
     others = [new_key(model_name, shape, seed=20261202 + i) for i in range(many_keys)]
+    ring = [new_key(model_name, shape, seed=30_000_000 + i) for i in range(fresh_keys)]
     verify = Verify(model, model_name, [key])
     marked = generate(model, key, range(n), steps, True)
     covers = generate(model, key, range(100_000, 100_000 + n), steps, False)
     photos = photographs(n, model.default_size, seed=11)  # None without the train extra
     res = {"model": model_name, "n": n, "steps": steps, "alpha": ALPHA, "null_model": verify.null is not None,
+           "many_keys": many_keys, "fresh_keys": fresh_keys,
            "baseline": {"tpr": float(np.mean(verify.p(marked) <= ALPHA)),
                         "fpr_model_images": float(np.mean(verify.p(covers) <= ALPHA)),
                         "fpr_photographs": None if photos is None else float(np.mean(verify.p(photos) <= ALPHA))}}
@@ -206,7 +228,8 @@ def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), impr
         res["regeneration"]["vae" if s == 0 else f"diffusion {s:g}"] = row
         log(f"regeneration {s}: {row}")
     # averaging
-    res["averaging"], res["_forged"] = averaging(model, verify, key, others, budgets, covers, marked, steps, log)
+    res["averaging"], res["_forged"] = averaging(model, verify, key, others, ring, budgets, covers, marked,
+                                                  steps, log)
     # imprinting: forgery of model images and photographs, removal of watermarked images
     recovery = verify.recovery
     from ..pipeline import recover_noise
@@ -275,12 +298,14 @@ def markdown(res: dict) -> str:
     for name, r in res["regeneration"].items():
         out.append(f"| {name} | {r['psnr']:.1f} dB | {pct(r['tpr_at_1pct_fpr'])} | {pct(r['tpr_at_alpha'])} | "
                    f"{pct(r['fpr_at_alpha'])} |")
-    out += ["", "| averaging, M images | forgery success | PSNR | removal: TPR left | PSNR | M spread over "
-            "keys: forgery | with the one-key rule |", "|---|---|---|---|---|---|---|"]
+    out += ["", f"| averaging, M images | forgery success | PSNR | removal: TPR left | PSNR | M spread over "
+            f"{res.get('many_keys', '?')} keys: forgery | with the one-key rule | a fresh key per image (ring of "
+            f"{res.get('fresh_keys', '?')}): forgery | with the one-key rule |", "|---|---|---|---|---|---|---|---|---|"]
     for m, r in res["averaging"].items():
         out.append(f"| {m} | {pct(r['forgery_success'])} | {r['forgery_psnr']:.1f} dB | {pct(r['removal_tpr'])} | "
                    f"{r['removal_psnr']:.1f} dB | {pct(r.get('many_keys_forgery_success'))} | "
-                   f"{pct(r.get('many_keys_forgery_success_one_key_rule'))} |")
+                   f"{pct(r.get('many_keys_forgery_success_one_key_rule'))} | "
+                   f"{pct(r.get('fresh_keys_forgery_success'))} | {pct(r.get('fresh_keys_forgery_success_one_key_rule'))} |")
     imp = res["imprinting"]
     steps = sorted({int(k) for name, r in imp.items() if isinstance(r, dict) for k in r.get("by_steps", {})})
     out += ["", "| imprinting (PSNR >= 30 dB) | " + " | ".join(f"{k} steps" for k in steps) + " | s / image |",
