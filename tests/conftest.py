@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+import families
+
 
 class LinearPair:
     """D(z) = A z and an approximate inverse E = (I + P) A^+, so that E∘D = I + P.
@@ -43,22 +45,10 @@ def linear():
     return LinearPair()
 
 
-def bytes_to_unicode():
-    """GPT-2/CLIP's byte -> printable character table (byte-level BPE alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b), cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory):
     """A diffusers folder with SD's layout: vae, unet (cross-attention), scheduler, text_encoder, tokenizer."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import DDIMScheduler, UNet2DConditionModel
 
     root = tmp_path_factory.mktemp("tiny-sd")
     torch.manual_seed(0)
@@ -67,25 +57,11 @@ def sd_folder(tmp_path_factory):
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32, norm_num_groups=8, attention_head_dim=8,
     ).save_pretrained(root / "unet")
-    AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
-                  sample_size=32).save_pretrained(root / "vae")
+    families.vae(root / "vae", 4)
     DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                   set_alpha_to_one=False, steps_offset=1).save_pretrained(root / "scheduler")
-    # a byte-level tokenizer with no merges: every byte is a token
-    chars = list(bytes_to_unicode().values())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    (root / "tokenizer").mkdir()
-    (root / "tokenizer" / "vocab.json").write_text(json.dumps(vocab))
-    (root / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(root / "tokenizer" / "vocab.json"), str(root / "tokenizer" / "merges.txt"),
-                  model_max_length=16, pad_token="<|endoftext|>").save_pretrained(root / "tokenizer")
-    CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                                 vocab_size=len(vocab), max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-                                 pad_token_id=1)).save_pretrained(root / "text_encoder")
+    n = families.save_tokenizer(root / "tokenizer")
+    families.clip(root / "text_encoder", n)
     (root / "model_index.json").write_text(json.dumps({  # what StableDiffusionPipeline.from_pretrained reads
         "_class_name": "StableDiffusionPipeline", "vae": ["diffusers", "AutoencoderKL"],
         "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDIMScheduler"],

@@ -26,7 +26,8 @@ def test_shapes_and_sizes(tiny):
     with torch.inference_mode():
         z = tiny.encode(x)
         assert z.shape == (2, 4, 16, 16) and tiny.decode(z).shape == (2, 3, 64, 64)
-        assert tiny.eps(z, 500).shape == z.shape
+        x0, eps = tiny.predict(z, 500)
+        assert x0.shape == eps.shape == z.shape
     with pytest.raises(ModelError, match="multiple of 16"):
         tiny.latent_shape(100)
 
@@ -53,7 +54,7 @@ def test_scheduler_is_zero_terminal_snr_v_prediction(tiny):
     c = tiny.scheduler.config
     assert (c.num_train_timesteps, c.beta_schedule, c.clip_sample) == (1000, "scaled_linear", False)
     assert (c.prediction_type, c.rescale_betas_zero_snr, c.timestep_spacing) == ("v_prediction", True, "trailing")
-    assert float(tiny.scheduler.alphas_cumprod[-1]) == 0.0 and float(tiny.alphas_cumprod[-1]) == 2.0**-24
+    assert float(tiny.scheduler.alphas_cumprod[-1]) == 0.0 and float(tiny.alphas_cumprod[-1]) == 0.0  # no floor
 
 
 def test_generation_and_inversion_stay_finite_at_t_T(tiny):
@@ -61,7 +62,7 @@ def test_generation_and_inversion_stay_finite_at_t_T(tiny):
 
     z_T = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(5))
     z_0 = tiny.sample(z_T, steps=2)
-    assert tiny.ddim_schedule(2).timesteps[0] == 999 and torch.isfinite(z_0).all()
+    assert tiny.schedule(2).timesteps[0] == 999 and torch.isfinite(z_0).all()
     for exact in (False, True):
         assert torch.isfinite(noise_from_latents(tiny, z_0, Recovery(ddim_steps=2, exact=exact))).all()
 
@@ -69,7 +70,7 @@ def test_generation_and_inversion_stay_finite_at_t_T(tiny):
 @pytest.mark.parametrize("steps", [0, -5, 1001, 2.0])
 def test_ddim_schedule_rejects(tiny, steps):
     with pytest.raises(ValueError, match="steps must be"):
-        tiny.ddim_schedule(steps)
+        tiny.schedule(steps)
 
 
 def test_two_step_generation_is_deterministic(tiny):
@@ -95,7 +96,7 @@ def test_bad_model_and_dtype():
         resolve_dtype("float64")
 
 
-def test_generation_steps_in_eps_whatever_the_unet_predicts(tiny):
+def test_generation_reads_what_the_unet_predicts(tiny):
     """On SD's schedule, a v-prediction checkpoint generates what diffusers' DDIMScheduler makes of
     the UNet's raw output, and reading the same output as eps gives something else."""
     import dataclasses
@@ -137,7 +138,7 @@ def test_tiny_sd_loads_offline_by_name(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = load_model("tiny-sd")
     assert type(model.vae).__name__ == "AutoencoderKL" and type(model.unet).__name__ == "UNet2DModel"
-    assert model.latent_shape(model.default_size) == (4, 32, 32) and model.prediction == "v"
+    assert model.latent_shape(model.default_size) == (4, 32, 32) and model.hold == "v"
     assert model.default_key_channel == 3
     record = json.loads((TINY_SD_PATH / "training.json").read_text())
     assert record["vae_cycle"] == 0 and "refit_steps" not in record

@@ -15,7 +15,7 @@ from watermark.pipeline import decide
 @dataclass
 class ToyFamily:
     """Latents are 2x2 average pools of the image, decoding is nearest upsampling (so E(D(z)) = z);
-    the 'UNet' predicts eps = sqrt(1 - a_t) z_t, which makes DDIM a linear map of z_T."""
+    the 'UNet' predicts eps = b_t z_t (so x_0 = a_t z_t), which makes DDIM a linear map of z_T."""
 
     name: str = "toy"
     device: torch.device = torch.device("cpu")
@@ -24,7 +24,7 @@ class ToyFamily:
     downsample: int = 2
     default_key_channel: int = 0
     conditional: bool = False
-    prediction: str = "eps"
+    hold: str = "eps"
     default_recovery = {"method": "fixed_point", "iters": 3, "ddim_steps": 4}  # what Recovery() runs on it
 
     def latent_shape(self, size):
@@ -36,18 +36,22 @@ class ToyFamily:
     def decode(self, z):
         return torch.nn.functional.interpolate(z / 4, scale_factor=2)
 
-    def eps(self, z, t):
-        return z * (1 - self.alphas[t]) ** 0.5
+    def condition(self, prompts=None):
+        return None
+
+    def predict(self, z, t, cond=None):
+        a, b = float(self.alphas[t]) ** 0.5, float(1 - self.alphas[t]) ** 0.5
+        return a * z, b * z
 
     @property
     def alphas(self):
         return torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
 
-    def ddim_schedule(self, steps):
+    def schedule(self, steps, hw=None):
         return ddim_schedule(self.alphas, list(range(999, -1, -1000 // steps))[:steps], 1.0)
 
     def generate(self, z_T, steps=50, prompts=None, guidance=None):
-        z_0 = ddim_sample(self.eps, z_T, self.ddim_schedule(steps))
+        z_0 = ddim_sample(self.predict, z_T, self.schedule(steps))
         return ((self.decode(z_0).clamp(-1, 1) + 1) / 2).float()
 
 

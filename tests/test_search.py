@@ -38,6 +38,8 @@ def test_the_search_finds_a_known_rotation_or_crop(edit, found):
 
 def test_grid_and_undo():
     assert [len(search_grid(s)) for s in SEARCHES] == [1, 72, 136, 207]
+    # scaled with the latent side: a 64-px latent (SD at 512 px) turns every 2.5 degrees, shifts by 1/32
+    assert len(search_grid("rotation", 64)) == 144 and search_grid("crop", 64)[1].name == "crop x 0.9 -0.0938"
     assert all(search_grid(s)[0] == IDENTITY for s in SEARCHES)
     z = torch.randn(2, 4, 32, 32)
     out = undo(z, search_grid("rotation")[:3])

@@ -129,8 +129,9 @@ def noise_from_latents(model: DiffusionModel, z_0: torch.Tensor, recovery: Recov
     """Scaled latents z_0 -> z_T (float32, CPU): stage 2, ``recovery.ddim_steps`` steps of the
     model's schedule; ``refine_iters`` per step when ``recovery.exact``."""
     recovery = recovery.for_model(model.default_recovery)
-    return ddim_invert(model.eps, z_0.to(model.device, model.dtype), model.ddim_schedule(recovery.ddim_steps),
-                       exact=recovery.exact, refine_iters=refine_iters, hold=model.prediction,
+    schedule = model.schedule(recovery.ddim_steps, tuple(z_0.shape[-2:]))
+    return ddim_invert(model.predict, z_0.to(model.device, model.dtype), schedule,
+                       exact=recovery.exact, refine_iters=refine_iters, hold=model.hold,
                        callback=callback).float().cpu()
 
 
@@ -200,7 +201,7 @@ def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Re
     size = check_keys(keys, model)
     if tuple(x.shape[1:]) != (3, size, size):
         raise ValueError(f"images must be (B, 3, {size}, {size}) for these keys, got {tuple(x.shape)}")
-    transforms = search_grid(search)
+    transforms = search_grid(search, keys[0].latent_shape[-1])
     z_T, record = recover_noise(model, x, recovery, progress)
     matches = match_keys(z_T, keys, transforms, null)
     psnr = [None] * len(matches)

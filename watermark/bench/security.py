@@ -156,7 +156,7 @@ def imprint(model, covers: torch.Tensor, target: torch.Tensor, recovery: Recover
     Returns ({step: images} after each of ``checkpoints`` and after ``steps``, seconds per image
     for all ``steps``)."""
     t0 = time.perf_counter()
-    schedule = model.ddim_schedule(recovery.ddim_steps)
+    schedule = model.schedule(recovery.ddim_steps, model.latent_shape(covers.shape[-1])[1:])
     budget = 4 * 10 ** (-min_psnr / 10)  # the largest mean squared error at min_psnr (range 2)
     keep = sorted({*checkpoints, steps})
     out: dict = {k: [] for k in keep}
@@ -165,7 +165,7 @@ def imprint(model, covers: torch.Tensor, target: torch.Tensor, recovery: Recover
         delta = torch.zeros_like(x, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=lr)
         for step in range(1, steps + 1):
-            z_T = ddim_invert_graph(model.eps, model.encode((x + delta).clamp(-1, 1)), schedule, hold=model.prediction)
+            z_T = ddim_invert_graph(model.predict, model.encode((x + delta).clamp(-1, 1)), schedule, hold=model.hold)
             diff = torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(z_T - goal, dim=(-2, -1)), norm="ortho"),
                                       dim=(-2, -1))
             loss = (diff.abs().pow(2) if mask is None else diff.abs().pow(2)[..., mask]).sum() / len(x)
@@ -188,13 +188,12 @@ def regeneration(model, x: torch.Tensor, strength: float, steps: int = 10, seed:
     with torch.no_grad():
         z = model.encode(x)
         if strength > 0:
-            schedule = model.ddim_schedule(steps)
+            schedule = model.schedule(steps, z.shape[-2:])
             first = int(round((1 - strength) * steps))
-            a = schedule.alpha_bar[first]
             g = torch.Generator().manual_seed(seed)
-            z = a**0.5 * z + (1 - a) ** 0.5 * torch.randn(z.shape, generator=g)
-            for t, a_t, a_prev in list(zip(schedule.timesteps, schedule.alpha_bar, schedule.alpha_bar_prev))[first:]:
-                z = ddim_step(z, model.eps(z, t), a_t, a_prev)
+            z = schedule.a[first] * z + schedule.b[first] * torch.randn(z.shape, generator=g)
+            for t, _, _, a_next, b_next in schedule.steps()[first:]:
+                z = ddim_step(*model.predict(z, t), a_next, b_next)
         return model.decode(z).clamp(-1, 1)
 
 

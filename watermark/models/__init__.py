@@ -13,14 +13,23 @@ import torch
 
 from inversion import DTYPES as _TORCH_DTYPES
 
-from . import sd
+from . import flow_unet, flux, sd, sd3, sdxl
+from .loading import pipeline_class
 from .protocol import DiffusionModel, ModelError
 
 TINY_PATH = Path(__file__).parent / "tiny"
 TINY_SD_PATH = Path(__file__).parent / "tiny-sd"  # the same sizes, Stable Diffusion's VAE recipe
+TINY_FLOW_PATH = Path(__file__).parent / "tiny-flow"  # tiny's VAE, a rectified-flow UNet
 # names ringmark resolves itself; anything else is a hub id or a folder
 NAMED = {"tiny": TINY_PATH, "tiny-sd": TINY_SD_PATH}
-FAMILIES = (sd.load,)  # each returns its model, or None when the source is not in its layout
+# model_index.json's pipeline class -> its family's load(source, name, device, dtype); a new family
+# is one file in this folder and one line here
+FAMILIES = {
+    "StableDiffusionXLPipeline": sdxl.load,
+    "StableDiffusion3Pipeline": sd3.load,
+    "FluxPipeline": flux.load,
+    "ringmark:FlowUNet": flow_unet.load,  # the bundled tiny-flow: diffusers has no pipeline for it
+}
 DTYPES = {str(d).removeprefix("torch."): d for d in _TORCH_DTYPES}
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -47,15 +56,20 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def load_model(name: str = "tiny", device: str = "cpu", dtype: str | torch.dtype = "float32") -> DiffusionModel:
-    """Load ``tiny`` (bundled) or a checkpoint by hub id or local folder, with the first family
-    whose layout it has."""
+    """Load ``tiny`` / ``tiny-sd`` (bundled) or a checkpoint by hub id or local folder; the family
+    is the pipeline class its model_index.json names (SD 1.x/2.x, SDXL, SD3, FLUX)."""
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     source = str(NAMED.get(name, name))
-    for load in FAMILIES:
-        model = load(source, name, torch_device, torch_dtype)
-        if model is not None:
-            return model
-    raise ModelError(f"cannot load model {name!r}: not a layout ringmark knows (diffusers folder with vae/ and unet/)")
+    pipeline = pipeline_class(source, name)
+    if pipeline is None or pipeline == "StableDiffusionPipeline":
+        model = sd.load(source, name, torch_device, torch_dtype)
+        if model is None:
+            raise ModelError(f"cannot load model {name!r}: no model_index.json, and not a folder with vae/ and unet/")
+        return model
+    if pipeline not in FAMILIES:
+        raise ModelError(f"cannot load model {name!r}: its model_index.json names {pipeline}; ringmark loads "
+                         + ", ".join(["StableDiffusionPipeline", *FAMILIES]))
+    return FAMILIES[pipeline](source, name, torch_device, torch_dtype)
 
 
 def default_recovery(name: str) -> dict:

@@ -6,11 +6,11 @@ a new family is one file in this folder that implements them, plus a loader in t
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
-from inversion import DDIMSchedule
+from inversion import Schedule
 
 
 class ModelError(Exception):
@@ -47,8 +47,10 @@ class DiffusionModel(Protocol):
         """Whether the model takes a prompt."""
 
     @property
-    def prediction(self) -> Literal["eps", "v"]:
-        """What DDIM inversion holds fixed in each step's fixed point (``inversion.ddim_invert``)."""
+    def hold(self) -> Literal["eps", "v"]:
+        """Which part of the prediction DDIM inversion holds fixed in each step's fixed point
+        (``inversion.ddim.inverse_step``): "v" contracts on every schedule; "eps" is Tree-Ring's
+        step for eps-prediction checkpoints."""
 
     @property
     def default_recovery(self) -> dict:
@@ -64,11 +66,19 @@ class DiffusionModel(Protocol):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents -> images."""
 
-    def eps(self, z: torch.Tensor, t: int) -> torch.Tensor:
-        """The noise prediction at timestep t, empty prompt and guidance 1 for a conditional model."""
+    def condition(self, prompts: list[str] | None = None) -> Any:
+        """What ``predict`` is conditioned on, opaque to everything but the adapter: the prompts'
+        embeddings (and whatever else the network takes: pooled embeddings, time ids, guidance);
+        None (the empty prompt, guidance 1 where guidance is an input) is what inversion uses."""
 
-    def ddim_schedule(self, steps: int) -> DDIMSchedule:
-        """Timesteps and alpha_bar of a ``steps``-step DDIM run, the one ``generate`` takes."""
+    def predict(self, z: torch.Tensor, t: float, cond: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_0, eps) the network implies at z_t = a_t x_0 + b_t eps, whatever it predicts (eps, v,
+        a flow velocity); ``cond`` from ``condition`` (None: the empty prompt)."""
+
+    def schedule(self, steps: int, hw: tuple[int, int] | None = None) -> Schedule:
+        """Timesteps and (a, b) of a ``steps``-step deterministic run at latent size ``hw`` (default:
+        the model's), the one ``generate`` takes (``inversion.ddim``: DDIM for VP models, Euler for
+        flows; FLUX shifts its schedule by the number of image tokens)."""
 
     def generate(self, z_T: torch.Tensor, steps: int = 50, prompts: list[str] | None = None,
                  guidance: float | None = None) -> torch.Tensor:

@@ -13,15 +13,10 @@ from typing import Any
 
 import torch
 
-from inversion import DDIMSchedule, ddim_sample, ddim_schedule
+from inversion import Schedule, ddim_sample, ddim_schedule
 
+from .latent import LatentModel
 from .protocol import ModelError
-
-# Floor on alpha_bar: a zero-terminal-SNR schedule (Lin et al., WACV 2024) has alpha_bar_T = 0,
-# and every step written in eps divides by sqrt(alpha_bar_t). diffusers' EulerDiscreteScheduler
-# clamps the same way (alphas_cumprod[-1] = 2**-24) for that schedule.
-ALPHA_BAR_MIN = 2.0**-24
-
 
 # SD-family checkpoints whose folder declares no recovery take the one measured on the bundled
 # SD-faithful model, whose VAE was trained by Stable Diffusion's recipe (its ringmark.json says
@@ -42,7 +37,7 @@ def default_recovery(source: str) -> dict:
 
 
 @dataclass
-class StableDiffusionModel:
+class StableDiffusionModel(LatentModel):
     """A VAE, a UNet (eps-, v- or sample-prediction) and a DDIM scheduler, seen through the
     callables ``inversion`` works with. Latents are scaled (unit variance); images are in [-1, 1]."""
 
@@ -54,26 +49,17 @@ class StableDiffusionModel:
     tokenizer: Any = None
     key_channel: int | None = None  # from the model folder's ringmark.json, if it has one
     recovery: dict = field(default_factory=dict)  # ``default_recovery``: the folder's, else the family's
-    _empty_prompt: torch.Tensor | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def default_key_channel(self) -> int:
-        """The latent channel keys are written to by default: the last, as Tree-Ring does on
-        SD, unless the model folder says otherwise (the bundled model does, with the reason)."""
-        return self.latent_channels - 1 if self.key_channel is None else self.key_channel
-
-    @property
-    def default_recovery(self) -> dict:
-        return dict(self.recovery)
+    _empty_prompt: Any = field(default=None, repr=False, compare=False)
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
-        """The scheduler's alpha_bar_t in float64, floored at ``ALPHA_BAR_MIN``: the one place
-        the floor is applied; generation, DDIM inversion and the eps conversion all read it."""
-        return self.scheduler.alphas_cumprod.double().clamp(min=ALPHA_BAR_MIN)
+        """The scheduler's alpha_bar_t in float64 (0 at t = T on a zero-terminal-SNR schedule: no
+        step divides by it, so it needs no floor)."""
+        return self.scheduler.alphas_cumprod.double()
 
-    def ddim_schedule(self, steps: int) -> DDIMSchedule:
-        """The timesteps and alpha_bar of a ``steps``-step DDIM run with this model's scheduler."""
+    def schedule(self, steps: int, hw: tuple[int, int] | None = None) -> Schedule:
+        """The timesteps and (a, b) = (sqrt(alpha_bar), sqrt(1 - alpha_bar)) of a ``steps``-step
+        DDIM run with this model's scheduler (at any latent size ``hw``)."""
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         config = self.scheduler.config
@@ -85,25 +71,17 @@ class StableDiffusionModel:
                              float(scheduler.final_alpha_cumprod))
 
     @property
-    def prediction(self) -> str:
-        """What the UNet predicts, as DDIM inversion holds it fixed: "v" for v-prediction, else "eps"."""
-        return "v" if self.scheduler.config.prediction_type == "v_prediction" else "eps"
+    def hold(self) -> str:
+        """"eps" for eps-prediction checkpoints (Tree-Ring's inversion step), else "v"."""
+        return "eps" if self.scheduler.config.prediction_type == "epsilon" else "v"
 
     @property
-    def device(self) -> torch.device:
-        return self.unet.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+    def denoiser(self):
+        return self.unet
 
     @property
     def latent_channels(self) -> int:
         return self.unet.config.in_channels
-
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def default_size(self) -> int:
@@ -119,70 +97,66 @@ class StableDiffusionModel:
         """Image sides must be multiples of this: VAE downsampling times UNet downsampling."""
         return self.downsample * 2 ** (len(self.unet.config.block_out_channels) - 1)
 
-    def latent_shape(self, size: int) -> tuple[int, int, int]:
-        if size <= 0 or size % self.size_multiple != 0:
-            raise ModelError(f"image size must be a positive multiple of {self.size_multiple} for {self.name!r}, got {size}")
-        return (self.latent_channels, size // self.downsample, size // self.downsample)
+    def condition(self, prompts: list[str] | None = None) -> Any:
+        """The text embeddings of ``prompts`` (None for an unconditional model; the empty prompt's
+        when None, computed once: inversion asks for it at every UNet call)."""
+        if not self.conditional:
+            return None
+        if prompts in (None, [""]):
+            if self._empty_prompt is None:
+                self._empty_prompt = self._embed([""])
+            return self._empty_prompt
+        return self._embed(prompts)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Posterior mean of the VAE encoder, scaled to unit variance."""
-        return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean * self.vae.config.scaling_factor
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
-
-    def eps(self, z: torch.Tensor, t: int, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """eps(z, t) whatever the UNet predicts; ``cond`` is the text embedding of a conditional
-        model (empty prompt if None). DDIM inversion and generation both work in eps."""
+    def predict(self, z: torch.Tensor, t: int, cond: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_0, eps) from the UNet's output at z_t, whatever it predicts; ``cond`` from
+        ``condition`` (the empty prompt if None)."""
         z = z.to(self.unet.dtype)
         if not self.conditional:
             out = self.unet(z, t).sample
         else:
-            if cond is None:
-                cond = self.prompt_embeds([""])
-            if len(cond) == 1 and len(z) > 1:
-                cond = cond.expand(len(z), *cond.shape[1:])
-            out = self.unet(z, t, encoder_hidden_states=cond).sample
-        return self._as_eps(out, z, t)
+            out = self.unet(z, t, **self._unet_inputs(z, self.condition() if cond is None else cond)).sample
+        return self._as_pair(out, z, t)
 
-    def _as_eps(self, out: torch.Tensor, z: torch.Tensor, t: int) -> torch.Tensor:
-        """The UNet's output as eps, for z_t = sqrt(a) z_0 + sqrt(1 - a) eps, a = alpha_bar_t.
+    def _unet_inputs(self, z: torch.Tensor, cond: torch.Tensor) -> dict:
+        """The UNet's conditioning keywords for a batch z (SDXL adds its pooled embedding and time ids)."""
+        return {"encoder_hidden_states": batched(cond, len(z))}
 
-        v-prediction (Salimans & Ho, ICLR 2022; SD 2.x at 768 px): v = sqrt(a) eps - sqrt(1 - a) z_0,
-        so eps = sqrt(a) v + sqrt(1 - a) z_t. diffusers' DDIMScheduler does this inside ``step``;
-        inversion needs eps itself, so the conversion lives here and generation steps in eps.
+    def _as_pair(self, out: torch.Tensor, z: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The UNet's output as (x_0, eps), for z_t = a x_0 + b eps, a = sqrt(alpha_bar_t), b = sqrt(1 - alpha_bar_t).
+
+        v-prediction (Salimans & Ho, ICLR 2022; SD 2.x at 768 px, both bundled models):
+        v = a eps - b x_0, so x_0 = a z - b v and eps = b z + a v, defined at alpha_bar = 0 too.
+        diffusers' DDIMScheduler makes the same conversion inside ``step``.
         """
         kind = self.scheduler.config.prediction_type
+        ab = float(self.alphas_cumprod[int(t)])
+        a, b = ab**0.5, (1 - ab) ** 0.5
         if kind == "epsilon":
-            return out
-        a = float(self.alphas_cumprod[t])
+            return (z - b * out) / a, out
         if kind == "v_prediction":
-            return a**0.5 * out + (1 - a) ** 0.5 * z
+            return a * z - b * out, b * z + a * out
         if kind == "sample":
-            return (z - a**0.5 * out) / (1 - a) ** 0.5
+            return out, (z - a * out) / b
         raise ModelError(f"model {self.name!r}: unsupported prediction_type {kind!r}")
 
     @torch.inference_mode()
     def prompt_embeds(self, prompts: list[str]) -> torch.Tensor:
         if not self.conditional:
             raise ModelError(f"model {self.name!r} is unconditional: it takes no prompt")
-        if prompts == [""] and self._empty_prompt is not None:
-            return self._empty_prompt
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        out = self.text_encoder(ids.to(self.device))[0]
-        if prompts == [""]:
-            self._empty_prompt = out  # inversion asks for it at every UNet call
-        return out
+        return self.condition(prompts)
+
+    @torch.inference_mode()
+    def _embed(self, prompts: list[str]) -> Any:
+        """The pipeline's own text encoding, without classifier-free guidance."""
+        return self._pipeline().encode_prompt(prompts, self.device, 1, False)[0]
 
     @torch.inference_mode()
     def sample(self, z_T: torch.Tensor, steps: int = 50) -> torch.Tensor:
-        """Deterministic DDIM (eta = 0) from z_T to z_0 (scaled latents), empty prompt, guidance 1.
-
-        Steps in eps (``eps`` converts whatever the UNet predicts) on ``ddim_schedule``, the
-        schedule DDIM inversion walks back; the steps land where diffusers' DDIMScheduler lands.
-        """
-        return ddim_sample(self.eps, z_T.to(self.device, self.dtype), self.ddim_schedule(steps)).to(self.dtype)
+        """Deterministic DDIM (eta = 0) from z_T to z_0 (scaled latents), empty prompt, guidance 1,
+        on ``schedule``, the one DDIM inversion walks back; the steps land where diffusers'
+        DDIMScheduler lands."""
+        return ddim_sample(self.predict, z_T.to(self.device, self.dtype), self.schedule(steps, z_T.shape[-2:])).to(self.dtype)
 
     @torch.inference_mode()
     def generate(self, z_T: torch.Tensor, steps: int = 50, prompts: list[str] | None = None,
@@ -193,20 +167,35 @@ class StableDiffusionModel:
             if any(prompts or []) or guidance not in (None, 1.0):
                 raise ModelError(f"model {self.name!r} is unconditional: it takes no prompt or guidance")
             return ((self.decode(self.sample(z_T, steps)).float().clamp(-1, 1) + 1) / 2).cpu()
+        size = z_T.shape[-1] * self.downsample
+        out = self._pipeline()(prompt=pipeline_prompts(prompts, len(z_T)), latents=z_T.to(self.device, self.dtype),
+                               num_inference_steps=steps, guidance_scale=7.5 if guidance is None else guidance,
+                               height=size, width=size, output_type="pt")
+        return out.images.float().cpu()
+
+    def _pipeline(self):
+        """The diffusers pipeline over these modules (no copies), for generation and text encoding."""
         from diffusers import StableDiffusionPipeline
 
-        prompts = list(prompts or [""])
-        prompts = prompts * len(z_T) if len(prompts) == 1 else prompts
-        if len(prompts) != len(z_T):
-            raise ValueError(f"{len(prompts)} prompts for {len(z_T)} latents")
         pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
                                        unet=self.unet, scheduler=self.scheduler, safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
-        size = z_T.shape[-1] * self.downsample
-        out = pipe(prompt=prompts, latents=z_T.to(self.device, self.dtype), num_inference_steps=steps,
-                   guidance_scale=7.5 if guidance is None else guidance, height=size, width=size, output_type="pt")
-        return out.images.float().cpu()
+        return pipe
+
+
+def batched(t: torch.Tensor, n: int) -> torch.Tensor:
+    """A conditioning tensor of batch 1 repeated for a batch of n (a view)."""
+    return t.expand(n, *t.shape[1:]) if len(t) == 1 and n > 1 else t
+
+
+def pipeline_prompts(prompts: list[str] | None, n: int) -> list[str]:
+    """One prompt per latent: one prompt is used for all, else there must be n."""
+    prompts = list(prompts or [""])
+    prompts = prompts * n if len(prompts) == 1 else prompts
+    if len(prompts) != n:
+        raise ValueError(f"{len(prompts)} prompts for {n} latents")
+    return prompts
 
 
 def load(source: str, name: str, device: torch.device, dtype: torch.dtype) -> StableDiffusionModel | None:
@@ -222,7 +211,8 @@ def load(source: str, name: str, device: torch.device, dtype: torch.dtype) -> St
         unet_config = AutoencoderKL.load_config(source, subfolder="unet")
         unet_cls = getattr(diffusers, unet_config.get("_class_name", "UNet2DModel"))
         unet = unet_cls.from_pretrained(source, subfolder="unet", torch_dtype=dtype, low_cpu_mem_usage=False)
-        scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(source, subfolder="scheduler"))
+        # clip_sample off: our sampler never clips x_0, and the pipeline must step as it does
+        scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(source, subfolder="scheduler"), clip_sample=False)
         text_encoder = tokenizer = None
         if unet_cls.__name__ == "UNet2DConditionModel":
             import transformers

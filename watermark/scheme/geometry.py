@@ -21,9 +21,10 @@ import torch.nn.functional as F
 
 SEARCHES = ("none", "rotation", "crop", "all")
 DEFAULT_SEARCH = "all"  # `ringmark bench detect` (BENCHMARKS.md): what it costs and what it recovers
-ROTATION_STEP = 5.0  # degrees: half a step off, a bin at radius 7 moves 0.3 bins
+ROTATION_STEP = 5.0  # degrees on a 32x32 latent: half a step off, a bin at radius 7 moves 0.3 bins
 CROP_SCALES = (0.9, 0.85, 0.8, 0.75, 0.7)  # share of the side kept
-SHIFT_STEP = 1 / 16  # of the half-side: one latent pixel on a 32x32 latent
+SHIFT_STEP = 1 / 16  # of the half-side on a 32x32 latent: one latent pixel
+TUNED_SIDE = 32  # the latent side the steps above are for; default key radii grow with the side
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,22 @@ def _offsets(scale: float, step: float) -> list[float]:
     return [k * step for k in range(-n, n + 1)]
 
 
-def search_grid(search: str = DEFAULT_SEARCH, rotation_step: float = ROTATION_STEP,
-                scales: tuple[float, ...] = CROP_SCALES, shift_step: float = SHIFT_STEP) -> list[Transform]:
+def search_grid(search: str = DEFAULT_SEARCH, side: int = TUNED_SIDE, rotation_step: float | None = None,
+                scales: tuple[float, ...] = CROP_SCALES, shift_step: float | None = None) -> list[Transform]:
     """The candidates, identity first: ``rotation``, every ``rotation_step`` degrees round the
     circle; ``crop``, each scale on the width alone and the height alone (offsets every
-    ``shift_step``) and on both (offsets every 2 ``shift_step``); ``all``, both sets."""
+    ``shift_step``) and on both (offsets every 2 ``shift_step``); ``all``, both sets.
+
+    The steps default to the tuned ones scaled to a latent of ``side``: a key's radius grows with
+    the side (``keys.default_radius``), so the same bin movement needs a finer turn, and one latent
+    pixel is a smaller share of the side (a shift of a pixel turns a bin at the key's edge by the
+    same phase on any side). The grid, and the correction for it, grow with the side."""
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    if side < 1:
+        raise ValueError(f"side must be positive, got {side}")
+    rotation_step = ROTATION_STEP * TUNED_SIDE / side if rotation_step is None else rotation_step
+    shift_step = SHIFT_STEP * TUNED_SIDE / side if shift_step is None else shift_step
     grid = [IDENTITY]
     if search in ("rotation", "all"):
         grid += [rotation(d) for d in np.arange(rotation_step, 360 - 1e-9, rotation_step)]

@@ -22,7 +22,7 @@ import click
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel
+from diffusers import AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 
@@ -77,6 +77,12 @@ def make_unet(channels: tuple[int, ...] = (32, 64, 128), layers: int = 1, attent
         attention_head_dim=32,
         norm_num_groups=32,
     )
+
+
+def make_flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """Rectified flow z_s = (1 - s) x_0 + s eps, the UNet predicting the velocity eps - x_0 at
+    timestep 1000 s (Esser et al., ICML 2024), no shift: what ``models.flow_unet`` loads."""
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
 
 
 def make_scheduler(zero_snr: bool = True, prediction_type: str = "v_prediction") -> DDIMScheduler:
@@ -303,8 +309,10 @@ def encode_dataset(vae, photos, n: int, size: int, device, seed: int) -> torch.T
 
 
 def train_unet(latents, work: Path, steps: int, batch: int, lr: float, device, seed: int,
-               scheduler: DDIMScheduler, arch: dict | None = None) -> UNet2DModel:
-    """MSE on the scheduler's prediction target (eps or v); AdamW, cosine lr, EMA of the weights."""
+               scheduler, arch: dict | None = None) -> UNet2DModel:
+    """MSE on the scheduler's prediction target (eps or v; for a flow scheduler the velocity
+    eps - x_0 at s drawn logit-normal, as SD3 trains); AdamW, cosine lr, EMA of the weights."""
+    flow = isinstance(scheduler, FlowMatchEulerDiscreteScheduler)
     torch.manual_seed(seed)
     unet = make_unet(**(arch or {})).to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
@@ -322,9 +330,13 @@ def train_unet(latents, work: Path, steps: int, batch: int, lr: float, device, s
     for step in range(start, steps):
         z0 = latents[torch.randint(len(latents), (batch,), generator=gen)]
         noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(scheduler.config.num_train_timesteps, (batch,), generator=gen)
-        zt = scheduler.add_noise(z0, noise, t)
-        target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z0, noise, t)
+        if flow:
+            s = torch.sigmoid(torch.randn(batch, generator=gen))[:, None, None, None]
+            zt, target, t = (1 - s) * z0 + s * noise, noise - z0, s.flatten() * scheduler.config.num_train_timesteps
+        else:
+            t = torch.randint(scheduler.config.num_train_timesteps, (batch,), generator=gen)
+            zt = scheduler.add_noise(z0, noise, t)
+            target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z0, noise, t)
         loss = F.mse_loss(unet(zt.to(device), t.to(device)).sample, target.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -385,8 +397,8 @@ def choose_key_channel(out: Path, n: int, device: str, seed: int) -> dict:
 @click.option("--stage", type=click.Choice(["all", "vae", "unet", "refit", "key-channel"]), default="all",
               show_default=True, help="'unet' trains on the VAE in --out, 'refit' refits its encoder on the "
               "UNet's samples, 'key-channel' measures which latent channel keys go to.")
-@click.option("--schedule", type=click.Choice(["zero-snr", "sd"]), default="zero-snr", show_default=True,
-              help="zero-snr: zero terminal SNR, trailing timesteps (Lin et al.); sd: SD's schedule.")
+@click.option("--schedule", type=click.Choice(["zero-snr", "sd", "flow"]), default="zero-snr", show_default=True,
+              help="zero-snr: zero terminal SNR, trailing timesteps (Lin et al.); sd: SD's schedule; flow: rectified flow.")
 @click.option("--prediction", type=click.Choice(["v_prediction", "epsilon"]), default="v_prediction",
               show_default=True)
 @click.option("--vae-steps", default=5000, show_default=True)
@@ -443,8 +455,8 @@ def main(work, out, stage, schedule, prediction, vae_steps, vae_batch, vae_lr, v
         t0 = time.time()
         arch = dict(channels=tuple(int(c) for c in unet_channels.split(",")), layers=unet_layers,
                     attention_levels=unet_attention_levels)
-        stage_unet(photos, work, out, cache, make_scheduler(schedule == "zero-snr", prediction), arch, unet_steps,
-                   unet_batch, unet_lr, n_latents, device, seed)
+        scheduler = make_flow_scheduler() if schedule == "flow" else make_scheduler(schedule == "zero-snr", prediction)
+        stage_unet(photos, work, out, cache, scheduler, arch, unet_steps, unet_batch, unet_lr, n_latents, device, seed)
         record.update(schedule=schedule, prediction=prediction, unet_steps=unet_steps, unet_batch=unet_batch,
                       unet_lr=unet_lr, n_latents=n_latents, unet_channels=unet_channels, unet_layers=unet_layers,
                       unet_attention_levels=unet_attention_levels, unet_device=device_name,

@@ -1,0 +1,141 @@
+"""Tiny random diffusers checkpoints of each family ringmark loads, built here (no download): the
+folder layout, model_index.json and classes of the real ones, with a few thousand parameters."""
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def bytes_to_unicode():
+    """GPT-2/CLIP's byte -> printable character table (byte-level BPE alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b), cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def save_tokenizer(path: Path, max_length: int = 16) -> int:
+    """A byte-level CLIP tokenizer with no merges (every byte is a token); also stands in for
+    T5's, which needs a sentencepiece file. Returns the vocabulary size."""
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in bytes_to_unicode().values():
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    path.mkdir(parents=True)
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=max_length,
+                  pad_token="<|endoftext|>").save_pretrained(path)
+    return len(vocab)
+
+
+def clip(path: Path, vocab: int, projection: bool = False, hidden: int = 32):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(hidden_size=hidden, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                            vocab_size=vocab, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                            pad_token_id=1, projection_dim=hidden)
+    (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).save_pretrained(path)
+    return ["transformers", "CLIPTextModelWithProjection" if projection else "CLIPTextModel"]
+
+
+def t5(path: Path, vocab: int, d_model: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    T5EncoderModel(T5Config(vocab_size=vocab, d_model=d_model, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                            relative_attention_num_buckets=8, pad_token_id=1, eos_token_id=1)).save_pretrained(path)
+    return ["transformers", "T5EncoderModel"]
+
+
+def vae(path: Path, channels: int, **kwargs):
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=channels, norm_num_groups=8,
+                  sample_size=32, **kwargs).save_pretrained(path)
+    return ["diffusers", "AutoencoderKL"]
+
+
+def index(root: Path, pipeline: str, parts: dict) -> Path:
+    (root / "model_index.json").write_text(json.dumps({"_class_name": pipeline, **parts}))
+    return root
+
+
+TOKENIZER = ["transformers", "CLIPTokenizer"]
+
+
+def sdxl(root: Path) -> Path:
+    """StableDiffusionXLPipeline's layout: two text encoders (the second with projection, whose
+    pooled output and the time ids go to the UNet's added conditioning)."""
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=8,
+    ).save_pretrained(root / "unet")
+    EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                           timestep_spacing="leading", steps_offset=1).save_pretrained(root / "scheduler")
+    n = save_tokenizer(root / "tokenizer")
+    save_tokenizer(root / "tokenizer_2")
+    return index(root, "StableDiffusionXLPipeline", {
+        "vae": vae(root / "vae", 4, force_upcast=True), "unet": ["diffusers", "UNet2DConditionModel"],
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"], "text_encoder": clip(root / "text_encoder", n),
+        "text_encoder_2": clip(root / "text_encoder_2", n, projection=True), "tokenizer": TOKENIZER,
+        "tokenizer_2": TOKENIZER, "image_encoder": [None, None], "feature_extractor": [None, None],
+        "force_zeros_for_empty_prompt": True})
+
+
+def sd3(root: Path) -> Path:
+    """StableDiffusion3Pipeline's layout: an MMDiT, two CLIPs with projection and a T5, a
+    16-channel VAE with a shift factor, FlowMatchEulerDiscreteScheduler with shift 3."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    torch.manual_seed(0)
+    SD3Transformer2DModel(sample_size=16, patch_size=1, in_channels=16, num_layers=1, attention_head_dim=8,
+                          num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32,
+                          pooled_projection_dim=64, out_channels=16).save_pretrained(root / "transformer")
+    FlowMatchEulerDiscreteScheduler(shift=3.0).save_pretrained(root / "scheduler")
+    n = save_tokenizer(root / "tokenizer")
+    for name in ("tokenizer_2", "tokenizer_3"):
+        save_tokenizer(root / name)
+    return index(root, "StableDiffusion3Pipeline", {
+        "vae": vae(root / "vae", 16, shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False,
+                   use_post_quant_conv=False),
+        "transformer": ["diffusers", "SD3Transformer2DModel"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": clip(root / "text_encoder", n, projection=True),
+        "text_encoder_2": clip(root / "text_encoder_2", n, projection=True),
+        "text_encoder_3": t5(root / "text_encoder_3", n), "tokenizer": TOKENIZER, "tokenizer_2": TOKENIZER,
+        "tokenizer_3": TOKENIZER, "image_encoder": [None, None], "feature_extractor": [None, None]})
+
+
+def flux(root: Path, guidance: bool = True) -> Path:
+    """FluxPipeline's layout: a Flux transformer on 2x2-packed latents (dev: with the guidance
+    embedding; schnell: without), a CLIP and a T5, a 16-channel VAE, dynamic shifting."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                           num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                           axes_dims_rope=[4, 4, 8], guidance_embeds=guidance).save_pretrained(root / "transformer")
+    FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                    base_image_seq_len=256, max_image_seq_len=4096).save_pretrained(root / "scheduler")
+    n = save_tokenizer(root / "tokenizer")
+    save_tokenizer(root / "tokenizer_2")
+    return index(root, "FluxPipeline", {
+        "vae": vae(root / "vae", 16, shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False,
+                   use_post_quant_conv=False),
+        "transformer": ["diffusers", "FluxTransformer2DModel"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "text_encoder": clip(root / "text_encoder", n),
+        "text_encoder_2": t5(root / "text_encoder_2", n), "tokenizer": TOKENIZER, "tokenizer_2": TOKENIZER,
+        "image_encoder": [None, None], "feature_extractor": [None, None]})

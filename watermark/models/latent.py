@@ -1,0 +1,50 @@
+"""What every family's adapter shares: a VAE and a denoiser network (``denoiser``: a UNet or a
+transformer), the latent sizes they imply, and the settings a model folder declares."""
+
+from __future__ import annotations
+
+import torch
+
+from .protocol import ModelError
+
+
+class LatentModel:
+    """Mixin: needs ``vae``, ``denoiser``, ``latent_channels``, ``size_multiple``, ``name``,
+    ``key_channel`` (None: the last channel) and ``recovery``."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.denoiser.dtype
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def default_key_channel(self) -> int:
+        """The latent channel keys are written to by default: the last, as Tree-Ring does on
+        SD, unless the model folder says otherwise (the bundled models do, with the reason)."""
+        return self.latent_channels - 1 if self.key_channel is None else self.key_channel
+
+    @property
+    def default_recovery(self) -> dict:
+        return dict(self.recovery)
+
+    def latent_shape(self, size: int) -> tuple[int, int, int]:
+        if size <= 0 or size % self.size_multiple != 0:
+            raise ModelError(f"image size must be a positive multiple of {self.size_multiple} for {self.name!r}, got {size}")
+        return (self.latent_channels, size // self.downsample, size // self.downsample)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> the latents the denoiser sees: the posterior mean, less the VAE's shift
+        factor (SD3, FLUX), times its scaling factor (unit variance)."""
+        shift = self.vae.config.get("shift_factor") or 0.0
+        return (self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean - shift) * self.vae.config.scaling_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        shift = self.vae.config.get("shift_factor") or 0.0
+        return self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor + shift).sample
