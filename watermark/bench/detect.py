@@ -26,7 +26,7 @@ from ..pipeline import Recovery, latents_from_images, noise_from_latents, recove
 from ..scheme.detection import corrected, match_keys, statistics
 from ..scheme.embedding import watermarked_latents
 from ..scheme.geometry import DEFAULT_SEARCH, search_grid, undo
-from ..scheme.keys import DEFAULT_PATTERN, Key, new_key
+from ..scheme.keys import Key, new_key
 from . import report
 from .attacks import ATTACKS, attack
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MIN_SIDE = 16
@@ -100,7 +100,6 @@ def _decode(source, size: int) -> Loaded:
     notes = []
     bomb = ImageError("too many pixels (possible decompression bomb)")
     try:
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
         with Image.open(source) as im:
             # Pillow only warns between 1x and 2x its limit; checked here, before decoding, without
             # turning warnings into errors (a process-wide setting, not safe across threads)

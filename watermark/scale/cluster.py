@@ -22,10 +22,9 @@ def require_ray():
 
 
 def cluster_address(address: str | None = None) -> str | None:
-    """The cluster to join: ``address``, else RAY_ADDRESS; None: a local Ray on this machine."""
-    if not os.environ.get("RAY_ADDRESS", "x").strip():
-        del os.environ["RAY_ADDRESS"]  # set but empty: Ray would refuse it as an address
-    return address or os.environ.get("RAY_ADDRESS")
+    """The cluster to join: ``address``, else RAY_ADDRESS (ignored when set but empty); None: a
+    local Ray on this machine. The environment is read, not changed."""
+    return address or os.environ.get("RAY_ADDRESS", "").strip() or None
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool = True):
@@ -38,7 +37,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         return ray
     address = cluster_address(address)
     try:
-        ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+        # "local": a new Ray here, whatever RAY_ADDRESS holds (ray.init reads it when address is None)
+        ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
                  logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ScaleError(f"cannot {'join the Ray cluster at ' + address if address else 'start a local Ray'}: "

@@ -41,10 +41,19 @@ def dof(spectrum: torch.Tensor, key: Key) -> torch.Tensor:
     return torch.cat([2**0.5 * pairs.real, 2**0.5 * pairs.imag, selfs], dim=-1).flatten(-2)
 
 
-@functools.lru_cache(maxsize=8192)
+def _kept_on(key: Key, name: str, make) -> torch.Tensor:
+    """``make()``, computed once per key object and kept on it, so it lives as long as the key
+    does: no process-wide cache of secret-derived values, none to thrash with many keys."""
+    value = key.__dict__.get(name)
+    if value is None:
+        value = make()
+        object.__setattr__(key, name, value)  # a frozen dataclass: not a field, so not compared or saved
+    return value
+
+
 def key_window(key: Key) -> torch.Tensor:
     """(c, 2r+1, 2r+1): the key's values on its channels, in the centred window the test reads."""
-    return _window(key.pattern_values()[list(key.channels)], key.radius)
+    return _kept_on(key, "_window", lambda: _window(key.pattern_values()[list(key.channels)], key.radius))
 
 
 def _window(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -153,12 +162,14 @@ def _outside(key: Key) -> torch.Tensor:
     return one.repeat(len(key.channels))
 
 
-@functools.lru_cache(maxsize=8192)
 def direction(key: Key) -> torch.Tensor:
     """The key's unit vector k/|k| in its degrees of freedom (``dof``), unwhitened: how alike
     two keys' patterns are."""
-    k = dof(key.pattern_values()[list(key.channels)], key)
-    return k / k.norm()
+    def make():
+        k = dof(key.pattern_values()[list(key.channels)], key)
+        return k / k.norm()
+
+    return _kept_on(key, "_direction", make)
 
 
 def t_statistic(z: torch.Tensor, k_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
