@@ -87,10 +87,11 @@ class Verify:
         return np.concatenate(out)
 
 
-def removal_target(z_T: torch.Tensor, key: Key) -> torch.Tensor:
-    """z_T with the key's bins overwritten by another (random) key's values: where imprinting
-    removal sends the inversion."""
-    decoy = new_key(key.model, tuple(key.latent_shape), key.pattern, key.radius, key.channels)
+def removal_target(z_T: torch.Tensor, key: Key, seed: int = 1) -> torch.Tensor:
+    """z_T with the key's bins overwritten by another key's values (drawn from ``seed``, so a run
+    repeats: with unseeded decoys the TPR left after 20 steps ranged over 0-88 % on 8 images):
+    where imprinting removal sends the inversion."""
+    decoy = new_key(key.model, tuple(key.latent_shape), key.pattern, key.radius, key.channels, seed=seed)
     return inject(z_T.double(), decoy).float()
 
 
