@@ -21,7 +21,7 @@ TINY_PATH = Path(__file__).parent / "tiny"
 TINY_SD_PATH = Path(__file__).parent / "tiny-sd"  # the same sizes, Stable Diffusion's VAE recipe
 TINY_FLOW_PATH = Path(__file__).parent / "tiny-flow"  # tiny's VAE, a rectified-flow UNet
 # names ringmark resolves itself; anything else is a hub id or a folder
-NAMED = {"tiny": TINY_PATH, "tiny-sd": TINY_SD_PATH}
+NAMED = {"tiny": TINY_PATH, "tiny-sd": TINY_SD_PATH, "tiny-flow": TINY_FLOW_PATH}
 # model_index.json's pipeline class -> its family's load(source, name, device, dtype); a new family
 # is one file in this folder and one line here
 FAMILIES = {

@@ -18,6 +18,11 @@ class FlowUNetModel(FlowModel):
     def conditional(self) -> bool:
         return False
 
+    @property
+    def size_multiple(self) -> int:
+        """VAE downsampling times UNet downsampling, as for the SD family."""
+        return self.downsample * 2 ** (len(self.transformer.config.block_out_channels) - 1)
+
     def condition(self, prompts: list[str] | None = None, guidance: float | None = None) -> None:
         return None
 
