@@ -12,7 +12,6 @@ from click.testing import CliRunner
 
 from watermark import api
 from watermark.cli import main
-from watermark.io.images import to_tensor
 from watermark.io.keyfile import save_key
 from watermark.io.keyring import add_to_keyring, load_keyring, load_keys, save_keyring
 from watermark.models import get_model
