@@ -131,11 +131,16 @@ def test_concurrent_additions_are_not_lost(tmp_path):
     assert not [f for f in tmp_path.iterdir() if f.name != "ring.json"]  # no lock file or temporary left
 
 
-def test_a_fresh_key_per_image_from_a_keyring(tmp_path):
+def test_a_fresh_key_per_image_from_a_keyring(tmp_path, monkeypatch):
     """keygen -n fills a ring; embed with the ring gives each image a key drawn from it, recorded in
-    the manifest, and verify against the ring finds that key."""
+    the manifest, and verify against the ring finds that key (tiny-sd, whose marks are strong at 10
+    steps; the draw is seeded here so the test repeats: embed itself draws with ``secrets``)."""
+    import secrets
+
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(secrets, "randbelow", lambda n: int(rng.integers(n)))
     ring = tmp_path / "ring.json"
-    made = run("keygen", "--keyring", ring, "-n", 32, "-q")
+    made = run("keygen", "--keyring", ring, "-n", 32, "--model", "tiny-sd", "-q")
     assert made.exit_code == 0, made.output
     assert json.loads(made.stdout) == {"keyring": str(ring), "added": 32}
     assert stat.S_IMODE(ring.stat().st_mode) == 0o600
@@ -147,6 +152,6 @@ def test_a_fresh_key_per_image_from_a_keyring(tmp_path):
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     used = [r["key_id"] for r in manifest]
     assert set(used) <= {k.key_id for k in keys}
-    assert len(set(used)) > 1  # six draws from 32 keys all alike: probability 32^-5
+    assert len(set(used)) > 1
     for r, found in zip(manifest, api.verify([str(out)], [ring], Recovery(ddim_steps=10))):
         assert found.watermarked and found.key_id == r["key_id"] and found.keys_tested == 32
