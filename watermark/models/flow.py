@@ -77,13 +77,7 @@ class FlowModel(LatentModel):
         return flow_schedule(scheduler.sigmas.tolist(), scheduler.timesteps.tolist())
 
     def _set_timesteps(self, scheduler, steps: int, tokens: int) -> None:
-        kwargs = {}
-        if scheduler.config.get("use_dynamic_shifting", False):
-            from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-            c = scheduler.config
-            kwargs["mu"] = calculate_shift(tokens, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
-                                           c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+        kwargs = {"mu": mu(scheduler, tokens)} if scheduler.config.get("use_dynamic_shifting", False) else {}
         scheduler.set_timesteps(steps, **kwargs)
 
     def condition(self, prompts: list[str] | None = None, guidance: float | None = None) -> Any:
@@ -127,3 +121,13 @@ class FlowModel(LatentModel):
 
     def _velocity(self, z: torch.Tensor, t: float, cond: Any) -> torch.Tensor:
         raise NotImplementedError
+
+
+def mu(scheduler, tokens: int) -> float:
+    """The dynamic shift for ``tokens`` image tokens, from the scheduler's config, as diffusers'
+    FLUX and SD3.5 pipelines compute it."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    c = scheduler.config
+    return calculate_shift(tokens, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                           c.get("base_shift", 0.5), c.get("max_shift", 1.15))

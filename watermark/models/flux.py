@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .flow import FlowModel
+from .flow import FlowModel, mu
 from .loading import load_pipeline
 from .sd import batched, default_recovery, settings
 
@@ -53,12 +53,7 @@ class FluxModel(FlowModel):
 
     def _set_timesteps(self, scheduler, steps: int, tokens: int) -> None:
         """FluxPipeline's sigmas, linspace(1, 1 / steps), shifted by mu from the image tokens."""
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-        c = scheduler.config
-        mu = calculate_shift(tokens, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
-                             c.get("base_shift", 0.5), c.get("max_shift", 1.15))
-        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps).tolist(), mu=mu)
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps).tolist(), mu=mu(scheduler, tokens))
 
     def pipeline_latents(self, z_T: torch.Tensor) -> torch.Tensor:
         return pack(z_T.to(self.device, self.dtype))

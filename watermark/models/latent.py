@@ -39,12 +39,19 @@ class LatentModel:
             raise ModelError(f"image size must be a positive multiple of {self.size_multiple} for {self.name!r}, got {size}")
         return (self.latent_channels, size // self.downsample, size // self.downsample)
 
+    @property
+    def codec(self):
+        """The VAE that encodes and decodes (SDXL: a float32 copy where float16 overflows)."""
+        return self.vae
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> the latents the denoiser sees: the posterior mean, less the VAE's shift
         factor (SD3, FLUX), times its scaling factor (unit variance)."""
-        shift = self.vae.config.get("shift_factor") or 0.0
-        return (self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean - shift) * self.vae.config.scaling_factor
+        vae = self.codec
+        shift = vae.config.get("shift_factor") or 0.0
+        return (vae.encode(x.to(vae.dtype)).latent_dist.mean - shift) * vae.config.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        shift = self.vae.config.get("shift_factor") or 0.0
-        return self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor + shift).sample
+        vae = self.codec
+        shift = vae.config.get("shift_factor") or 0.0
+        return vae.decode(z.to(vae.dtype) / vae.config.scaling_factor + shift).sample

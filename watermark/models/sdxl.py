@@ -7,7 +7,7 @@ The VAE of SDXL 1.0 overflows in float16 (``force_upcast``): it is kept in float
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,15 +22,15 @@ class StableDiffusionXLModel(StableDiffusionModel):
     tokenizer_2: Any = None
     vae_float32: Any = None  # a float32 copy of a float16 VAE that must not run in float16 (force_upcast)
 
+    @property
+    def codec(self):
+        return self.vae if self.vae_float32 is None else self.vae_float32
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        if self.vae_float32 is None:
-            return super().encode(x)
-        return replace(self, vae=self.vae_float32).encode(x).to(self.dtype)
+        return super().encode(x).to(self.dtype)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        if self.vae_float32 is None:
-            return super().decode(z)
-        return replace(self, vae=self.vae_float32).decode(z).to(self.dtype)
+        return super().decode(z).to(self.dtype)
 
     @torch.inference_mode()
     def _embed(self, prompts: list[str]) -> dict:
