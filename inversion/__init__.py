@@ -15,10 +15,10 @@ from .encoder import encoder
 from .fixed_point import fixed_point
 from .gradient import gradient
 from .inertial_km import inertial_km
-from .methods import METHODS, invert_decoder
+from .methods import ITERATIVE, METHODS, invert_decoder
 from .record import InversionRecord
 
 __all__ = [
-    "DTYPES", "METHODS", "InversionRecord", "Schedule", "adam", "ddim_invert", "ddim_sample", "ddim_schedule",
+    "DTYPES", "ITERATIVE", "METHODS", "InversionRecord", "Schedule", "adam", "ddim_invert", "ddim_sample", "ddim_schedule",
     "ddim_step", "encoder", "fixed_point", "flow_schedule", "gradient", "inertial_km", "inverse_step", "invert_decoder",
 ]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # the precisions the networks may run in
+# the precisions the networks may run in, by the name users give them
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def check_common(iters: int, tol: float | None, dtype) -> None:
@@ -12,8 +13,8 @@ def check_common(iters: int, tol: float | None, dtype) -> None:
         raise ValueError(f"iters must be a non-negative integer, got {iters!r}")
     if tol is not None and not tol > 0:
         raise ValueError(f"tol must be positive or None, got {tol!r}")
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if dtype is not None and dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be one of {tuple(DTYPES.values())}, got {dtype!r}")
 
 
 def check_positive(name: str, value: float) -> None:

@@ -23,7 +23,7 @@ def adam(
     lr: float = 0.01,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
-    final_lr: float = 0.1,
+    final_lr_factor: float = 0.1,
     tol: float | None = None,
     dtype: torch.dtype | None = None,
     callback: Callable | None = None,
@@ -31,7 +31,7 @@ def adam(
     """Adam on the residual T(z) = E(D(z)) - E(x), Hong et al. (NeurIPS 2024), Sec. 4.
 
     ``lr`` is for unit-variance (scaled) latents, as the paper's 0.01 for Stable Diffusion.
-    Schedule: linear warm-up over 10% of ``iters``, cosine down to ``final_lr * lr`` at 80%,
+    Schedule: linear warm-up over 10% of ``iters``, cosine down to ``final_lr_factor * lr`` at 80%,
     held there. The Adam moments are written out here rather than taken from torch.optim,
     because samples of a batch stop one by one (``tol``) and their moments must freeze too.
     """
@@ -40,7 +40,7 @@ def adam(
     if not all(0 <= b < 1 for b in betas):
         raise ValueError(f"betas must be in [0, 1), got {betas!r}")
     dtype = dtype or x.dtype
-    run = ResidualTracker("adam", encode, decode, x, dtype, tol, callback)
+    run = ResidualTracker("adam", encode, decode, x, dtype=dtype, tol=tol, callback=callback)
     z = (run.Ex if z0 is None else z0).float().clone()
     m, v = torch.zeros_like(z), torch.zeros_like(z)
     step = torch.zeros(len(z), device=z.device)
@@ -52,7 +52,7 @@ def adam(
         m[idx] = betas[0] * m[idx] + (1 - betas[0]) * r  # 2. first and second moments
         v[idx] = betas[1] * v[idx] + (1 - betas[1]) * r * r
         m_hat, v_hat = m[idx] / (1 - betas[0] ** t), v[idx] / (1 - betas[1] ** t)  # 3. bias correction
-        lr_k = lr * cosine_warmup(k, iters, warmup=0.1, hold=0.8, final=final_lr)
+        lr_k = lr * cosine_warmup(k, iters, warmup=0.1, hold=0.8, final=final_lr_factor)
         z[idx] -= lr_k * m_hat / (v_hat.sqrt() + eps)  # 4. Adam update
         if run.done:
             break

@@ -93,7 +93,7 @@ def inverse_step(z_next: torch.Tensor, z: torch.Tensor, x0: torch.Tensor, eps: t
     - "eps": eps held, x0 = (z - b eps) / a: Tree-Ring's and Hong et al.'s step. Undefined at
       a = 0; it does not contract where eps(z) ~ z.
 
-    Both solve the same equation; they reach its fixed point differently.
+    With ``exact=True`` both solve the same implicit equation; they reach its fixed point differently.
     """
     if hold == "eps":
         return a / a_next * (z_next - b_next * eps) + b * eps
@@ -142,7 +142,8 @@ def ddim_invert_graph(
     for i, (t, a, b, a_next, b_next) in enumerate(schedule.steps()[::-1]):
         z_next = z
         for _ in range(1 + (refine_iters if exact else 0)):  # 1. naive: the prediction at z_next; 2. fixed point
-            z = inverse_step(z_next, z, *predict(z, t, **extra_args), a, b, a_next, b_next, hold)
+            x0, eps = predict(z, t, **extra_args)
+            z = inverse_step(z_next, z, x0, eps, a=a, b=b, a_next=a_next, b_next=b_next, hold=hold)
         if callback is not None:
             callback({"i": i, "t": t, "z": z})
     return z

@@ -34,7 +34,7 @@ def fixed_point(
     check_common(iters, tol, dtype)
     check_positive("rho", rho)
     dtype = dtype or x.dtype
-    run = ResidualTracker("fixed_point", encode, decode, x, dtype, tol, callback)
+    run = ResidualTracker("fixed_point", encode, decode, x, dtype=dtype, tol=tol, callback=callback)
     z = (run.Ex if z0 is None else z0).float().clone()
     for k in range(iters):
         idx, r = run.residual(z, k)  # 1. T(z_k) = E(D(z_k)) - E(x)

@@ -39,8 +39,8 @@ def gradient(
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be one of {('cosine', 'constant')}, got {schedule!r}")
     with torch.inference_mode(False):  # tensors made in inference mode cannot enter autograd: copy them
-        return _adam_through_decoder(encode, decode, x.clone(), None if z0 is None else z0.clone(), iters, lr,
-                                     schedule, dtype, callback)
+        return _adam_through_decoder(encode, decode, x.clone(), None if z0 is None else z0.clone(), iters=iters, lr=lr,
+                                     schedule=schedule, dtype=dtype, callback=callback)
 
 
 def _adam_through_decoder(encode, decode, x, z0, iters, lr, schedule, dtype, callback):

@@ -43,7 +43,7 @@ def inertial_km(
             f"(the largest lam for this alpha is {(1 - alpha) ** 2 / (1 - alpha + 2 * alpha**2):.4g})"
         )
     dtype = dtype or x.dtype
-    run = ResidualTracker("inertial_km", encode, decode, x, dtype, tol, callback)
+    run = ResidualTracker("inertial_km", encode, decode, x, dtype=dtype, tol=tol, callback=callback)
     z = (run.Ex if z0 is None else z0).float().clone()
     z_prev = z.clone()
     for k in range(iters):

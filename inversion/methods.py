@@ -21,6 +21,7 @@ METHODS: dict[str, Callable] = {
     "inertial_km": inertial_km,
     "adam": adam,
 }
+ITERATIVE = frozenset(METHODS) - {"encoder"}  # the methods that take iterations; the encoder runs none
 
 
 def invert_decoder(

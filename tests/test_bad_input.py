@@ -10,7 +10,7 @@ from PIL import Image
 
 from watermark.cli import main
 
-FAST = ["--iters", "1", "--ddim-steps", "2"]
+FAST = ["--ddim-steps", "2"]  # the model's decoder inversion (the encoder), 2 DDIM steps
 
 
 def rgb(side=64):

@@ -15,7 +15,7 @@ from watermark.cli import main
 from watermark.io.keyfile import save_key
 from watermark.io.keyring import add_to_keyring, load_keyring, load_keys, save_keyring
 from watermark.models import get_model
-from watermark.pipeline import Recovery, detect
+from watermark.pipeline import Decision, Recovery, detect
 from watermark.scheme.embedding import watermarked_latents
 from watermark.scheme.keys import KeyFileError, new_key
 
@@ -106,7 +106,7 @@ def test_the_right_key_wins_among_64_and_clean_images_stay_clean():
     z = torch.cat([watermarked_latents(keyring[i], seeds=[i]) for i in carried]
                   + [watermarked_latents(keyring[0], seeds=[s], watermark=False) for s in (7, 8, 9)])
     images = model.generate(z, 10) * 2 - 1
-    found = detect(model, images, keyring, Recovery(ddim_steps=10), alpha=0.01)
+    found = detect(model, images, keyring, Recovery(ddim_steps=10), Decision(alpha=0.01))
     assert [d.key_id for d in found[:3]] == [keyring[i].key_id for i in carried]
     assert all(d.watermarked and d.p_value < 1e-6 for d in found[:3])
     assert not any(d.watermarked for d in found[3:])

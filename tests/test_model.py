@@ -173,9 +173,11 @@ def test_recovery_refuses_bad_settings():
     from watermark.pipeline import Recovery
 
     for kwargs, message in ((dict(method="newton"), "must be one of"), (dict(iters=-1), "non-negative"),
-                            (dict(ddim_steps=0), "positive")):
+                            (dict(ddim_steps=0), "positive"), (dict(method="encoder", iters=50), "no iterations")):
         with pytest.raises(ValueError, match=message):
             Recovery(**kwargs)
+    with pytest.raises(ValueError, match="runs no iterations"):  # iterations for a model whose default is the encoder
+        Recovery(iters=5).for_model({"method": "encoder"})
 
 
 def test_for_model_fills_only_what_is_unset():
@@ -189,7 +191,7 @@ def test_for_model_fills_only_what_is_unset():
     assert Recovery(iters=3).for_model(declared) == Recovery("fixed_point", 3, 5)
     assert Recovery("adam").for_model(declared) == Recovery("adam", DEFAULT_ITERS, 5)
     assert Recovery(ddim_steps=50, exact=True).for_model(declared) == Recovery("fixed_point", 20, 50, True)
-    assert Recovery().for_model({}) == Recovery("encoder", DEFAULT_ITERS, DEFAULT_STEPS)
+    assert Recovery().for_model({}) == Recovery("encoder", 0, DEFAULT_STEPS)  # the encoder runs no iterations
     resolved = Recovery().for_model(declared)
     assert resolved.for_model({"method": "adam", "ddim_steps": 9}) == resolved  # resolving twice changes nothing
 

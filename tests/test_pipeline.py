@@ -9,7 +9,7 @@ import torch
 from inversion import ddim_sample, ddim_schedule
 from watermark import Recovery, detect, make_key, watermarked_latents
 from watermark.models import DiffusionModel
-from watermark.pipeline import decide
+from watermark.pipeline import Decision
 
 
 @dataclass
@@ -63,10 +63,10 @@ def test_a_new_family_is_one_class_and_the_pipeline_runs_on_it():
     wm = toy.generate(watermarked_latents(key, seeds=range(6)), steps=10) * 2 - 1
     clean = toy.generate(watermarked_latents(key, seeds=range(6), watermark=False), steps=10) * 2 - 1
     recovery = Recovery("fixed_point", iters=3, ddim_steps=10)
-    found = detect(toy, torch.cat([wm, clean]), [key], recovery, alpha=0.01)
+    found = detect(toy, torch.cat([wm, clean]), [key], recovery, Decision(alpha=0.01))
     assert [d.watermarked for d in found] == [True] * 6 + [False] * 6, [d.p_value for d in found]
     assert all(d.key_id == key.key_id and d.keys_tested == 1 for d in found)
-    by_default = detect(toy, wm[:2], [key], alpha=0.01)  # Recovery(): the family's declared recovery
+    by_default = detect(toy, wm[:2], [key])  # Recovery(): the family's declared recovery
     assert [d.iterations for d in by_default] == [3, 3] and all(d.watermarked for d in by_default)
 
 
@@ -76,14 +76,17 @@ def test_detect_checks_the_image_size_and_alpha():
     with pytest.raises(ValueError, match=r"images must be \(B, 3, 32, 32\)"):
         detect(toy, torch.zeros(1, 3, 64, 64), [key])
     with pytest.raises(ValueError, match="alpha"):
-        detect(toy, torch.zeros(1, 3, 32, 32), [key], alpha=1.0)
+        Decision(alpha=1.0)
+    with pytest.raises(ValueError, match="search"):
+        Decision(search="everything")
 
 
 def test_weak_evidence_is_within_a_factor_ten_of_alpha_either_side():
-    assert decide(1e-9, 0.01) == (True, False)
-    assert decide(0.005, 0.01) == (True, True)
-    assert decide(0.05, 0.01) == (False, True)
-    assert decide(0.5, 0.01) == (False, False)
+    decide = Decision(alpha=0.01).decide
+    assert decide(1e-9) == (True, False)
+    assert decide(0.005) == (True, True)
+    assert decide(0.05) == (False, True)
+    assert decide(0.5) == (False, False)
 
 
 def test_watermarked_latents_by_seeds_generator_device_and_dtype():

@@ -116,13 +116,14 @@ def test_a_worker_turns_any_failure_into_rows(scale_world, monkeypatch):
     import numpy as np
 
     from watermark.io.keyfile import load_key
-    from watermark.pipeline import Recovery
+    from watermark.pipeline import Decision, Recovery
     from watermark.scale import scan
 
     root, images, reference = scale_world
     files = [str(images / "wm" / "00000.png"), str(images / "wm" / "00001.png")]
     batch = {"path": np.array(files), "bytes": [open(f, "rb").read() for f in files]}
-    worker = scan.ScanWorker([load_key(root / "key.json")], Recovery(), 0.01, "all", "cpu", "float32", 1)
+    worker = scan.ScanWorker([load_key(root / "key.json")], Recovery(), Decision(), device="cpu", dtype="float32",
+                             threads=1)
     real = scan.decode_image
 
     def flaky(data, size):

@@ -23,11 +23,11 @@ TOKEN = "test-token-0123456789"
 def server(ray_local, scale_world):
     from ray import serve
 
-    from watermark.scale.serve import start
+    from watermark.scale.serve import Service, start
 
     root, images, reference = scale_world
     keys, _ = load_keys([root / "key.json"])
-    url = start(keys, token=TOKEN, port=free_port(), device="cpu", max_upload_mb=1, max_batch=8)
+    url = start(keys, service=Service(token=TOKEN, port=free_port(), max_upload_mb=1, max_batch=8), device="cpu")
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
     yield client, images, reference, keys
     client.close()
@@ -136,13 +136,13 @@ def test_full_queue_answers_503_and_the_service_goes_on(server, scale_world):
     """A second app with a queue of 2 and batches of 1: a burst of 24 gets 503s, never a crash."""
     from ray import serve
 
-    from watermark.pipeline import Recovery
-    from watermark.scale.serve import VerifyService
+    from watermark.pipeline import Decision, Recovery
+    from watermark.scale.serve import Service, VerifyService
 
     client, images, _, keys = server
     tight = VerifyService.options(num_replicas=1, max_ongoing_requests=1, max_queued_requests=2,
                                   ray_actor_options={"num_cpus": 1}).bind(
-        keys, Recovery(), 0.01, "all", "cpu", "float32", None, 20.0, 1, 0.0, 1)
+        keys, Recovery(), Decision(), Service(max_batch=1, batch_wait_ms=0.0), device="cpu", dtype="float32")
     serve.run(tight, name="tight", route_prefix="/tight")
     try:
         with concurrent.futures.ThreadPoolExecutor(24) as pool:

@@ -1,6 +1,7 @@
 """ringmark: Tree-Ring-style watermarks in the initial noise of latent diffusion models.
 
     from watermark import keygen, embed, verify, Recovery       # files in, files and results out
+    from watermark import Decision                              # alpha, search and defences, for detect
     from watermark import get_model, detect, watermarked_latents  # the same on tensors
     from watermark import calibrate                               # a model's null model
 """
@@ -11,7 +12,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "keygen": "api", "add_keys": "api", "embed": "api", "verify": "api", "Generated": "api",
     "Result": "verifier", "Verifier": "verifier",
-    "Recovery": "pipeline", "Detection": "pipeline", "detect": "pipeline", "recover_noise": "pipeline",
+    "Recovery": "pipeline", "Decision": "pipeline", "Detection": "pipeline", "detect": "pipeline", "recover_noise": "pipeline",
     "make_key": "pipeline",
     "Key": "scheme.keys", "watermarked_latents": "scheme.embedding",
     "load_key": "io.keyfile", "save_key": "io.keyfile",

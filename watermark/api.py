@@ -11,6 +11,7 @@ Arguments, key files and paths are checked before any model loads. The work on t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -25,7 +26,7 @@ from .io.images import ImageError, Loaded, find_images, load_image, require_usab
 from .io.keyfile import check_writable, load_key, read_json, save_key
 from .io.keyring import check_collision, is_keyring, load_keyring, load_keys, locked, save_keyring
 from .models import ModelError, get_model
-from .pipeline import Recovery, check_keys, check_size, make_key
+from .pipeline import Decision, Recovery, check_key_set, check_keys, check_size, make_key
 from .scheme.embedding import watermarked_latents
 from .scheme.geometry import DEFAULT_SEARCH
 from .scheme.keys import DEFAULT_PATTERN, PATTERNS, Key, KeyFileError
@@ -39,7 +40,7 @@ class OutputError(Exception):
 KEYGEN_DRAWS = 100  # fresh seeds tried before a keyring is declared full for this pattern
 
 
-def keygen(output: str | os.PathLike | None, model: str = "tiny", size: int | None = None,
+def keygen(output: str | os.PathLike | None, model: str = "tiny", *, size: int | None = None,
            pattern: str = DEFAULT_PATTERN, radius: int | None = None, channels: tuple[int, ...] | None = None,
            seed: int | None = None, force: bool = False, keyring: str | os.PathLike | None = None) -> Key:
     """A new key for ``model`` at ``size`` px (default: the model's), saved to ``output`` if given.
@@ -47,49 +48,54 @@ def keygen(output: str | os.PathLike | None, model: str = "tiny", size: int | No
     ``keyring``: also add it to that keyring file (created if missing). A key too close to one
     already there (``io.keyring.MAX_SIMILARITY``) is redrawn, up to KEYGEN_DRAWS times; a key
     from a given ``seed`` is refused instead."""
-    if pattern not in PATTERNS:
-        raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
-    check_size(size)
+    _check_key_settings(pattern, size)
     if output is not None:
         check_writable(output, force)
-    m = get_model(model)
-    key = (_draw(m, model, size, pattern, radius, channels, seed, [], None) if keyring is None
-           else _add(keyring, m, model, size, pattern, radius, channels, [seed])[0])
+    make = functools.partial(make_key, get_model(model), model_name=model, size=size, pattern=pattern, radius=radius,
+                             channels=channels)
+    key = _draw(make, seed, existing=[], keyring=None) if keyring is None else _add(keyring, make, [seed])[0]
     if output is not None:
         save_key(key, output, force=force)
     return key
 
 
-def add_keys(keyring: str | os.PathLike, n: int, model: str = "tiny", size: int | None = None,
+def add_keys(keyring: str | os.PathLike, n: int, model: str = "tiny", *, size: int | None = None,
              pattern: str = DEFAULT_PATTERN, radius: int | None = None,
              channels: tuple[int, ...] | None = None) -> list[Key]:
     """``n`` new keys added to ``keyring`` (created if missing), each drawn as ``keygen`` draws one:
     the ring for a fresh key per image (``embed`` with a keyring; README, "Threats")."""
-    if pattern not in PATTERNS:
-        raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
+    _check_key_settings(pattern, size)
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
+    make = functools.partial(make_key, get_model(model), model_name=model, size=size, pattern=pattern, radius=radius,
+                             channels=channels)
+    return _add(keyring, make, [None] * n)
+
+
+def _check_key_settings(pattern: str, size: int | None) -> None:
+    """Refuse a pattern or size no model is needed to refuse (before one loads)."""
+    if pattern not in PATTERNS:
+        raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
     check_size(size)
-    return _add(keyring, get_model(model), model, size, pattern, radius, channels, [None] * n)
 
 
-def _add(keyring, m, model: str, size, pattern, radius, channels, seeds: list) -> list[Key]:
-    """New keys, one per seed, added to ``keyring`` under its lock (read, check, write)."""
+def _add(keyring, make: Callable[..., Key], seeds: list) -> list[Key]:
+    """New keys from ``make(seed=...)``, one per seed, added to ``keyring`` under its lock (read, check, write)."""
     path = Path(keyring)
     with locked(path.resolve().parent):
         existing = load_keyring(path)[0] if path.exists() else []
         new = []
         for seed in seeds:
-            new.append(_draw(m, model, size, pattern, radius, channels, seed, existing + new, keyring))
+            new.append(_draw(make, seed, existing=existing + new, keyring=keyring))
         save_keyring(existing + new, path, force=path.exists())
     return new
 
 
-def _draw(m, model: str, size, pattern, radius, channels, seed, existing: list[Key], keyring) -> Key:
-    """A key not too close to any of ``existing`` (redrawn up to KEYGEN_DRAWS times; one from a
-    given ``seed`` is refused instead)."""
+def _draw(make: Callable[..., Key], seed: int | None, existing: list[Key], keyring) -> Key:
+    """A key from ``make`` not too close to any of ``existing`` (redrawn up to KEYGEN_DRAWS times;
+    one from a given ``seed`` is refused instead)."""
     for draw in range(1 if seed is not None else KEYGEN_DRAWS):
-        key = make_key(m, model, size, pattern, radius, channels, seed)
+        key = make(seed=seed)
         try:
             check_collision(key, existing)
             return key
@@ -97,7 +103,7 @@ def _draw(m, model: str, size, pattern, radius, channels, seed, existing: list[K
             if seed is not None or draw == KEYGEN_DRAWS - 1:
                 raise KeyFileError(f"{keyring}: {e}" + ("" if seed is not None else
                                    f"; {KEYGEN_DRAWS} fresh keys all collided: this keyring is full for "
-                                   f"pattern {pattern!r}")) from None
+                                   f"pattern {key.pattern!r}")) from None
 
 
 def _as_key(key: Key | str | os.PathLike) -> Key:
@@ -144,9 +150,9 @@ def _check_outputs(outdir: Path, names: list[str], force: bool) -> None:
                           + (f" ({len(clash)} files)" if len(clash) > 1 else ""))
 
 
-def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, prompts: list[str] | None = None, seed: int = 0,
-          steps: int = 50, guidance: float | None = None, watermark: bool = True, force: bool = False,
-          device: str = "cpu", dtype: str = "float32", batch: int = 8,
+def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, prompts: list[str] | None = None,
+          seed: int = 0, steps: int = 50, guidance: float | None = None, watermark: bool = True,
+          force: bool = False, device: str = "cpu", dtype: str = "float32", batch: int = 8,
           progress: Callable[[int], None] | None = None) -> list[Generated]:
     """Generate ``n`` images from z_T carrying ``key`` (or clean controls), seeds seed..seed+n-1.
 
@@ -183,8 +189,8 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, pro
         images = model.generate(z_T, steps, batch_prompts if model.conditional else None, guidance)
         for i, s, p, im, k in zip(idx, seeds, batch_prompts, images, chosen):
             save_png(im, outdir / names[i])
-            records.append(Generated(names[i], s, p, k.key_id if watermark else None, key.model, watermark,
-                                     steps, guidance))
+            records.append(Generated(file=names[i], seed=s, prompt=p, key_id=k.key_id if watermark else None,
+                                     model=key.model, watermarked=watermark, steps=steps, guidance=guidance))
             if progress is not None:
                 progress(1)
     with open(outdir / "manifest.jsonl", "w") as f:
@@ -193,66 +199,70 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, pro
     return records
 
 
-def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recovery(), alpha: float = 0.01,
-           device: str = "cpu", dtype: str = "float32", batch: int = 8,
-           progress: Callable[[int], None] | None = None, search: str = DEFAULT_SEARCH,
-           null: str | os.PathLike | None = "auto", key_files: list = (), one_key: bool = False,
-           min_consistency: float | None = None) -> list[Result]:
+def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recovery(), *, alpha: float = 0.01,
+           search: str = DEFAULT_SEARCH, one_key: bool = False, min_consistency: float | None = None,
+           null: str | os.PathLike | None = "auto", key_files: list = (), device: str = "cpu",
+           dtype: str = "float32", batch: int = 8, progress: Callable[[int], None] | None = None) -> list[Result]:
     """Test every image under ``paths`` against ``keys`` (Key objects, key files, keyring files,
     folders of them; a bad file or entry in a folder or keyring is skipped with a KeyringWarning);
-    one Result per image, in order. ``search``: the rotations and crops undone before the test
-    (``scheme.geometry``), counted in the p-value. ``null``: the null model that makes the p-value
+    one Result per image, in order. ``alpha``, ``search`` (the rotations and crops undone before the
+    test, counted in the p-value), ``one_key`` and ``min_consistency`` (the defences against forgery,
+    README "Threats") make the ``pipeline.Decision``. ``null``: the null model that makes the p-value
     exact for each key (``scheme.null``): "auto" finds the one of this recovery in the model's folder or
     beside the key files (those in ``keys`` and ``key_files``), "none" runs the test without one, else a
-    file (``ringmark calibrate``). Defences against forgery (README, "Threats"): ``one_key``, an image
-    matching two keys at alpha is not watermarked; ``min_consistency`` (dB), a match whose image
-    regenerates from its recovered z_T further than that from itself is not (``pipeline.consistency``).
+    file (``ringmark calibrate``).
 
     An image that cannot be read gets a Result with ``error`` set; the others go on.
     ``progress(k)``: k more images done, called as the work advances (not once per batch).
     """
+    decision = Decision(alpha=alpha, search=search, one_key=one_key, min_consistency=min_consistency)
     if batch < 1:
         raise ValueError(f"batch must be positive, got {batch}")
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     keys = [keys] if isinstance(keys, (Key, str, os.PathLike)) else list(keys)
-    if not keys:
-        raise ValueError("at least one key is needed")
     key_files = [k for k in keys if isinstance(k, (str, os.PathLike))] + list(key_files)
     keys, problems = load_keys(keys)
     for problem in problems:
         warnings.warn(problem, KeyringWarning, stacklevel=2)
+    check_key_set(keys)
     found = find_images([str(p) for p in paths])
     require_usable(found)
-    verifier = Verifier(keys, recovery, alpha, device, dtype, search, null, key_files, one_key, min_consistency)
+    verifier = Verifier(keys, recovery, decision, device=device, dtype=dtype, null=null, key_files=key_files)
     results: list[Result | None] = [None] * len(found)
-    counted = [0]
-
-    def advance(done: int):
-        if progress is not None and done > counted[0]:
-            progress(done - counted[0])
-            counted[0] = done
-
-    def run(batch_items: list[tuple[int, str, Loaded]]):
-        before = counted[0]
-        rows = verifier.run([(path, loaded) for _, path, loaded in batch_items],
-                            progress=lambda f: advance(before + int(f * len(batch_items))))
-        for (i, _, _), row in zip(batch_items, rows):
-            results[i] = row
-        advance(before + len(batch_items))
-
-    pending: list[tuple[int, str, Loaded]] = []
+    done = _Done(progress)
+    pending: list[tuple[int, str, Loaded]] = []  # read, waiting for a full batch
     for i, (path, error) in enumerate(found):
-        if error is None:
-            try:
+        try:
+            if error is None:
                 pending.append((i, path, load_image(path, verifier.size)))
-            except ImageError as e:
-                error = str(e)
+        except ImageError as e:
+            error = str(e)
         if error is not None:
             results[i] = verifier.failed(path, error)
-            advance(counted[0] + 1)
-        if len(pending) == batch:
-            run(pending)
+            done.to(done.count + 1)
+        if len(pending) == batch or (pending and i == len(found) - 1):
+            _run(verifier, pending, results, done)
             pending = []
-    if pending:
-        run(pending)
-    return results  # type: ignore[return-value]
+    return results
+
+
+class _Done:
+    """Images done so far, reported to ``progress`` as increments."""
+
+    def __init__(self, progress: Callable[[int], None] | None):
+        self.progress, self.count = progress, 0
+
+    def to(self, count: int) -> None:
+        if self.progress is not None and count > self.count:
+            self.progress(count - self.count)
+        self.count = max(self.count, count)
+
+
+def _run(verifier: Verifier, items: list[tuple[int, str, Loaded]], results: list, done: _Done) -> None:
+    """One batch into ``results`` at its images' places, progress reported as its network calls advance."""
+    before = done.count
+    rows = verifier.run([(path, loaded) for _, path, loaded in items],
+                        progress=lambda f: done.to(before + int(f * len(items))))
+    for (i, _, _), row in zip(items, rows):
+        results[i] = row
+    done.to(before + len(items))

@@ -69,7 +69,8 @@ def calibrate(model: str = "tiny", output: str | os.PathLike | None = None, n: i
         done = load_null(partial)
         if {k: v for k, v in done.meta.items() if k != "file"} != meta:
             raise NullFileError(f"{partial}: a stopped calibration with other settings; use --force to start over")
-        null = NullModel(shape, done.n, done.sum_z, done.sum_outer, done.sum_radial, meta)
+        null = NullModel(latent_shape=shape, n=done.n, sum_z=done.sum_z, sum_outer=done.sum_outer, sum_radial=done.sum_radial,
+                         meta=meta)
     while null.n < n:
         start = null.n
         count = min(batch, n - start)

@@ -22,7 +22,7 @@ from inversion import METHODS
 
 from . import __version__
 from .models import DEVICES, DTYPES
-from .pipeline import DEFAULT_ITERS, DEFAULT_STEPS, WEAK_EVIDENCE
+from .pipeline import DEFAULT_ITERS, DEFAULT_STEPS, WEAK_EVIDENCE, Decision, Recovery
 from .scheme.geometry import DEFAULT_SEARCH, SEARCHES
 from .scheme.keys import DEFAULT_PATTERN, PATTERNS
 
@@ -141,7 +141,7 @@ def csv_channels(ctx, param, value: str | None):
 @click.option("-n", "count", type=click.IntRange(1),
               help="Add this many keys to --keyring and write no key file: the ring for a fresh key per image "
                    "(embed --key RING).")
-@click.option("--model", default="tiny", show_default=True, help="'tiny' (bundled), a hub id or a local folder.")
+@click.option("--model", default="tiny", show_default=True, help="'tiny', 'tiny-sd', 'tiny-flow' (bundled), a hub id or a local folder.")
 @click.option("--size", type=click.IntRange(1), help="Image side in px (default: the model's).")
 @click.option("--pattern", type=click.Choice(PATTERNS), default=DEFAULT_PATTERN, show_default=True)
 @click.option("--radius", type=int, help="Mask radius in latent bins (default: 14/64 of the side; ring, zeros: 10/64).")
@@ -162,14 +162,15 @@ def keygen(output, keyring, count, model, size, pattern, radius, channels, seed,
     if count is not None:
         if keyring is None or output is not None or seed is not None:
             raise click.UsageError("-n takes --keyring, and neither -o nor --seed")
-        keys = api.add_keys(keyring, count, model, size, pattern, radius, channels)
+        keys = api.add_keys(keyring, count, model, size=size, pattern=pattern, radius=radius, channels=channels)
         if not quiet:
             click.echo(f"added {len(keys)} keys ({pattern}) to {keyring}", err=True)
         click.echo(json.dumps({"keyring": keyring, "added": len(keys)}))
         return
     if output is None:
         raise click.UsageError("give -o FILE (or --keyring RING -n N for many keys)")
-    key = api.keygen(output, model, size, pattern, radius, channels, seed, force, keyring)
+    key = api.keygen(output, model, size=size, pattern=pattern, radius=radius, channels=channels, seed=seed,
+                     force=force, keyring=keyring)
     if not quiet:
         click.echo(f"wrote {output} (key id {key.key_id}, {pattern}, radius {key.radius}, channels "
                    f"{list(key.channels)}, latent {list(key.latent_shape)})"
@@ -210,8 +211,9 @@ def embed(key_path, outdir, n, prompt, prompts_file, seed, steps, guidance, no_w
     t0 = time.time()
     progress = Progress(n, "embedding", quiet)
     try:
-        records = api.embed(key_path, outdir, n, prompts, seed, steps, guidance, not no_watermark, force, device,
-                            dtype, progress=progress.update)
+        records = api.embed(key_path, outdir, n, prompts=prompts, seed=seed, steps=steps, guidance=guidance,
+                            watermark=not no_watermark, force=force, device=device, dtype=dtype,
+                            progress=progress.update)
     finally:
         progress.close()
     for r in records:
@@ -268,7 +270,7 @@ def verification_options(fn):
                      help="Rotations and crops undone before the test (counted in the p-value)."),
         click.option("--inversion", type=click.Choice(list(METHODS)), default=None,
                      help="Decoder inversion method [default: the one the key's model declares, measured for it; "
-                          "the encoder on tiny, tiny-sd and SD checkpoints]."),
+                          "the encoder on every bundled model and on SD checkpoints]."),
         click.option("--iters", type=click.IntRange(0), default=None,
                      help=f"Decoder-inversion iterations of the iterative methods (the encoder runs none) "
                           f"[default: the model's; {DEFAULT_ITERS} for a method it does not declare]."),
@@ -308,6 +310,7 @@ def load_cli_keys(key_paths, quiet: bool):
               help="Defence: a match whose image regenerates from its recovered z_T further than DB (PSNR) from "
                    "itself is not watermarked; one generation per match (README, 'Threats').")
 @quiet_option
+@library_errors
 def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, batch, as_json, one_key,
            min_consistency, device, dtype, quiet):
     """Test images (files or folders, recursively) for the watermark of one or more keys.
@@ -317,8 +320,9 @@ def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, 
 
     Example: ringmark verify suspect/ --key key.json --json > results.jsonl
     """
-    results = run_verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, batch, device,
-                         dtype, quiet, one_key, min_consistency)
+    results = run_verify(paths, key_paths, Recovery(inversion, iters, ddim_steps, exact),
+                         dict(alpha=alpha, search=search, one_key=one_key, min_consistency=min_consistency),
+                         null=null, batch=batch, device=device, dtype=dtype, quiet=quiet)
     if not quiet:
         for r in results:
             if r.warning:
@@ -334,19 +338,17 @@ def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, 
 
 
 @library_errors
-def run_verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, batch, device, dtype,
-               quiet, one_key=False, min_consistency=None):
+def run_verify(paths, key_paths, recovery, decision: dict, *, null, batch, device, dtype, quiet):
+    """``api.verify`` with the CLI's keys (a warning per unusable one) and progress; ``decision``:
+    its alpha, search and defences."""
     from . import api
     from .io.images import find_images
-    from .pipeline import Recovery
 
     keys = load_cli_keys(key_paths, quiet)
-    recovery = Recovery(inversion, iters, ddim_steps, exact)
     progress = Progress(len(find_images(list(paths))), "verifying", quiet)
     try:
-        return api.verify(list(paths), keys, recovery, alpha, device, dtype, batch, progress=progress.update,
-                          search=search, null=null, key_files=list(key_paths), one_key=one_key,
-                          min_consistency=min_consistency)
+        return api.verify(list(paths), keys, recovery, **decision, null=null, key_files=list(key_paths),
+                          device=device, dtype=dtype, batch=batch, progress=progress.update)
     finally:
         progress.close()
 
@@ -400,24 +402,24 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, d
     """
     import signal
 
-    from .pipeline import Recovery
-    from .scale.cluster import check_exposure, cluster_address, require_ray
+    from .scale.cluster import cluster_address, require_ray
 
-    token = read_token(token_file)
-    check_exposure(host, token)
-    keys = load_cli_keys(key_paths, quiet)
     require_ray()
     from ray import serve as ray_serve
 
-    from .scale.serve import APP, start
+    from .scale.serve import APP, Service, start
 
+    service = Service(host=host, port=port, token=read_token(token_file), replicas=replicas, max_batch=max_batch,
+                      batch_wait_ms=batch_wait_ms, max_upload_mb=max_upload_mb, max_queued=max_queued,
+                      cpus_per_replica=cpus_per_replica, gpus_per_replica=gpus_per_replica)
+    recovery, decision = Recovery(inversion, iters, ddim_steps, exact), Decision(alpha=alpha, search=search)
+    keys = load_cli_keys(key_paths, quiet)
     with contextlib.redirect_stdout(sys.stderr):  # as in scan
-        url = start(keys, Recovery(inversion, iters, ddim_steps, exact), alpha, search, device, dtype, token, host,
-                    port, replicas, max_batch, batch_wait_ms, max_upload_mb, max_queued, cpus_per_replica,
-                    gpus_per_replica, address, quiet, null, list(key_paths))
+        url = start(keys, recovery, decision, service, device=device, dtype=dtype, address=address, quiet=quiet,
+                    null=null, key_files=list(key_paths))
     if not quiet:
         click.echo(f"ringmark: serving {len(keys)} key{'s' * (len(keys) != 1)} at {url} (API docs at {url}/docs"
-                   + ("" if token else "; loopback only, no token") + "); Ctrl-C stops", err=True)
+                   + ("" if service.token else "; loopback only, no token") + "); Ctrl-C stops", err=True)
     click.echo(json.dumps({"url": url}))
 
     def stop(signum, frame):
@@ -460,18 +462,18 @@ def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, null, 
 
     Example: ringmark scan uploads/ --key key.json -o results.parquet --workers 2
     """
-    from .pipeline import Recovery
     from .scale.cluster import require_ray
 
+    recovery, decision = Recovery(inversion, iters, ddim_steps, exact), Decision(alpha=alpha, search=search)
     keys = load_cli_keys(key_paths, quiet)
     require_ray()
-    from .scale.scan import scan as run_scan
+    from .scale.scan import Pool, scan as run_scan
 
+    pool = Pool(workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, batch=batch)
     log = messages(quiet, "ringmark: ")
     with contextlib.redirect_stdout(sys.stderr):  # Ray prints its workers' warnings; stdout is for the summary
-        summary = run_scan(list(sources), keys, output, Recovery(inversion, iters, ddim_steps, exact), alpha,
-                           search, device, dtype, batch, workers, gpus_per_worker, cpus_per_worker, address, force,
-                           log, quiet, null, list(key_paths))
+        summary = run_scan(list(sources), keys, output, recovery, decision, pool=pool, device=device, dtype=dtype,
+                           address=address, force=force, log=log, quiet=quiet, null=null, key_files=list(key_paths))
     log(f"{summary.images} images scanned ({summary.skipped} skipped, already in {output}): "
         f"{summary.watermarked} watermarked at alpha = {alpha:g}, {summary.errors} errors; "
         f"{summary.images_per_second:g} images/s over {summary.seconds:.1f}s")
@@ -479,7 +481,7 @@ def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, null, 
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--model", default="tiny", show_default=True, help="'tiny', 'tiny-sd' (bundled), a hub id or a local folder.")
+@click.option("--model", default="tiny", show_default=True, help="'tiny', 'tiny-sd', 'tiny-flow' (bundled), a hub id or a local folder.")
 @click.option("-o", "--output", type=click.Path(),
               help="Null-model file, or a folder (e.g. the keys' folder) to write it in under the name verify looks "
                    "for [default: the model folder's null/; a hub id needs -o].")
@@ -509,12 +511,13 @@ def calibrate(model, output, n, size, images, steps, seed, inversion, iters, ddi
     Example: ringmark calibrate --model ./my-sd-checkpoint -o keys/ -n 2048
     """
     from .calibration import calibrate as run
-    from .pipeline import Recovery
 
+    recovery = Recovery(inversion, iters, ddim_steps, exact)
     progress = Progress(n, "calibrating", quiet)
     try:
-        path = run(model, output, n, size, Recovery(inversion, iters, ddim_steps, exact), steps, seed, images, batch,
-                   force, device, dtype, progress=lambda done, total: progress.update(done - progress.done))
+        path = run(model, output, n=n, size=size, recovery=recovery, steps=steps, seed=seed, images=images,
+                   batch=batch, force=force, device=device, dtype=dtype,
+                   progress=lambda done, total: progress.update(done - progress.done))
     finally:
         progress.close()
     click.echo(json.dumps({"null_model": str(path), "images": n}))
@@ -597,8 +600,9 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
 
     given = click.get_current_context().get_parameter_source("dtypes").name != "DEFAULT"
     log = messages(quiet)
-    click.echo(inversion.main(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accuracy, skip_cost, quick,
-                              Path(outdir), log, dtypes_given=given))
+    click.echo(inversion.main(n=n, iters=iters, dtypes=dtypes, cost_sizes=cost_sizes, cost_iters=cost_iters,
+                              device=device, skip_accuracy=skip_accuracy, skip_cost=skip_cost, quick=quick,
+                              outdir=Path(outdir), log=log, dtypes_given=given))
 
 
 @bench.command("detect", context_settings=CONTEXT)
@@ -642,12 +646,14 @@ def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search
         from .bench import study as decision_study
 
         listed = recoveries and [r.strip() for r in recoveries.split(",")]
-        click.echo(decision_study.main(model_name, n, n_keys, listed, search, batch, device, quick, Path(outdir), log))
+        click.echo(decision_study.main(model_name=model_name, n=n, n_keys=n_keys, recoveries=listed, search=search,
+                                       batch=batch, device=device, quick=quick, outdir=Path(outdir), log=log))
         return
     from .bench import detect
 
-    click.echo(detect.main(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search, batch, device, quick,
-                           Path(outdir), log))
+    click.echo(detect.main(n=n, n_keys=n_keys, pattern_n=pattern_n, sweep_n=sweep_n, sweep_iters=sweep_iters,
+                           sweep_steps=sweep_steps, search=search, batch=batch, device=device, quick=quick,
+                           outdir=Path(outdir), log=log))
 
 
 @bench.command("null", context_settings=CONTEXT)
@@ -670,7 +676,7 @@ def bench_null(model_name, n, n_keys, steps, photos, quick, outdir, quiet):
 
     if quick:
         n, n_keys, steps, photos = 16, 3, 2, 8
-    null.run(model_name, n, n_keys, steps, photos, outdir, messages(quiet))
+    null.run(model_name, n=n, n_keys=n_keys, steps=steps, photos=photos, outdir=outdir, log=messages(quiet))
 
 
 @bench.command("security", context_settings=CONTEXT)
@@ -695,7 +701,7 @@ def bench_security(model_name, n, budgets, imprint_n, imprint_steps, fresh_keys,
     budgets = tuple(int(b) for b in budgets.split(","))
     if quick:
         n, budgets, imprint_n, imprint_steps, fresh_keys = 4, (2,), 1, 2, 8
-    security.run(model_name, n, budgets, imprint_n, imprint_steps, strengths=(0.3,) if quick else (0.1, 0.2, 0.3, 0.4, 0.5),
+    security.run(model_name, n=n, budgets=budgets, imprint_n=imprint_n, imprint_steps=imprint_steps, strengths=(0.3,) if quick else (0.1, 0.2, 0.3, 0.4, 0.5),
                  many_keys=2 if quick else 8, fresh_keys=fresh_keys, outdir=outdir, log=messages(quiet))
 
 
@@ -720,4 +726,5 @@ def bench_scale(n, clients, requests, steps, skip_scan, skip_serve, quick, outdi
     if quick:
         n, requests, steps = 8, 16, 5
     log = messages(quiet)
-    click.echo(scale.main(n, clients, requests, steps, Path(outdir), log, skip_scan, skip_serve))
+    click.echo(scale.main(n=n, clients=clients, requests=requests, steps=steps, outdir=Path(outdir), log=log,
+                          skip_scan=skip_scan, skip_serve=skip_serve))

@@ -3,7 +3,7 @@ inversion) -> the test against each key -> a decision at alpha. The CLI, the Pyt
 benchmarks all call it; it reads no files and knows models only through their protocol.
 
     model = get_model("tiny")
-    detections = detect(model, images, [key], Recovery(), alpha=0.01)  # images (B, 3, H, W) in [-1, 1]
+    detections = detect(model, images, [key], Recovery(), Decision(alpha=0.01))  # images (B, 3, H, W) in [-1, 1]
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from inversion import METHODS, InversionRecord, ddim_invert, invert_decoder
+from inversion import ITERATIVE, METHODS, InversionRecord, ddim_invert, invert_decoder
 
 from .models import DiffusionModel, ModelError
 from .scheme.detection import match_keys
-from .scheme.geometry import DEFAULT_SEARCH, search_grid
+from .scheme.geometry import DEFAULT_SEARCH, SEARCHES, search_grid
 from .scheme.null import NullModel
 from .scheme.keys import DEFAULT_PATTERN, Key, KeyFileError, new_key
 
@@ -34,18 +34,22 @@ WEAK_EVIDENCE = 10.0  # a p-value within this factor of alpha, either side, is w
 @dataclass(frozen=True)
 class Recovery:
     """How z_T is recovered: the decoder-inversion method and its iterations, then DDIM inversion.
-    A setting left None is the model's (``for_model``): ``Recovery()`` is the model's default."""
+    A setting left None is the model's (``for_model``): ``Recovery()`` is the model's default.
+    The encoder runs no iterations: ``iters`` is 0 for it once filled in, and any other count is refused."""
 
     method: str | None = None
     iters: int | None = None
     ddim_steps: int | None = None
-    exact: bool = False
+    exact: bool = False  # exact (fixed-point) DDIM inversion, refine_iters per step; False: the naive step
 
     def __post_init__(self):
         if self.method is not None and self.method not in METHODS:
             raise ValueError(f"inversion method must be one of {sorted(METHODS)}, got {self.method!r}")
         if self.iters is not None and self.iters < 0:
             raise ValueError(f"iters must be non-negative, got {self.iters}")
+        if self.method is not None and self.method not in ITERATIVE and self.iters:
+            raise ValueError(f"the {self.method} runs no iterations; --iters {self.iters} is for the iterative "
+                             f"methods ({', '.join(sorted(ITERATIVE))})")
         if self.ddim_steps is not None and self.ddim_steps < 1:
             raise ValueError(f"ddim steps must be positive, got {self.ddim_steps}")
 
@@ -53,9 +57,38 @@ class Recovery:
         """Every unset setting from ``defaults`` (a model's ``default_recovery``), then ringmark's.
         The iterations default to the model's only when the method is the model's too."""
         method = self.method or defaults.get("method", DEFAULT_INVERSION)
+        if method not in ITERATIVE and self.iters:
+            raise ValueError(f"the model's decoder inversion is the {method}, which runs no iterations; give "
+                             f"--inversion with --iters {self.iters} ({', '.join(sorted(ITERATIVE))})")
         model_iters = defaults.get("iters", DEFAULT_ITERS) if method == defaults.get("method") else DEFAULT_ITERS
-        return replace(self, method=method, iters=model_iters if self.iters is None else self.iters,
+        iters = (model_iters if self.iters is None else self.iters) if method in ITERATIVE else 0
+        return replace(self, method=method, iters=iters,
                        ddim_steps=self.ddim_steps or defaults.get("ddim_steps", DEFAULT_STEPS))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How p-values become verdicts: watermarked when p <= ``alpha``, after undoing the rotations
+    and crops of ``search`` (``scheme.geometry``; counted in the p-value), unless a defence against
+    forgery overrules it (README, "Threats"): ``one_key``, an image that also matches a second key
+    at alpha is not watermarked (a genuine image carries one key); ``min_consistency`` (dB), a match
+    whose image regenerates from its recovered z_T further than that from itself is not
+    (``consistency``; one generation per match)."""
+
+    alpha: float = 0.01
+    search: str = DEFAULT_SEARCH
+    one_key: bool = False
+    min_consistency: float | None = None
+
+    def __post_init__(self):
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
+        if self.search not in SEARCHES:
+            raise ValueError(f"search must be one of {SEARCHES}, got {self.search!r}")
+
+    def decide(self, p_value: float) -> tuple[bool, bool]:
+        """(watermarked, weak): p <= alpha, and whether p is within WEAK_EVIDENCE of alpha either side."""
+        return p_value <= self.alpha, self.alpha / WEAK_EVIDENCE < p_value <= self.alpha * WEAK_EVIDENCE
 
 
 @dataclass(frozen=True)
@@ -93,15 +126,21 @@ def make_key(model: DiffusionModel, model_name: str | None = None, size: int | N
     shape = model.latent_shape(model.default_size if size is None else size)
     if channels is None and pattern in ("ring", "zeros"):
         channels = (model.default_key_channel,)
-    return new_key(model_name or model.name, shape, pattern, radius, channels, seed)
+    return new_key(model_name or model.name, shape, pattern, radius=radius, channels=channels, seed=seed)
+
+
+def check_key_set(keys: list[Key]) -> None:
+    """Raise KeyFileError unless ``keys`` holds at least one key, all of one model and latent shape:
+    the one check of a key set, made where keys enter (before any model loads)."""
+    if not keys:
+        raise KeyFileError("at least one key is needed")
+    if len({(k.model, tuple(k.latent_shape)) for k in keys}) > 1:
+        raise KeyFileError("all keys must be for the same model and latent shape; verify them in separate runs")
 
 
 def check_keys(keys: list[Key], model: DiffusionModel) -> int:
     """Raise KeyFileError unless every key fits ``model`` at one image size; return that size."""
-    if not keys:
-        raise ValueError("at least one key is needed")
-    if len({tuple(k.latent_shape) for k in keys}) > 1:
-        raise KeyFileError("all keys must have the same latent shape; verify them in separate runs")
+    check_key_set(keys)
     key = keys[0]
     size = key.latent_shape[1] * model.downsample
     try:
@@ -142,7 +181,7 @@ def recover_noise(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = R
     network calls done so far, after each iteration and DDIM step."""
     recovery = recovery.for_model(model.default_recovery)
     per_step = 1 + refine_iters * recovery.exact  # UNet calls per DDIM step
-    iters = 0 if recovery.method == "encoder" else recovery.iters
+    iters = recovery.iters  # 0 for the encoder
     units = iters + 1 + recovery.ddim_steps * per_step
 
     def report(done: int):
@@ -178,46 +217,38 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     return (10 * torch.log10(4 / mse)).numpy()
 
 
-def decide(p_value: float, alpha: float) -> tuple[bool, bool]:
-    """(watermarked, weak): the decision p <= alpha, and whether p is within WEAK_EVIDENCE of alpha."""
-    return p_value <= alpha, alpha / WEAK_EVIDENCE < p_value <= alpha * WEAK_EVIDENCE
-
-
 def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Recovery = Recovery(),
-           alpha: float = 0.01, progress: Callable[[float], None] | None = None,
-           search: str = DEFAULT_SEARCH, null: NullModel | None = None, one_key: bool = False,
-           min_consistency: float | None = None) -> list[Detection]:
-    """Test each image (B, 3, H, W) in [-1, 1], at the keys' size, against ``keys``, undoing
-    the rotations and crops of ``search`` (``scheme.geometry``) before the test. ``null``: the
-    null model of this model, recovery and size (``scheme.null``), which makes the p-value exact
-    for each key; without one it is exact on average over keys.
-
-    Defences against forgery (README, "Threats"): ``one_key``, an image that also matches a second
-    key of the keyring at alpha is not watermarked (a genuine image carries one key); and
-    ``min_consistency`` (dB), a match whose image regenerates from its recovered z_T further than
-    that from itself is not watermarked (``consistency``; one generation per match)."""
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+           decision: Decision = Decision(), *, null: NullModel | None = None,
+           progress: Callable[[float], None] | None = None) -> list[Detection]:
+    """Test each image (B, 3, H, W) in [-1, 1], at the keys' size, against ``keys``, as
+    ``decision`` says (the level, the geometric search, the defences). ``null``: the null model of
+    this model, recovery and size (``scheme.null``), which makes the p-value exact for each key;
+    without one it is exact on average over keys."""
     size = check_keys(keys, model)
     if tuple(x.shape[1:]) != (3, size, size):
         raise ValueError(f"images must be (B, 3, {size}, {size}) for these keys, got {tuple(x.shape)}")
-    transforms = search_grid(search, keys[0].latent_shape[-1])
     z_T, record = recover_noise(model, x, recovery, progress)
-    matches = match_keys(z_T, keys, transforms, null)
-    psnr = [None] * len(matches)
-    hits = [i for i, m in enumerate(matches) if m.p_value <= alpha]
-    if min_consistency is not None and hits:
+    matches = match_keys(z_T, keys, search_grid(decision.search, keys[0].latent_shape[-1]), null)
+    db = [None] * len(matches)
+    hits = [i for i, m in enumerate(matches) if m.p_value <= decision.alpha]
+    if decision.min_consistency is not None and hits:
         for i, v in zip(hits, consistency(model, x[hits], recovery, z_T[hits])):
-            psnr[i] = round(float(v), 2)
-    out = []
-    for match, iters, db in zip(matches, record.iterations.tolist(), psnr):
-        watermarked, weak = decide(match.p_value, alpha)
-        rejected = None
-        if watermarked and one_key and match.runner_up_p_value <= alpha:
-            rejected = "one key"
-        elif watermarked and db is not None and db < min_consistency:
-            rejected = "consistency"
-        out.append(Detection(watermarked and rejected is None, weak, match.p_value, match.key_id, match.distance,
-                             match.raw_p_value, match.keys_tested, match.transform, match.transforms_tested,
-                             int(iters), match.runner_up_p_value, db, rejected))
-    return out
+            db[i] = round(float(v), 2)
+    return [_detection(match, decision, int(iters), psnr_db)
+            for match, iters, psnr_db in zip(matches, record.iterations.tolist(), db)]
+
+
+def _detection(match, decision: Decision, iterations: int, consistency_psnr: float | None) -> Detection:
+    """One image's ``Detection`` from its best key match, the defences applied."""
+    watermarked, weak = decision.decide(match.p_value)
+    rejected = None
+    if watermarked and decision.one_key and match.runner_up_p_value <= decision.alpha:
+        rejected = "one key"
+    elif watermarked and consistency_psnr is not None and consistency_psnr < decision.min_consistency:
+        rejected = "consistency"
+    return Detection(watermarked=watermarked and rejected is None, weak=weak, p_value=match.p_value,
+                     key_id=match.key_id, distance=match.distance, raw_p_value=match.raw_p_value,
+                     keys_tested=match.keys_tested, transform=match.transform,
+                     transforms_tested=match.transforms_tested, iterations=iterations,
+                     runner_up_p_value=match.runner_up_p_value, consistency_psnr=consistency_psnr,
+                     rejected_by=rejected)

@@ -3,7 +3,7 @@ verification, loaded once and shared by every entry point that verifies images (
 the HTTP service, the batch scan). The work on tensors is ``pipeline.detect``; this file only
 turns its decisions into the rows users store, so a row never depends on the path an image took.
 
-    verifier = Verifier(keys, Recovery(), alpha=0.01)
+    verifier = Verifier(keys, Recovery(), Decision(alpha=0.01))
     rows = verifier.run([("a.png", load_image("a.png", verifier.size))])
 """
 
@@ -19,8 +19,7 @@ import torch
 from .io.images import Loaded
 from .io.nullfile import NO_NULL_NOTE, resolve_null
 from .models import get_model
-from .pipeline import Recovery, check_keys, detect
-from .scheme.geometry import DEFAULT_SEARCH, SEARCHES
+from .pipeline import Decision, Detection, Recovery, check_key_set, check_keys, detect
 from .scheme.keys import Key
 from .scheme.null import NullModel
 
@@ -52,39 +51,31 @@ class Result:
 
 def failure(path: str, error: str, recovery: Recovery, alpha: float, keys_tested: int) -> Result:
     """The row of an input that could not be used."""
-    return Result(path, None, None, None, alpha, None, None, error, None, None, recovery.method, None,
-                  recovery.ddim_steps, recovery.exact, keys_tested, None, None)
+    return Result(path=path, watermarked=None, weak=None, p_value=None, alpha=alpha, key_id=None, distance=None,
+                  error=error, note=None, warning=None, inversion=recovery.method, iterations=None,
+                  ddim_steps=recovery.ddim_steps, exact=recovery.exact, keys_tested=keys_tested, transform=None,
+                  batch_seconds_per_image=None)
 
 
 class Verifier:
-    """``keys`` (one model and latent shape), the model loaded once per process, and how to
-    recover z_T and decide. ``size``: the image side the keys need."""
+    """``keys`` (one model and latent shape), the model loaded once per process, how to recover
+    z_T (``recovery``) and how to decide (``decision``). ``null``: "auto" (the model's folder, then
+    the folders of ``key_files``), "none", a file or a NullModel. ``size``: the image side the keys need."""
 
-    def __init__(self, keys: list[Key], recovery: Recovery = Recovery(), alpha: float = 0.01,
-                 device: str = "cpu", dtype: str = "float32", search: str = DEFAULT_SEARCH,
-                 null: str | os.PathLike | NullModel | None = "auto", key_files: list = (), one_key: bool = False,
-                 min_consistency: float | None = None):
-        self.check(keys, alpha, search)
-        self.keys, self.alpha, self.search = list(keys), alpha, search
-        self.one_key, self.min_consistency = one_key, min_consistency  # the defences (``pipeline.detect``)
+    def __init__(self, keys: list[Key], recovery: Recovery = Recovery(), decision: Decision = Decision(), *,
+                 device: str = "cpu", dtype: str = "float32", null: str | os.PathLike | NullModel | None = "auto",
+                 key_files: list = ()):
+        check_key_set(keys)
+        self.keys, self.decision = list(keys), decision
         self.model = get_model(keys[0].model, device, dtype)
         self.recovery = recovery.for_model(self.model.default_recovery)  # the settings the rows report
         self.size = check_keys(self.keys, self.model)
-        # ``null``: "auto" (the model's folder, then the key files' folders), "none", a file or a NullModel
         self.null = resolve_null(null, keys[0].model, self.recovery, tuple(keys[0].latent_shape), key_files)
         self.null_note = None if self.null is not None or all(k.pattern == "zeros" for k in keys) else NO_NULL_NOTE
 
-    @staticmethod
-    def check(keys: list[Key], alpha: float, search: str) -> None:
-        """Raise ValueError for settings no model is needed to refuse."""
-        if not 0 < alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-        if search not in SEARCHES:
-            raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
-        if not keys:
-            raise ValueError("at least one key is needed")
-        if len({(k.model, tuple(k.latent_shape)) for k in keys}) > 1:
-            raise ValueError("all keys must be for the same model and latent shape; verify them in separate runs")
+    @property
+    def alpha(self) -> float:
+        return self.decision.alpha
 
     def failed(self, path: str, error: str) -> Result:
         return failure(path, error, self.recovery, self.alpha, len(self.keys))
@@ -94,14 +85,18 @@ class Verifier:
         ``progress(f)``: the share f of the batch done so far."""
         t0 = time.perf_counter()
         x = torch.stack([loaded.image for _, loaded in items])
-        detections = detect(self.model, x, self.keys, self.recovery, self.alpha, progress=progress,
-                            search=self.search, null=self.null, one_key=self.one_key,
-                            min_consistency=self.min_consistency)
+        detections = detect(self.model, x, self.keys, self.recovery, self.decision, null=self.null, progress=progress)
         per_image = round((time.perf_counter() - t0) / len(items), 4)
+        return [self.row(path, loaded, d, per_image) for (path, loaded), d in zip(items, detections)]
+
+    def row(self, path: str, loaded: Loaded, d: Detection, seconds_per_image: float) -> Result:
+        """The stored row of one image's ``Detection``."""
         r = self.recovery
-        return [Result(path, d.watermarked, d.weak, d.p_value, self.alpha, d.key_id, d.distance, None,
-                       "; ".join(n for n in (loaded.note, self.null_note) if n) or None,
-                       loaded.warning, r.method, d.iterations, r.ddim_steps, r.exact, len(self.keys), d.transform,
-                       per_image, self.null.meta.get("file", "given") if self.null is not None else None,
-                       d.runner_up_p_value, d.consistency_psnr, d.rejected_by)
-                for (path, loaded), d in zip(items, detections)]
+        return Result(path=path, watermarked=d.watermarked, weak=d.weak, p_value=d.p_value, alpha=self.alpha,
+                      key_id=d.key_id, distance=d.distance, error=None,
+                      note="; ".join(n for n in (loaded.note, self.null_note) if n) or None, warning=loaded.warning,
+                      inversion=r.method, iterations=d.iterations, ddim_steps=r.ddim_steps, exact=r.exact,
+                      keys_tested=len(self.keys), transform=d.transform, batch_seconds_per_image=seconds_per_image,
+                      null_model=self.null.meta.get("file", "given") if self.null is not None else None,
+                      runner_up_p_value=d.runner_up_p_value, consistency_psnr=d.consistency_psnr,
+                      rejected_by=d.rejected_by)

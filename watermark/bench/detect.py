@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 from scipy import stats
 
+from inversion import ITERATIVE
+
 from .. import api
 from ..io.images import to_pil, to_tensor
 from ..models import get_model
@@ -76,8 +78,8 @@ def noise(model, images: list[Image.Image], recovery: Recovery, batch: int) -> t
 
 
 def own_and_foreign(z_T: torch.Tensor, keys: list[Key], search: str, batch: int = 16):
-    """For image i: the raw p of key i (max over the search), the corrected p of key i, and the
-    corrected p of key i+1 (a foreign key tested alone)."""
+    """For image i: the p of key i and the p of key i+1 (a foreign key tested alone), each the
+    best over the search's transforms, corrected for them."""
     transforms = search_grid(search)
     own, foreign = [], []
     for i in range(0, len(z_T), batch):
@@ -89,8 +91,7 @@ def own_and_foreign(z_T: torch.Tensor, keys: list[Key], search: str, batch: int 
         own += [stats.t.sf(best[r, r], df) for r in range(len(idx))]
         foreign += [stats.t.sf(best[r, len(idx) + r], df) for r in range(len(idx))]
     n_t = len(transforms)
-    return np.array(own), np.array([corrected(p, 1, n_t) for p in own]), np.array([corrected(p, 1, n_t)
-                                                                                    for p in foreign])
+    return np.array([corrected(p, 1, n_t) for p in own]), np.array([corrected(p, 1, n_t) for p in foreign])
 
 
 def identify(z_T: torch.Tensor, keyring: list[Key], search: str, batch: int = 4):
@@ -118,8 +119,10 @@ def run(n: int = 100, n_keys: int = 2048, attacks=ATTACKS, recovery: Recovery = 
         search: str = DEFAULT_SEARCH, patterns: dict | None = None, pattern_n: int = 48, sweep_n: int = 24,
         sweep_iters=(0, 2, 5, 10), sweep_steps=(1, 2, 5, 10, 20, 50), gen_steps: int = 50, seed: int = 20241127,
         batch: int = 8, device: str = "cpu", verify_n: int = 32, log=print, checkpoint=None) -> dict:
+    """The four tables of ``markdown``, each a step below: robustness and identification (one z_T
+    per image), the key patterns, the sweep of decoder iterations x DDIM steps, and verify's time.
+    ``checkpoint(res)`` after each, so a stopped run keeps what it measured."""
     checkpoint = checkpoint or (lambda res: None)
-    patterns = PATTERNS if patterns is None else patterns
     model = get_model("tiny", device)
     recovery = recovery.for_model(model.default_recovery)  # the settings the report names
     keyring = make_keys(model, max(n_keys, n), seed)
@@ -129,83 +132,108 @@ def run(n: int = 100, n_keys: int = 2048, attacks=ATTACKS, recovery: Recovery = 
     log(f"generated {n} watermarked + {n} clean images in {time.time() - t0:.0f}s")
     rng = np.random.default_rng(seed)
     attacked = {a: ([attack(im, a, rng) for im in wm], [attack(im, a, rng) for im in clean]) for a in attacks}
-    key0 = keyring[0]
-    res: dict = {"n": n, "keys": len(keyring), "gen_steps": gen_steps, "alpha": ALPHA,
-                 "recovery": {"method": recovery.method, "iters": recovery.iters, "ddim_steps": recovery.ddim_steps},
-                 "search": search, "transforms": len(search_grid(search)),
-                 "key": {"pattern": key0.pattern, "radius": key0.radius, "channels": list(key0.channels),
-                         "latent_shape": list(key0.latent_shape)},
-                 "batch": batch, "machine": report.machine(device), "date": time.strftime("%Y-%m-%d"),
-                 "robustness": {}, "identification": {}, "patterns": {}, "sweep": {}}
+    res = header(n, keyring, recovery, search, gen_steps=gen_steps, batch=batch, device=device)
+    z_wm, z_clean = robustness(res, model, attacked, keyring[:n], recovery, search=search, batch=batch, log=log)
+    checkpoint(res)
+    res["identification"], res["identification_seconds_per_image"] = identification(z_wm, z_clean, keyring, search,
+                                                                                    log)
+    checkpoint(res)
+    for label, kw in (PATTERNS if patterns is None else patterns).items():
+        res["patterns"][label] = compare_pattern(model, kw, z_clean, attacks, recovery, n=pattern_n,
+                                                 seed=seed, gen_steps=gen_steps, search=search, batch=batch)
+        rows = res["patterns"][label]["rows"]
+        log(f"pattern {label}: mean attacked AUC {rows['mean_attacked_auc']:.3f}, TPR@1%FPR "
+            f"{rows['mean_attacked_tpr_at_1pct_fpr']:.3f}")
+        checkpoint(res)
+    if sweep_n and sweep_iters and sweep_steps:  # on the first sweep_n images per class
+        res["sweep"] = sweep(model, {a: (w[:sweep_n], c[:sweep_n]) for a, (w, c) in attacked.items()},
+                             keyring[:sweep_n], iters_grid=sorted(sweep_iters), steps_grid=sorted(sweep_steps),
+                             search=search, batch=batch, log=log)
+        checkpoint(res)
+    if verify_n:
+        res["verify"] = verify_defaults(model, wm[:verify_n], keyring[0], seed=seed, gen_steps=gen_steps,
+                                        device=device)
+        log(f"verify: {res['verify']}")
+    return res
 
-    # 1. robustness with and without the search, identification, foreign keys: one z_T per image
+
+def header(n: int, keyring: list[Key], recovery: Recovery, search: str, *, gen_steps: int, batch: int,
+           device: str) -> dict:
+    """The report's settings, and its tables still empty."""
+    key0 = keyring[0]
+    return {"n": n, "keys": len(keyring), "gen_steps": gen_steps, "alpha": ALPHA,
+            "recovery": {"method": recovery.method, "iters": recovery.iters, "ddim_steps": recovery.ddim_steps},
+            "search": search, "transforms": len(search_grid(search)),
+            "key": {"pattern": key0.pattern, "radius": key0.radius, "channels": list(key0.channels),
+                    "latent_shape": list(key0.latent_shape)},
+            "batch": batch, "machine": report.machine(device), "date": time.strftime("%Y-%m-%d"),
+            "robustness": {}, "identification": {}, "patterns": {}, "sweep": {}}
+
+
+def robustness(res: dict, model, attacked: dict, keys: list[Key], recovery: Recovery, *, search: str, batch: int,
+               log) -> tuple[dict, dict]:
+    """Table 1: each attack's AUC and TPR, with the search and without, and foreign keys flagged;
+    fills ``res`` and returns the z_T of every image (watermarked, clean), recovered once."""
     z_wm, z_clean, seconds = {}, {}, []
     for a, (w, c) in attacked.items():
         (z_wm[a], s_w), (z_clean[a], s_c) = noise(model, w, recovery, batch), noise(model, c, recovery, batch)
         seconds.append((s_w + s_c) / 2)
     res["recovery"]["seconds_per_image"] = float(np.mean(seconds))
-    log(f"recovered {2 * n} x {len(attacks)} images, {res['recovery']['seconds_per_image']:.2f}s per image")
-    p_wm, p_clean, foreign = {}, {}, {}
-    for label, s in ((search, search), ("none", "none")) if search != "none" else (("none", "none"),):
-        for a in attacks:
-            _, p_wm[a], foreign[a] = own_and_foreign(z_wm[a], keyring[:n], s)
-            _, p_clean[a], _ = own_and_foreign(z_clean[a], keyring[:n], s)
-        res["robustness"][f"search {label}"] = rows_for(p_wm, p_clean, attacks)
-        res["robustness"][f"search {label}"]["foreign_key_flagged"] = {a: float(np.mean(foreign[a] <= ALPHA))
-                                                                       for a in attacks}
-        row = res["robustness"][f"search {label}"]
+    log(f"recovered {2 * len(keys)} x {len(attacked)} images, {res['recovery']['seconds_per_image']:.2f}s per image")
+    for label in (search, "none") if search != "none" else ("none",):
+        p_wm, p_clean, foreign = {}, {}, {}
+        for a in attacked:
+            p_wm[a], foreign[a] = own_and_foreign(z_wm[a], keys, label)
+            p_clean[a], _ = own_and_foreign(z_clean[a], keys, label)
+        row = res["robustness"][f"search {label}"] = rows_for(p_wm, p_clean, list(attacked))
+        row["foreign_key_flagged"] = {a: float(np.mean(foreign[a] <= ALPHA)) for a in attacked}
         log(f"search {label}: mean attacked AUC {row['mean_attacked_auc']:.3f}, TPR@1%FPR "
             f"{row['mean_attacked_tpr_at_1pct_fpr']:.3f}; clean {row['none']['auc']:.3f} / "
             f"{row['none']['tpr_at_1pct_fpr']:.2f}")
-    checkpoint(res)
-    t0 = time.time()
-    truth = np.arange(n)
-    for a in attacks:
+    return z_wm, z_clean
+
+
+def identification(z_wm: dict, z_clean: dict, keyring: list[Key], search: str, log) -> tuple[dict, float]:
+    """Table 2: per attack, how often the best of the whole keyring is image i's key i, and at alpha;
+    and the seconds per image of scoring it."""
+    t0, out = time.time(), {}
+    truth = np.arange(len(next(iter(z_wm.values()))))
+    for a in z_wm:
         best, p = identify(z_wm[a], keyring, search)
         _, p_c = identify(z_clean[a], keyring, search)
-        res["identification"][a] = {"accuracy": float(np.mean(best == truth)),
-                                    "identified_at_alpha": float(np.mean((best == truth) & (p <= ALPHA))),
-                                    "wrong_key_flagged": float(np.mean((best != truth) & (p <= ALPHA))),
-                                    "clean_flagged": float(np.mean(p_c <= ALPHA))}
-        log(f"identification among {len(keyring)} keys, {a}: {res['identification'][a]}")
-    res["identification_seconds_per_image"] = (time.time() - t0) / (2 * n * len(attacks))
-    checkpoint(res)
+        out[a] = {"accuracy": float(np.mean(best == truth)),
+                  "identified_at_alpha": float(np.mean((best == truth) & (p <= ALPHA))),
+                  "wrong_key_flagged": float(np.mean((best != truth) & (p <= ALPHA))),
+                  "clean_flagged": float(np.mean(p_c <= ALPHA))}
+        log(f"identification among {len(keyring)} keys, {a}: {out[a]}")
+    return out, (time.time() - t0) / (2 * len(truth) * len(z_wm))
 
-    # 2. patterns: the same seeds, each pattern's own keys, against the same clean images
-    for label, kw in patterns.items():
-        keys = make_keys(model, pattern_n, seed + 7919, **kw)
-        images = make_images(model, keys, list(range(pattern_n)), gen_steps)
-        rng = np.random.default_rng(seed + 1)
-        p_w, p_c, f = {}, {}, {}
-        for a in attacks:
-            z, _ = noise(model, [attack(im, a, rng) for im in images], recovery, batch)
-            _, p_w[a], f[a] = own_and_foreign(z, keys, search)
-            _, p_c[a], _ = own_and_foreign(z_clean[a][:pattern_n], keys, search)
-        rows = rows_for(p_w, p_c, attacks)
-        res["patterns"][label] = {"rows": rows, "key": {**kw, "radius": keys[0].radius,
-                                                        "channels": list(keys[0].channels)},
-                                  "mean_abs_cosine": mean_abs_cosine(keys),
-                                  "foreign_key_flagged": float(np.mean([np.mean(v <= ALPHA) for v in f.values()]))}
-        log(f"pattern {label}: mean attacked AUC {rows['mean_attacked_auc']:.3f}, TPR@1%FPR "
-            f"{rows['mean_attacked_tpr_at_1pct_fpr']:.3f}")
-        checkpoint(res)
 
-    # 3. the sweep: decoder iterations x DDIM steps, on the first sweep_n images per class
-    if sweep_n and sweep_iters and sweep_steps:
-        res["sweep"] = sweep(model, {a: (w[:sweep_n], c[:sweep_n]) for a, (w, c) in attacked.items()},
-                             keyring[:sweep_n], sorted(sweep_iters), sorted(sweep_steps), search, batch, log)
-        checkpoint(res)
+def compare_pattern(model, kw: dict, z_clean: dict, attacks, recovery: Recovery, *, n: int, seed: int,
+                    gen_steps: int, search: str, batch: int) -> dict:
+    """Table 3, one row: ``n`` images with the pattern ``kw``'s own keys (the same seeds), attacked,
+    against the first ``n`` clean images."""
+    keys = make_keys(model, n, seed + 7919, **kw)
+    images = make_images(model, keys, list(range(n)), gen_steps)
+    rng = np.random.default_rng(seed + 1)
+    p_w, p_c, f = {}, {}, {}
+    for a in attacks:
+        z, _ = noise(model, [attack(im, a, rng) for im in images], recovery, batch)
+        p_w[a], f[a] = own_and_foreign(z, keys, search)
+        p_c[a], _ = own_and_foreign(z_clean[a][:n], keys, search)
+    return {"rows": rows_for(p_w, p_c, attacks), "key": {**kw, "radius": keys[0].radius,
+                                                          "channels": list(keys[0].channels)},
+            "mean_abs_cosine": mean_abs_cosine(keys),
+            "foreign_key_flagged": float(np.mean([np.mean(v <= ALPHA) for v in f.values()]))}
 
-    # 4. verify through the API, as a user runs it: today's defaults against the previous ones
-    if verify_n:
-        k = verify_n
-        prev_key = make_keys(model, 1, seed, **PREVIOUS["key"])[0]
-        prev_images = make_images(model, [prev_key] * k, list(range(k)), gen_steps)
-        res["verify"] = {"images": k, "default": verify_seconds(wm[:k], keyring[0], device),
-                         "previous_default": verify_seconds(prev_images, prev_key, device,
-                                                            recovery=PREVIOUS["recovery"], search=PREVIOUS["search"])}
-        log(f"verify: {res['verify']}")
-    return res
+
+def verify_defaults(model, images: list, key: Key, *, seed: int, gen_steps: int, device: str) -> dict:
+    """Table 4: ``api.verify`` as a user runs it, today's defaults against the previous ones."""
+    prev_key = make_keys(model, 1, seed, **PREVIOUS["key"])[0]
+    prev_images = make_images(model, [prev_key] * len(images), list(range(len(images))), gen_steps)
+    return {"images": len(images), "default": verify_seconds(images, key, device),
+            "previous_default": verify_seconds(prev_images, prev_key, device, recovery=PREVIOUS["recovery"],
+                                               search=PREVIOUS["search"])}
 
 
 def mean_abs_cosine(keys: list[Key]) -> float:
@@ -243,14 +271,15 @@ def sweep(model, attacked: dict, keys: list[Key], iters_grid: list[int], steps_g
                     snaps[max(iters_grid)] = z
                 t2 = time.perf_counter()
                 t_enc += t1 - t0
-                t_iter += (t2 - t1 - (t1 - t0)) / max(1, max(iters_grid))
+                if max(iters_grid) > 0:  # the forward steps alone: their run encodes once more
+                    t_iter += (t2 - t1 - (t1 - t0)) / max(iters_grid)
                 for s in steps_grid:
                     t3 = time.perf_counter()
                     z_T = noise_from_latents(model, torch.cat([snaps[i] for i in iters_grid]), Recovery(ddim_steps=s))
                     t_unet += (time.perf_counter() - t3) / (s * len(iters_grid))
                     for k, i in enumerate(iters_grid):
                         t4 = time.perf_counter()
-                        own, pc, _ = own_and_foreign(z_T[k * len(x) : (k + 1) * len(x)], keys[j : j + len(x)], search)
+                        pc, _ = own_and_foreign(z_T[k * len(x) : (k + 1) * len(x)], keys[j : j + len(x)], search)
                         t_test += time.perf_counter() - t4
                         p[(i, s)][side][a] += pc.tolist()
                 count += len(x)
@@ -301,7 +330,7 @@ def main(n: int, n_keys: int, pattern_n: int, sweep_n: int, sweep_iters: list[in
 
 
 def _method(rec: dict) -> str:
-    return rec["method"] if rec["method"] == "encoder" else f"{rec['method']} {rec['iters']} it."
+    return f"{rec['method']} {rec['iters']} it." if rec["method"] in ITERATIVE else rec["method"]
 
 
 def _cell(row: dict) -> str:
@@ -309,66 +338,82 @@ def _cell(row: dict) -> str:
 
 
 def markdown(res: dict) -> str:
+    """The report: its settings, then a table per part the run measured."""
     attacks = [a for a in ATTACKS if a in res["identification"]]
     key, rec = res["key"], res["recovery"]
     lines = [f"N = {res['n']} watermarked (image i carries key i of a {res['keys']}-key keyring) + {res['n']} clean; "
              f"generation {res['gen_steps']} DDIM steps; key {key['pattern']} r={key['radius']} channels "
              f"{key['channels']} on a {key['latent_shape']} latent; recovery {_method(rec)} + "
              f"{rec['ddim_steps']} DDIM steps ({rec.get('seconds_per_image', float('nan')):.2f} s/image); "
-             f"search '{res['search']}' ({res['transforms']} transforms); {res['machine']}; {res['date']}", "",
-             "| test | " + " | ".join(attacks) + " | mean attacked | foreign key flagged |",
-             "|---" * (len(attacks) + 3) + "|"]
-    for label, rows in res["robustness"].items():
-        foreign = np.mean(list(rows["foreign_key_flagged"].values()))
-        lines.append(f"| {label} | " + " | ".join(_cell(rows[a]) for a in attacks)
-                     + f" | {rows['mean_attacked_auc']:.3f} / {rows['mean_attacked_tpr_at_1pct_fpr']:.2f} | "
-                     f"{foreign:.3f} |")
-    lines += ["", "Cells: AUC / TPR at 1% FPR (empirical threshold from the clean images). Foreign key flagged: "
-              "share of the watermarked images (all conditions) whose p-value for another key of the keyring, "
-              f"tested alone, is <= {res['alpha']}.", ""]
+             f"search '{res['search']}' ({res['transforms']} transforms); {res['machine']}; {res['date']}", ""]
+    lines += _robustness_table(res, attacks)
     if res["identification"]:
-        lines += [f"| among {res['keys']} keys | " + " | ".join(attacks) + " | mean attacked |",
-                  "|---" * (len(attacks) + 2) + "|"]
-        for field, name in (("accuracy", "best key is the right one"), ("identified_at_alpha", "... and p <= alpha"),
-                            ("wrong_key_flagged", "a wrong key flagged"), ("clean_flagged", "clean image flagged")):
-            vals = [res["identification"][a][field] for a in attacks]
-            lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals)
-                         + f" | {np.mean(vals[1:] or vals):.3f} |")
-        lines += ["", f"p-values corrected for {res['keys']} keys x {res['transforms']} transforms; alpha = "
-                  f"{res['alpha']}. Scoring {res['identification_seconds_per_image'] * 1000:.0f} ms per image.", ""]
+        lines += _identification_table(res, attacks)
     if res["patterns"]:
-        lines += ["| pattern | " + " | ".join(attacks) + " | mean attacked | mean cos | foreign key flagged |",
-                  "|---" * (len(attacks) + 4) + "|"]
-        for label, p in res["patterns"].items():
-            rows = p["rows"]
-            lines.append(f"| {label} | " + " | ".join(_cell(rows[a]) for a in attacks)
-                         + f" | {rows['mean_attacked_auc']:.3f} / {rows['mean_attacked_tpr_at_1pct_fpr']:.2f} | "
-                         f"{p['mean_abs_cosine']:.3f} | {p['foreign_key_flagged']:.3f} |")
-        n_p = len(next(iter(res["patterns"].values()))["rows"]["none"]["p_wm"])
-        lines += ["", f"Patterns: {n_p} watermarked images each against the first {n_p} clean ones, same recovery "
-                  "and search. Mean cos: mean |cos| between two keys of the pattern.", ""]
+        lines += _pattern_table(res, attacks)
     if res["sweep"]:
-        per = res["sweep"]["seconds_per_part"]
-        lines += ["| decoder it. | DDIM steps | s/image | clean TPR@alpha | mean attacked TPR@alpha | "
-                  "mean attacked AUC | on the front |", "|---" * 7 + "|"]
-        points = [v for k, v in res["sweep"].items() if k != "seconds_per_part"]
-        front = pareto(points)
-        for v in sorted(points, key=lambda v: v["seconds_per_image"]):
-            r = v["rows"]
-            lines.append(f"| {v['iters']} | {v['ddim_steps']} | {v['seconds_per_image']:.2f} | "
-                         f"{r['none']['tpr_at_alpha']:.2f} | {r['mean_attacked_tpr_at_alpha']:.3f} | "
-                         f"{r['mean_attacked_auc']:.3f} | {'yes' if id(v) in front else ''} |")
-        lines += ["", "Sweep: TPR at p <= alpha (the p-values are calibrated, so alpha is the false-positive "
-                  "rate); seconds per image are the sum of the parts measured in the run: encoder "
-                  f"{per['encoder'] * 1000:.0f} ms, one forward-step iteration {per['iteration'] * 1000:.0f} ms, one "
-                  f"UNet evaluation {per['unet'] * 1000:.0f} ms, the test with the search {per['test'] * 1000:.0f} ms.",
-                  ""]
+        lines += _sweep_table(res)
     if "verify" in res:
         v = res["verify"]
         lines += [f"`api.verify` on a folder of {v['images']} images: today's defaults {v['default']:.2f} s/image, "
                   f"the previous defaults (ring key, forward step 10 it., 50 DDIM steps, no search) "
                   f"{v['previous_default']:.2f} s/image: {v['default'] / v['previous_default']:.2f}x."]
     return "\n".join(lines) + "\n"
+
+
+def _robustness_table(res: dict, attacks: list[str]) -> list[str]:
+    lines = ["| test | " + " | ".join(attacks) + " | mean attacked | foreign key flagged |",
+             "|---" * (len(attacks) + 3) + "|"]
+    for label, rows in res["robustness"].items():
+        foreign = np.mean(list(rows["foreign_key_flagged"].values()))
+        lines.append(f"| {label} | " + " | ".join(_cell(rows[a]) for a in attacks)
+                     + f" | {rows['mean_attacked_auc']:.3f} / {rows['mean_attacked_tpr_at_1pct_fpr']:.2f} | "
+                     f"{foreign:.3f} |")
+    return lines + ["", "Cells: AUC / TPR at 1% FPR (empirical threshold from the clean images). Foreign key "
+                    "flagged: share of the watermarked images (all conditions) whose p-value for another key of the "
+                    f"keyring, tested alone, is <= {res['alpha']}.", ""]
+
+
+def _identification_table(res: dict, attacks: list[str]) -> list[str]:
+    lines = [f"| among {res['keys']} keys | " + " | ".join(attacks) + " | mean attacked |",
+             "|---" * (len(attacks) + 2) + "|"]
+    for field, name in (("accuracy", "best key is the right one"), ("identified_at_alpha", "... and p <= alpha"),
+                        ("wrong_key_flagged", "a wrong key flagged"), ("clean_flagged", "clean image flagged")):
+        vals = [res["identification"][a][field] for a in attacks]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {np.mean(vals[1:] or vals):.3f} |")
+    return lines + ["", f"p-values corrected for {res['keys']} keys x {res['transforms']} transforms; alpha = "
+                    f"{res['alpha']}. Scoring {res['identification_seconds_per_image'] * 1000:.0f} ms per image.", ""]
+
+
+def _pattern_table(res: dict, attacks: list[str]) -> list[str]:
+    lines = ["| pattern | " + " | ".join(attacks) + " | mean attacked | mean cos | foreign key flagged |",
+             "|---" * (len(attacks) + 4) + "|"]
+    for label, p in res["patterns"].items():
+        rows = p["rows"]
+        lines.append(f"| {label} | " + " | ".join(_cell(rows[a]) for a in attacks)
+                     + f" | {rows['mean_attacked_auc']:.3f} / {rows['mean_attacked_tpr_at_1pct_fpr']:.2f} | "
+                     f"{p['mean_abs_cosine']:.3f} | {p['foreign_key_flagged']:.3f} |")
+    n_p = len(next(iter(res["patterns"].values()))["rows"]["none"]["p_wm"])
+    return lines + ["", f"Patterns: {n_p} watermarked images each against the first {n_p} clean ones, same "
+                    "recovery and search. Mean cos: mean |cos| between two keys of the pattern.", ""]
+
+
+def _sweep_table(res: dict) -> list[str]:
+    per = res["sweep"]["seconds_per_part"]
+    lines = ["| decoder it. | DDIM steps | s/image | clean TPR@alpha | mean attacked TPR@alpha | "
+             "mean attacked AUC | on the front |", "|---" * 7 + "|"]
+    points = [v for k, v in res["sweep"].items() if k != "seconds_per_part"]
+    front = pareto(points)
+    for v in sorted(points, key=lambda v: v["seconds_per_image"]):
+        r = v["rows"]
+        lines.append(f"| {v['iters']} | {v['ddim_steps']} | {v['seconds_per_image']:.2f} | "
+                     f"{r['none']['tpr_at_alpha']:.2f} | {r['mean_attacked_tpr_at_alpha']:.3f} | "
+                     f"{r['mean_attacked_auc']:.3f} | {'yes' if id(v) in front else ''} |")
+    return lines + ["", "Sweep: TPR at p <= alpha (the p-values are calibrated, so alpha is the false-positive "
+                    "rate); seconds per image are the sum of the parts measured in the run: encoder "
+                    f"{per['encoder'] * 1000:.0f} ms, one forward-step iteration {per['iteration'] * 1000:.0f} ms, "
+                    f"one UNet evaluation {per['unet'] * 1000:.0f} ms, the test with the search "
+                    f"{per['test'] * 1000:.0f} ms.", ""]
 
 
 def pareto(points: list[dict]) -> set[int]:

@@ -185,10 +185,10 @@ def main(n: int, iters: list[int], dtypes: list[str], cost_sizes: list[int], cos
            "date": time.strftime("%Y-%m-%d"), "n": n, "accuracy": [], "cost": []}
     out = Path(outdir)
     if not skip_accuracy:
-        res["accuracy"] = accuracy(n, iters, dtypes, 10 if quick else 50, 20241127, log, dev,
+        res["accuracy"] = accuracy(n, iters, dtypes, gen_steps=10 if quick else 50, seed=20241127, log=log, device=dev,
                                    checkpoint=lambda rows: report.write_partial({**res, "accuracy": rows}, out, "inversion"))
     if not skip_cost:
-        res["cost"] = cost(cost_sizes, cost_iters, dev, dtypes, dict(SD21_VAE), log,
+        res["cost"] = cost(cost_sizes, cost_iters, device=dev, dtypes=dtypes, config=dict(SD21_VAE), log=log,
                            checkpoint=lambda rows: report.write_partial({**res, "cost": rows}, out, "inversion"))
     for f in report.write(res, out, "inversion", markdown, plot, "inversion_nmse_vs_time.png"):
         log(f"wrote {f}")

@@ -88,20 +88,20 @@ def load(url: str, images: list[bytes], clients: int, requests: int) -> dict:
             "p95_seconds": round(float(np.percentile(latency, 95)), 3)}
 
 
-def bench_serve(root: Path, folder: Path, clients: int, requests: int, cpus: int, log: Callable[[str], None]) -> dict:
+def bench_serve(root: Path, folder: Path, clients: int, requests: int, *, cpus: int, log: Callable[[str], None]) -> dict:
     from ray import serve
 
     from ..io.keyring import load_keys
     from ..scale.cluster import connect, free_port
-    from ..scale.serve import start
+    from ..scale.serve import Service, start
 
     connect(num_cpus=os.cpu_count())
     keys, _ = load_keys([root / "key.json"])
     images = [p.read_bytes() for p in sorted(folder.rglob("*.png"))]
     out = {}
     for name, max_batch in (("batched", 8), ("unbatched", 1)):
-        url = start(keys, device="cpu", port=free_port(), max_batch=max_batch, cpus_per_replica=cpus,
-                    max_queued=4 * requests)
+        service = Service(port=free_port(), max_batch=max_batch, cpus_per_replica=cpus, max_queued=4 * requests)
+        url = start(keys, service=service, device="cpu")
         out[name] = {"max_batch": max_batch, **load(url, images, clients, requests)}
         log(f"serve {name}: {out[name]}")
         serve.shutdown()
@@ -123,7 +123,7 @@ def main(n: int, clients: int, requests: int, steps: int, outdir: Path, log: Cal
         if not skip_scan:
             res["scan"] = bench_scan(root, folder, n, log)
         if not skip_serve:
-            res["serve"] = bench_serve(root, folder, clients, requests, cpus, log)
+            res["serve"] = bench_serve(root, folder, clients, requests, cpus=cpus, log=log)
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "scale.json").write_text(json.dumps(res, indent=1) + "\n")
     text = markdown(res)

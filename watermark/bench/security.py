@@ -34,7 +34,7 @@ import torch
 from inversion.ddim import ddim_invert_graph
 from ..io.nullfile import find_null, load_null
 from ..models import get_model
-from ..pipeline import Recovery, consistency, detect, psnr
+from ..pipeline import Decision, Recovery, consistency, detect, psnr
 from ..scheme.detection import match_keys
 from ..io.images import to_pil, to_tensor
 from ..scheme.embedding import inject, watermarked_latents
@@ -71,7 +71,8 @@ class Verify:
         """(B, 2): each image's best key's p-value and the runner-up's, both corrected over ``keys``."""
         keys = keys or self.keys
         return np.array([(d.p_value, d.runner_up_p_value) for i in range(0, len(x), batch)
-                         for d in detect(self.model, x[i : i + batch], keys, self.recovery, ALPHA, null=self.null)])
+                         for d in detect(self.model, x[i : i + batch], keys, self.recovery, Decision(alpha=ALPHA),
+                                         null=self.null)])
 
     def fired(self, x: torch.Tensor, keys: list[Key], batch: int = 32) -> np.ndarray:
         """How many of ``keys`` each image fires at ALPHA (each key tested alone, Šidák over the
@@ -200,8 +201,9 @@ def regeneration(model, x: torch.Tensor, strength: float, steps: int = 10, seed:
 
 def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), imprint_n: int = 16,
         imprint_steps: int = 150, strengths=(0.1, 0.2, 0.3, 0.4, 0.5), steps: int = 10, many_keys: int = 8,
-        fresh_keys: int = 2048,
-        outdir: str = "docs/bench/security", log=print) -> dict:
+        fresh_keys: int = 2048, outdir: str = "docs/bench/security", log=print) -> dict:
+    """The README's "Threats" tables, a step each: the baseline, regeneration, averaging,
+    imprinting, and the consistency check on what verified; written to ``outdir/<model>.json``."""
     t_start = time.perf_counter()
     model = get_model(model_name)
     shape = model.latent_shape(model.default_size)
@@ -218,29 +220,53 @@ def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), impr
                         "fpr_model_images": float(np.mean(verify.p(covers) <= ALPHA)),
                         "fpr_photographs": None if photos is None else float(np.mean(verify.p(photos) <= ALPHA))}}
     log(f"baseline: {res['baseline']}")
-    # regeneration
-    res["regeneration"] = {}
+    res["regeneration"] = regeneration_table(model, verify, marked, covers, strengths=strengths, steps=steps, log=log)
+    res["averaging"], (m, forged) = averaging(model, verify, key, others=others, ring=ring, budgets=budgets,
+                                              covers=covers, marked=marked, steps=steps, log=log)
+    covers_by_kind = {"model images": covers[:imprint_n], "photographs": None if photos is None else photos[:imprint_n]}
+    res["imprinting"], consistent = imprinting_table(model, verify, key, marked[:imprint_n], covers_by_kind,
+                                                     imprint_steps=imprint_steps, log=log)
+    res["consistency"] = consistency_table(model, verify, marked[:32], consistent,
+                                           {f"averaging forgery M={m}": forged}, log=log)
+    res.update(seconds=round(time.perf_counter() - t_start, 1),
+               machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+               command="ringmark " + " ".join(sys.argv[1:]))
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{model_name}.json").write_text(json.dumps(res, indent=1) + "\n")
+    log(markdown(json.loads(json.dumps(res))))  # as read back from the file (string keys)
+    return res
+
+
+def regeneration_table(model, verify: Verify, marked: torch.Tensor, covers: torch.Tensor, *, strengths, steps: int,
+                       log) -> dict:
+    """Removal by regeneration: through the VAE, then diffusion at each strength."""
+    out = {}
     for s in (0.0, *strengths):
         wm_p, clean_p = verify.p(regeneration(model, marked, s, steps)), verify.p(regeneration(model, covers, s, steps))
         row = {"tpr_at_1pct_fpr": tpr_at_fpr(wm_p, clean_p), "tpr_at_alpha": float(np.mean(wm_p <= ALPHA)),
                "fpr_at_alpha": float(np.mean(clean_p <= ALPHA)),
                "psnr": float(psnr(regeneration(model, marked[:16], s, steps), marked[:16]).mean())}
-        res["regeneration"]["vae" if s == 0 else f"diffusion {s:g}"] = row
+        out["vae" if s == 0 else f"diffusion {s:g}"] = row
         log(f"regeneration {s}: {row}")
-    # averaging
-    res["averaging"], res["_forged"] = averaging(model, verify, key, others, ring, budgets, covers, marked,
-                                                  steps, log)
-    # imprinting: forgery of model images and photographs, removal of watermarked images
-    recovery = verify.recovery
+    return out
+
+
+def imprinting_table(model, verify: Verify, key: Key, marked: torch.Tensor, covers_by_kind: dict, *,
+                     imprint_steps: int, log) -> tuple[dict, dict]:
+    """Forgery of each kind of cover (toward the first watermarked image's z_T) and removal of
+    ``marked`` (toward a decoy), by steps; and the forgeries, for the consistency check."""
     from ..pipeline import recover_noise
 
+    recovery = verify.recovery
+    shape = key.latent_shape
     with torch.no_grad():
         target, _ = recover_noise(model, marked[:1], recovery)
-    res["imprinting"] = {"steps": imprint_steps, "min_psnr": MIN_PSNR}
+    out = {"steps": imprint_steps, "min_psnr": MIN_PSNR}
     public_mask = circle_mask(shape[1:], default_radius(shape[1], "rand"))  # where the default keys live
     consistent = {}
     budgets_steps = tuple(k for k in (1, 2, 5, 10, 20, 50, 150) if k < imprint_steps)
-    for name, cov in (("model images", covers[:imprint_n]), ("photographs", None if photos is None else photos[:imprint_n])):
+    for name, cov in covers_by_kind.items():
         if cov is None:
             continue
         forged, sec = imprint(model, cov, target.expand(len(cov), -1, -1, -1), recovery, imprint_steps,
@@ -252,43 +278,37 @@ def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), impr
             rows[k] = {"success": float(ok.mean()), "psnr": float(psnr(images, cov).mean()),
                        "median_p": float(np.median(p))}
         consistent[f"imprinting forgery of {name}"] = forged[imprint_steps]
-        res["imprinting"][f"forgery of {name}"] = {"by_steps": rows, "seconds_per_image": round(sec, 1),
-                                                   "seconds_per_step_per_image": round(sec / imprint_steps, 2)}
-        log(f"imprinting forgery {name}: {res['imprinting'][f'forgery of {name}']}")
+        out[f"forgery of {name}"] = {"by_steps": rows, "seconds_per_image": round(sec, 1),
+                                     "seconds_per_step_per_image": round(sec / imprint_steps, 2)}
+        log(f"imprinting forgery {name}: {out[f'forgery of {name}']}")
     with torch.no_grad():
-        own, _ = recover_noise(model, marked[:imprint_n], recovery)
-    removed, sec = imprint(model, marked[:imprint_n], removal_target(own, key), recovery, imprint_steps,
+        own, _ = recover_noise(model, marked, recovery)
+    removed, sec = imprint(model, marked, removal_target(own, key), recovery, imprint_steps,
                            mask=public_mask, checkpoints=budgets_steps)
-    res["imprinting"]["removal"] = {
+    out["removal"] = {
         "by_steps": {k: {"tpr": float(np.mean(verify.p(images) <= ALPHA)),
-                         "psnr": float(psnr(images, marked[:imprint_n]).mean())} for k, images in removed.items()},
+                         "psnr": float(psnr(images, marked).mean())} for k, images in removed.items()},
         "seconds_per_image": round(sec, 1)}
-    log(f"imprinting removal: {res['imprinting']['removal']}")
-    # the consistency check, on the images that verify: PSNR of each to its regeneration from its
-    # recovered z_T; a threshold rejects the genuine ones below it (lost TPR) and the forgeries
+    log(f"imprinting removal: {out['removal']}")
+    return out, consistent
+
+
+def consistency_table(model, verify: Verify, marked: torch.Tensor, imprinted: dict, averaged: dict, *, log) -> dict:
+    """The consistency check on the images that verify (forgeries, then ``marked`` under each
+    attack): PSNR of each to its regeneration from its recovered z_T; a threshold rejects the
+    genuine ones below it (lost TPR) and the forgeries."""
     rng = np.random.default_rng(0)
-    for name in ATTACKS:
-        attacked_images = to_tensor([attack(im, name, rng) for im in to_pil((marked[:32] + 1) / 2)])
-        consistent[f"genuine, {name}"] = attacked_images
-    m, forged = res.pop("_forged")
-    consistent[f"averaging forgery M={m}"] = forged
+    genuine = {f"genuine, {name}": to_tensor([attack(im, name, rng) for im in to_pil((marked + 1) / 2)])
+               for name in ATTACKS}
     table = {}
-    for name, images in consistent.items():
+    for name, images in {**imprinted, **genuine, **averaged}.items():
         p, db = verify.p(images), consistency_psnr(model, verify, images)
         hit = p <= ALPHA
         table[name] = {"verified": float(hit.mean()), "psnr_of_verified": np.round(db[hit], 2).tolist(),
                        **{f"kept at {t:g} dB": float(np.mean(db[hit] >= t)) if hit.any() else None
                           for t in THRESHOLDS}}
         log(f"consistency {name}: {json.dumps({k: v for k, v in table[name].items() if k != 'psnr_of_verified'})}")
-    res["consistency"] = table
-    res.update(seconds=round(time.perf_counter() - t_start, 1),
-               machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-               command="ringmark " + " ".join(sys.argv[1:]))
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{model_name}.json").write_text(json.dumps(res, indent=1) + "\n")
-    log(markdown(json.loads(json.dumps(res))))  # as read back from the file (string keys)
-    return res
+    return table
 
 
 def markdown(res: dict) -> str:

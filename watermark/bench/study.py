@@ -111,11 +111,11 @@ def run_study(model_name: str = "tiny", n: int = 100, recoveries=DEFAULT_RECOVER
         row: dict = {"method": method, "iters": iters, "attacks": {}}
         seconds = []
         for a, (w, c, p3) in sets.items():
-            (z_w, s_w), (z_c, s_c), (z_3, s_3) = (recover(model, im, method, iters, ddim_steps, batch)
+            (z_w, s_w), (z_c, s_c), (z_3, s_3) = (recover(model, im, method, iters=iters, ddim_steps=ddim_steps, batch=batch)
                                                   for im in (w, c, p3))
             seconds.append((s_w + s_c + s_3) / 3)
-            _, p_w, _ = own_and_foreign(z_w, keyring[:n], search)
-            _, p_c, _ = own_and_foreign(z_c, keyring[:n], search)
+            p_w, _ = own_and_foreign(z_w, keyring[:n], search)
+            p_c, _ = own_and_foreign(z_c, keyring[:n], search)
             best, p_best = identify(z_w, keyring, search)
             correct, margin = three_keys(z_3, ring_keys, truth3)
             row["attacks"][a] = {

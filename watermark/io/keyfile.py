@@ -103,7 +103,8 @@ def key_from_doc(doc: object) -> Key:
     channels = [doc["channel"]] if doc["version"] == 2 else doc["channels"]
     if not all(isinstance(c, int) and not isinstance(c, bool) for c in channels):
         raise KeyFileError("field 'channels' must be integers")
-    key = Key(doc["pattern"], doc["radius"], tuple(channels), doc["seed"], doc["model"], tuple(shape), doc["version"])
+    key = Key(pattern=doc["pattern"], radius=doc["radius"], channels=tuple(channels), seed=doc["seed"],
+              model=doc["model"], latent_shape=tuple(shape), version=doc["version"])
     validate(key)
     if key.key_id != doc["key_id"]:
         raise KeyFileError("key_id does not match the key's contents (file altered?)")

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from inversion import ITERATIVE
+
 from ..scheme.null import FORMAT, VERSION, NullModel
 
 FOLDER = "null"  # inside a model folder
@@ -29,7 +31,7 @@ class NullFileError(Exception):
 def null_name(recovery, latent_shape: tuple[int, int, int]) -> str:
     """``null-<method>[-<iters>]-ddim<steps>[-exact]-<C>x<H>x<W>.npz`` for a ``pipeline.Recovery``
     with every setting filled in."""
-    iters = "" if recovery.method == "encoder" else f"-{recovery.iters}"
+    iters = f"-{recovery.iters}" if recovery.method in ITERATIVE else ""
     exact = "-exact" if recovery.exact else ""
     shape = "x".join(map(str, latent_shape))
     return f"null-{recovery.method}{iters}-ddim{recovery.ddim_steps}{exact}-{shape}.npz"
@@ -70,8 +72,8 @@ def load_null(path: str | os.PathLike) -> NullModel:
         header.pop(key)
     if tuple(sum_z.shape) != shape or n < 2:
         raise NullFileError(f"{path}: inconsistent null-model file")
-    return NullModel(shape, n, sum_z.double(), sum_outer.double(), torch.from_numpy(f_radial).double(),
-                     {**header, "file": path.name})
+    return NullModel(latent_shape=shape, n=n, sum_z=sum_z.double(), sum_outer=sum_outer.double(),
+                     sum_radial=torch.from_numpy(f_radial).double(), meta={**header, "file": path.name})
 
 
 def null_folders(model: str, key_files: list[str | os.PathLike] = ()) -> list[Path]:
@@ -131,5 +133,5 @@ def check_null(null: NullModel, recovery, latent_shape: tuple[int, int, int], so
 
 def recovery_fields(recovery) -> dict:
     """What a null model records of the recovery that made it (``check_null`` compares it)."""
-    return {"method": recovery.method, "iters": recovery.iters if recovery.method != "encoder" else 0,
+    return {"method": recovery.method, "iters": recovery.iters if recovery.method in ITERATIVE else 0,
             "ddim_steps": recovery.ddim_steps, "exact": recovery.exact}

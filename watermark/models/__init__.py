@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from inversion import DTYPES as _TORCH_DTYPES
+from inversion import DTYPES
 
 from . import flow_unet, flux, sd, sd3, sdxl
 from .loading import pipeline_class
@@ -30,7 +30,6 @@ FAMILIES = {
     "FluxPipeline": flux.load,
     "ringmark:FlowUNet": flow_unet.load,  # the bundled tiny-flow: diffusers has no pipeline for it
 }
-DTYPES = {str(d).removeprefix("torch."): d for d in _TORCH_DTYPES}
 DEVICES = ("auto", "cpu", "cuda")
 
 __all__ = ["DEVICES", "DTYPES", "DiffusionModel", "ModelError", "NAMED", "TINY_PATH", "TINY_SD_PATH", "default_recovery",
@@ -56,8 +55,9 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def load_model(name: str = "tiny", device: str = "cpu", dtype: str | torch.dtype = "float32") -> DiffusionModel:
-    """Load ``tiny`` / ``tiny-sd`` (bundled) or a checkpoint by hub id or local folder; the family
-    is the pipeline class its model_index.json names (SD 1.x/2.x, SDXL, SD3, FLUX)."""
+    """Load ``tiny`` / ``tiny-sd`` / ``tiny-flow`` (bundled) or a checkpoint by hub id or local
+    folder; the family is the pipeline class its model_index.json names (SD 1.x/2.x, SDXL, SD3,
+    FLUX, ringmark:FlowUNet)."""
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     source = str(NAMED.get(name, name))
     pipeline = pipeline_class(source, name)

@@ -1,7 +1,8 @@
 """What ringmark needs of a model family: the protocol every adapter implements.
 
 The pipeline (``watermark.pipeline``) and the embedding see a model only through these members;
-a new family is one file in this folder that implements them, plus a loader in the registry.
+a new family is one file in this folder that implements them, plus one line in ``FAMILIES``
+(``models/__init__.py``).
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ class DiffusionModel(Protocol):
 
     @property
     def hold(self) -> Literal["eps", "v"]:
-        """Which part of the prediction DDIM inversion holds fixed in each step's fixed point
-        (``inversion.ddim.inverse_step``): "v" contracts on every schedule; "eps" is Tree-Ring's
+        """Which part of the prediction DDIM inversion holds fixed (``inversion.ddim.inverse_step``),
+        in the naive step and in each iteration of exact inversion: "v" makes exact inversion's
+        fixed point contract on every schedule, zero terminal SNR included; "eps" is Tree-Ring's
         step for eps-prediction checkpoints."""
 
     @property

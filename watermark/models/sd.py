@@ -227,5 +227,5 @@ def load(source: str, name: str, device: torch.device, dtype: torch.dtype) -> St
     for module in (vae, unet, text_encoder):
         if module is not None:  # inference only: no parameter collects .grad (inversion.gradient backpropagates)
             module.to(device).eval().requires_grad_(False)
-    return StableDiffusionModel(name, vae, unet, scheduler, text_encoder, tokenizer,
-                                settings(source).get("key_channel"), default_recovery(source))
+    return StableDiffusionModel(name, vae, unet, scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
+                                key_channel=settings(source).get("key_channel"), recovery=default_recovery(source))

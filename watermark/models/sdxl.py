@@ -64,8 +64,8 @@ def load(source: str, name: str, device: torch.device, dtype: torch.dtype) -> St
     pipe = load_pipeline("StableDiffusionXLPipeline", source, name, device, dtype)
     upcast = pipe.vae.dtype == torch.float16 and pipe.vae.config.get("force_upcast", False)
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)  # as sd.load
-    return StableDiffusionXLModel(name, pipe.vae, pipe.unet, scheduler,
-                                  pipe.text_encoder, pipe.tokenizer, settings(source).get("key_channel"),
-                                  default_recovery(source), text_encoder_2=pipe.text_encoder_2,
+    return StableDiffusionXLModel(name, pipe.vae, pipe.unet, scheduler, text_encoder=pipe.text_encoder,
+                                  tokenizer=pipe.tokenizer, key_channel=settings(source).get("key_channel"),
+                                  recovery=default_recovery(source), text_encoder_2=pipe.text_encoder_2,
                                   tokenizer_2=pipe.tokenizer_2,
                                   vae_float32=copy.deepcopy(pipe.vae).float() if upcast else None)

@@ -6,14 +6,14 @@ user's credentials), an actor pool verifies them (each actor loads the model onc
 the rows to the results file as they come. A rerun with the same results file skips the images it
 already holds.
 
-    summary = scan(["suspect/"], ["key.json"], "results.jsonl", workers=2)
+    summary = scan(["suspect/"], ["key.json"], "results.jsonl", pool=Pool(workers=2))
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -22,8 +22,7 @@ from ..io.keyring import load_keys
 from ..io.nullfile import resolve_null
 from ..io.results import ResultsFile, arrow_schema
 from ..models import default_recovery
-from ..pipeline import Recovery
-from ..scheme.geometry import DEFAULT_SEARCH
+from ..pipeline import Decision, Recovery, check_key_set
 from ..verifier import Verifier, failure
 from .cluster import connect, default_gpus
 
@@ -44,15 +43,35 @@ class ScanSummary:
     steady_images_per_second: float | None  # over the last 80 % of the images: the pool's throughput
 
 
+@dataclass(frozen=True)
+class Pool:
+    """The actor pool: ``workers`` actors (default: one per GPU when the cluster has GPUs and the
+    device allows, else one per ``cpus_per_worker`` CPUs), each running torch on ``cpus_per_worker``
+    threads and verifying ``batch`` images at a time."""
+
+    workers: int | None = None
+    cpus_per_worker: int = 1
+    gpus_per_worker: float | None = None
+    batch: int = 8
+
+    def __post_init__(self):
+        for name in ("workers", "cpus_per_worker", "batch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            raise ValueError(f"gpus_per_worker must be non-negative, got {self.gpus_per_worker}")
+
+
 class ScanWorker:
     """One actor of the pool: the model loaded once, then batches of files -> rows."""
 
-    def __init__(self, keys, recovery: Recovery, alpha: float, search: str, device: str, dtype: str, threads: int,
+    def __init__(self, keys, recovery: Recovery, decision: Decision, *, device: str, dtype: str, threads: int,
                  null="none"):
         import torch
 
         torch.set_num_threads(threads)
-        self.verifier = Verifier(keys, recovery, alpha, device, dtype, search, null)
+        self.verifier = Verifier(keys, recovery, decision, device=device, dtype=dtype, null=null)
 
     def __call__(self, batch: dict):
         import pyarrow as pa
@@ -121,90 +140,117 @@ def list_images(sources: list[str]) -> list[tuple[str, str, str | None]]:
 
 
 def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recovery: Recovery = Recovery(),
-         alpha: float = 0.01, search: str = DEFAULT_SEARCH, device: str = "auto", dtype: str = "float32",
-         batch: int = 8, workers: int | None = None, gpus_per_worker: float | None = None,
-         cpus_per_worker: int = 1, address: str | None = None, force: bool = False,
-         log: Callable[[str], None] = lambda message: None, quiet: bool = True, null="auto",
-         key_files: list = ()) -> ScanSummary:
-    """Verify every image under ``sources`` against the keys, one row per image in ``output``.
-
-    ``workers``: actors in the pool (default: one per GPU when the cluster has GPUs and ``device``
-    allows, else one per ``cpus_per_worker`` CPUs); each runs torch on ``cpus_per_worker`` threads.
-    """
+         decision: Decision = Decision(), pool: Pool = Pool(), *, device: str = "auto", dtype: str = "float32",
+         address: str | None = None, force: bool = False, log: Callable[[str], None] = lambda message: None,
+         quiet: bool = True, null="auto", key_files: list = ()) -> ScanSummary:
+    """Verify every image under ``sources`` against the keys, one row per image in ``output``,
+    on the actor ``pool`` of a Ray cluster (joining ``address``, else a local Ray)."""
     t0 = time.perf_counter()
-    for name, value in (("batch", batch), ("cpus_per_worker", cpus_per_worker), ("workers", workers)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be positive, got {value}")
     keys, problems = load_keys(list(key_sources))
     for problem in problems:
         log(f"warning: {problem} (skipped; {len(keys)} keys in use)")
-    Verifier.check(keys, alpha, search)
+    check_key_set(keys)
     recovery = recovery.for_model(default_recovery(keys[0].model))  # what the workers' Verifier will run
     null = resolve_null(null, keys[0].model, recovery, tuple(keys[0].latent_shape), key_files) or "none"
     results = ResultsFile(output, force)
     listed = list_images([str(s) for s in sources])
     require_usable([(shown, error) for shown, _, error in listed])
     done = results.rows()
-    results.check_settings({
-        "inversion": recovery.method, "iterations": None if recovery.method == "encoder" else recovery.iters,
-        "ddim_steps": recovery.ddim_steps, "exact": recovery.exact, "alpha": alpha, "search": search,
-        "keys_tested": len(keys), "keys": sorted(k.key_id for k in keys),
-        "null_model": null.meta.get("file", "given") if null != "none" else None}, done)
+    results.check_settings(settings_record(keys, recovery, decision, null), done)
     seen = {row["path"] for row in done}
     todo = [(shown, read, error) for shown, read, error in listed if shown not in seen]
-    skipped = len(listed) - len(todo)
-    if skipped:
-        log(f"skipping {skipped} images already in {output}")
-    failed = [asdict(failure(shown, error, recovery, alpha, len(keys))) for shown, _, error in todo if error]
+    if len(listed) > len(todo):
+        log(f"skipping {len(listed) - len(todo)} images already in {output}")
+    failed = [asdict(failure(shown, error, recovery, decision.alpha, len(keys))) for shown, _, error in todo if error]
     results.append(failed)
     readable = {read: shown for shown, read, error in todo if error is None}
-    shown_as = {**{read.split("://", 1)[-1]: shown for read, shown in readable.items()}, **readable}
-    rows_done = list(failed)
-    used, first, arrivals = 0, None, []  # (seconds, images verified so far)
+    run = Run(t0, rows=list(failed))
     try:  # what arrived is kept (a .parquet scan merges its parts) even when the scan stops
         if readable:
-            ray = connect(address, quiet=quiet)
-            log(f"Ray up in {time.perf_counter() - t0:.1f}s")
-            resources = ray.cluster_resources()
-            if gpus_per_worker is None:
-                gpus_per_worker = default_gpus(resources, device)
-            if workers is None:
-                workers = (int(resources.get("GPU", 0) // gpus_per_worker) if gpus_per_worker
-                           else max(1, int(resources.get("CPU", 1) // cpus_per_worker)))
-                if workers < 1:
-                    raise ValueError(f"the cluster has {resources.get('GPU', 0):g} GPUs: not enough for one worker "
-                                     f"with {gpus_per_worker:g}")
-            blocks = min(-(-len(readable) // batch), MAX_BLOCKS)  # one per batch: the pool shares the files evenly
-            workers = used = min(workers, blocks)  # no actor loads the model for nothing
-            log(f"scanning {len(readable)} images with {workers} workers ({cpus_per_worker} CPU"
-                + (f", {gpus_per_worker:g} GPU" if gpus_per_worker else "") + " each)")
-            import ray.data
-
-            ray.data.DataContext.get_current().enable_progress_bars = not quiet
-
-            # Reading is I/O: it asks for no CPU, so an actor pool that holds every CPU cannot starve
-            # it, and at most one read task per worker runs at once (each is a process to start).
-            ds = ray.data.read_binary_files(list(readable), include_paths=True, num_cpus=0, concurrency=workers,
-                                            override_num_blocks=blocks)
-            ds = ds.map_batches(ScanWorker, fn_constructor_kwargs=dict(
-                keys=keys, recovery=recovery, alpha=alpha, search=search, device=device, dtype=dtype,
-                threads=cpus_per_worker, null=null), batch_size=batch, batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
-            for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                rows = table.to_pylist()
-                for row in rows:  # back to the path as listed (Ray gives URIs without their scheme)
-                    row["path"] = shown_as.get(row["path"], row["path"])
-                results.append(rows)
-                rows_done.extend(rows)
-                arrivals.append((time.perf_counter() - t0, len(rows) + (arrivals[-1][1] if arrivals else 0)))
-                if first is None:
-                    first = arrivals[0][0]
-                    log(f"first results after {first:.1f}s")
+            worker = dict(keys=keys, recovery=recovery, decision=decision, device=device, dtype=dtype, null=null)
+            run_pool(readable, worker, pool, results, run, address=address, device=device, log=log, quiet=quiet)
     finally:
         results.close()
-    seconds = time.perf_counter() - t0
-    steady = steady_rate(arrivals)
-    return ScanSummary(str(output), len(rows_done), skipped, sum(bool(r["watermarked"]) for r in rows_done),
-                       sum(r["error"] is not None for r in rows_done), round(seconds, 2),
-                       round(len(rows_done) / seconds, 3), used, None if first is None else round(first, 2),
-                       None if steady is None else round(steady, 3))
+    return run.summary(str(output), skipped=len(listed) - len(todo))
+
+
+def settings_record(keys: list, recovery: Recovery, decision: Decision, null) -> dict:
+    """The settings a results file is made under; a rerun with other settings is refused."""
+    return {"inversion": recovery.method, "iterations": recovery.iters, "ddim_steps": recovery.ddim_steps,
+            "exact": recovery.exact, "alpha": decision.alpha, "search": decision.search, "keys_tested": len(keys),
+            "keys": sorted(k.key_id for k in keys),
+            "null_model": null.meta.get("file", "given") if null != "none" else None}
+
+
+@dataclass
+class Run:
+    """What a scan has seen so far: its rows, when the pool's batches arrived, and the pool's size."""
+
+    t0: float
+    rows: list = field(default_factory=list)
+    arrivals: list = field(default_factory=list)  # (seconds, images verified so far)
+    workers: int = 0
+
+    def arrived(self, rows: list, log: Callable[[str], None]) -> None:
+        self.rows.extend(rows)
+        self.arrivals.append((time.perf_counter() - self.t0, len(rows) + (self.arrivals[-1][1] if self.arrivals else 0)))
+        if len(self.arrivals) == 1:
+            log(f"first results after {self.arrivals[0][0]:.1f}s")
+
+    def summary(self, output: str, skipped: int) -> ScanSummary:
+        seconds = time.perf_counter() - self.t0
+        steady = steady_rate(self.arrivals)
+        return ScanSummary(
+            output=output, images=len(self.rows), skipped=skipped,
+            watermarked=sum(bool(r["watermarked"]) for r in self.rows),
+            errors=sum(r["error"] is not None for r in self.rows), seconds=round(seconds, 2),
+            images_per_second=round(len(self.rows) / seconds, 3), workers=self.workers,
+            first_result_seconds=round(self.arrivals[0][0], 2) if self.arrivals else None,
+            steady_images_per_second=None if steady is None else round(steady, 3))
+
+
+def pool_size(pool: Pool, resources: dict, device: str, files: int) -> tuple[int, float]:
+    """(workers, GPUs per worker) for ``files`` images on a cluster with ``resources``: never more
+    workers than batches, so no actor loads the model for nothing."""
+    gpus = default_gpus(resources, device) if pool.gpus_per_worker is None else pool.gpus_per_worker
+    workers = pool.workers
+    if workers is None:
+        workers = int(resources.get("GPU", 0) // gpus) if gpus else max(1, int(resources.get("CPU", 1) // pool.cpus_per_worker))
+        if workers < 1:
+            raise ValueError(f"the cluster has {resources.get('GPU', 0):g} GPUs: not enough for one worker "
+                             f"with {gpus:g}")
+    return min(workers, blocks(files, pool.batch)), gpus
+
+
+def blocks(files: int, batch: int) -> int:
+    """Read tasks: one per batch (the pool shares the files evenly), at most MAX_BLOCKS."""
+    return min(-(-files // batch), MAX_BLOCKS)
+
+
+def run_pool(readable: dict[str, str], worker: dict, pool: Pool, results: ResultsFile, run: Run, *,
+             address: str | None, device: str, log: Callable[[str], None], quiet: bool) -> None:
+    """Verify the files ``readable`` (path Ray reads -> path shown) on an actor pool of
+    ``ScanWorker(**worker)`` actors, appending each batch's rows to ``results`` as it arrives."""
+    ray = connect(address, quiet=quiet)
+    log(f"Ray up in {time.perf_counter() - run.t0:.1f}s")
+    workers, gpus = pool_size(pool, ray.cluster_resources(), device, len(readable))
+    run.workers = workers
+    log(f"scanning {len(readable)} images with {workers} workers ({pool.cpus_per_worker} CPU"
+        + (f", {gpus:g} GPU" if gpus else "") + " each)")
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = not quiet
+    # Reading is I/O: it asks for no CPU, so an actor pool that holds every CPU cannot starve
+    # it, and at most one read task per worker runs at once (each is a process to start).
+    ds = ray.data.read_binary_files(list(readable), include_paths=True, num_cpus=0, concurrency=workers,
+                                    override_num_blocks=blocks(len(readable), pool.batch))
+    ds = ds.map_batches(ScanWorker, fn_constructor_kwargs=dict(worker, threads=pool.cpus_per_worker), batch_size=pool.batch,
+                        batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
+                        num_cpus=pool.cpus_per_worker, num_gpus=gpus)
+    shown_as = {**{read.split("://", 1)[-1]: shown for read, shown in readable.items()}, **readable}
+    for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        rows = table.to_pylist()
+        for row in rows:  # back to the path as listed (Ray gives URIs without their scheme)
+            row["path"] = shown_as.get(row["path"], row["path"])
+        results.append(rows)
+        run.arrived(rows, log)

@@ -20,7 +20,7 @@ server listens on loopback only (``check_exposure``), and tokens are compared in
 import asyncio
 import hmac
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,8 +34,7 @@ from .. import __version__
 from ..io.images import ImageError, decode_image
 from ..io.nullfile import resolve_null
 from ..models import default_recovery
-from ..pipeline import Recovery
-from ..scheme.geometry import DEFAULT_SEARCH
+from ..pipeline import Decision, Recovery, check_key_set
 from ..verifier import Verifier
 from .cluster import check_exposure, check_port, cluster_address, connect, default_gpus
 
@@ -53,6 +52,37 @@ log = logging.getLogger("ringmark.serve")  # in a replica: Ray Serve's replica l
 app = FastAPI(title="ringmark", version=__version__,
               description="Verify images for ringmark watermarks. Send `Authorization: Bearer TOKEN` "
                           "unless the server listens on loopback only.")
+
+
+@dataclass(frozen=True)
+class Service:
+    """Where the service listens, who may call it, and its limits: checked once, handed to each
+    replica by name. The token never appears in a repr."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = field(default=None, repr=False)
+    replicas: int = 1
+    max_batch: int = 8  # images of concurrent requests verified together
+    batch_wait_ms: float = 20.0  # how long a batch waits to fill
+    max_upload_mb: float = 20.0  # largest request body
+    max_queued: int = 64  # requests waiting (per Serve proxy) before Ray Serve answers 503
+    cpus_per_replica: int = 1  # torch threads per replica
+    gpus_per_replica: float | None = None  # None: 1 when the cluster has GPUs and the device allows
+
+    def __post_init__(self):
+        for name in ("replicas", "max_batch", "max_queued", "cpus_per_replica"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+        if self.max_upload_mb <= 0 or self.batch_wait_ms < 0:
+            raise ValueError("max_upload_mb must be positive and batch_wait_ms non-negative")
+        check_exposure(self.host, self.token)
+
+    @property
+    def url(self) -> str:
+        return f"http://{'[' + self.host + ']' if ':' in self.host else self.host}:{self.port}"
 
 
 class UploadProblem(Exception):
@@ -88,17 +118,16 @@ async def invalid_request(request: Request, e: RequestValidationError):
 class VerifyService:
     """One replica: the keys, the model and the settings, then requests -> rows."""
 
-    def __init__(self, keys, recovery: Recovery, alpha: float, search: str, device: str, dtype: str,
-                 token: str | None, max_upload_mb: float, max_batch: int, batch_wait_ms: float, threads: int,
+    def __init__(self, keys, recovery: Recovery, decision: Decision, service: Service, *, device: str, dtype: str,
                  null="none"):
         import torch
 
-        torch.set_num_threads(threads)
-        self.verifier = Verifier(keys, recovery, alpha, device, dtype, search, null)
-        self.token = None if token is None else token.encode()
-        self.max_bytes = int(max_upload_mb * 2**20)
-        self.detect.set_max_batch_size(max_batch)
-        self.detect.set_batch_wait_timeout_s(batch_wait_ms / 1000)
+        torch.set_num_threads(service.cpus_per_replica)
+        self.verifier = Verifier(keys, recovery, decision, device=device, dtype=dtype, null=null)
+        self.token = None if service.token is None else service.token.encode()
+        self.max_bytes = int(service.max_upload_mb * 2**20)
+        self.detect.set_max_batch_size(service.max_batch)
+        self.detect.set_batch_wait_timeout_s(service.batch_wait_ms / 1000)
 
     def authorize(self, request: Request) -> None:
         if self.token is None:
@@ -167,29 +196,25 @@ class VerifyService:
         return {"status": "ok"}
 
 
-def start(keys, recovery: Recovery = Recovery(), alpha: float = 0.01, search: str = DEFAULT_SEARCH, device: str = "auto",
-          dtype: str = "float32", token: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-          replicas: int = 1, max_batch: int = 8, batch_wait_ms: float = 20.0, max_upload_mb: float = 20.0,
-          max_queued: int = 64, cpus_per_replica: int = 1, gpus_per_replica: float | None = None,
-          address: str | None = None, quiet: bool = True, null="auto", key_files: list = ()) -> str:
+def start(keys, recovery: Recovery = Recovery(), decision: Decision = Decision(), service: Service = Service(), *,
+          device: str = "auto", dtype: str = "float32", address: str | None = None, quiet: bool = True,
+          null="auto", key_files: list = ()) -> str:
     """Deploy the service on Ray Serve (joining ``address`` or starting a local Ray) and return its
     URL; it serves until ``serve.shutdown()`` or the end of this process."""
-    check_exposure(host, token)
-    Verifier.check(keys, alpha, search)
+    check_key_set(keys)
     null = resolve_null(null, keys[0].model, recovery.for_model(default_recovery(keys[0].model)),
                         tuple(keys[0].latent_shape), key_files) or "none"  # found here, shipped to the replicas
     if not (cluster_address(address) or ray.is_initialized()):  # the proxy will run here
-        check_port(host, port)
+        check_port(service.host, service.port)
     connect(address, quiet=quiet)
-    if gpus_per_replica is None:
-        gpus_per_replica = default_gpus(ray.cluster_resources(), device)
+    gpus = default_gpus(ray.cluster_resources(), device) if service.gpus_per_replica is None else service.gpus_per_replica
     if APP in serve.status().applications:
         raise ValueError(f"this Ray cluster already serves an app named {APP!r}; stop it first")
-    serve.start(http_options={"host": host, "port": port})  # ignored where Serve already runs
-    service = VerifyService.options(
-        num_replicas=replicas, max_ongoing_requests=2 * max_batch, max_queued_requests=max_queued,
-        ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica},
-    ).bind(keys, recovery, alpha, search, device, dtype, token, max_upload_mb, max_batch, batch_wait_ms,
-           cpus_per_replica, null)
-    serve.run(service, name=APP, route_prefix="/")
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    serve.start(http_options={"host": service.host, "port": service.port})  # ignored where Serve already runs
+    deployment = VerifyService.options(
+        num_replicas=service.replicas, max_ongoing_requests=2 * service.max_batch,
+        max_queued_requests=service.max_queued,
+        ray_actor_options={"num_cpus": service.cpus_per_replica, "num_gpus": gpus},
+    ).bind(keys, recovery, decision, service, device=device, dtype=dtype, null=null)
+    serve.run(deployment, name=APP, route_prefix="/")
+    return service.url

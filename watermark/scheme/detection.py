@@ -22,7 +22,6 @@ from .null import NullModel, rings
 class Score:
     p_value: float
     distance: float  # Tree-Ring's mean |F - K| inside the mask
-    sigma: float  # the noise scale estimated inside the mask
     statistic: float  # Student t (ring, rand, ringid) or F (zeros)
     df: int  # degrees of freedom of the noise-scale estimate
 
@@ -123,7 +122,7 @@ def score(z_T: torch.Tensor, key: Key, null: NullModel | None = None) -> list[Sc
     only the term |k - z|^2 carries the key in, and lets the scale cancel.
 
     ``zeros`` has no direction: F = (mean z^2 inside the mask) / (mean z^2 on the annulus
-    radius < |f| <= 2 radius), p = P(F(d, m) <= F). It assumes the spectrum is flat across
+    radius < |f| <= 2 radius), p = P(F(d, d_ref) <= F), d and d_ref the degrees of freedom of the two. It assumes the spectrum is flat across
     the two regions, which recovered z_T is not: it is not calibrated (README), and takes no
     null model.
     """
@@ -135,17 +134,16 @@ def score(z_T: torch.Tensor, key: Key, null: NullModel | None = None) -> list[Sc
         z = dof(channels, key)
         annulus = replace(key, radius=2 * key.radius)  # off the axes, as the mask
         ref = dof(channels, annulus)[:, _outside(key)]
-        d, m = z.shape[-1], ref.shape[-1]
-        sigma = ref.pow(2).mean(-1).sqrt()
-        stat = z.pow(2).mean(-1) / sigma.pow(2).clamp_min(1e-24)
-        p = stats.f.cdf(stat.numpy(), d, m)
+        d, df = z.shape[-1], ref.shape[-1]
+        stat = z.pow(2).mean(-1) / ref.pow(2).mean(-1).clamp_min(1e-24)
+        p = stats.f.cdf(stat.numpy(), d, df)
     else:
         z, k_hat = test_vectors(centred(z_T, null), [key], null)
-        t, sigma = t_statistic(z, k_hat)
-        stat, m, sigma = t[..., 0], z.shape[-1] - 1, sigma[..., 0]
-        p = stats.t.sf(stat.numpy(), m)
-    return [Score(float(np.clip(p[b], 0.0, 1.0)), float(distance[b]), float(sigma[b]), float(stat[b]), m)
-            for b in range(len(z_T))]
+        t, _ = t_statistic(z, k_hat)
+        stat, df = t[..., 0], z.shape[-1] - 1
+        p = stats.t.sf(stat.numpy(), df)
+    return [Score(p_value=float(np.clip(p[b], 0.0, 1.0)), distance=float(distance[b]), statistic=float(stat[b]),
+                  df=df) for b in range(len(z_T))]
 
 
 def centred(z_T: torch.Tensor, null: NullModel | None) -> torch.Tensor:
@@ -276,6 +274,7 @@ def match_keys(z_T: torch.Tensor, keys: list[Key], transforms: list[Transform] |
         distance = float((centred_spectrum(warped[b, ti])[mask] - key.pattern_values()[mask]).abs().mean())
         p = float(np.clip(p, 0.0, 1.0))
         runner_up = corrected(ranked[1][4], len(keys), ranked[1][5]) if len(ranked) > 1 else 1.0
-        out.append(KeyMatch(key.key_id, corrected(p, len(keys), tested), distance, p, len(keys),
-                            transforms[ti].name, tested, runner_up))
+        out.append(KeyMatch(key_id=key.key_id, p_value=corrected(p, len(keys), tested), distance=distance,
+                            raw_p_value=p, keys_tested=len(keys), transform=transforms[ti].name,
+                            transforms_tested=tested, runner_up_p_value=runner_up))
     return out

@@ -25,7 +25,7 @@ VERSION = 3  # 3: several channels; 2: centred spatial origin, no axis bins, key
 VERSIONS = (2, 3)  # readable; a version-2 key is a version-3 key on one channel
 PATTERNS = ("rand", "ring", "ringid", "zeros")
 Pattern = Literal["rand", "ring", "ringid", "zeros"]
-DEFAULT_PATTERN = "rand"  # chosen by `ringmark bench detect --patterns` (BENCHMARKS.md)
+DEFAULT_PATTERN = "rand"  # chosen by the pattern comparison of `ringmark bench detect` (--pattern-n; BENCHMARKS.md)
 
 
 class KeyFileError(Exception):
@@ -83,7 +83,7 @@ class Key:
 
 def default_radius(latent_side: int, pattern: str = "ring") -> int:
     """Tree-Ring's radius 10 on SD's 64x64 latents for its ``ring`` and ``zeros``; 14 for ``rand``
-    and ``ringid``, which gain from the room (``ringmark bench detect --patterns``): as the same
+    and ``ringid``, which gain from the room (the pattern comparison of ``ringmark bench detect``): as the same
     fraction of the latent side."""
     return max(2, round((10 if pattern in ("ring", "zeros") else 14) * latent_side / 64))
 
@@ -178,8 +178,8 @@ def new_key(model: str, latent_shape: tuple[int, int, int], pattern: Pattern = D
     c, h, w = latent_shape
     radius = default_radius(min(h, w), pattern) if radius is None else radius
     channels = tuple(range(c)) if channels is None else tuple(sorted(channels))
-    key = Key(pattern, radius, channels, secrets.randbits(128) if seed is None else seed, model,
-              tuple(latent_shape))
+    key = Key(pattern=pattern, radius=radius, channels=channels, seed=secrets.randbits(128) if seed is None else seed,
+              model=model, latent_shape=tuple(latent_shape))
     validate(key)
     return key
 

@@ -141,77 +141,84 @@ def decoder_inversion_study(encode, decode, z_0, post, n_inv: int, n_iters: int,
     res["nmse_encoder_db"] = float(nmse_db(z_enc, z_star).mean())
     res["nmse_encoder_without_error_mean_db"] = float(nmse_ac_db(z_enc, z_star).mean())
     rho, checkpoints = 0.5, (10, 20, 50, 100, n_iters)
-    nmse_at: dict[int, list] = {k: [] for k in checkpoints}
-    nmse_ac_at: dict[int, list] = {k: [] for k in checkpoints}
-    coco = []
     k_id = min(50, n_iters)  # where the identifiability diagnostic looks at the forward step
-    ident: dict[str, list] = {"pixel_nmse_db": [], "gain_error": [], "gain_white": []}
-    error_dc, error_dc_share = [], []  # the error's per-channel spatial mean, and its share of the error
     gen_ident = torch.Generator().manual_seed(seed + 1)  # its own: the figures after it stay as they were
+    parts = []
     for i in range(0, n_inv, 10):
-        traj = []  # z_0 .. z_{n_iters + 1}: the callback sees each iterate before its update
-        z_last, _ = fixed_point(encode, decode, x[i : i + 10], iters=n_iters + 1, rho=rho,
-                                callback=lambda d: traj.append(d["z"].clone()))
-        traj.append(z_last)
-        for k in checkpoints:
-            if k < len(traj):
-                nmse_at[k].append(nmse_db(traj[k], z_star[i : i + 10]))
-                nmse_ac_at[k].append(nmse_ac_db(traj[k], z_star[i : i + 10]))
-        coco.append(cocoercivity(traj, batched(encode, x[i : i + 10]), rho))
-        # why the latent error stalls: how much of it the image shows. The pixel error of z_k,
-        # and the decoder's gain ||D(z* + e) - D(z*)|| / ||e|| along the error e = z_k - z*,
-        # against white noise of the same norm; a direction the decoder barely renders cannot be
-        # recovered from the image by any inversion method.
-        z_k, z_i, x_i = traj[k_id], z_star[i : i + 10], x[i : i + 10]
-        e = z_k - z_i
-        w = torch.randn(e.shape, generator=gen_ident)
-        w = w * (e.flatten(1).norm(dim=1) / w.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
-        x_k = decode(z_k)  # = D(z* + e)
-        ident["pixel_nmse_db"].append(nmse_db(x_k, x_i))
-        ident["gain_error"].append((x_k - x_i).flatten(1).norm(dim=1) / e.flatten(1).norm(dim=1))
-        ident["gain_white"].append((decode(z_i + w) - x_i).flatten(1).norm(dim=1) / w.flatten(1).norm(dim=1))
-        e_dc = e.mean(dim=(-2, -1))
-        error_dc.append(e_dc)
-        error_dc_share.append(e_dc.pow(2).sum(1) * e[0, 0].numel() / e.flatten(1).pow(2).sum(1))
+        parts.append(forward_step_batch(encode, decode, x[i : i + 10], z_star[i : i + 10], n_iters=n_iters, rho=rho,
+                                        checkpoints=checkpoints, k_id=k_id, gen=gen_ident))
         click.echo(f"inversion {i + 10}/{n_inv}", err=True)
-    # why: the decoder's response to shifting one channel's mean by 0.3, on 16 of the generated
-    # latents: R[:, c] is the pixel change per unit shift of channel c's mean
-    z16, x16 = z_star[:16], x[:16]
+    joined = {name: torch.cat([part[name] for part in parts]) for name in parts[0] if not isinstance(parts[0][name], dict)}
+    gains, R = channel_gains(decode, z_star[:16], x[:16], gen)
+    res["decoder_gain_per_channel"] = gains
+    res["decoder_dc_gain"] = dc_gain(R, z_0, post, joined["error_dc"], joined["error_dc_share"], k_id)
+    res["forward_step_rho"] = rho
+    for name, field in (("nmse_forward_step_db", "nmse_at"), ("nmse_forward_step_without_error_mean_db", "nmse_ac_at")):
+        res[name] = {str(k): float(torch.cat([part[field][k] for part in parts]).mean()) for k in checkpoints
+                     if k in parts[0][field]}
+    res["forward_step_identifiability"] = {"iterations": k_id, **{k: float(joined[k].mean()) for k in
+                                                                  ("pixel_nmse_db", "gain_error", "gain_white")}}
+    coco = joined["cocoercivity"]
+    res["cocoercivity_min_ratio"] = {"positive": int((coco > 0).sum()), "of": len(coco),
+                                     "median": float(coco.median()), "iterations": n_iters}
+    return res
+
+
+def forward_step_batch(encode, decode, x, z_star, *, n_iters: int, rho: float, checkpoints, k_id: int, gen) -> dict:
+    """One batch of ``decoder_inversion_study``: the forward step's NMSE at each checkpoint, the
+    cocoercivity check, and why the latent error stalls: how much of it the image shows. The pixel
+    error of z_k, and the decoder's gain ||D(z* + e) - D(z*)|| / ||e|| along the error e = z_k - z*,
+    against white noise of the same norm; a direction the decoder barely renders cannot be
+    recovered from the image by any inversion method."""
+    traj = []  # z_0 .. z_{n_iters + 1}: the callback sees each iterate before its update
+    z_last, _ = fixed_point(encode, decode, x, iters=n_iters + 1, rho=rho, callback=lambda d: traj.append(d["z"].clone()))
+    traj.append(z_last)
+    out = {"nmse_at": {k: nmse_db(traj[k], z_star) for k in checkpoints if k < len(traj)},
+           "nmse_ac_at": {k: nmse_ac_db(traj[k], z_star) for k in checkpoints if k < len(traj)},
+           "cocoercivity": cocoercivity(traj, batched(encode, x), rho)}
+    z_k = traj[k_id]
+    e = z_k - z_star
+    w = torch.randn(e.shape, generator=gen)
+    w = w * (e.flatten(1).norm(dim=1) / w.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
+    x_k = decode(z_k)  # = D(z* + e)
+    out["pixel_nmse_db"] = nmse_db(x_k, x)
+    out["gain_error"] = (x_k - x).flatten(1).norm(dim=1) / e.flatten(1).norm(dim=1)
+    out["gain_white"] = (decode(z_star + w) - x).flatten(1).norm(dim=1) / w.flatten(1).norm(dim=1)
+    e_dc = e.mean(dim=(-2, -1))  # the error's per-channel spatial mean, and its share of the error
+    out["error_dc"] = e_dc
+    out["error_dc_share"] = e_dc.pow(2).sum(1) * e[0, 0].numel() / e.flatten(1).pow(2).sum(1)
+    return out
+
+
+def channel_gains(decode, z16, x16, gen) -> tuple[dict, torch.Tensor]:
+    """The decoder's response to shifting one channel's mean by 0.3: R[:, c] is the pixel change
+    per unit shift of channel c's mean; its gain (pixel RMS change per unit) one channel at a time,
+    against white noise of std 0.3."""
     R = torch.stack([((batched(decode, z16 + 0.3 * torch.eye(z16.shape[1])[c].view(1, -1, 1, 1)) - x16) / 0.3)
                      .flatten(1) for c in range(z16.shape[1])], 1)
-    # its gain (pixel RMS change per unit) one channel at a time, against white noise of std 0.3
     gains = {"channel_mean_shift": R.pow(2).mean(dim=(0, 2)).sqrt().tolist(), "white_noise": []}
     for c in range(z16.shape[1]):
         z_pert = z16.clone()
         z_pert[:, c] += 0.3 * torch.randn(z16[:, c].shape, generator=gen)
         gains["white_noise"].append(float((batched(decode, z_pert) - x16).pow(2).mean().sqrt() / 0.3))
-    res["decoder_gain_per_channel"] = gains
-    # The same for the channel means shifted together: G = R R^T / P. Its eigenvalues, as RMS
-    # gains, say which combinations of the means the image shows; the spread of the generated and
-    # the training latents' means along its eigenvectors, and where the inversion error's mean
-    # lies, say why that error stalls. (One channel at a time hides a combination the decoder ignores.)
+    return gains, R
+
+
+def dc_gain(R, z_0, post, err_dc, error_dc_share, k_id: int) -> dict:
+    """The channel means shifted together: G = R R^T / P. Its eigenvalues, as RMS gains, say which
+    combinations of the means the image shows; the spread of the generated and the training
+    latents' means along its eigenvectors, and where the inversion error's mean lies, say why that
+    error stalls. (One channel at a time hides a combination the decoder ignores.)"""
     eig, vec = torch.linalg.eigh((R @ R.transpose(1, 2)).mean(0) / R.shape[-1])  # ascending
-    err_dc = torch.cat(error_dc)
-    res["decoder_dc_gain"] = {
+    return {
         "gains": eig.clamp_min(0).sqrt().tolist(),
         "directions": vec.T.tolist(),
         "generated_mean_std_along": (z_0.mean(dim=(-2, -1)) @ vec).std(0).tolist(),
         "train_mean_std_along": (post.mean(dim=(-2, -1)) @ vec).std(0).tolist(),
         "iterations": k_id,
-        "error_share_in_channel_means": float(torch.cat(error_dc_share).mean()),
+        "error_share_in_channel_means": float(error_dc_share.mean()),
         "error_mean_share_along": ((err_dc @ vec).pow(2) / err_dc.pow(2).sum(1, keepdim=True)).mean(0).tolist(),
     }
-    res["forward_step_rho"] = rho
-    res["nmse_forward_step_db"] = {str(k): float(torch.cat(v).mean()) for k, v in nmse_at.items() if v}
-    res["nmse_forward_step_without_error_mean_db"] = {str(k): float(torch.cat(v).mean())
-                                                      for k, v in nmse_ac_at.items() if v}
-    res["forward_step_identifiability"] = {"iterations": k_id, **{k: float(torch.cat(v).mean())
-                                                                  for k, v in ident.items()}}
-    coco = torch.cat(coco)
-    res["cocoercivity_min_ratio"] = {"positive": int((coco > 0).sum()), "of": len(coco),
-                                     "median": float(coco.median()), "iterations": n_iters}
-
-    return res
 
 
 # The model card's comparison runs the iterative methods of the decision study at its step sizes.

@@ -364,7 +364,7 @@ def choose_key_channel(out: Path, n: int, device: str, seed: int) -> dict:
 
     def p_values(images, key):  # each image's p-value for ``key``, the model's default recovery, no search
         z_T, _ = noise(model, images, Recovery(), 32)
-        return own_and_foreign(z_T, [key], "none")[1]
+        return own_and_foreign(z_T, [key], "none")[0]
 
     model = load_model(str(out), device)
     shape = model.latent_shape(model.default_size)
