@@ -6,6 +6,11 @@ answer JSON without an error, and ``kill %1`` stops it.
 
 The Stable Diffusion examples need a hub checkpoint and a GPU; they run here on the tiny SD-layout
 checkpoint built in tests/conftest.py, with the size, device and precision a CPU can use.
+
+A block must also still mean what it shows: what a user reads off ``verify``'s and ``demo``'s
+table (each image's verdict and the summary line), ``scan``'s summary and the server's answer,
+and what the Python examples print for the images they just watermarked, are checked, not only
+that the commands exit 0.
 """
 
 import json
@@ -43,11 +48,60 @@ def on_stand_in(code: str, folder: str) -> str:
 
 
 @pytest.mark.parametrize("code", blocks("python"))
-def test_python_block_runs(code, tmp_path, monkeypatch, request):
+def test_python_block_runs(code, tmp_path, monkeypatch, request, capsys):
     monkeypatch.chdir(tmp_path)
     if "stabilityai/" in code:
         code = on_stand_in(code, str(request.getfixturevalue("sd_folder")))
     exec(compile(code, str(README), "exec"), {})
+    # the examples print results for images they have just watermarked with their own key: the
+    # first boolean of each printed line (watermarked) is True, unless a defence named on the
+    # line overruled it (min_consistency can reject an image of the user's own key)
+    for line in capsys.readouterr().out.splitlines():
+        words = line.split()
+        first = next((w for w in words if w in ("True", "False")), None)
+        assert first in (None, "True") or re.search(r"\b(consistency|one key)\b", line), line
+
+
+ROW = re.compile(r"^(?P<path>\S+)\s+(?P<verdict>WATERMARKED|clean|ERROR|rejected \([\w ]+\))(?P<weak> \(weak\))?(\s|$)")
+SUMMARY = re.compile(r"^(?P<found>\d+) of (?P<total>\d+) watermarked at alpha = (?P<alpha>[0-9.e-]+)(; .+)?$")
+
+
+def read_table(stdout: str) -> tuple[dict[str, str], int, int, float]:
+    """verify's table as a user reads it: path -> verdict word, and the summary line's N of M at alpha."""
+    header, *rows, summary = stdout.strip().splitlines()
+    assert header.split()[:2] == ["path", "verdict"], header
+    total = SUMMARY.match(summary)
+    assert total, f"no summary line: {summary!r}"
+    verdicts = {}
+    for row in rows:
+        match = ROW.match(row)
+        assert match, f"not a table row: {row!r}"
+        verdicts[match["path"]] = match["verdict"]
+    return verdicts, int(total["found"]), int(total["total"]), float(total["alpha"])
+
+
+def check_meaning(args: list[str], result, stand_in: bool) -> None:
+    """What the user looks at in a command's output says what the README says it does."""
+    command = args[1]
+    if command in ("verify", "demo") and "--json" not in args:
+        verdicts, found, total, alpha = read_table(result.stdout)
+        assert alpha == 0.01 and total == len(verdicts), result.stdout
+        assert found == sum(v == "WATERMARKED" for v in verdicts.values()), result.stdout  # the line agrees
+        assert result.exit_code == (0 if found else 1) or command == "demo", result.stdout
+        if "--report" in args:  # the report says what the table says, with a figure per watermarked image
+            html = Path(args[args.index("--report") + 1]).read_text()
+            assert html.count('<tr class="result"') == total and f"<b>{found}</b>watermarked" in html, html[:2000]
+            assert html.count('<tr class="figure">') >= found
+        if command == "demo":  # "a key, 4 watermarked and 4 clean images, all 8 verified"
+            marked = [v for path, v in verdicts.items() if path.startswith("watermarked/")]
+            clean = [v for path, v in verdicts.items() if path.startswith("clean/")]
+            assert total == 8 and marked == ["WATERMARKED"] * 4, f"watermarked images not found:\n{result.stdout}"
+            # a clean image is flagged with probability alpha (the shipped null model makes p exact
+            # for the key): two or more of the 4 by luck with probability 5.9e-4
+            assert len(clean) == 4 and sum(v == "WATERMARKED" for v in clean) <= 1, result.stdout
+    if command == "scan" and not stand_in:  # the block scans the images it has just watermarked
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        assert summary["errors"] == 0 and summary["watermarked"] == summary["images"] > 0, summary
 
 
 def commands(code):
@@ -87,6 +141,8 @@ def curl(command: str, server: subprocess.Popen | None) -> None:
     assert done.returncode == 0, (command, done.stderr, problem)
     answer = json.loads(done.stdout)
     assert "error" not in answer, (command, answer)
+    if "/v1/verify" in command:  # the block uploads images it has just watermarked
+        assert answer["results"] and all(r["watermarked"] for r in answer["results"]), (command, answer)
 
 
 @pytest.mark.parametrize("code", blocks("console"))
@@ -116,6 +172,7 @@ def test_console_block_runs(code, tmp_path, monkeypatch, request):
                 if "--json" in args:  # what a user stores: one JSON object per image, with its p-value
                     rows = [json.loads(line) for line in result.stdout.splitlines()]
                     assert rows and all("p_value" in r for r in rows), result.stdout
+                check_meaning(args, result, stand_in)
     finally:
         for process in background:
             stop(process)

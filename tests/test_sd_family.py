@@ -142,8 +142,9 @@ def test_zero_terminal_snr_generates_inverts_and_round_trips(zero_snr_model):
     held_eps = ddim_invert(model.predict, ours, schedule, exact=True, refine_iters=8, hold="eps", extra_args=cond)
     assert all(torch.isfinite(z).all() for z in (naive, exact, held_eps))
     rel = lambda z: float((z - z_T).norm() / z_T.norm())  # noqa: E731
-    # a random UNet is not smooth: naive is ~10 % off; exact, holding v, 3e-5 (measured)
-    assert rel(exact) < 1e-3 < rel(naive) < 0.5, (rel(exact), rel(naive))
-    # holding eps fixed does not contract at alpha_bar_T ~ 0 (eps(z) ~ z): it stalls near 1.5 %
+    # a random UNet is not smooth: naive is 4 % off; exact, holding v, 3e-7 (measured). What is
+    # claimed: exact inversion is accurate and much better than naive; naive still carries z_T
+    assert rel(exact) < 1e-3 and rel(exact) < rel(naive) / 10 and rel(naive) < 0.5, (rel(exact), rel(naive))
+    # holding eps fixed does not contract at alpha_bar_T ~ 0 (eps(z) ~ z): it stalls near 2 %
     assert rel(held_eps) > 10 * rel(exact)
     assert all(s.p_value < 1e-10 for s in score(exact, key))

@@ -25,6 +25,7 @@ import torch
 from .io.images import ImageError, Loaded, find_images, load_image, require_usable, save_png
 from .io.keyfile import check_writable, load_key, read_json, save_key
 from .io.keyring import check_collision, is_keyring, load_keyring, load_keys, locked, save_keyring
+from .io.report import check_available, write_report
 from .models import ModelError, get_model
 from .pipeline import Decision, Recovery, check_key_set, check_keys, check_size, make_key
 from .scheme.embedding import watermarked_latents
@@ -202,7 +203,8 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, 
 def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recovery(), *, alpha: float = 0.01,
            search: str = DEFAULT_SEARCH, one_key: bool = False, min_consistency: float | None = None,
            null: str | os.PathLike | None = "auto", key_files: list = (), device: str = "cpu",
-           dtype: str = "float32", batch: int = 8, progress: Callable[[int], None] | None = None) -> list[Result]:
+           dtype: str = "float32", batch: int = 8, progress: Callable[[int], None] | None = None,
+           report: str | os.PathLike | None = None, force: bool = False) -> list[Result]:
     """Test every image under ``paths`` against ``keys`` (Key objects, key files, keyring files,
     folders of them; a bad file or entry in a folder or keyring is skipped with a KeyringWarning);
     one Result per image, in order. ``alpha``, ``search`` (the rotations and crops undone before the
@@ -214,8 +216,13 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
 
     An image that cannot be read gets a Result with ``error`` set; the others go on.
     ``progress(k)``: k more images done, called as the work advances (not once per batch).
+    ``report``: also write the HTML evidence report there (``io.report``; an existing file is kept
+    unless ``force``).
     """
     decision = Decision(alpha=alpha, search=search, one_key=one_key, min_consistency=min_consistency)
+    if report is not None:
+        check_available()
+        _check_outputs(Path(report).parent, [Path(report).name], force)
     if batch < 1:
         raise ValueError(f"batch must be positive, got {batch}")
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
@@ -229,6 +236,7 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
     require_usable(found)
     verifier = Verifier(keys, recovery, decision, device=device, dtype=dtype, null=null, key_files=key_files)
     results: list[Result | None] = [None] * len(found)
+    detections: list = [None] * len(found)  # with their Evidence when a report is asked for
     done = _Done(progress)
     pending: list[tuple[int, str, Loaded]] = []  # read, waiting for a full batch
     for i, (path, error) in enumerate(found):
@@ -241,8 +249,10 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
             results[i] = verifier.failed(path, error)
             done.to(done.count + 1)
         if len(pending) == batch or (pending and i == len(found) - 1):
-            _run(verifier, pending, results, done)
+            _run(verifier, pending, (results, detections), done, evidence=report is not None)
             pending = []
+    if report is not None:
+        write_report(report, results, detections, model=keys[0].model)
     return results
 
 
@@ -258,11 +268,13 @@ class _Done:
         self.count = max(self.count, count)
 
 
-def _run(verifier: Verifier, items: list[tuple[int, str, Loaded]], results: list, done: _Done) -> None:
-    """One batch into ``results`` at its images' places, progress reported as its network calls advance."""
+def _run(verifier: Verifier, items: list[tuple[int, str, Loaded]], into: tuple[list, list], done: _Done,
+         evidence: bool) -> None:
+    """One batch into (results, detections) at its images' places, progress reported as its
+    network calls advance."""
     before = done.count
-    rows = verifier.run([(path, loaded) for _, path, loaded in items],
-                        progress=lambda f: done.to(before + int(f * len(items))))
-    for (i, _, _), row in zip(items, rows):
-        results[i] = row
+    pairs = verifier.verify([(path, loaded) for _, path, loaded in items],
+                            progress=lambda f: done.to(before + int(f * len(items))), evidence=evidence)
+    for (i, _, _), (row, detection) in zip(items, pairs):
+        into[0][i], into[1][i] = row, detection
     done.to(before + len(items))

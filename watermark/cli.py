@@ -56,11 +56,13 @@ def library_errors(fn):
         from .models import ModelError
         from .scale.cluster import ScaleError
         from .io.nullfile import NullFileError
+        from .io.report import ReportError
         from .scheme.keys import KeyFileError
 
         try:
             return fn(*args, **kwargs)
-        except (KeyFileError, ModelError, NullFileError, OutputError, ResultsError, ScaleError, ValueError) as e:
+        except (KeyFileError, ModelError, NullFileError, OutputError, ReportError, ResultsError, ScaleError,
+                ValueError) as e:
             raise Failure(str(e)) from None
         except OSError as e:  # e.g. an output folder that cannot be written
             where = f"{e.filename}: " if e.filename else ""
@@ -71,7 +73,7 @@ def library_errors(fn):
 
 def device_options(fn):
     fn = click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True,
-                      help="Precision of the networks (float16 needs CUDA).")(fn)
+                      help="Precision of the networks (float16 is for GPUs: on a CPU it runs, many times slower).")(fn)
     fn = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
                       help="auto: CUDA when present, else CPU.")(fn)
     return fn
@@ -225,12 +227,10 @@ def embed(key_path, outdir, n, prompt, prompts_file, seed, steps, guidance, no_w
 
 
 def verdict(r) -> str:
-    if r.error is not None:
-        return "ERROR"
-    if r.rejected_by is not None:
-        return f"rejected ({r.rejected_by})"
-    word = "WATERMARKED" if r.watermarked else "clean"
-    return f"{word} (weak)" if r.weak else word
+    """The table's word for a row: the report's (``io.report.verdict``), positives and errors in capitals."""
+    from .io.report import verdict as word
+
+    return word(r).replace("watermarked", "WATERMARKED").replace("error", "ERROR")
 
 
 def table(results) -> str:
@@ -305,14 +305,17 @@ def load_cli_keys(key_paths, quiet: bool):
 @verification_options
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1), help="Images per batch.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
+@click.option("--report", type=click.Path(dir_okay=False),
+              help="Also write an HTML evidence report (one self-contained file; needs the report extra).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --report file.")
 @click.option("--one-key", is_flag=True, help="Defence: an image that matches two keys of the keyring is not watermarked.")
 @click.option("--consistency", "min_consistency", type=float, metavar="DB",
               help="Defence: a match whose image regenerates from its recovered z_T further than DB (PSNR) from "
                    "itself is not watermarked; one generation per match (README, 'Threats').")
 @quiet_option
 @library_errors
-def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, batch, as_json, one_key,
-           min_consistency, device, dtype, quiet):
+def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, batch, as_json, report,
+           force, one_key, min_consistency, device, dtype, quiet):
     """Test images (files or folders, recursively) for the watermark of one or more keys.
 
     Exit status: 0 if at least one image is watermarked, 1 if none is, 2 if any input could
@@ -322,7 +325,7 @@ def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, 
     """
     results = run_verify(paths, key_paths, Recovery(inversion, iters, ddim_steps, exact),
                          dict(alpha=alpha, search=search, one_key=one_key, min_consistency=min_consistency),
-                         null=null, batch=batch, device=device, dtype=dtype, quiet=quiet)
+                         null=null, batch=batch, device=device, dtype=dtype, quiet=quiet, report=report, force=force)
     if not quiet:
         for r in results:
             if r.warning:
@@ -334,11 +337,14 @@ def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, 
             click.echo(summary(results), err=True)
     else:
         click.echo(table(results))
+    if report is not None and not quiet:
+        click.echo(f"ringmark: wrote the evidence report {report}", err=True)
     sys.exit(return_code(results))
 
 
 @library_errors
-def run_verify(paths, key_paths, recovery, decision: dict, *, null, batch, device, dtype, quiet):
+def run_verify(paths, key_paths, recovery, decision: dict, *, null, batch, device, dtype, quiet, report=None,
+               force=False):
     """``api.verify`` with the CLI's keys (a warning per unusable one) and progress; ``decision``:
     its alpha, search and defences."""
     from . import api
@@ -348,7 +354,8 @@ def run_verify(paths, key_paths, recovery, decision: dict, *, null, batch, devic
     progress = Progress(len(find_images(list(paths))), "verifying", quiet)
     try:
         return api.verify(list(paths), keys, recovery, **decision, null=null, key_files=list(key_paths),
-                          device=device, dtype=dtype, batch=batch, progress=progress.update)
+                          device=device, dtype=dtype, batch=batch, progress=progress.update, report=report,
+                          force=force)
     finally:
         progress.close()
 

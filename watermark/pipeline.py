@@ -18,7 +18,8 @@ from inversion import ITERATIVE, METHODS, InversionRecord, ddim_invert, invert_d
 
 from .models import DiffusionModel, ModelError
 from .scheme.detection import match_keys
-from .scheme.geometry import DEFAULT_SEARCH, SEARCHES, search_grid
+from .scheme.embedding import centred_spectrum
+from .scheme.geometry import DEFAULT_SEARCH, IDENTITY, SEARCHES, search_grid, undo
 from .scheme.null import NullModel
 from .scheme.keys import DEFAULT_PATTERN, Key, KeyFileError, new_key
 
@@ -109,6 +110,24 @@ class Detection:
     runner_up_p_value: float = 1.0  # the second-best key's corrected p (1 with one key)
     consistency_psnr: float | None = None  # dB to its regeneration, when the check ran (``consistency``)
     rejected_by: str | None = None  # the defence that overruled p <= alpha: "one key", "consistency"
+    statistic: float = float("nan")  # the best key's test statistic (Student t; F for zeros) and its
+    df: int = 0  # degrees of freedom: with raw_p_value, what a report draws against the null
+    evidence: Evidence | None = None  # ``detect(..., evidence=True)``: what a report shows
+
+
+@dataclass(frozen=True, eq=False)
+class Evidence:
+    """What a report shows of one image's test beyond its numbers (``io.report``): how well the
+    recovered z_0 decodes back to the image (PSNR of D(z_0) against it; low: the image is far from
+    anything the decoder makes, e.g. edited), and the magnitude of the recovered z_T's centred
+    spectrum on the best key's first channel, after the transform the search undid. Both follow
+    from the image and the public model alone: no key value is in them (the key is the secret;
+    the report never draws its pattern)."""
+
+    fit_psnr: float
+    spectrum: np.ndarray  # (H, W) float32, |F(z_T)|, zero frequency at the centre
+    channel: int
+    radius: int  # the key's mask radius, in bins
 
 
 def check_size(size: int | None) -> None:
@@ -179,6 +198,14 @@ def recover_noise(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = R
                   refine_iters: int = 3) -> tuple[torch.Tensor, InversionRecord]:
     """Images -> (z_T, decoder-inversion record). ``progress(f)``: the share f of the batch's
     network calls done so far, after each iteration and DDIM step."""
+    _, z_T, record = recover(model, x, recovery, progress, refine_iters)
+    return z_T, record
+
+
+def recover(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recovery(),
+            progress: Callable[[float], None] | None = None,
+            refine_iters: int = 3) -> tuple[torch.Tensor, torch.Tensor, InversionRecord]:
+    """``recover_noise`` keeping the stage between: (z_0, z_T, decoder-inversion record)."""
     recovery = recovery.for_model(model.default_recovery)
     per_step = 1 + refine_iters * recovery.exact  # UNet calls per DDIM step
     iters = recovery.iters  # 0 for the encoder
@@ -191,7 +218,7 @@ def recover_noise(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = R
     z_0, record = latents_from_images(model, x, recovery, lambda d: report(d["i"] + 1))
     z_T = noise_from_latents(model, z_0, recovery, refine_iters,
                              callback=lambda d: report(iters + 1 + (d["i"] + 1) * per_step))
-    return z_T, record
+    return z_0, z_T, record
 
 
 @torch.inference_mode()
@@ -219,23 +246,43 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
 
 def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Recovery = Recovery(),
            decision: Decision = Decision(), *, null: NullModel | None = None,
-           progress: Callable[[float], None] | None = None) -> list[Detection]:
+           progress: Callable[[float], None] | None = None, evidence: bool = False) -> list[Detection]:
     """Test each image (B, 3, H, W) in [-1, 1], at the keys' size, against ``keys``, as
     ``decision`` says (the level, the geometric search, the defences). ``null``: the null model of
     this model, recovery and size (``scheme.null``), which makes the p-value exact for each key;
-    without one it is exact on average over keys."""
+    without one it is exact on average over keys. ``evidence``: each Detection also carries its
+    ``Evidence`` (one more decoder pass per image)."""
     size = check_keys(keys, model)
     if tuple(x.shape[1:]) != (3, size, size):
         raise ValueError(f"images must be (B, 3, {size}, {size}) for these keys, got {tuple(x.shape)}")
-    z_T, record = recover_noise(model, x, recovery, progress)
-    matches = match_keys(z_T, keys, search_grid(decision.search, keys[0].latent_shape[-1]), null)
+    z_0, z_T, record = recover(model, x, recovery, progress)
+    transforms = search_grid(decision.search, keys[0].latent_shape[-1])
+    matches = match_keys(z_T, keys, transforms, null)
     db = [None] * len(matches)
     hits = [i for i, m in enumerate(matches) if m.p_value <= decision.alpha]
     if decision.min_consistency is not None and hits:
         for i, v in zip(hits, consistency(model, x[hits], recovery, z_T[hits])):
             db[i] = round(float(v), 2)
-    return [_detection(match, decision, int(iters), psnr_db)
-            for match, iters, psnr_db in zip(matches, record.iterations.tolist(), db)]
+    shown = gather_evidence(model, x, z_0, z_T, keys, matches, transforms) if evidence else [None] * len(matches)
+    return [replace(_detection(match, decision, int(iters), psnr_db), evidence=e)
+            for match, iters, psnr_db, e in zip(matches, record.iterations.tolist(), db, shown)]
+
+
+@torch.inference_mode()
+def gather_evidence(model: DiffusionModel, x: torch.Tensor, z_0: torch.Tensor, z_T: torch.Tensor, keys: list[Key],
+                    matches: list, transforms: list) -> list[Evidence]:
+    """Each image's ``Evidence``: PSNR of D(z_0) to the image, and |F(z_T)| on the best key's
+    first channel under the transform that won."""
+    fit = psnr(model.decode(z_0.to(model.device, model.dtype)).float().cpu(), x.float().cpu())
+    by_id, by_name = {k.key_id: k for k in keys}, {t.name: t for t in transforms}
+    out = []
+    for i, match in enumerate(matches):
+        key = by_id[match.key_id]
+        undone = undo(z_T[i : i + 1].float(), [by_name.get(match.transform, IDENTITY)])[0, 0]
+        spectrum = centred_spectrum(undone[key.channels[0]]).abs().float().numpy()
+        out.append(Evidence(fit_psnr=round(float(fit[i]), 2), spectrum=spectrum, channel=key.channels[0],
+                            radius=key.radius))
+    return out
 
 
 def _detection(match, decision: Decision, iterations: int, consistency_psnr: float | None) -> Detection:
@@ -251,4 +298,4 @@ def _detection(match, decision: Decision, iterations: int, consistency_psnr: flo
                      keys_tested=match.keys_tested, transform=match.transform,
                      transforms_tested=match.transforms_tested, iterations=iterations,
                      runner_up_p_value=match.runner_up_p_value, consistency_psnr=consistency_psnr,
-                     rejected_by=rejected)
+                     rejected_by=rejected, statistic=match.statistic, df=match.df)

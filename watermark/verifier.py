@@ -83,11 +83,17 @@ class Verifier:
     def run(self, items: list[tuple[str, Loaded]], progress: Callable[[float], None] | None = None) -> list[Result]:
         """One batch through ``pipeline.detect``: a row per (path, decoded image), in order.
         ``progress(f)``: the share f of the batch done so far."""
+        return [row for row, _ in self.verify(items, progress)]
+
+    def verify(self, items: list[tuple[str, Loaded]], progress: Callable[[float], None] | None = None,
+               evidence: bool = False) -> list[tuple[Result, Detection]]:
+        """``run``, each row with the ``Detection`` it came from (with its ``Evidence`` if asked)."""
         t0 = time.perf_counter()
         x = torch.stack([loaded.image for _, loaded in items])
-        detections = detect(self.model, x, self.keys, self.recovery, self.decision, null=self.null, progress=progress)
+        detections = detect(self.model, x, self.keys, self.recovery, self.decision, null=self.null, progress=progress,
+                            evidence=evidence)
         per_image = round((time.perf_counter() - t0) / len(items), 4)
-        return [self.row(path, loaded, d, per_image) for (path, loaded), d in zip(items, detections)]
+        return [(self.row(path, loaded, d, per_image), d) for (path, loaded), d in zip(items, detections)]
 
     def row(self, path: str, loaded: Loaded, d: Detection, seconds_per_image: float) -> Result:
         """The stored row of one image's ``Detection``."""

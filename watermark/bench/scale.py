@@ -144,9 +144,11 @@ def markdown(res: dict) -> str:
             r = s[key]
             lines.append(f"| {label} | {r['seconds']} | {r['images_per_second']} | {r.get('first_result_seconds', '–')} | "
                          f"{r.get('steady_images_per_second', '–')} |")
-        steady = s["scan_2"]["steady_images_per_second"] / s["scan_1"]["steady_images_per_second"]
+        rates = (s["scan_2"]["steady_images_per_second"], s["scan_1"]["steady_images_per_second"])
+        # None: a worker's images arrived in one batch (a small folder), no steady rate to tell
+        steady = f"{rates[0] / rates[1]:.2f}x" if None not in rates else "– (too few batches to tell)"
         lines += ["", f"- 2 workers / 1 worker: {s['scan_1']['seconds'] / s['scan_2']['seconds']:.2f}x end to end, "
-                      f"{steady:.2f}x steady (target 1.6x)",
+                      f"{steady} steady (target 1.6x)",
                   f"- scan, 2 workers / `ringmark verify`: {s['verify']['seconds'] / s['scan_2']['seconds']:.2f}x "
                   f"end to end (target: no slower past 100 images)",
                   f"- Ray overhead (scan with 1 worker minus verify on 1 thread): {s['ray_overhead_seconds']}s "

@@ -11,6 +11,11 @@ replicas spread over the cluster's CPUs or GPUs.
   too small).
 - ``GET /v1/keys``: key ids, model and latent shape; nothing else of a key leaves the server.
 - ``GET /healthz``: no token needed.
+- ``GET /``: a page to drop images on and see each one's verdict and evidence figure as it comes
+  back (``page.html``: no external scripts or fonts; the token, when needed, is typed into it and
+  kept in the page's memory). It calls ``POST /v1/verify?evidence=true``, which adds to each
+  result an ``evidence`` object (the fit of D(z_0) in dB, and the figure as a PNG data URI;
+  ``io.figures``); without that parameter the API answers as above.
 
 An open verifier is an oracle for stripping watermarks: a bearer token is required unless the
 server listens on loopback only (``check_exposure``), and tokens are compared in constant time.
@@ -21,16 +26,18 @@ import asyncio
 import hmac
 import logging
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 import ray
 from ray import serve
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from .. import __version__
+from ..io import figures
 from ..io.images import ImageError, decode_image
 from ..io.nullfile import resolve_null
 from ..models import default_recovery
@@ -39,6 +46,7 @@ from ..verifier import Verifier
 from .cluster import check_exposure, check_port, cluster_address, connect, default_gpus
 
 APP = "ringmark"  # the Serve application's name
+PAGE = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 FIELD = "files"
 MAX_FILES = 64  # per request
 UPLOAD_SCHEMA = {  # multipart is parsed by hand (after the token check), so FastAPI is told its shape
@@ -181,8 +189,26 @@ class VerifyService:
                 items.append((name, await loop.run_in_executor(None, decode_image, data, self.verifier.size)))
             except ImageError as e:
                 raise UploadProblem(422, f"{name}: {e}") from None
+        if request.query_params.get("evidence", "").lower() in ("1", "true", "yes"):
+            pairs = await loop.run_in_executor(None, self.verifier.verify, items, None, True)
+            return {"results": [{**self.answer(row), "evidence": self.evidence(d)} for row, d in pairs]}
         rows = await asyncio.gather(*(self.detect(item) for item in items))
-        return {"results": [{"file": d.pop("path"), **d} for d in map(asdict, rows)]}
+        return {"results": [self.answer(row) for row in rows]}
+
+    @staticmethod
+    def answer(row) -> dict:
+        d = asdict(row)
+        return {"file": d.pop("path"), **d}
+
+    def evidence(self, d) -> dict:
+        """What the page shows beyond the row: the fit of D(z_0), and the figure when matplotlib is here."""
+        figure = figures.evidence_uri(d.evidence, d, self.verifier.alpha) if figures.available() else None
+        return {"fit_psnr": d.evidence.fit_psnr, "figure": figure}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        """The verifier's page (no data in it: a token is asked for by its requests, not here)."""
+        return HTMLResponse(PAGE)
 
     @app.get("/v1/keys")
     async def keys(self, request: Request) -> dict:

@@ -215,6 +215,8 @@ class KeyMatch:
     transform: str  # the geometric transform undone ("identity" without a search)
     transforms_tested: int
     runner_up_p_value: float = 1.0  # the second-best key's, corrected as p_value (1 with one key)
+    statistic: float = float("nan")  # the best key's test statistic: Student t (F for zeros)
+    df: int = 0  # its degrees of freedom (the noise-scale estimate's)
 
 
 def _tag(key: Key) -> tuple:
@@ -250,13 +252,13 @@ def match_keys(z_T: torch.Tensor, keys: list[Key], transforms: list[Transform] |
     warped = undo(centred(z_T, null), transforms)  # (B, T, C, H, W)
     b_size, n_t = warped.shape[:2]
     # per image and key: (p Bonferroni-corrected for the transforms the key was tested under, -t,
-    # key index, transform index, raw p, transforms tested); a zeros key is tested under one
+    # key index, transform index, raw p, transforms tested, degrees of freedom); a zeros key is tested under one
     found: list[list[tuple]] = [[] for _ in range(b_size)]
     for tag, members in _groups(keys).items():
         group = [keys[i] for i in members]
         if tag[0] == "zeros":
             for b, s in enumerate(score(z_T, group[0])):
-                found[b].append((s.p_value, -s.statistic, members[0], 0, s.p_value, 1))
+                found[b].append((s.p_value, -s.statistic, members[0], 0, s.p_value, 1, s.df))
             continue
         t, df = statistics(warped, group, null)  # (B, T, K)
         t_max, arg = t.max(1)  # each key's best transform
@@ -264,11 +266,11 @@ def match_keys(z_T: torch.Tensor, keys: list[Key], transforms: list[Transform] |
         for b in range(b_size):
             for v, ki in zip(top.values[b].tolist(), top.indices[b].tolist()):
                 p = float(stats.t.sf(v, df))
-                found[b].append((min(1.0, n_t * p), -v, members[ki], int(arg[b, ki]), p, n_t))
+                found[b].append((min(1.0, n_t * p), -v, members[ki], int(arg[b, ki]), p, n_t, df))
     out = []
     for b in range(b_size):
         ranked = sorted(found[b])
-        _, _, ki, ti, p, tested = ranked[0]
+        _, neg_t, ki, ti, p, tested, df = ranked[0]
         key = keys[ki]
         mask = key.mask()
         distance = float((centred_spectrum(warped[b, ti])[mask] - key.pattern_values()[mask]).abs().mean())
@@ -276,5 +278,5 @@ def match_keys(z_T: torch.Tensor, keys: list[Key], transforms: list[Transform] |
         runner_up = corrected(ranked[1][4], len(keys), ranked[1][5]) if len(ranked) > 1 else 1.0
         out.append(KeyMatch(key_id=key.key_id, p_value=corrected(p, len(keys), tested), distance=distance,
                             raw_p_value=p, keys_tested=len(keys), transform=transforms[ti].name,
-                            transforms_tested=tested, runner_up_p_value=runner_up))
+                            transforms_tested=tested, runner_up_p_value=runner_up, statistic=-neg_t, df=df))
     return out
