@@ -10,6 +10,7 @@ its own step sizes) and returns ``(z, InversionRecord)``.
 
 from ._checks import DTYPES
 from .adam import adam
+from .anderson import anderson
 from .ddim import Schedule, ddim_invert, ddim_sample, ddim_schedule, ddim_step, flow_schedule, inverse_step
 from .encoder import encoder
 from .fixed_point import fixed_point
@@ -19,6 +20,6 @@ from .methods import ITERATIVE, METHODS, invert_decoder
 from .record import InversionRecord
 
 __all__ = [
-    "DTYPES", "ITERATIVE", "METHODS", "InversionRecord", "Schedule", "adam", "ddim_invert", "ddim_sample", "ddim_schedule",
+    "DTYPES", "ITERATIVE", "METHODS", "InversionRecord", "Schedule", "adam", "anderson", "ddim_invert", "ddim_sample", "ddim_schedule",
     "ddim_step", "encoder", "fixed_point", "flow_schedule", "gradient", "inertial_km", "inverse_step", "invert_decoder",
 ]

@@ -7,19 +7,21 @@ from typing import Callable, Literal
 import torch
 
 from .adam import adam
+from .anderson import anderson
 from .encoder import encoder
 from .fixed_point import fixed_point
 from .gradient import gradient
 from .inertial_km import inertial_km
 from .record import InversionRecord
 
-Method = Literal["encoder", "gradient", "fixed_point", "inertial_km", "adam"]
+Method = Literal["encoder", "gradient", "fixed_point", "inertial_km", "adam", "anderson"]
 METHODS: dict[str, Callable] = {
     "encoder": encoder,
     "gradient": gradient,
     "fixed_point": fixed_point,
     "inertial_km": inertial_km,
     "adam": adam,
+    "anderson": anderson,
 }
 ITERATIVE = frozenset(METHODS) - {"encoder"}  # the methods that take iterations; the encoder runs none
 

@@ -277,6 +277,10 @@ def verification_options(fn):
         click.option("--ddim-steps", default=None, type=click.IntRange(1),
                      help=f"DDIM-inversion steps [default: the model's, else {DEFAULT_STEPS}]."),
         click.option("--exact", is_flag=True, help="Exact (fixed-point) DDIM inversion; 4x the UNet evaluations."),
+        click.option("--refine", metavar="METHOD:ITERS|none", default=None,
+                     help="Adaptive recovery: images the first look leaves unclear (p near alpha, or two keys close) "
+                          "are refined by METHOD for ITERS iterations and tested again, every p corrected for the "
+                          "two looks (e.g. anderson:10) [default: the model's; none on the bundled models]."),
         click.option("--null", default="auto", show_default=True,
                      help="Null-model file that makes the p-value exact for each key ('ringmark calibrate'); "
                           "'auto': the one of this recovery in the model's folder or beside the key files; "
@@ -314,7 +318,7 @@ def load_cli_keys(key_paths, quiet: bool):
                    "itself is not watermarked; one generation per match (README, 'Threats').")
 @quiet_option
 @library_errors
-def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, batch, as_json, report,
+def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, refine, null, alpha, batch, as_json, report,
            force, one_key, min_consistency, device, dtype, quiet):
     """Test images (files or folders, recursively) for the watermark of one or more keys.
 
@@ -323,7 +327,7 @@ def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, null, 
 
     Example: ringmark verify suspect/ --key key.json --json > results.jsonl
     """
-    results = run_verify(paths, key_paths, Recovery(inversion, iters, ddim_steps, exact),
+    results = run_verify(paths, key_paths, Recovery(inversion, iters, ddim_steps, exact, refine),
                          dict(alpha=alpha, search=search, one_key=one_key, min_consistency=min_consistency),
                          null=null, batch=batch, device=device, dtype=dtype, quiet=quiet, report=report, force=force)
     if not quiet:
@@ -398,7 +402,7 @@ def read_token(token_file: str | None) -> str | None:
 @click.option("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
 @quiet_option
 @library_errors
-def serve(key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, device, dtype, host, port, token_file,
+def serve(key_paths, search, inversion, iters, ddim_steps, exact, refine, null, alpha, device, dtype, host, port, token_file,
           replicas, max_batch, batch_wait_ms, max_upload_mb, max_queued, cpus_per_replica, gpus_per_replica, address,
           quiet):
     """Serve verification over HTTP (Ray Serve): POST /v1/verify, GET /v1/keys, GET /healthz.
@@ -419,7 +423,7 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, d
     service = Service(host=host, port=port, token=read_token(token_file), replicas=replicas, max_batch=max_batch,
                       batch_wait_ms=batch_wait_ms, max_upload_mb=max_upload_mb, max_queued=max_queued,
                       cpus_per_replica=cpus_per_replica, gpus_per_replica=gpus_per_replica)
-    recovery, decision = Recovery(inversion, iters, ddim_steps, exact), Decision(alpha=alpha, search=search)
+    recovery, decision = Recovery(inversion, iters, ddim_steps, exact, refine), Decision(alpha=alpha, search=search)
     keys = load_cli_keys(key_paths, quiet)
     with contextlib.redirect_stdout(sys.stderr):  # as in scan
         url = start(keys, recovery, decision, service, device=device, dtype=dtype, address=address, quiet=quiet,
@@ -459,7 +463,7 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, d
 @click.option("--force", is_flag=True, help="Start over: delete the results file first.")
 @quiet_option
 @library_errors
-def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, null, alpha, device, dtype, output, workers,
+def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, refine, null, alpha, device, dtype, output, workers,
          cpus_per_worker, gpus_per_worker, batch, address, force, quiet):
     """Verify folders or buckets of images on Ray Data, one row per image in a results file.
 
@@ -471,7 +475,7 @@ def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, null, 
     """
     from .scale.cluster import require_ray
 
-    recovery, decision = Recovery(inversion, iters, ddim_steps, exact), Decision(alpha=alpha, search=search)
+    recovery, decision = Recovery(inversion, iters, ddim_steps, exact, refine), Decision(alpha=alpha, search=search)
     keys = load_cli_keys(key_paths, quiet)
     require_ray()
     from .scale.scan import Pool, scan as run_scan
@@ -593,12 +597,13 @@ def csv_choices(choices):
               help="Device of the accuracy and cost runs.")
 @click.option("--skip-accuracy", is_flag=True)
 @click.option("--skip-cost", is_flag=True)
+@click.option("--skip-reference", is_flag=True, help="Skip the side-by-side with the seed paper's code.")
 @click.option("--quick", is_flag=True, help="4 latents, 2 iteration counts, 64 px cost runs: checks the code.")
 @click.option("-o", "--outdir", default="docs/bench", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
 @library_errors
-def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accuracy, skip_cost, quick, outdir,
-                    quiet):
+def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accuracy, skip_cost, skip_reference, quick,
+                    outdir, quiet):
     """NMSE vs iterations and time (bundled model), cost per iteration and memory (SD 2.1 VAE).
 
     Example: ringmark bench inversion -n 32 -o docs/bench
@@ -609,7 +614,7 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
     log = messages(quiet)
     click.echo(inversion.main(n=n, iters=iters, dtypes=dtypes, cost_sizes=cost_sizes, cost_iters=cost_iters,
                               device=device, skip_accuracy=skip_accuracy, skip_cost=skip_cost, quick=quick,
-                              outdir=Path(outdir), log=log, dtypes_given=given))
+                              outdir=Path(outdir), log=log, dtypes_given=given, skip_reference=skip_reference))
 
 
 @bench.command("detect", context_settings=CONTEXT)

@@ -16,6 +16,7 @@ import torch
 
 from inversion import ITERATIVE, METHODS, InversionRecord, ddim_invert, invert_decoder
 
+from .adaptive import parse_refine, second_look
 from .models import DiffusionModel, ModelError
 from .scheme.detection import match_keys
 from .scheme.embedding import centred_spectrum
@@ -42,6 +43,8 @@ class Recovery:
     iters: int | None = None
     ddim_steps: int | None = None
     exact: bool = False  # exact (fixed-point) DDIM inversion, refine_iters per step; False: the naive step
+    refine: str | None = None  # "METHOD:ITERS": adaptive, a second look at the unclear images (``adaptive``);
+    # "none": no second look even where the model declares one
 
     def __post_init__(self):
         if self.method is not None and self.method not in METHODS:
@@ -53,6 +56,13 @@ class Recovery:
                              f"methods ({', '.join(sorted(ITERATIVE))})")
         if self.ddim_steps is not None and self.ddim_steps < 1:
             raise ValueError(f"ddim steps must be positive, got {self.ddim_steps}")
+        if self.refine not in (None, "none"):
+            parse_refine(self.refine)
+
+    @property
+    def label(self) -> str:
+        """What the rows call this recovery's decoder inversion."""
+        return self.method if self.refine is None else f"{self.method}, then {self.refine} where unclear"
 
     def for_model(self, defaults: Mapping) -> Recovery:
         """Every unset setting from ``defaults`` (a model's ``default_recovery``), then ringmark's.
@@ -63,7 +73,8 @@ class Recovery:
                              f"--inversion with --iters {self.iters} ({', '.join(sorted(ITERATIVE))})")
         model_iters = defaults.get("iters", DEFAULT_ITERS) if method == defaults.get("method") else DEFAULT_ITERS
         iters = (model_iters if self.iters is None else self.iters) if method in ITERATIVE else 0
-        return replace(self, method=method, iters=iters,
+        refine = self.refine if self.refine is not None else defaults.get("refine") if self.method is None else None
+        return replace(self, method=method, iters=iters, refine=None if refine == "none" else refine,
                        ddim_steps=self.ddim_steps or defaults.get("ddim_steps", DEFAULT_STEPS))
 
 
@@ -112,7 +123,7 @@ class Detection:
     rejected_by: str | None = None  # the defence that overruled p <= alpha: "one key", "consistency"
     statistic: float = float("nan")  # the best key's test statistic (Student t; F for zeros) and its
     df: int = 0  # degrees of freedom: with raw_p_value, what a report draws against the null
-    evidence: Evidence | None = None  # ``detect(..., evidence=True)``: what a report shows
+    evidence: Evidence | None = None  # ``detect(..., evidence=...)``: what a report shows
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,12 +133,20 @@ class Evidence:
     anything the decoder makes, e.g. edited), and the magnitude of the recovered z_T's centred
     spectrum on the best key's first channel, after the transform the search undid. Both follow
     from the image and the public model alone: no key value is in them (the key is the secret;
-    the report never draws its pattern)."""
+    the report never draws its pattern). The fit costs a decoder pass: a report adds it later
+    (``fit_psnr``), for the images it draws."""
 
-    fit_psnr: float
     spectrum: np.ndarray  # (H, W) float32, |F(z_T)|, zero frequency at the centre
     channel: int
     radius: int  # the key's mask radius, in bins
+    z_0: torch.Tensor  # (C, h, w) float32 on the CPU: the recovered latent, for the fit
+    fit_psnr: float | None = None  # None until measured (``fit_psnr``)
+
+
+@torch.inference_mode()
+def fit_psnr(model: DiffusionModel, z_0: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+    """PSNR (dB) of D(z_0) against each image x (B, 3, H, W) in [-1, 1]: how well the recovery fits."""
+    return psnr(model.decode(z_0.to(model.device, model.dtype)).float().cpu(), x.float().cpu())
 
 
 def check_size(size: int | None) -> None:
@@ -246,42 +265,54 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
 
 def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Recovery = Recovery(),
            decision: Decision = Decision(), *, null: NullModel | None = None,
-           progress: Callable[[float], None] | None = None, evidence: bool = False) -> list[Detection]:
+           progress: Callable[[float], None] | None = None, evidence: str | None = None) -> list[Detection]:
     """Test each image (B, 3, H, W) in [-1, 1], at the keys' size, against ``keys``, as
     ``decision`` says (the level, the geometric search, the defences). ``null``: the null model of
     this model, recovery and size (``scheme.null``), which makes the p-value exact for each key;
-    without one it is exact on average over keys. ``evidence``: each Detection also carries its
-    ``Evidence`` (one more decoder pass per image)."""
+    without one it is exact on average over keys. ``evidence``: "all", each Detection also
+    carries its ``Evidence`` with the fit (one more decoder pass per image); "hits", the images at
+    p <= WEAK_EVIDENCE x alpha carry it without the fit (``Evidence.with_fit`` adds it)."""
     size = check_keys(keys, model)
     if tuple(x.shape[1:]) != (3, size, size):
         raise ValueError(f"images must be (B, 3, {size}, {size}) for these keys, got {tuple(x.shape)}")
+    recovery = recovery.for_model(model.default_recovery)
     z_0, z_T, record = recover(model, x, recovery, progress)
     transforms = search_grid(decision.search, keys[0].latent_shape[-1])
     matches = match_keys(z_T, keys, transforms, null)
+    iterations = record.iterations.tolist()
+    if recovery.refine is not None:  # adaptive: a second look where the first leaves the decision unclear
+        matches, more = second_look(model, x, z_0, keys, transforms, matches, recovery, decision.alpha, WEAK_EVIDENCE,
+                                    lambda z: noise_from_latents(model, z, recovery))
+        iterations = [a + b for a, b in zip(iterations, more)]
     db = [None] * len(matches)
     hits = [i for i, m in enumerate(matches) if m.p_value <= decision.alpha]
     if decision.min_consistency is not None and hits:
         for i, v in zip(hits, consistency(model, x[hits], recovery, z_T[hits])):
             db[i] = round(float(v), 2)
-    shown = gather_evidence(model, x, z_0, z_T, keys, matches, transforms) if evidence else [None] * len(matches)
+    shown = [None] * len(matches)
+    if evidence is not None:
+        which = [i for i, m in enumerate(matches) if evidence == "all" or m.p_value <= decision.alpha * WEAK_EVIDENCE]
+        for i, e in zip(which, gather_evidence(x[which], z_0[which], z_T[which], keys, [matches[i] for i in which],
+                                               transforms, model=model if evidence == "all" else None)):
+            shown[i] = e
     return [replace(_detection(match, decision, int(iters), psnr_db), evidence=e)
-            for match, iters, psnr_db, e in zip(matches, record.iterations.tolist(), db, shown)]
+            for match, iters, psnr_db, e in zip(matches, iterations, db, shown)]
 
 
 @torch.inference_mode()
-def gather_evidence(model: DiffusionModel, x: torch.Tensor, z_0: torch.Tensor, z_T: torch.Tensor, keys: list[Key],
-                    matches: list, transforms: list) -> list[Evidence]:
-    """Each image's ``Evidence``: PSNR of D(z_0) to the image, and |F(z_T)| on the best key's
-    first channel under the transform that won."""
-    fit = psnr(model.decode(z_0.to(model.device, model.dtype)).float().cpu(), x.float().cpu())
+def gather_evidence(x: torch.Tensor, z_0: torch.Tensor, z_T: torch.Tensor, keys: list[Key], matches: list,
+                    transforms: list, model: DiffusionModel | None = None) -> list[Evidence]:
+    """Each image's ``Evidence``: |F(z_T)| on the best key's first channel under the transform
+    that won; with ``model``, also the fit of D(z_0) to the image."""
+    fit = fit_psnr(model, z_0, x) if model is not None and len(x) else [None] * len(x)
     by_id, by_name = {k.key_id: k for k in keys}, {t.name: t for t in transforms}
     out = []
     for i, match in enumerate(matches):
         key = by_id[match.key_id]
         undone = undo(z_T[i : i + 1].float(), [by_name.get(match.transform, IDENTITY)])[0, 0]
         spectrum = centred_spectrum(undone[key.channels[0]]).abs().float().numpy()
-        out.append(Evidence(fit_psnr=round(float(fit[i]), 2), spectrum=spectrum, channel=key.channels[0],
-                            radius=key.radius))
+        out.append(Evidence(spectrum=spectrum, channel=key.channels[0], radius=key.radius,
+                            z_0=z_0[i].float().cpu(), fit_psnr=None if fit[i] is None else round(float(fit[i]), 2)))
     return out
 
 

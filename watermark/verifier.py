@@ -52,7 +52,7 @@ class Result:
 def failure(path: str, error: str, recovery: Recovery, alpha: float, keys_tested: int) -> Result:
     """The row of an input that could not be used."""
     return Result(path=path, watermarked=None, weak=None, p_value=None, alpha=alpha, key_id=None, distance=None,
-                  error=error, note=None, warning=None, inversion=recovery.method, iterations=None,
+                  error=error, note=None, warning=None, inversion=recovery.label, iterations=None,
                   ddim_steps=recovery.ddim_steps, exact=recovery.exact, keys_tested=keys_tested, transform=None,
                   batch_seconds_per_image=None)
 
@@ -86,8 +86,9 @@ class Verifier:
         return [row for row, _ in self.verify(items, progress)]
 
     def verify(self, items: list[tuple[str, Loaded]], progress: Callable[[float], None] | None = None,
-               evidence: bool = False) -> list[tuple[Result, Detection]]:
-        """``run``, each row with the ``Detection`` it came from (with its ``Evidence`` if asked)."""
+               evidence: str | None = None) -> list[tuple[Result, Detection]]:
+        """``run``, each row with the ``Detection`` it came from (with its ``Evidence`` if asked:
+        ``pipeline.detect``)."""
         t0 = time.perf_counter()
         x = torch.stack([loaded.image for _, loaded in items])
         detections = detect(self.model, x, self.keys, self.recovery, self.decision, null=self.null, progress=progress,
@@ -101,7 +102,7 @@ class Verifier:
         return Result(path=path, watermarked=d.watermarked, weak=d.weak, p_value=d.p_value, alpha=self.alpha,
                       key_id=d.key_id, distance=d.distance, error=None,
                       note="; ".join(n for n in (loaded.note, self.null_note) if n) or None, warning=loaded.warning,
-                      inversion=r.method, iterations=d.iterations, ddim_steps=r.ddim_steps, exact=r.exact,
+                      inversion=r.label, iterations=d.iterations, ddim_steps=r.ddim_steps, exact=r.exact,
                       keys_tested=len(self.keys), transform=d.transform, batch_seconds_per_image=seconds_per_image,
                       null_model=self.null.meta.get("file", "given") if self.null is not None else None,
                       runner_up_p_value=d.runner_up_p_value, consistency_psnr=d.consistency_psnr,

@@ -70,7 +70,12 @@ def measure(config: dict, method: str, size: int, iters: int, device: str, dtype
             sync()
             stamps.append(time.perf_counter())
 
-        invert_decoder(method, encode, decode, x, iters=iters, callback=callback)
+        if method == "reference":  # the seed paper's decoder_inv_nograd as written (bench/reference.py)
+            from .reference import Reference
+
+            Reference(vae).decoder_inv_nograd(x.float(), num_steps=iters, callback=lambda i, z: callback(z))
+        else:
+            invert_decoder(method, encode, decode, x, iters=iters, callback=callback)
         seconds = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
     return {"seconds_per_iter": seconds, "peak_mb_above_model": peak_mb(device) - base}
 

@@ -22,6 +22,8 @@ from inversion import invert_decoder
 
 from ..models import get_model
 from . import report
+from .side_by_side import markdown as side_by_side_markdown
+from .side_by_side import side_by_side
 
 # (label, method, fixed kwargs, scheduled): a scheduled method's run depends on its length,
 # so each iteration count is its own run; the others are read off one run at checkpoints.
@@ -32,6 +34,7 @@ RUNS = [
     ("fixed_point rho0.5", "fixed_point", {"rho": 0.5}, False),
     ("inertial_km", "inertial_km", {}, False),
     ("adam lr0.01", "adam", {"lr": 0.01}, True),
+    ("anderson rho0.5", "anderson", {"rho": 0.5}, False),
 ]
 
 SD21_VAE = dict(  # stabilityai/stable-diffusion-2-1-base, vae/config.json
@@ -98,7 +101,7 @@ def cost(sizes: list[int], iters: int, device: str, dtypes: list[str], config: d
     rows = []
     for dtype in dtypes:
         for size in sizes:
-            for method in ("floor", "fixed_point", "inertial_km", "adam", "gradient"):
+            for method in ("floor", "fixed_point", "inertial_km", "adam", "anderson", "reference", "gradient"):
                 arg = json.dumps([config, method, size, iters, device, dtype])
                 proc = subprocess.run([sys.executable, "-m", "watermark.bench.cost_worker", arg], capture_output=True,
                                       text=True)
@@ -136,6 +139,8 @@ def markdown(res: dict) -> str:
             lines.append(f"| {r['method']} | {r['dtype']} | {r['iters']} | {r['nmse_db']:.1f} | "
                          f"[{r['ci95'][0]:.1f}, {r['ci95'][1]:.1f}] | {r['seconds']:.1f} |")
         lines.append("")
+    if res.get("side_by_side"):
+        lines += side_by_side_markdown(res["side_by_side"])
     if res["cost"]:
         lines += ["Cost on SD 2.1's VAE architecture (random weights), batch 1, each method in its own process:", "",
                   "| method | size | dtype | device | s / iteration | × floor | × gradient | peak MB above model | "
@@ -171,7 +176,8 @@ def plot(res: dict, path: Path) -> bool:
 
 
 def main(n: int, iters: list[int], dtypes: list[str], cost_sizes: list[int], cost_iters: int, device: str,
-         skip_accuracy: bool, skip_cost: bool, quick: bool, outdir: Path, log, dtypes_given: bool = True) -> str:
+         skip_accuracy: bool, skip_cost: bool, quick: bool, outdir: Path, log, dtypes_given: bool = True,
+         skip_reference: bool = False) -> str:
     """``ringmark bench inversion``: run, write inversion.json/.md/.png into ``outdir``, return the markdown.
     On CUDA, float16 joins the precisions unless ``dtypes`` was given."""
     if quick:
@@ -182,11 +188,16 @@ def main(n: int, iters: list[int], dtypes: list[str], cost_sizes: list[int], cos
     elif dev != "cuda" and "float16" in dtypes:
         raise ValueError("float16 needs a CUDA device (CPU: float32, bfloat16)")
     res = {"command": "ringmark bench inversion " + " ".join(sys.argv[3:]), "machine": report.machine(dev),
-           "date": time.strftime("%Y-%m-%d"), "n": n, "accuracy": [], "cost": []}
+           "date": time.strftime("%Y-%m-%d"), "n": n, "accuracy": [], "cost": [], "side_by_side": []}
     out = Path(outdir)
     if not skip_accuracy:
         res["accuracy"] = accuracy(n, iters, dtypes, gen_steps=10 if quick else 50, seed=20241127, log=log, device=dev,
                                    checkpoint=lambda rows: report.write_partial({**res, "accuracy": rows}, out, "inversion"))
+    if not skip_reference:
+        for name in ("tiny",) if quick else ("tiny", "tiny-sd"):
+            res["side_by_side"].append(side_by_side(name, n, gen_steps=10 if quick else 50, seed=20241127,
+                                                    max_iters=5 if quick else 50, log=log))
+            report.write_partial(res, out, "inversion")
     if not skip_cost:
         res["cost"] = cost(cost_sizes, cost_iters, device=dev, dtypes=dtypes, config=dict(SD21_VAE), log=log,
                            checkpoint=lambda rows: report.write_partial({**res, "cost": rows}, out, "inversion"))

@@ -67,18 +67,23 @@ def verdict(r) -> str:
     return f"{word} (weak)" if r.weak else word
 
 
+def drawn(results: list, detections: list) -> list[int]:
+    """The images the report draws a figure for: the watermarked, weak or rejected ones with
+    evidence, the MAX_FIGURES smallest p-values first."""
+    return sorted((i for i, (r, d) in enumerate(zip(results, detections))
+                   if d is not None and d.evidence is not None and (r.watermarked or r.weak or r.rejected_by)),
+                  key=lambda i: results[i].p_value)[:MAX_FIGURES]
+
+
 def rows(results: list, detections: list) -> list[dict]:
-    """The template's rows: each result, its thumbnail, its fit, and a figure for the first
-    MAX_FIGURES watermarked or weak images by p-value."""
-    shown = sorted((i for i, (r, d) in enumerate(zip(results, detections))
-                    if d is not None and d.evidence is not None and (r.watermarked or r.weak or r.rejected_by)),
-                   key=lambda i: results[i].p_value)[:MAX_FIGURES]
-    drawn = set(shown)
+    """The template's rows: each result, its thumbnail, and for the ``drawn`` images their fit
+    and figure."""
+    drawn_ = set(drawn(results, detections))
     out = []
     for i, (r, d) in enumerate(zip(results, detections)):
         out.append({"r": r, "verdict": verdict(r), "thumb": thumbnail(r.path),
                     "fit_psnr": None if d is None or d.evidence is None else d.evidence.fit_psnr,
-                    "figure": figures.evidence_uri(d.evidence, d, r.alpha) if i in drawn else None})
+                    "figure": figures.evidence_uri(d.evidence, d, r.alpha) if i in drawn_ else None})
     return out
 
 

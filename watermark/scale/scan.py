@@ -176,7 +176,7 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
 
 def settings_record(keys: list, recovery: Recovery, decision: Decision, null) -> dict:
     """The settings a results file is made under; a rerun with other settings is refused."""
-    return {"inversion": recovery.method, "iterations": recovery.iters, "ddim_steps": recovery.ddim_steps,
+    return {"inversion": recovery.label, "iterations": recovery.iters, "ddim_steps": recovery.ddim_steps,
             "exact": recovery.exact, "alpha": decision.alpha, "search": decision.search, "keys_tested": len(keys),
             "keys": sorted(k.key_id for k in keys),
             "null_model": null.meta.get("file", "given") if null != "none" else None}

@@ -190,7 +190,7 @@ class VerifyService:
             except ImageError as e:
                 raise UploadProblem(422, f"{name}: {e}") from None
         if request.query_params.get("evidence", "").lower() in ("1", "true", "yes"):
-            pairs = await loop.run_in_executor(None, self.verifier.verify, items, None, True)
+            pairs = await loop.run_in_executor(None, self.verifier.verify, items, None, "all")
             return {"results": [{**self.answer(row), "evidence": self.evidence(d)} for row, d in pairs]}
         rows = await asyncio.gather(*(self.detect(item) for item in items))
         return {"results": [self.answer(row) for row in rows]}
