@@ -64,7 +64,7 @@ def anderson(
         f = -rho * r.flatten(1)  # 2. f_k = g(z_k) - z_k
         g = flat[idx] + f
         history.push(idx, f, g, run.residuals[-1])
-        flat[idx] = history.mix(idx, f, g, flat[idx], beta, ridge)  # 3. z_{k+1}
+        flat[idx] = history.mix(idx, f, g=g, z=flat[idx], beta=beta, ridge=ridge)  # 3. z_{k+1}
         if run.done:
             break
     return run.finish(z, x.dtype)

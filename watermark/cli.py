@@ -277,6 +277,8 @@ def verification_options(fn):
         click.option("--ddim-steps", default=None, type=click.IntRange(1),
                      help=f"DDIM-inversion steps [default: the model's, else {DEFAULT_STEPS}]."),
         click.option("--exact", is_flag=True, help="Exact (fixed-point) DDIM inversion; 4x the UNet evaluations."),
+        click.option("--photometric", is_flag=True,
+                     help="Attack-aware: undo a global brightness change (gain and clipped pixels) before recovery."),
         click.option("--refine", metavar="METHOD:ITERS|none", default=None,
                      help="Adaptive recovery: images the first look leaves unclear (p near alpha, or two keys close) "
                           "are refined by METHOD for ITERS iterations and tested again, every p corrected for the "
@@ -318,8 +320,8 @@ def load_cli_keys(key_paths, quiet: bool):
                    "itself is not watermarked; one generation per match (README, 'Threats').")
 @quiet_option
 @library_errors
-def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, refine, null, alpha, batch, as_json, report,
-           force, one_key, min_consistency, device, dtype, quiet):
+def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, photometric, refine, null, alpha, batch,
+           as_json, report, force, one_key, min_consistency, device, dtype, quiet):
     """Test images (files or folders, recursively) for the watermark of one or more keys.
 
     Exit status: 0 if at least one image is watermarked, 1 if none is, 2 if any input could
@@ -327,7 +329,7 @@ def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, refine
 
     Example: ringmark verify suspect/ --key key.json --json > results.jsonl
     """
-    results = run_verify(paths, key_paths, Recovery(inversion, iters, ddim_steps, exact, refine),
+    results = run_verify(paths, key_paths, Recovery(inversion, iters, ddim_steps, exact, refine=refine, photometric=photometric),
                          dict(alpha=alpha, search=search, one_key=one_key, min_consistency=min_consistency),
                          null=null, batch=batch, device=device, dtype=dtype, quiet=quiet, report=report, force=force)
     if not quiet:
@@ -402,8 +404,8 @@ def read_token(token_file: str | None) -> str | None:
 @click.option("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
 @quiet_option
 @library_errors
-def serve(key_paths, search, inversion, iters, ddim_steps, exact, refine, null, alpha, device, dtype, host, port, token_file,
-          replicas, max_batch, batch_wait_ms, max_upload_mb, max_queued, cpus_per_replica, gpus_per_replica, address,
+def serve(key_paths, search, inversion, iters, ddim_steps, exact, photometric, refine, null, alpha, device, dtype, host,
+          port, token_file, replicas, max_batch, batch_wait_ms, max_upload_mb, max_queued, cpus_per_replica, gpus_per_replica, address,
           quiet):
     """Serve verification over HTTP (Ray Serve): POST /v1/verify, GET /v1/keys, GET /healthz.
 
@@ -423,7 +425,8 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, refine, null, 
     service = Service(host=host, port=port, token=read_token(token_file), replicas=replicas, max_batch=max_batch,
                       batch_wait_ms=batch_wait_ms, max_upload_mb=max_upload_mb, max_queued=max_queued,
                       cpus_per_replica=cpus_per_replica, gpus_per_replica=gpus_per_replica)
-    recovery, decision = Recovery(inversion, iters, ddim_steps, exact, refine), Decision(alpha=alpha, search=search)
+    recovery = Recovery(inversion, iters, ddim_steps, exact, refine=refine, photometric=photometric)
+    decision = Decision(alpha=alpha, search=search)
     keys = load_cli_keys(key_paths, quiet)
     with contextlib.redirect_stdout(sys.stderr):  # as in scan
         url = start(keys, recovery, decision, service, device=device, dtype=dtype, address=address, quiet=quiet,
@@ -463,8 +466,8 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, refine, null, 
 @click.option("--force", is_flag=True, help="Start over: delete the results file first.")
 @quiet_option
 @library_errors
-def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, refine, null, alpha, device, dtype, output, workers,
-         cpus_per_worker, gpus_per_worker, batch, address, force, quiet):
+def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, photometric, refine, null, alpha, device, dtype,
+         output, workers, cpus_per_worker, gpus_per_worker, batch, address, force, quiet):
     """Verify folders or buckets of images on Ray Data, one row per image in a results file.
 
     SOURCES: local files and folders (recursively), or URIs pyarrow reads (s3://, gs://, ...).
@@ -475,7 +478,8 @@ def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, refine
     """
     from .scale.cluster import require_ray
 
-    recovery, decision = Recovery(inversion, iters, ddim_steps, exact, refine), Decision(alpha=alpha, search=search)
+    recovery = Recovery(inversion, iters, ddim_steps, exact, refine=refine, photometric=photometric)
+    decision = Decision(alpha=alpha, search=search)
     keys = load_cli_keys(key_paths, quiet)
     require_ray()
     from .scale.scan import Pool, scan as run_scan

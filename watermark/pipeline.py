@@ -18,6 +18,7 @@ from inversion import ITERATIVE, METHODS, InversionRecord, ddim_invert, invert_d
 
 from .adaptive import parse_refine, second_look
 from .models import DiffusionModel, ModelError
+from .photometric import normalize, reference_quantiles
 from .scheme.detection import match_keys
 from .scheme.embedding import centred_spectrum
 from .scheme.geometry import DEFAULT_SEARCH, IDENTITY, SEARCHES, search_grid, undo
@@ -45,6 +46,7 @@ class Recovery:
     exact: bool = False  # exact (fixed-point) DDIM inversion, refine_iters per step; False: the naive step
     refine: str | None = None  # "METHOD:ITERS": adaptive, a second look at the unclear images (``adaptive``);
     # "none": no second look even where the model declares one
+    photometric: bool = False  # undo a global brightness change first (``photometric``; attack-aware)
 
     def __post_init__(self):
         if self.method is not None and self.method not in METHODS:
@@ -62,7 +64,8 @@ class Recovery:
     @property
     def label(self) -> str:
         """What the rows call this recovery's decoder inversion."""
-        return self.method if self.refine is None else f"{self.method}, then {self.refine} where unclear"
+        label = self.method if self.refine is None else f"{self.method}, then {self.refine} where unclear"
+        return label + (" (photometric)" if self.photometric else "")
 
     def for_model(self, defaults: Mapping) -> Recovery:
         """Every unset setting from ``defaults`` (a model's ``default_recovery``), then ringmark's.
@@ -226,6 +229,8 @@ def recover(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recover
             refine_iters: int = 3) -> tuple[torch.Tensor, torch.Tensor, InversionRecord]:
     """``recover_noise`` keeping the stage between: (z_0, z_T, decoder-inversion record)."""
     recovery = recovery.for_model(model.default_recovery)
+    if recovery.photometric:
+        x = normalize(x, reference_quantiles(model))
     per_step = 1 + refine_iters * recovery.exact  # UNet calls per DDIM step
     iters = recovery.iters  # 0 for the encoder
     units = iters + 1 + recovery.ddim_steps * per_step
@@ -281,8 +286,9 @@ def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Re
     matches = match_keys(z_T, keys, transforms, null)
     iterations = record.iterations.tolist()
     if recovery.refine is not None:  # adaptive: a second look where the first leaves the decision unclear
-        matches, more = second_look(model, x, z_0, keys, transforms, matches, recovery, decision.alpha, WEAK_EVIDENCE,
-                                    lambda z: noise_from_latents(model, z, recovery))
+        matches, more = second_look(model, x, z_0=z_0, keys=keys, transforms=transforms, matches=matches,
+                                    recovery=recovery, alpha=decision.alpha, band=WEAK_EVIDENCE,
+                                    noise=lambda z: noise_from_latents(model, z, recovery))
         iterations = [a + b for a, b in zip(iterations, more)]
     db = [None] * len(matches)
     hits = [i for i, m in enumerate(matches) if m.p_value <= decision.alpha]
@@ -292,8 +298,9 @@ def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Re
     shown = [None] * len(matches)
     if evidence is not None:
         which = [i for i, m in enumerate(matches) if evidence == "all" or m.p_value <= decision.alpha * WEAK_EVIDENCE]
-        for i, e in zip(which, gather_evidence(x[which], z_0[which], z_T[which], keys, [matches[i] for i in which],
-                                               transforms, model=model if evidence == "all" else None)):
+        found = gather_evidence(x[which], z_0[which], z_T=z_T[which], keys=keys, matches=[matches[i] for i in which],
+                                transforms=transforms, model=model if evidence == "all" else None)
+        for i, e in zip(which, found):
             shown[i] = e
     return [replace(_detection(match, decision, int(iters), psnr_db), evidence=e)
             for match, iters, psnr_db, e in zip(matches, iterations, db, shown)]

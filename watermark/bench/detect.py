@@ -324,7 +324,7 @@ def main(n: int, n_keys: int, pattern_n: int, sweep_n: int, sweep_iters: list[in
               sweep_steps=sweep_steps, gen_steps=steps, batch=batch, device=dev, verify_n=verify_n, log=log,
               checkpoint=lambda partial: report.write_partial({**partial, "command": command}, out, "detect"))
     res["command"] = command
-    for f in report.write(res, out, "detect", markdown, plot_sweep, "detect_tpr_time.png"):
+    for f in report.write(res, out, stem="detect", markdown=markdown, plot=plot_sweep, plot_name="detect_tpr_time.png"):
         log(f"wrote {f}")
     return markdown(res)
 

@@ -201,6 +201,6 @@ def main(n: int, iters: list[int], dtypes: list[str], cost_sizes: list[int], cos
     if not skip_cost:
         res["cost"] = cost(cost_sizes, cost_iters, device=dev, dtypes=dtypes, config=dict(SD21_VAE), log=log,
                            checkpoint=lambda rows: report.write_partial({**res, "cost": rows}, out, "inversion"))
-    for f in report.write(res, out, "inversion", markdown, plot, "inversion_nmse_vs_time.png"):
+    for f in report.write(res, out, stem="inversion", markdown=markdown, plot=plot, plot_name="inversion_nmse_vs_time.png"):
         log(f"wrote {f}")
     return markdown(res)

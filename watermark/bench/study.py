@@ -273,6 +273,6 @@ def main(model_name: str, n: int, n_keys: int, recoveries, search: str, batch: i
                     gen_steps=gen_steps, batch=batch, device=report.bench_device(device), log=log,
                     checkpoint=lambda partial: report.write_partial({**partial, "command": command}, out, "study"))
     res["command"] = command
-    for f in report.write(res, out, "study", markdown, plot, "study_tpr_time.png"):
+    for f in report.write(res, out, stem="study", markdown=markdown, plot=plot, plot_name="study_tpr_time.png"):
         log(f"wrote {f}")
     return markdown(res)

@@ -151,7 +151,8 @@ def decoder_inversion_study(encode, decode, z_0, post, n_inv: int, n_iters: int,
     joined = {name: torch.cat([part[name] for part in parts]) for name in parts[0] if not isinstance(parts[0][name], dict)}
     gains, R = channel_gains(decode, z_star[:16], x[:16], gen)
     res["decoder_gain_per_channel"] = gains
-    res["decoder_dc_gain"] = dc_gain(R, z_0, post, joined["error_dc"], joined["error_dc_share"], k_id)
+    res["decoder_dc_gain"] = dc_gain(R, z_0, post=post, err_dc=joined["error_dc"],
+                                     error_dc_share=joined["error_dc_share"], k_id=k_id)
     res["forward_step_rho"] = rho
     for name, field in (("nmse_forward_step_db", "nmse_at"), ("nmse_forward_step_without_error_mean_db", "nmse_ac_at")):
         res[name] = {str(k): float(torch.cat([part[field][k] for part in parts]).mean()) for k in checkpoints
@@ -301,7 +302,7 @@ def main(out, grid, quick, n_inv, coco_iters, seed, model_name, device):
     z_0 = batched(sample, z_T, 32)
     stats, post = sample_statistics(encode, decode, z_0, gen, grid)
     res.update(stats)
-    res.update(decoder_inversion_study(encode, decode, z_0, post, n_inv, n_iters, seed, gen))
+    res.update(decoder_inversion_study(encode, decode, z_0=z_0, post=post, n_inv=n_inv, n_iters=n_iters, seed=seed, gen=gen))
     res.update(method_comparison(encode, decode, z_0[:n_inv], (2, 4) if quick else (10, 20, 50)))
     res.update(ddim_round_trip(invert, z_T[:n_rt], z_0[:n_rt]))
     res["seconds"] = round(time.time() - t_start, 1)

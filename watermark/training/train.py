@@ -445,8 +445,10 @@ def main(work, out, stage, schedule, prediction, vae_steps, vae_batch, vae_lr, v
     cache = work / f"latents_{n_latents}.pt"  # the encoded crops, shared by resumed or parallel runs
     if stage in ("all", "vae"):
         t0 = time.time()
-        scaling = stage_vae(photos, work, out, cache, vae_steps, vae_batch, vae_lr, vae_mse, vae_max_scale,
-                            vae_finetune_steps, vae_finetune_batch, vae_cycle, n_latents, device, seed)
+        scaling = stage_vae(photos, work, out=out, cache=cache, steps=vae_steps, batch=vae_batch, lr=vae_lr,
+                            mse=vae_mse, max_scale=vae_max_scale, finetune_steps=vae_finetune_steps,
+                            finetune_batch=vae_finetune_batch, cycle=vae_cycle, n_latents=n_latents, device=device,
+                            seed=seed)
         record.update(vae_steps=vae_steps, vae_batch=vae_batch, vae_lr=vae_lr, vae_mse=vae_mse,
                       vae_max_scale=vae_max_scale, vae_finetune_steps=vae_finetune_steps,
                       vae_finetune_batch=vae_finetune_batch, vae_cycle=vae_cycle, scaling_factor=scaling,
@@ -456,14 +458,16 @@ def main(work, out, stage, schedule, prediction, vae_steps, vae_batch, vae_lr, v
         arch = dict(channels=tuple(int(c) for c in unet_channels.split(",")), layers=unet_layers,
                     attention_levels=unet_attention_levels)
         scheduler = make_flow_scheduler() if schedule == "flow" else make_scheduler(schedule == "zero-snr", prediction)
-        stage_unet(photos, work, out, cache, scheduler, arch, unet_steps, unet_batch, unet_lr, n_latents, device, seed)
+        stage_unet(photos, work, out=out, cache=cache, scheduler=scheduler, arch=arch, steps=unet_steps,
+                   batch=unet_batch, lr=unet_lr, n_latents=n_latents, device=device, seed=seed)
         record.update(schedule=schedule, prediction=prediction, unet_steps=unet_steps, unet_batch=unet_batch,
                       unet_lr=unet_lr, n_latents=n_latents, unet_channels=unet_channels, unet_layers=unet_layers,
                       unet_attention_levels=unet_attention_levels, unet_device=device_name,
                       unet_seconds=round(time.time() - t0, 1))
     if stage in ("all", "refit") and refit_steps > 0:
         t0 = time.time()
-        stage_refit(photos, out, cache, refit_steps, vae_finetune_batch, refit_samples, device, seed)
+        stage_refit(photos, out, cache=cache, steps=refit_steps, batch=vae_finetune_batch, samples=refit_samples,
+                    device=device, seed=seed)
         record.update(refit_steps=refit_steps, refit_samples=refit_samples, refit_device=device_name,
                       refit_seconds=round(time.time() - t0, 1))
     if stage in ("all", "key-channel") and key_channel_n > 0:
@@ -480,9 +484,11 @@ def stage_vae(photos, work, out, cache, steps, batch, lr, mse, max_scale, finetu
               n_latents, device, seed) -> float:
     """Stages 1-2: the VAE at 64 px, then 128 px with the cycle term; its scaling factor makes the
     latents unit-variance, as SD's 0.18215 did. Returns the scaling factor."""
-    vae = train_vae(photos, work, steps, batch, 64, lr, mse, max_scale, device, seed)
-    vae = finetune_vae(vae, photos, finetune_steps, finetune_batch, 128, 2e-4, cycle, device, seed + 4)
-    mean = encode_dataset(vae, photos, n_latents, 128, device, seed + 1)
+    vae = train_vae(photos, work, steps=steps, batch=batch, size=64, lr=lr, mse=mse, max_scale=max_scale,
+                    device=device, seed=seed)
+    vae = finetune_vae(vae, photos, steps=finetune_steps, batch=finetune_batch, size=128, lr=2e-4, cycle=cycle,
+                       device=device, seed=seed + 4)
+    mean = encode_dataset(vae, photos, n=n_latents, size=128, device=device, seed=seed + 1)
     vae.register_to_config(scaling_factor=float(1.0 / mean.std()))
     torch.save(mean * vae.config.scaling_factor, cache)
     vae.to("cpu").save_pretrained(out / "vae")
@@ -495,9 +501,11 @@ def stage_unet(photos, work, out, cache, scheduler, arch, steps, batch, lr, n_la
     if cache.exists():
         latents = torch.load(cache)
     else:
-        latents = encode_dataset(vae, photos, n_latents, 128, device, seed + 1) * vae.config.scaling_factor
+        latents = encode_dataset(vae, photos, n=n_latents, size=128, device=device,
+                                 seed=seed + 1) * vae.config.scaling_factor
         torch.save(latents, cache)
-    unet = train_unet(latents, work, steps, batch, lr, device, seed + 3, scheduler, arch)
+    unet = train_unet(latents, work, steps=steps, batch=batch, lr=lr, device=device, seed=seed + 3,
+                      scheduler=scheduler, arch=arch)
     unet.to("cpu").save_pretrained(out / "unet")
     scheduler.save_pretrained(out / "scheduler")
 
@@ -507,8 +515,8 @@ def stage_refit(photos, out, cache, steps, batch, samples, device, seed) -> None
     vae = AutoencoderKL.from_pretrained(out / "vae").to(device)
     unet = UNet2DModel.from_pretrained(out / "unet").to(device)
     scheduler = DDIMScheduler.from_pretrained(out / "scheduler")
-    vae = refit_encoder(vae, unet, scheduler, photos, torch.load(cache), steps, batch, 2e-4, samples, device,
-                        seed + 5)
+    vae = refit_encoder(vae, unet, scheduler=scheduler, photos=photos, latents=torch.load(cache), steps=steps,
+                        batch=batch, lr=2e-4, n_samples=samples, device=device, seed=seed + 5)
     vae.to("cpu").save_pretrained(out / "vae")
 
 
