@@ -54,8 +54,8 @@ def anderson(
         check_positive(name, value)
     dtype = dtype or x.dtype
     run = ResidualTracker("anderson", encode, decode, x, dtype=dtype, tol=tol, callback=callback)
-    z = (run.Ex if z0 is None else z0).float().clone()
-    flat = z.view(len(z), -1)
+    z = (run.Ex if z0 is None else z0).float().clone(memory_format=torch.contiguous_format)
+    flat = z.view(len(z), -1)  # shares z's storage: updating flat updates z
     history = _History(len(z), memory)
     for k in range(iters):
         idx, r = run.residual(z, k)  # 1. T(z_k) = E(D(z_k)) - E(x)
