@@ -224,13 +224,18 @@ def recover_noise(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = R
     return z_T, record
 
 
+def prepare(model: DiffusionModel, x: torch.Tensor, recovery: Recovery) -> torch.Tensor:
+    """The images decoder inversion sees: with ``recovery.photometric``, a global brightness change
+    undone (``photometric``; cheap, per image), else ``x`` itself."""
+    return normalize(x, reference_quantiles(model)) if recovery.photometric else x
+
+
 def recover(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recovery(),
             progress: Callable[[float], None] | None = None,
             refine_iters: int = 3) -> tuple[torch.Tensor, torch.Tensor, InversionRecord]:
     """``recover_noise`` keeping the stage between: (z_0, z_T, decoder-inversion record)."""
     recovery = recovery.for_model(model.default_recovery)
-    if recovery.photometric:
-        x = normalize(x, reference_quantiles(model))
+    x = prepare(model, x, recovery)
     per_step = 1 + refine_iters * recovery.exact  # UNet calls per DDIM step
     iters = recovery.iters  # 0 for the encoder
     units = iters + 1 + recovery.ddim_steps * per_step
@@ -286,7 +291,8 @@ def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Re
     matches = match_keys(z_T, keys, transforms, null)
     iterations = record.iterations.tolist()
     if recovery.refine is not None:  # adaptive: a second look where the first leaves the decision unclear
-        matches, more = second_look(model, x, z_0=z_0, keys=keys, transforms=transforms, matches=matches,
+        matches, more = second_look(model, prepare(model, x, recovery), z_0=z_0, keys=keys, transforms=transforms,
+                                    matches=matches,
                                     recovery=recovery, alpha=decision.alpha, band=WEAK_EVIDENCE,
                                     noise=lambda z: noise_from_latents(model, z, recovery))
         iterations = [a + b for a, b in zip(iterations, more)]
