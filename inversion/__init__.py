@@ -11,6 +11,7 @@ its own step sizes) and returns ``(z, InversionRecord)``.
 from ._checks import DTYPES
 from .adam import adam
 from .anderson import anderson
+from .attack_aware import attack_aware
 from .ddim import Schedule, ddim_invert, ddim_sample, ddim_schedule, ddim_step, flow_schedule, inverse_step
 from .encoder import encoder
 from .fixed_point import fixed_point
@@ -20,6 +21,6 @@ from .methods import ITERATIVE, METHODS, invert_decoder
 from .record import InversionRecord
 
 __all__ = [
-    "DTYPES", "ITERATIVE", "METHODS", "InversionRecord", "Schedule", "adam", "anderson", "ddim_invert", "ddim_sample", "ddim_schedule",
+    "DTYPES", "ITERATIVE", "METHODS", "InversionRecord", "Schedule", "adam", "anderson", "attack_aware", "ddim_invert", "ddim_sample", "ddim_schedule",
     "ddim_step", "encoder", "fixed_point", "flow_schedule", "gradient", "inertial_km", "inverse_step", "invert_decoder",
 ]

@@ -8,13 +8,14 @@ import torch
 
 from .adam import adam
 from .anderson import anderson
+from .attack_aware import attack_aware
 from .encoder import encoder
 from .fixed_point import fixed_point
 from .gradient import gradient
 from .inertial_km import inertial_km
 from .record import InversionRecord
 
-Method = Literal["encoder", "gradient", "fixed_point", "inertial_km", "adam", "anderson"]
+Method = Literal["encoder", "gradient", "fixed_point", "inertial_km", "adam", "anderson", "attack_aware"]
 METHODS: dict[str, Callable] = {
     "encoder": encoder,
     "gradient": gradient,
@@ -22,6 +23,7 @@ METHODS: dict[str, Callable] = {
     "inertial_km": inertial_km,
     "adam": adam,
     "anderson": anderson,
+    "attack_aware": attack_aware,
 }
 ITERATIVE = frozenset(METHODS) - {"encoder"}  # the methods that take iterations; the encoder runs none
 

@@ -35,13 +35,16 @@ def _per_sample_norm(v: Tensor) -> Tensor:
 class ResidualTracker:
     """Shared bookkeeping of the gradient-free methods (Eqs. 4, 10-11 and Adam).
 
-    It evaluates T(z) = E(D(z)) - E(x) for the samples still running, records the relative
+    It evaluates T(z) = E(D(z)) - E(x) (or E(D(z)) - ``target``, an E(x) that moves with z) for the
+    samples still running, records the relative
     residual and the pixel error, freezes samples whose relative residual fell below ``tol``,
     and calls ``callback`` with a small dict per iteration.
     """
 
-    def __init__(self, method: str, encode: Callable, decode: Callable, x: Tensor, dtype, tol, callback):
+    def __init__(self, method: str, encode: Callable, decode: Callable, x: Tensor, dtype, tol, callback,
+                 target: Callable | None = None):
         self.method, self.encode, self.decode = method, encode, decode
+        self.target = target  # target(D(z), idx) -> what E(D(z)) is driven to; default E(x), fixed
         self.dtype = dtype
         self.x = x.to(dtype)
         self.tol, self.callback = tol, callback
@@ -57,7 +60,8 @@ class ResidualTracker:
         """T(z) for the running samples; returns (indices still to update, their residual)."""
         idx = self.active.nonzero().squeeze(1)
         x_hat = self.decode(z[idx].to(self.dtype))
-        r = self.encode(x_hat).float() - self.Ex[idx]
+        goal = self.Ex[idx] if self.target is None else self.target(x_hat, idx)
+        r = self.encode(x_hat).float() - goal
         rel = torch.full((len(self.active),), float("nan"))
         pix = torch.full((len(self.active),), float("nan"))
         rel[idx.cpu()] = (_per_sample_norm(r) / self.Ex_norm[idx]).cpu()

@@ -70,7 +70,9 @@ def test_every_p_is_corrected_for_both_looks():
     assert parse_refine("anderson:10") == ("anderson", 10)
 
 
-@pytest.mark.parametrize("recovery", [dict(refine="anderson:5"), dict(photometric=True)], ids=["adaptive", "photometric"])
+@pytest.mark.parametrize("recovery", [dict(refine="anderson:5"), dict(photometric=True),
+                                      dict(method="attack_aware", iters=5, photometric=True)],
+                         ids=["adaptive", "photometric", "attack_aware"])
 def test_new_recoveries_keep_the_p_value_calibrated_on_clean_images(recovery):
     """Clean images of tiny, tested against 20 fresh keys each at alpha = 0.1 (with the adaptive
     second look, many fall in the unclear band and get it): the share flagged stays within the
@@ -108,3 +110,35 @@ def test_the_photometric_correction_undoes_a_known_gain_and_fills_clipped_pixels
         kept = seen < SATURATED
         assert torch.allclose(back[kept], v[kept], atol=0.02 * max(1, f))  # the unclipped pixels come back
         assert (back[~kept] >= 1 / f - 0.02).all()  # a clipped pixel held at least 1/f
+
+
+def _up_to_scale(z, z_star):
+    """min over c of ||c z - z*|| / ||z*||: the error left once a common gain is allowed."""
+    z, z_star = z.flatten(1).float(), z_star.flatten(1)
+    c = (z * z_star).sum(1, keepdim=True) / (z * z).sum(1, keepdim=True)
+    return float((c * z - z_star).norm() / z_star.norm())
+
+
+def test_attack_aware_undoes_a_known_gain_and_offset_and_ignores_a_destroyed_region(linear):
+    """A synthetic edit of D(z*): per-channel gain and offset, and a block of pixels overwritten.
+    The closed-form fit returns the gain and offset; the attack-aware iteration, told which pixels
+    the edit destroyed, converges to z* (up to the gain the image cannot reveal), where the forward
+    step fits the edit."""
+    from inversion import attack_aware, fixed_point
+    from inversion.attack_aware import affine_fit, unclipped
+
+    g = torch.tensor([1.8, 0.6, 1.2]).view(1, 3, 1, 1)
+    o = torch.tensor([0.3, -0.2, 0.1]).view(1, 3, 1, 1)
+    edited = g * linear.x + o
+    a, b = affine_fit(edited, linear.x, torch.ones_like(edited, dtype=torch.bool))
+    assert torch.allclose(a, (1 / g).expand_as(a), atol=1e-4) and torch.allclose(b, (-o / g).expand_as(b), atol=1e-4)
+    valid = torch.ones_like(edited, dtype=torch.bool)
+    valid[:, :, :3, :4] = False  # the edit destroyed this block
+    edited[~valid] = 5.0
+    z_aware, record = attack_aware(linear.encode, linear.decode, edited, valid=valid, iters=300, rho=0.5)
+    z_plain, _ = fixed_point(linear.encode, linear.decode, edited, iters=300, rho=0.5)
+    assert record.method == "attack_aware" and record.residual.shape == (300, 3)
+    assert _up_to_scale(z_aware, linear.z_star) < 1e-3, _up_to_scale(z_aware, linear.z_star)
+    assert _up_to_scale(z_plain, linear.z_star) > 0.1
+    x = torch.tensor([[[[-1.0, 2 / 255 - 1, 0.0, 254 / 255 * 2 - 1, 1.0]]]])  # 8-bit 0, 1, -, 254, 255
+    assert unclipped(x).tolist() == [[[[False, True, True, True, False]]]]  # 8-bit 0 and 255 are clipped

@@ -96,9 +96,12 @@ def check_meaning(args: list[str], result, stand_in: bool) -> None:
             marked = [v for path, v in verdicts.items() if path.startswith("watermarked/")]
             clean = [v for path, v in verdicts.items() if path.startswith("clean/")]
             assert total == 8 and marked == ["WATERMARKED"] * 4, f"watermarked images not found:\n{result.stdout}"
-            # a clean image is flagged with probability alpha (the shipped null model makes p exact
-            # for the key): two or more of the 4 by luck with probability 5.9e-4
-            assert len(clean) == 4 and sum(v == "WATERMARKED" for v in clean) <= 1, result.stdout
+            # a clean image is flagged with probability about alpha, but the demo draws a fresh key
+            # each run and under the geometric search a few keys are liberal (BENCHMARKS, issue 22):
+            # a CI run saw 2 of 4 clean images at p 0.0019 and 0.0022. Three or more of the 4 has
+            # probability 4e-6 at alpha and 5e-4 even for a key flagging 5 %: the line still fails
+            # when the demo stops telling clean from watermarked.
+            assert len(clean) == 4 and sum(v == "WATERMARKED" for v in clean) <= 2, result.stdout
     if command == "scan" and not stand_in:  # the block scans the images it has just watermarked
         summary = json.loads(result.stdout.strip().splitlines()[-1])
         assert summary["errors"] == 0 and summary["watermarked"] == summary["images"] > 0, summary

@@ -46,15 +46,18 @@ def unclear(match: KeyMatch, alpha: float, band: float) -> bool:
 
 @torch.inference_mode()
 def second_look(model, x: torch.Tensor, z_0: torch.Tensor, keys: list, transforms: list, matches: list[KeyMatch],
-                recovery, alpha: float, band: float, noise) -> tuple[list[KeyMatch], list[int]]:
+                recovery, alpha: float, band: float, noise,
+                extra: dict | None = None) -> tuple[list[KeyMatch], list[int]]:
     """The matches after the second look, each p corrected for LOOKS looks, and the decoder
-    iterations each image ran. ``noise(z_0) -> z_T``: the DDIM inversion of the first look."""
+    iterations each image ran. ``noise(z_0) -> z_T``: the DDIM inversion of the first look;
+    ``extra``: the refining method's own keywords, per image along the batch (e.g. ``valid``)."""
     method, iters = parse_refine(recovery.refine)
     again = [i for i, m in enumerate(matches) if unclear(m, alpha, band)]
     second: dict[int, KeyMatch] = {}
     if again:
         z_ref, _ = invert_decoder(method, model.encode, model.decode, x[again].to(model.device, model.dtype),
-                                  iters=iters, z0=z_0[again].to(model.device, model.dtype))
+                                  iters=iters, z0=z_0[again].to(model.device, model.dtype),
+                                  **{k: v[again] for k, v in (extra or {}).items()})
         second = dict(zip(again, match_keys(noise(z_ref), keys, transforms, None)))
     out = [_corrected(m, second.get(i)) for i, m in enumerate(matches)]
     return out, [iters if i in second else 0 for i in range(len(matches))]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from inversion import ITERATIVE, METHODS, InversionRecord, ddim_invert, invert_decoder
+from inversion.attack_aware import unclipped
 
 from .adaptive import parse_refine, second_look
 from .models import DiffusionModel, ModelError
@@ -196,11 +197,13 @@ def check_keys(keys: list[Key], model: DiffusionModel) -> int:
 
 @torch.inference_mode()
 def latents_from_images(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recovery(),
-                        callback: Callable | None = None) -> tuple[torch.Tensor, InversionRecord]:
-    """Images (B, 3, H, W) in [-1, 1] -> (z_0, record): stage 1."""
+                        callback: Callable | None = None, **extra) -> tuple[torch.Tensor, InversionRecord]:
+    """Images (B, 3, H, W) in [-1, 1] -> (z_0, record): stage 1. ``extra``: the method's own
+    keywords (``prepare``)."""
     x = x.to(model.device, model.dtype)
     recovery = recovery.for_model(model.default_recovery)
-    return invert_decoder(recovery.method, model.encode, model.decode, x, iters=recovery.iters, callback=callback)
+    return invert_decoder(recovery.method, model.encode, model.decode, x, iters=recovery.iters, callback=callback,
+                          **extra)
 
 
 @torch.inference_mode()
@@ -224,10 +227,15 @@ def recover_noise(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = R
     return z_T, record
 
 
-def prepare(model: DiffusionModel, x: torch.Tensor, recovery: Recovery) -> torch.Tensor:
-    """The images decoder inversion sees: with ``recovery.photometric``, a global brightness change
-    undone (``photometric``; cheap, per image), else ``x`` itself."""
-    return normalize(x, reference_quantiles(model)) if recovery.photometric else x
+def prepare(model: DiffusionModel, x: torch.Tensor, recovery: Recovery,
+            method: str | None = None) -> tuple[torch.Tensor, dict]:
+    """The images decoder inversion sees, and the keywords ``method`` (default: the recovery's) takes
+    for them: with ``recovery.photometric``, a global brightness change undone (``photometric``;
+    cheap, per image), else ``x`` itself; the attack-aware iteration also gets the pixels of ``x``
+    that were not clipped (``inversion.attack_aware``)."""
+    x_in = normalize(x, reference_quantiles(model)) if recovery.photometric else x
+    extra = {"valid": unclipped(x.to(model.device))} if (method or recovery.method) == "attack_aware" else {}
+    return x_in, extra
 
 
 def recover(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recovery(),
@@ -235,7 +243,7 @@ def recover(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recover
             refine_iters: int = 3) -> tuple[torch.Tensor, torch.Tensor, InversionRecord]:
     """``recover_noise`` keeping the stage between: (z_0, z_T, decoder-inversion record)."""
     recovery = recovery.for_model(model.default_recovery)
-    x = prepare(model, x, recovery)
+    x, extra = prepare(model, x, recovery)
     per_step = 1 + refine_iters * recovery.exact  # UNet calls per DDIM step
     iters = recovery.iters  # 0 for the encoder
     units = iters + 1 + recovery.ddim_steps * per_step
@@ -244,7 +252,7 @@ def recover(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recover
         if progress is not None:
             progress(min(1.0, done / units))
 
-    z_0, record = latents_from_images(model, x, recovery, lambda d: report(d["i"] + 1))
+    z_0, record = latents_from_images(model, x, recovery, lambda d: report(d["i"] + 1), **extra)
     z_T = noise_from_latents(model, z_0, recovery, refine_iters,
                              callback=lambda d: report(iters + 1 + (d["i"] + 1) * per_step))
     return z_0, z_T, record
@@ -291,9 +299,9 @@ def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Re
     matches = match_keys(z_T, keys, transforms, null)
     iterations = record.iterations.tolist()
     if recovery.refine is not None:  # adaptive: a second look where the first leaves the decision unclear
-        matches, more = second_look(model, prepare(model, x, recovery), z_0=z_0, keys=keys, transforms=transforms,
-                                    matches=matches,
-                                    recovery=recovery, alpha=decision.alpha, band=WEAK_EVIDENCE,
+        x_in, extra = prepare(model, x, recovery, method=parse_refine(recovery.refine)[0])
+        matches, more = second_look(model, x_in, z_0=z_0, keys=keys, transforms=transforms, matches=matches,
+                                    extra=extra, recovery=recovery, alpha=decision.alpha, band=WEAK_EVIDENCE,
                                     noise=lambda z: noise_from_latents(model, z, recovery))
         iterations = [a + b for a, b in zip(iterations, more)]
     db = [None] * len(matches)
