@@ -70,29 +70,73 @@ def test_every_p_is_corrected_for_both_looks():
     assert parse_refine("anderson:10") == ("anderson", 10)
 
 
-@pytest.mark.parametrize("recovery", [dict(refine="anderson:5"), dict(photometric=True),
-                                      dict(method="attack_aware", iters=5, photometric=True)],
-                         ids=["adaptive", "photometric", "attack_aware"])
-def test_new_recoveries_keep_the_p_value_calibrated_on_clean_images(recovery):
+CLEAN_CASES = {  # recovery, brightness factor applied to the clean images (1: none)
+    "adaptive": (dict(refine="anderson:5"), 1.0),
+    "photometric": (dict(photometric=True), 1.0),
+    "attack_aware": (dict(method="attack_aware", iters=2, photometric=True), 1.0),
+    # brightened: every image shows clipping, so the adaptive rule gives each a second, attack-aware look
+    "adaptive_attack_aware_brightened": (dict(photometric=True, refine="attack_aware:2"), 2.5),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLEAN_CASES))
+def test_new_recoveries_keep_the_p_value_calibrated_on_clean_images(case):
     """Clean images of tiny, tested against 20 fresh keys each at alpha = 0.1 (with the adaptive
     second look, many fall in the unclear band and get it): the share flagged stays within the
     binomial bound of alpha. Fails by luck with probability < 1e-3."""
-    from watermark import Decision, Recovery, detect, get_model, make_key, watermarked_latents
+    from watermark import Recovery, get_model, make_key, watermarked_latents
 
+    recovery, factor = CLEAN_CASES[case]
     model = get_model("tiny")
     n, alpha = 60, 0.1
     keys = [make_key(model, seed=900 + i) for i in range(n)]
     z = torch.cat([watermarked_latents(k, seeds=[5000 + i], watermark=False) for i, k in enumerate(keys)])
-    images = model.generate(z, steps=10) * 2 - 1
+    images = ((model.generate(z, steps=10) * factor).clamp(0, 1) * 255).round() / 255 * 2 - 1  # 8-bit, as saved
+    flagged, refined = _flagged(model, images, keys, Recovery(**recovery), alpha)
+    bound = int(stats.binom.isf(1e-3, n, alpha))  # P(more than bound) < 1e-3 for a calibrated p
+    assert flagged <= bound, (flagged, bound)
+    assert refined > (n // 2 if factor > 1 else 0) or "refine" not in recovery, refined
+
+
+def _flagged(model, images, keys, recovery, alpha) -> tuple[int, int]:
+    """(images flagged at alpha, images given a second look): image i against keys i..i+19 of a block."""
+    from watermark import Decision, detect
+
     flagged, refined = 0, 0
-    for i in range(0, n, 20):
-        for d in detect(model, images[i : i + 20], keys[i : i + 20], Recovery(**recovery),
+    for i in range(0, len(images), 20):
+        for d in detect(model, images[i : i + 20], keys[i : i + 20], recovery,
                         Decision(alpha=alpha, search="none")):  # each image against 20 keys, none its own
             flagged += d.watermarked
             refined += d.iterations > 0
-    bound = int(stats.binom.isf(1e-3, n, alpha))  # P(more than bound) < 1e-3 for a calibrated p
-    assert flagged <= bound, (flagged, bound)
-    assert refined > 0 or "refine" not in recovery
+    return flagged, refined
+
+
+def test_attack_aware_recovery_keeps_the_p_value_calibrated_on_photographs():
+    """Photographs (crops of the training extra's photos), brightened by 2.5 so that the adaptive
+    rule sends each to the attack-aware second look: flagged at alpha = 0.1 within the binomial bound."""
+    from watermark import Recovery, get_model, make_key
+    from watermark.bench.null import photographs
+
+    model = get_model("tiny")
+    n, alpha = 60, 0.1
+    photos = photographs(n, model.default_size, seed=3)
+    if photos is None:
+        pytest.skip("the photographs come with the train extra")
+    images = (((photos + 1) / 2 * 2.5).clamp(0, 1) * 255).round() / 255 * 2 - 1
+    keys = [make_key(model, seed=1900 + i) for i in range(n)]
+    flagged, refined = _flagged(model, images, keys, Recovery(photometric=True, refine="attack_aware:2"), alpha)
+    assert flagged <= int(stats.binom.isf(1e-3, n, alpha)), flagged
+    assert refined > n // 2, refined
+
+
+def test_an_edited_image_gets_the_second_look_unless_already_found():
+    from watermark.adaptive import clipped_share, unclear
+
+    assert unclear(match(0.5), 0.01, 10, edited=True) and not unclear(match(0.5), 0.01, 10)
+    assert not unclear(match(1e-6), 0.01, 10, edited=True)  # found at alpha / 10: no second look
+    x = torch.zeros(2, 3, 4, 4)
+    x[1, :, :2] = 1.0  # half of the second image clipped white
+    assert clipped_share(x).tolist() == [0.0, 0.5]
 
 
 def test_the_photometric_correction_undoes_a_known_gain_and_fills_clipped_pixels():

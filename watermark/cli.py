@@ -277,12 +277,14 @@ def verification_options(fn):
         click.option("--ddim-steps", default=None, type=click.IntRange(1),
                      help=f"DDIM-inversion steps [default: the model's, else {DEFAULT_STEPS}]."),
         click.option("--exact", is_flag=True, help="Exact (fixed-point) DDIM inversion; 4x the UNet evaluations."),
-        click.option("--photometric", is_flag=True,
-                     help="Attack-aware: undo a global brightness change (gain and clipped pixels) before recovery."),
+        click.option("--photometric/--no-photometric", default=None,
+                     help="Attack-aware: undo a global brightness change (gain and clipped pixels) before recovery "
+                          "[default: the model's]."),
         click.option("--refine", metavar="METHOD:ITERS|none", default=None,
-                     help="Adaptive recovery: images the first look leaves unclear (p near alpha, or two keys close) "
-                          "are refined by METHOD for ITERS iterations and tested again, every p corrected for the "
-                          "two looks (e.g. anderson:10) [default: the model's; none on the bundled models]."),
+                     help="Adaptive recovery: images the first look leaves unclear (p near alpha, two keys close, or "
+                          "clipped by an edit when METHOD is attack_aware) are refined by METHOD for ITERS iterations "
+                          "and tested again, every p corrected for the two looks (e.g. attack_aware:10) "
+                          "[default: the model's]."),
         click.option("--null", default="auto", show_default=True,
                      help="Null-model file that makes the p-value exact for each key ('ringmark calibrate'); "
                           "'auto': the one of this recovery in the model's folder or beside the key files; "

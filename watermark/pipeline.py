@@ -17,7 +17,7 @@ import torch
 from inversion import ITERATIVE, METHODS, InversionRecord, ddim_invert, invert_decoder
 from inversion.attack_aware import unclipped
 
-from .adaptive import parse_refine, second_look
+from .adaptive import EDITED, clipped_share, parse_refine, second_look
 from .models import DiffusionModel, ModelError
 from .photometric import normalize, reference_quantiles
 from .scheme.detection import match_keys
@@ -47,7 +47,7 @@ class Recovery:
     exact: bool = False  # exact (fixed-point) DDIM inversion, refine_iters per step; False: the naive step
     refine: str | None = None  # "METHOD:ITERS": adaptive, a second look at the unclear images (``adaptive``);
     # "none": no second look even where the model declares one
-    photometric: bool = False  # undo a global brightness change first (``photometric``; attack-aware)
+    photometric: bool | None = None  # undo a global brightness change first (``photometric``; attack-aware)
 
     def __post_init__(self):
         if self.method is not None and self.method not in METHODS:
@@ -70,7 +70,8 @@ class Recovery:
 
     def for_model(self, defaults: Mapping) -> Recovery:
         """Every unset setting from ``defaults`` (a model's ``default_recovery``), then ringmark's.
-        The iterations default to the model's only when the method is the model's too."""
+        The iterations, the second look and the photometric correction default to the model's only
+        when the method is the model's too (left unset)."""
         method = self.method or defaults.get("method", DEFAULT_INVERSION)
         if method not in ITERATIVE and self.iters:
             raise ValueError(f"the model's decoder inversion is the {method}, which runs no iterations; give "
@@ -78,8 +79,10 @@ class Recovery:
         model_iters = defaults.get("iters", DEFAULT_ITERS) if method == defaults.get("method") else DEFAULT_ITERS
         iters = (model_iters if self.iters is None else self.iters) if method in ITERATIVE else 0
         refine = self.refine if self.refine is not None else defaults.get("refine") if self.method is None else None
+        photometric = self.photometric if self.photometric is not None else \
+            bool(defaults.get("photometric", False)) and self.method is None  # like refine: with the model's method
         return replace(self, method=method, iters=iters, refine=None if refine == "none" else refine,
-                       ddim_steps=self.ddim_steps or defaults.get("ddim_steps", DEFAULT_STEPS))
+                       ddim_steps=self.ddim_steps or defaults.get("ddim_steps", DEFAULT_STEPS), photometric=photometric)
 
 
 @dataclass(frozen=True)
@@ -299,10 +302,12 @@ def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Re
     matches = match_keys(z_T, keys, transforms, null)
     iterations = record.iterations.tolist()
     if recovery.refine is not None:  # adaptive: a second look where the first leaves the decision unclear
-        x_in, extra = prepare(model, x, recovery, method=parse_refine(recovery.refine)[0])
+        method = parse_refine(recovery.refine)[0]
+        x_in, extra = prepare(model, x, recovery, method=method)
+        edited = (clipped_share(x) > EDITED).tolist() if method == "attack_aware" else None  # what it can see through
         matches, more = second_look(model, x_in, z_0=z_0, keys=keys, transforms=transforms, matches=matches,
-                                    extra=extra, recovery=recovery, alpha=decision.alpha, band=WEAK_EVIDENCE,
-                                    noise=lambda z: noise_from_latents(model, z, recovery))
+                                    edited=edited, extra=extra, recovery=recovery, alpha=decision.alpha,
+                                    band=WEAK_EVIDENCE, noise=lambda z: noise_from_latents(model, z, recovery))
         iterations = [a + b for a, b in zip(iterations, more)]
     db = [None] * len(matches)
     hits = [i for i, m in enumerate(matches) if m.p_value <= decision.alpha]

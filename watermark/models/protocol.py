@@ -57,7 +57,8 @@ class DiffusionModel(Protocol):
     @property
     def default_recovery(self) -> dict:
         """The recovery ``verify`` runs unless told otherwise, as measured for this model:
-        ``method``, ``iters``, ``ddim_steps`` (``pipeline.Recovery.for_model``)."""
+        ``method``, ``iters``, ``ddim_steps``, and where declared ``refine`` and ``photometric``
+        (``pipeline.Recovery.for_model``)."""
 
     def latent_shape(self, size: int) -> tuple[int, int, int]:
         """(C, H, W) of the latents of ``size``-px square images; ModelError for a size it cannot take."""

@@ -33,7 +33,7 @@ def settings(source: str) -> dict:
 def default_recovery(source: str) -> dict:
     """The recovery a model in ``source`` declares, else the family's; reads no weights."""
     declared = settings(source).get("recovery") or settings(str(FAMILY_SETTINGS)).get("recovery", {})
-    return {k: declared[k] for k in ("method", "iters", "ddim_steps") if k in declared}
+    return {k: declared[k] for k in ("method", "iters", "ddim_steps", "refine", "photometric") if k in declared}
 
 
 @dataclass

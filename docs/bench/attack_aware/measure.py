@@ -69,11 +69,14 @@ def measure(model, key, recovery, attacked: dict, factors: np.ndarray) -> dict:
     rows, seconds = {}, []
     for a, (w, c) in attacked.items():
         t0 = time.perf_counter()
-        p = [np.array([d.p_value for i in range(0, len(x), 25)
-                       for d in detect(model, x[i : i + 25], [key], recovery, Decision(), null=null)]) for x in (w, c)]
+        found = [[d for i in range(0, len(x), 25) for d in detect(model, x[i : i + 25], [key], recovery, Decision(),
+                                                                   null=null)] for x in (w, c)]
         seconds.append((time.perf_counter() - t0) / (len(w) + len(c)))
+        p = [np.array([d.p_value for d in ds]) for ds in found]
+        refined = float(np.mean([d.iterations > 0 for ds in found for d in ds]))  # images given decoder iterations
         rows[a] = {"auc": auc(*p), "tpr_at_1pct_fpr": tpr_at_fpr(*p), "tpr_at_alpha": float(np.mean(p[0] <= 0.01)),
-                   "fpr_at_alpha": float(np.mean(p[1] <= 0.01)), "seconds_per_image": seconds[-1]}
+                   "fpr_at_alpha": float(np.mean(p[1] <= 0.01)), "seconds_per_image": seconds[-1],
+                   "refined_share": refined}
         if a == "brightness":
             rows[a]["by_factor"] = by_factor(*p, factors)
         print(recovery.label, a, rows[a], flush=True)
