@@ -70,12 +70,12 @@ def test_every_p_is_corrected_for_both_looks():
     assert parse_refine("anderson:10") == ("anderson", 10)
 
 
-CLEAN_CASES = {  # recovery, brightness factor applied to the clean images (1: none)
-    "adaptive": (dict(refine="anderson:5"), 1.0),
-    "photometric": (dict(photometric=True), 1.0),
+CLEAN_CASES = {  # recovery (a method named: nothing else comes from the model), brightness factor (1: none)
+    "adaptive": (dict(method="encoder", refine="anderson:5"), 1.0),
+    "photometric": (dict(method="encoder", photometric=True), 1.0),
     "attack_aware": (dict(method="attack_aware", iters=2, photometric=True), 1.0),
     # brightened: every image shows clipping, so the adaptive rule gives each a second, attack-aware look
-    "adaptive_attack_aware_brightened": (dict(photometric=True, refine="attack_aware:2"), 2.5),
+    "adaptive_attack_aware_brightened": (dict(method="encoder", photometric=True, refine="attack_aware:2"), 2.5),
 }
 
 
@@ -124,7 +124,7 @@ def test_attack_aware_recovery_keeps_the_p_value_calibrated_on_photographs():
         pytest.skip("the photographs come with the train extra")
     images = (((photos + 1) / 2 * 2.5).clamp(0, 1) * 255).round() / 255 * 2 - 1
     keys = [make_key(model, seed=1900 + i) for i in range(n)]
-    flagged, refined = _flagged(model, images, keys, Recovery(photometric=True, refine="attack_aware:2"), alpha)
+    flagged, refined = _flagged(model, images, keys, Recovery("encoder", photometric=True, refine="attack_aware:2"), alpha)
     assert flagged <= int(stats.binom.isf(1e-3, n, alpha)), flagged
     assert refined > n // 2, refined
 
@@ -186,3 +186,13 @@ def test_attack_aware_undoes_a_known_gain_and_offset_and_ignores_a_destroyed_reg
     assert _up_to_scale(z_plain, linear.z_star) > 0.1
     x = torch.tensor([[[[-1.0, 2 / 255 - 1, 0.0, 254 / 255 * 2 - 1, 1.0]]]])  # 8-bit 0, 1, -, 254, 255
     assert unclipped(x).tolist() == [[[[False, True, True, True, False]]]]  # 8-bit 0 and 255 are clipped
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-sd", "tiny-flow"])
+def test_the_shipped_pixel_quantiles_are_the_models(name):
+    """The quantiles a bundled model ships are what its own generations give today."""
+    from watermark import get_model
+    from watermark.photometric import compute_quantiles, reference_quantiles
+
+    model = get_model(name)
+    assert np.abs(reference_quantiles(model) - compute_quantiles(model)).max() < 1e-3

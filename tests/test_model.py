@@ -187,13 +187,20 @@ def test_for_model_fills_only_what_is_unset():
     from watermark.pipeline import DEFAULT_ITERS, DEFAULT_STEPS, Recovery
 
     declared = {"method": "fixed_point", "iters": 20, "ddim_steps": 5}
-    assert Recovery().for_model(declared) == Recovery("fixed_point", 20, 5)
-    assert Recovery(iters=3).for_model(declared) == Recovery("fixed_point", 3, 5)
-    assert Recovery("adam").for_model(declared) == Recovery("adam", DEFAULT_ITERS, 5)
-    assert Recovery(ddim_steps=50, exact=True).for_model(declared) == Recovery("fixed_point", 20, 50, True)
-    assert Recovery().for_model({}) == Recovery("encoder", 0, DEFAULT_STEPS)  # the encoder runs no iterations
+    off = dict(photometric=False)  # resolved: not declared, so off
+    assert Recovery().for_model(declared) == Recovery("fixed_point", 20, 5, **off)
+    assert Recovery(iters=3).for_model(declared) == Recovery("fixed_point", 3, 5, **off)
+    assert Recovery("adam").for_model(declared) == Recovery("adam", DEFAULT_ITERS, 5, **off)
+    assert Recovery(ddim_steps=50, exact=True).for_model(declared) == Recovery("fixed_point", 20, 50, True, **off)
+    assert Recovery().for_model({}) == Recovery("encoder", 0, DEFAULT_STEPS, **off)  # the encoder runs no iterations
     resolved = Recovery().for_model(declared)
     assert resolved.for_model({"method": "adam", "ddim_steps": 9}) == resolved  # resolving twice changes nothing
+    # the second look and the photometric correction come with the model's method, as its iterations do
+    adaptive = {"method": "encoder", "refine": "attack_aware:10", "photometric": True}
+    assert Recovery().for_model(adaptive) == Recovery("encoder", 0, DEFAULT_STEPS, refine="attack_aware:10",
+                                                      photometric=True)
+    assert Recovery("encoder").for_model(adaptive) == Recovery("encoder", 0, DEFAULT_STEPS, **off)
+    assert Recovery(refine="none", photometric=False).for_model(adaptive) == Recovery("encoder", 0, DEFAULT_STEPS, **off)
 
 
 def test_the_model_cache_is_bounded(monkeypatch, tmp_path):

@@ -12,10 +12,16 @@ the cut (what a clipped pixel held on average). The correction never sees a key:
 the p-value stays calibrated (tested on clean images).
 
 The model's pixel quantiles come from REFERENCE_IMAGES of its own clean generations (fixed
-seeds, REFERENCE_STEPS steps), made once per model object when first asked for.
+seeds, REFERENCE_STEPS steps), made once per model object when first asked for (about 4 s for
+`tiny` on 2 CPU cores); the bundled models ship theirs (QUANTILES_FILE in the model's folder,
+written by ``python -m watermark.photometric NAME``, checked against a fresh computation by a test).
 """
 
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,20 +30,36 @@ SATURATED = 254.5 / 255  # a pixel at 255 in 8 bits
 MIN_SATURATED = 0.01  # share of saturated pixels above which the cut, not the 99th percentile, sets f
 REFERENCE_IMAGES, REFERENCE_STEPS, REFERENCE_SEED = 32, 10, 424242
 GRID = np.linspace(0, 1, 201)  # the quantile levels kept
+QUANTILES_FILE = "pixel_quantiles.json"
 
 
-@torch.inference_mode()
+def shipped(name: str) -> Path:
+    """Where a bundled model's quantiles are kept (its folder; the file may not exist)."""
+    from .models import NAMED
+
+    return Path(NAMED.get(name, "/nonexistent")) / QUANTILES_FILE
+
+
 def reference_quantiles(model) -> np.ndarray:
     """The model's pooled pixel quantiles (in [0, 1]) at GRID, kept on the model object."""
     kept = getattr(model, "_pixel_quantiles", None)
+    if kept is None and shipped(model.name).is_file():
+        kept = np.array(json.loads(shipped(model.name).read_text())["quantiles"])
+        object.__setattr__(model, "_pixel_quantiles", kept)
     if kept is None:
-        g = torch.Generator().manual_seed(REFERENCE_SEED)
-        z_T = torch.randn(REFERENCE_IMAGES, *model.latent_shape(model.default_size), generator=g)
-        images = torch.cat([model.generate(z_T[i : i + 8].to(model.device, model.dtype), REFERENCE_STEPS).float().cpu()
-                            for i in range(0, len(z_T), 8)])
-        kept = np.quantile(images.numpy().ravel(), GRID)
+        kept = compute_quantiles(model)
         object.__setattr__(model, "_pixel_quantiles", kept)  # frozen dataclasses too
     return kept
+
+
+@torch.inference_mode()
+def compute_quantiles(model) -> np.ndarray:
+    """The model's pooled pixel quantiles at GRID from REFERENCE_IMAGES of its clean generations."""
+    g = torch.Generator().manual_seed(REFERENCE_SEED)
+    z_T = torch.randn(REFERENCE_IMAGES, *model.latent_shape(model.default_size), generator=g)
+    images = torch.cat([model.generate(z_T[i : i + 8].to(model.device, model.dtype), REFERENCE_STEPS).float().cpu()
+                        for i in range(0, len(z_T), 8)])
+    return np.quantile(images.numpy().ravel(), GRID)
 
 
 def gain(v: torch.Tensor, q: np.ndarray) -> float:
@@ -64,3 +86,13 @@ def normalize(x: torch.Tensor, q: np.ndarray) -> torch.Tensor:
         u = torch.where(v >= SATURATED, torch.full_like(v, mean_above(q, 1 / f)), v / f)
         out.append(u.clamp(0, 1) * 2 - 1)
     return torch.stack(out).to(x.dtype)
+
+
+if __name__ == "__main__":  # python -m watermark.photometric NAME: write a bundled model's quantiles
+    from .models import get_model
+
+    name = sys.argv[1]
+    q = compute_quantiles(get_model(name))
+    shipped(name).write_text(json.dumps({"grid": len(GRID), "images": REFERENCE_IMAGES, "steps": REFERENCE_STEPS,
+                                         "seed": REFERENCE_SEED, "quantiles": [round(float(v), 6) for v in q]}) + "\n")
+    print(f"wrote {shipped(name)}")

@@ -269,13 +269,15 @@ def consistency(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Rec
 
     A genuine watermarked image came from a z_T carrying the key, and regenerates close to
     itself; a forgery made to invert onto a watermarked z_T (imprinting) carries the key but not
-    the content of that z_T, and regenerates into another image. Costs one generation per image.
+    the content of that z_T, and regenerates into another image. With ``recovery.photometric`` the
+    comparison is with the corrected image, the one z_T was recovered from. Costs one generation
+    per image.
     """
     recovery = recovery.for_model(model.default_recovery)
     if z_T is None:
         z_T, _ = recover_noise(model, x, recovery)
     regenerated = model.generate(z_T.to(model.device, model.dtype), recovery.ddim_steps) * 2 - 1
-    return psnr(regenerated, x.cpu())
+    return psnr(regenerated, prepare(model, x, recovery)[0].cpu())  # the image the recovery saw
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
