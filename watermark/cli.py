@@ -270,7 +270,8 @@ def verification_options(fn):
                      help="Rotations and crops undone before the test (counted in the p-value)."),
         click.option("--inversion", type=click.Choice(list(METHODS)), default=None,
                      help="Decoder inversion method [default: the one the key's model declares, measured for it; "
-                          "the encoder on every bundled model and on SD checkpoints]."),
+                          "the encoder on every bundled model and on SD checkpoints; on tiny with --photometric and "
+                          "--refine attack_aware:10]."),
         click.option("--iters", type=click.IntRange(0), default=None,
                      help=f"Decoder-inversion iterations of the iterative methods (the encoder runs none) "
                           f"[default: the model's; {DEFAULT_ITERS} for a method it does not declare]."),
