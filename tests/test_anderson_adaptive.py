@@ -79,7 +79,11 @@ CLEAN_CASES = {  # recovery (a method named: nothing else comes from the model),
 }
 
 
-@pytest.mark.parametrize("case", sorted(CLEAN_CASES))
+SLOW_CASES = {"adaptive", "attack_aware"}  # options, not a default: behind the slow marker (1 min together)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c
+                                  for c in sorted(CLEAN_CASES)])
 def test_new_recoveries_keep_the_p_value_calibrated_on_clean_images(case):
     """Clean images of tiny, tested against 20 fresh keys each at alpha = 0.1 (with the adaptive
     second look, many fall in the unclear band and get it): the share flagged stays within the
