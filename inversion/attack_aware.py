@@ -22,7 +22,8 @@ from typing import Callable
 import torch
 
 from ._checks import check_common, check_positive
-from .record import InversionRecord, ResidualTracker
+from .fixed_point import fixed_point
+from .record import InversionRecord
 
 CLIP = 1 - 1 / 255  # |x| at or above this (images in [-1, 1]): a pixel clipped to black or white in 8 bits
 MIN_VARIANCE = 1e-4  # a channel flatter than this (in [-1, 1] units squared) keeps gain 1, offset 0
@@ -76,11 +77,8 @@ def attack_aware(
         x_hat = torch.where(v, a * xi + b, d)
         return encode(x_hat.to(dtype)).float()
 
-    run = ResidualTracker("attack_aware", encode, decode, x, dtype=dtype, tol=tol, callback=callback, target=target)
-    z = (run.Ex if z0 is None else z0).float().clone()
-    for k in range(iters):
-        idx, r = run.residual(z, k)  # E(D(z_k)) - E(x_hat(z_k))
-        z[idx] -= rho * r
-        if run.done:
-            break
-    return run.finish(z, x.dtype)
+    # the forward step, with E(x_hat(z_k)) in place of E(x)
+    z, record = fixed_point(encode, decode, x, z0=z0, iters=iters, rho=rho, tol=tol, dtype=dtype,
+                            callback=callback, target=target)
+    record.method = "attack_aware"
+    return z, record

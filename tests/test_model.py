@@ -32,6 +32,21 @@ def test_shapes_and_sizes(tiny):
         tiny.latent_shape(100)
 
 
+def test_the_vae_runs_a_batch_in_chunks_on_cpu_with_the_same_result(tiny):
+    from watermark.models.latent import CPU_CHUNK_PIXELS, chunks
+
+    x = torch.rand(5, 3, 128, 128, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    per_image = CPU_CHUNK_PIXELS // (128 * 128)
+    assert [len(c) for c in chunks(x)] == [per_image] * (5 // per_image) + [5 % per_image] * (5 % per_image > 0)
+    assert [len(c) for c in chunks(x[:, :, :32, :32], 4)] == [len(c) for c in chunks(x)]  # latents of 128 px
+    assert len(chunks(torch.rand(5, 3, 1024, 1024))) == 5  # at least one image per chunk
+    with torch.inference_mode():
+        z = tiny.encode(x)
+        assert torch.allclose(z, torch.cat([tiny.encode(x[i : i + 1]) for i in range(5)]), atol=1e-5)
+        assert torch.allclose(tiny.decode(z), torch.cat([tiny.decode(z[i : i + 1]) for i in range(5)]), atol=1e-5)
+        assert tiny.encode(x[:0]).shape == (0, 4, 32, 32)
+
+
 def test_key_channel_comes_from_the_model_folder(tiny, tmp_path):
     channel = json.loads((TINY_PATH / "ringmark.json").read_text())["key_channel"]
     assert tiny.default_key_channel == channel != tiny.latent_channels - 1  # not the fallback (last channel)
