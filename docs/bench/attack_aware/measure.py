@@ -15,6 +15,7 @@ import copy
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -84,6 +85,12 @@ def measure(model, key, recovery, attacked: dict, factors: np.ndarray) -> dict:
     return {"rows": rows, "seconds_per_image": float(np.mean(seconds)), "null": bool(null)}
 
 
+def commit() -> str:
+    """The commit measured, with "+" if the working tree differs from it."""
+    run = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()  # noqa: E731
+    return run("rev-parse", "--short", "HEAD") + ("+" if run("status", "--porcelain", "--", "../../../watermark", "../../../inversion") else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=100)
@@ -108,6 +115,7 @@ def main() -> None:
         new = measure(model, key, RECOVERIES[name], attacked, factors)
         got["rows"].update(new["rows"])
         got["null"] = new["null"]
+        got["commit"] = commit()  # what was timed (the VAE runs in chunks on a CPU from bf23935 on)
         rows = got["rows"]
         got["seconds_per_image"] = float(np.mean([r["seconds_per_image"] for r in rows.values() if "seconds_per_image" in r]))
         if all(a in rows for a in six):
