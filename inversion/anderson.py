@@ -42,18 +42,20 @@ def anderson(
     tol: float | None = None,
     dtype: torch.dtype | None = None,
     callback: Callable | None = None,
+    target: Callable | None = None,
 ) -> tuple[torch.Tensor, InversionRecord]:
     """Anderson-accelerated forward step (type II, ``memory`` past steps, mixing ``beta``).
 
     Same contract and fixed point as ``fixed_point`` (same ``rho``); ``ridge`` regularises the
     least-squares problem relative to its scale. A sample whose residual jumps RESTART-fold
-    restarts its history from the plain step. ``z0`` defaults to E(x).
+    restarts its history from the plain step. ``z0`` defaults to E(x). ``target``: as in
+    ``fixed_point`` (``attack_aware`` with ``memory`` uses it).
     """
     check_common(iters, tol, dtype)
     for name, value in (("rho", rho), ("beta", beta), ("memory", memory), ("ridge", ridge)):
         check_positive(name, value)
     dtype = dtype or x.dtype
-    run = ResidualTracker("anderson", encode, decode, x, dtype=dtype, tol=tol, callback=callback)
+    run = ResidualTracker("anderson", encode, decode, x, dtype=dtype, tol=tol, callback=callback, target=target)
     z = (run.Ex if z0 is None else z0).float().clone(memory_format=torch.contiguous_format)
     flat = z.view(len(z), -1)  # shares z's storage: updating flat updates z
     history = _History(len(z), memory)

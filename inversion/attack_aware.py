@@ -12,16 +12,19 @@ every pixel valid and (a, b) = (1, 0) it is the forward step. The gain and offse
 identifiable from x alone (D(z) = a x + b fits for any a): the iteration keeps what its start
 ``z0`` implies, so start it from an image whose brightness was already estimated
 (``watermark.photometric``); it then refines that estimate and stops fitting the clipped pixels.
-Each iteration costs one decoder and two encoder passes (E(x_hat) moves with z).
+Each iteration costs one decoder and two encoder passes (E(x_hat) moves with z). With ``memory``
+> 0 the step is Anderson-mixed (``inversion.anderson``) over the same moving target.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import torch
 
 from ._checks import check_common, check_positive
+from .anderson import anderson
 from .fixed_point import fixed_point
 from .record import InversionRecord
 
@@ -58,15 +61,19 @@ def attack_aware(
     iters: int = 10,
     rho: float = 0.5,
     valid: torch.Tensor | None = None,
+    memory: int = 0,
     tol: float | None = None,
     dtype: torch.dtype | None = None,
     callback: Callable | None = None,
 ) -> tuple[torch.Tensor, InversionRecord]:
     """The attack-aware forward step (module docstring). ``valid`` (x's shape, bool): the pixels to
-    fit; default ``unclipped(x)``. ``z0`` defaults to E(x). The networks run in ``dtype`` (default:
+    fit; default ``unclipped(x)``. ``memory``: 0, the forward step; else Anderson mixing of that many
+    past steps. ``z0`` defaults to E(x). The networks run in ``dtype`` (default:
     x's); the iterate, the fit and x_hat are kept in float32."""
     check_common(iters, tol, dtype)
     check_positive("rho", rho)
+    if not isinstance(memory, int) or isinstance(memory, bool) or memory < 0:
+        raise ValueError(f"memory must be a non-negative integer, got {memory!r}")
     dtype = dtype or x.dtype
     xf = x.float()
     valid = unclipped(xf) if valid is None else valid.to(x.device, torch.bool).expand_as(xf)
@@ -77,8 +84,9 @@ def attack_aware(
         x_hat = torch.where(v, a * xi + b, d)
         return encode(x_hat.to(dtype)).float()
 
-    # the forward step, with E(x_hat(z_k)) in place of E(x)
-    z, record = fixed_point(encode, decode, x, z0=z0, iters=iters, rho=rho, tol=tol, dtype=dtype,
-                            callback=callback, target=target)
+    # the forward step (Anderson-mixed with memory), with E(x_hat(z_k)) in place of E(x)
+    step = partial(anderson, memory=memory) if memory else fixed_point
+    z, record = step(encode, decode, x, z0=z0, iters=iters, rho=rho, tol=tol, dtype=dtype, callback=callback,
+                     target=target)
     record.method = "attack_aware"
     return z, record

@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("-o", default=None, help="default: docs/bench/attack_aware/MODEL.json")
     args = parser.parse_args()
     out = Path(args.o or Path(__file__).parent / f"{args.model}.json")
+    measured = commit()
     model = get_model(args.model)
     key = make_key(model, seed=20261201)
     attacked, factors = attacked_images(model, key, args.n)
@@ -115,7 +116,7 @@ def main() -> None:
         new = measure(model, key, RECOVERIES[name], attacked, factors)
         got["rows"].update(new["rows"])
         got["null"] = new["null"]
-        got["commit"] = commit()  # what was timed (the VAE runs in chunks on a CPU from bf23935 on)
+        got["commit"] = measured  # what was timed (the VAE runs in chunks on a CPU from bf23935 on)
         rows = got["rows"]
         got["seconds_per_image"] = float(np.mean([r["seconds_per_image"] for r in rows.values() if "seconds_per_image" in r]))
         if all(a in rows for a in six):
