@@ -65,11 +65,18 @@ def load_model(name: str = "tiny", device: str = "cpu", dtype: str | torch.dtype
         model = sd.load(source, name, torch_device, torch_dtype)
         if model is None:
             raise ModelError(f"cannot load model {name!r}: no model_index.json, and not a folder with vae/ and unet/")
-        return model
-    if pipeline not in FAMILIES:
+    elif pipeline not in FAMILIES:
         raise ModelError(f"cannot load model {name!r}: its model_index.json names {pipeline}; ringmark loads "
                          + ", ".join(["StableDiffusionPipeline", *FAMILIES]))
-    return FAMILIES[pipeline](source, name, torch_device, torch_dtype)
+    else:
+        model = FAMILIES[pipeline](source, name, torch_device, torch_dtype)
+    if torch_device.type == "cpu":
+        # Convolutions run faster on channels-last tensors on a CPU: E(D(z)) of tiny 0.7-0.8x, its UNet
+        # ~0.9x, outputs within 1e-5 (docs/bench/speed). Not measured on a GPU, so left as loaded there.
+        for module in (getattr(model, "vae", None), getattr(model, "denoiser", None)):
+            if isinstance(module, torch.nn.Module):
+                module.to(memory_format=torch.channels_last)
+    return model
 
 
 def default_recovery(name: str) -> dict:

@@ -35,7 +35,8 @@ RECOVERIES = {"encoder": Recovery("encoder"), "photometric": Recovery("encoder",
               "adaptive (anderson:10)": Recovery("encoder", refine="anderson:10"),
               "photometric + adaptive (anderson:10)": Recovery("encoder", photometric=True, refine="anderson:10"),
               "photometric + adaptive (attack_aware:10)": Recovery("encoder", photometric=True, refine="attack_aware:10"),
-              "photometric + adaptive (attack_aware:5)": Recovery("encoder", photometric=True, refine="attack_aware:5")}
+              "photometric + adaptive (attack_aware:5)": Recovery("encoder", photometric=True, refine="attack_aware:5"),
+              "photometric + adaptive (attack_aware:2)": Recovery("encoder", photometric=True, refine="attack_aware:2")}
 BINS = (0, 0.5, 1, 2, 3, 7)  # brightness factor bins for the breakdown
 
 
