@@ -143,6 +143,16 @@ def test_an_edited_image_gets_the_second_look_unless_already_found():
     assert clipped_share(x).tolist() == [0.0, 0.5]
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 101, 3 * 64 * 64])
+@pytest.mark.parametrize("level", [0.0, 0.5, 0.99, 1.0])
+def test_upper_quantile_is_torch_quantile(n, level):
+    from watermark.photometric import upper_quantile
+
+    v = torch.rand(n, generator=torch.Generator().manual_seed(n))
+    v[: n // 3] = 0.5  # ties
+    assert upper_quantile(v, level) == pytest.approx(float(torch.quantile(v, level)), abs=1e-6)
+
+
 def test_the_photometric_correction_undoes_a_known_gain_and_fills_clipped_pixels():
     """A synthetic case: pixels drawn from a known distribution, brightened by f and clipped at
     white. The correction estimates f from the clipped share and brings the unclipped pixels back."""

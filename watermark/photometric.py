@@ -68,7 +68,17 @@ def gain(v: torch.Tensor, q: np.ndarray) -> float:
     if s > MIN_SATURATED:
         cut = float(np.interp(1 - s, GRID, q))  # the model's pixel value that f took to white
         return 1 / max(cut, 1e-3)
-    return max(float(torch.quantile(v.flatten().float(), 0.99)), 1e-3) / max(float(np.interp(0.99, GRID, q)), 1e-3)
+    return max(upper_quantile(v.flatten().float(), 0.99), 1e-3) / max(float(np.interp(0.99, GRID, q)), 1e-3)
+
+
+def upper_quantile(v: torch.Tensor, level: float) -> float:
+    """``torch.quantile(v, level)`` (linear interpolation) of a 1-D tensor from its top values
+    only: torch.quantile sorts all of them, 12 ms for a 128-px image against 0.15 ms here."""
+    pos = level * (len(v) - 1)
+    lo = int(pos)
+    top = torch.topk(v, len(v) - lo).values  # descending: top[-1] is the sorted v[lo], top[-2] v[lo + 1]
+    a, b = float(top[-1]), float(top[-2] if len(top) > 1 else top[-1])
+    return a + (b - a) * (pos - lo)
 
 
 def mean_above(q: np.ndarray, cut: float) -> float:
