@@ -271,7 +271,7 @@ def verification_options(fn):
         click.option("--inversion", type=click.Choice(list(METHODS)), default=None,
                      help="Decoder inversion method [default: the one the key's model declares, measured for it; "
                           "the encoder on every bundled model and on SD checkpoints; on tiny with --photometric and "
-                          "--refine attack_aware:10]."),
+                          "--refine attack_aware:2]."),
         click.option("--iters", type=click.IntRange(0), default=None,
                      help=f"Decoder-inversion iterations of the iterative methods (the encoder runs none) "
                           f"[default: the model's; {DEFAULT_ITERS} for a method it does not declare]."),
@@ -284,7 +284,7 @@ def verification_options(fn):
         click.option("--refine", metavar="METHOD:ITERS|none", default=None,
                      help="Adaptive recovery: images the first look leaves unclear (p near alpha, two keys close, or "
                           "clipped by an edit when METHOD is attack_aware) are refined by METHOD for ITERS iterations "
-                          "and tested again, every p corrected for the two looks (e.g. attack_aware:10) "
+                          "and tested again, every p corrected for the two looks (e.g. attack_aware:2) "
                           "[default: the model's]."),
         click.option("--null", default="auto", show_default=True,
                      help="Null-model file that makes the p-value exact for each key ('ringmark calibrate'); "
