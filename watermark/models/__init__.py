@@ -71,8 +71,9 @@ def load_model(name: str = "tiny", device: str = "cpu", dtype: str | torch.dtype
     else:
         model = FAMILIES[pipeline](source, name, torch_device, torch_dtype)
     if torch_device.type == "cpu":
-        # Convolutions run faster on channels-last tensors on a CPU: E(D(z)) of tiny 0.7-0.8x, its UNet
-        # ~0.9x, outputs within 1e-5 (docs/bench/speed). Not measured on a GPU, so left as loaded there.
+        # Convolutions run faster on channels-last tensors on a CPU: E(D(z)) of tiny 0.55-0.8x, its UNet
+        # ~0.9x (docs/bench/speed). The price: the sums are blocked by batch, so an image decoded alone
+        # and in a batch may differ by 2e-4 (1/40 of an 8-bit level). Not measured on a GPU: left as loaded.
         for module in (getattr(model, "vae", None), getattr(model, "denoiser", None)):
             if isinstance(module, torch.nn.Module):
                 module.to(memory_format=torch.channels_last)

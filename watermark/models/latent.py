@@ -7,11 +7,13 @@ import torch
 
 from .protocol import ModelError
 
-# On a CPU the VAE runs faster on a batch split into chunks of about this many pixels than on the
-# whole batch (the activations of a small chunk stay in cache): E(D(z)) for 32 latents of `tiny`
-# (128 px) takes 0.40x the whole batch's time in chunks of 2, 0.44x in chunks of 4, 0.50x in
-# diffusers' ``enable_slicing`` (chunks of 1), on 2 cores; the outputs are the same
-# (docs/bench/speed). On a GPU the whole batch is faster, and is kept.
+# On a CPU the VAE runs faster on a batch split into chunks of a few images than on the whole
+# batch (the activations of a small chunk stay in cache): E(D(z)) for 32 latents of `tiny` (128 px)
+# takes 0.39-0.45x the whole batch's time in chunks of 1, 2 or 4 (diffusers' ``enable_slicing``,
+# chunks of 1: 0.37x; the differences are within this machine's timing noise), 0.28x in chunks of
+# 2 with channels-last weights (``models.load_model``); chunking leaves the outputs as they were
+# (docs/bench/speed). The chunk is counted in pixels, so that small images still go several at a
+# time. On a GPU the whole batch is faster, and is kept.
 CPU_CHUNK_PIXELS = 2 * 128 * 128
 
 
