@@ -9,6 +9,7 @@ from scipy import stats
 
 from inversion import anderson, fixed_point
 from watermark.adaptive import LOOKS, _corrected, parse_refine, unclear
+from watermark.pipeline import Recovery
 from watermark.scheme.detection import KeyMatch
 
 
@@ -133,11 +134,28 @@ def test_attack_aware_recovery_keeps_the_p_value_calibrated_on_photographs():
     assert refined > n // 2, refined
 
 
-def test_an_edited_image_gets_the_second_look_unless_already_found():
-    from watermark.adaptive import clipped_share, unclear
+def test_an_edited_image_is_tested_by_the_attack_aware_look_alone():
+    """An image with clipping gets EDITED_ITERS attack-aware iterations and that look's p,
+    uncorrected, whatever its first look said; an unedited one with a clear first look is seen
+    once, its p doubled."""
+    from watermark import get_model, make_key, watermarked_latents
+    from watermark.adaptive import EDITED_ITERS, clipped_share, second_look
+    from watermark.scheme.detection import match_keys
 
-    assert unclear(match(0.5), 0.01, 10, edited=True) and not unclear(match(0.5), 0.01, 10)
-    assert not unclear(match(1e-6), 0.01, 10, edited=True)  # found at alpha / 10: no second look
+    class Identity:  # E = D = identity: the attack-aware iteration leaves z where it starts
+        device, dtype = torch.device("cpu"), torch.float32
+        encode = decode = staticmethod(lambda t: t)
+
+    key = make_key(get_model("tiny"), seed=5)
+    z_T = watermarked_latents(key, seeds=[0, 1])
+    z_0 = torch.rand(2, *key.latent_shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    expected = match_keys(z_T, [key])
+    out, ran = second_look(Identity(), z_0, z_0=z_0, keys=[key], transforms=None, matches=[match(1e-30), match(0.5)],
+                           recovery=Recovery(refine="attack_aware:2"), alpha=0.01, band=10.0, noise=lambda z: z_T[: len(z)],
+                           edited=[True, False])
+    assert ran == [EDITED_ITERS, 0]
+    assert out[0].p_value == expected[0].p_value  # the attack-aware look's p, not 2 min(p_1, p_2) = 2e-30
+    assert out[1].p_value == 1.0 and out[1].key_id == "a"  # 2 x 0.5, seen once
     x = torch.zeros(2, 3, 4, 4)
     x[1, :, :2] = 1.0  # half of the second image clipped white
     assert clipped_share(x).tolist() == [0.0, 0.5]
