@@ -282,10 +282,10 @@ def verification_options(fn):
                      help="Attack-aware: undo a global brightness change (gain and clipped pixels) before recovery "
                           "[default: the model's]."),
         click.option("--refine", metavar="METHOD:ITERS|none", default=None,
-                     help="Adaptive recovery: images the first look leaves unclear (p near alpha, two keys close, or "
-                          "clipped by an edit when METHOD is attack_aware) are refined by METHOD for ITERS iterations "
-                          "and tested again, every p corrected for the two looks (e.g. attack_aware:2) "
-                          "[default: the model's]."),
+                     help="Adaptive recovery: images the first look leaves unclear (p near alpha, two keys close) are "
+                          "refined by METHOD for ITERS iterations and tested again, their p corrected for the two looks "
+                          "(e.g. attack_aware:2); with attack_aware, an image clipped by an edit is recovered by it "
+                          "alone (at least 10 iterations) and tested once [default: the model's]."),
         click.option("--null", default="auto", show_default=True,
                      help="Null-model file that makes the p-value exact for each key ('ringmark calibrate'); "
                           "'auto': the one of this recovery in the model's folder or beside the key files; "
