@@ -66,9 +66,10 @@ def second_look(model, x: torch.Tensor, z_0: torch.Tensor, keys: list, transform
                 recovery, alpha: float, band: float, noise, edited: list[bool] | None = None,
                 extra: dict | None = None) -> tuple[list[KeyMatch], list[int]]:
     """The matches after the second look, and the decoder iterations each image ran: an edited
-    image's from the attack-aware look alone, every other p corrected for LOOKS looks. ``noise(z_0) -> z_T``: the DDIM inversion of the first look;
-    ``edited``: per image, whether it shows clipping (``clipped_share`` > EDITED); ``extra``: the
-    refining method's own keywords, per image along the batch (e.g. ``valid``)."""
+    image's from the attack-aware look alone, every other p corrected for LOOKS looks.
+    ``noise(z_0) -> z_T``: the DDIM inversion of the first look; ``edited``: per image, whether it
+    shows clipping (``clipped_share`` > EDITED); ``extra``: the refining method's own keywords, per
+    image along the batch (e.g. ``valid``)."""
     method, iters = parse_refine(recovery.refine)
     edited = edited or [False] * len(matches)
     alone = [i for i in range(len(matches)) if edited[i]]  # tested by the attack-aware look alone
