@@ -3,7 +3,9 @@ built here (``tests/families.py``; no download): keygen -> embed through the fam
 diffusers pipeline with ``latents=`` -> exact inversion of the pipeline's latents recovers z_T ->
 the key is detected on the latent path; the image path runs end to end through ``verify``."""
 
+import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ import torch
 import families
 from inversion import ddim_invert
 from watermark import api
-from watermark.models import FAMILIES, ModelError, load_model
+from watermark.models import FAMILIES, ModelError, get_model, load_model
 from watermark.models.flux import pack, unpack
 from watermark.pipeline import Recovery, detect
 from watermark.scheme.detection import match_keys
@@ -49,7 +51,12 @@ def test_pipeline_latents_invert_exactly_to_the_key(family):
     z_T = watermarked_latents(key, seeds=[0, 1])
     pipe = model._pipeline() if name == "sdxl" else model.pipe
     options = {} if name.startswith("flux") else {"guidance_scale": 1.0}
-    z_0 = pipe(prompt=["", ""], latents=model.pipeline_latents(z_T) if name != "sdxl" else z_T,
+    if name == "sdxl":  # its empty prompt is the pipeline's zero embedding (test_sdxl_empty_prompt_...)
+        cond = model.condition()
+        options.update(prompt_embeds=cond["embeds"].expand(2, -1, -1), pooled_prompt_embeds=cond["pooled"].expand(2, -1))
+    else:
+        options.update(prompt=["", ""])
+    z_0 = pipe(latents=model.pipeline_latents(z_T) if name != "sdxl" else z_T,
                num_inference_steps=STEPS, height=SIZE, width=SIZE, output_type="latent", **options).images
     if name.startswith("flux"):
         z_0 = unpack(z_0, SIZE // 2, SIZE // 2)  # FluxPipeline returns its packed tokens
@@ -80,7 +87,11 @@ def test_embed_and_verify_run_end_to_end(family, tmp_path, monkeypatch):
     made = api.embed(key, tmp_path / "out", n=2, prompts=["a red house"], steps=4)
     expected = watermarked_latents(key, seeds=[0, 1])
     assert torch.equal(seen["latents"], pack(expected) if name.startswith("flux") else expected)
-    assert seen["prompt"] == ["a red house"] * 2 and [g.key_id for g in made] == [key.key_id] * 2
+    if name == "sdxl":  # SDXL's pipeline gets the prompts' embeddings (its empty prompt: zeros)
+        assert torch.equal(seen["prompt_embeds"], model.condition(["a red house"] * 2)["embeds"])
+    else:
+        assert seen["prompt"] == ["a red house"] * 2
+    assert [g.key_id for g in made] == [key.key_id] * 2
     rows = api.verify([str(tmp_path / "out")], [key], Recovery(ddim_steps=4), null="none")
     from watermark.io.images import load_image
 
@@ -105,3 +116,101 @@ def test_a_new_family_is_one_registry_line(tmp_path, monkeypatch):
     monkeypatch.setitem(FAMILIES, "ToyPipeline", lambda source, name, device, dtype: ToyFamily(name=name))
     model = load_model(str(tmp_path))
     assert isinstance(model, ToyFamily) and model.name == str(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def sdxl_folder(tmp_path_factory):
+    return families.sdxl(tmp_path_factory.mktemp("sdxl"))  # force_zeros_for_empty_prompt: true, as SDXL 1.0's
+
+
+def test_sdxl_empty_prompt_is_the_pipelines_zero_embedding(sdxl_folder):
+    """Under force_zeros_for_empty_prompt StableDiffusionXLPipeline's unconditional embedding is zeros,
+    not the encoding of "": so is ringmark's empty prompt, in inversion (``condition()``) and in
+    generation. Ringmark's sampler gives what the pipeline gives from the same latents= on it (at
+    guidance 7.5: both branches are that embedding), and generating with no prompt is that sample."""
+    model = load_model(str(sdxl_folder))
+    pipe = model._pipeline()
+    assert model.force_zeros and pipe.config.force_zeros_for_empty_prompt
+    _, negative, _, negative_pooled = pipe.encode_prompt([""], device=model.device, do_classifier_free_guidance=True)
+    cond = model.condition()
+    assert not negative.any() and torch.equal(cond["embeds"], negative) and torch.equal(cond["pooled"], negative_pooled)
+    z_T = torch.randn(2, 4, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(11))
+    ours = model.sample(z_T, STEPS)
+    theirs = pipe(prompt_embeds=negative.expand(2, -1, -1), pooled_prompt_embeds=negative_pooled.expand(2, -1),
+                  latents=z_T, num_inference_steps=STEPS, guidance_scale=7.5, height=SIZE, width=SIZE,
+                  output_type="latent").images
+    # channels-last weights sum in blocks by batch (models.load_model): the pipeline's batch of 4 and our
+    # batch of 2 agree to float32 rounding, 1e-6 here; 1e-4 as the test above
+    assert torch.allclose(ours, theirs, atol=1e-4), float((ours - theirs).abs().max())
+    images = model.generate(z_T, STEPS)  # no prompt, guidance 7.5 (embed's default)
+    assert torch.allclose(images, (model.decode(ours).clamp(-1, 1) + 1) / 2, atol=1e-3)
+    # without force_zeros the pipeline's negative is the encoding of "", and so is ringmark's empty prompt
+    plain = dataclasses.replace(model, force_zeros=False, _empty_prompt=None)
+    _, negative, _, _ = plain._pipeline().encode_prompt([""], device=model.device, do_classifier_free_guidance=True)
+    assert negative.abs().sum() > 0 and torch.equal(plain.condition()["embeds"], negative)
+
+
+def test_sdxl_pipelines_never_add_diffusers_invisible_watermark(sdxl_folder, monkeypatch):
+    """StableDiffusionXLPipeline stamps invisible-watermark's mark on its images whenever that package
+    is installed, unless built with add_watermarker=False; ringmark's loading and generation build it so."""
+    import diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl as sdxl_pipeline
+
+    class Stamp:  # stands in for the package's watermarker, as if it were installed
+        def __init__(self):
+            raise AssertionError("diffusers' invisible watermarker was set up")
+
+    monkeypatch.setattr(sdxl_pipeline, "is_invisible_watermark_available", lambda: True)
+    monkeypatch.setattr(sdxl_pipeline, "StableDiffusionXLWatermarker", Stamp, raising=False)
+    model = load_model(str(sdxl_folder))
+    assert model._pipeline().watermark is None
+    assert model.generate(torch.randn(1, 4, SIZE // 2, SIZE // 2), steps=2).shape == (1, 3, SIZE, SIZE)
+
+
+def test_sdxl_eps_prediction_on_zero_terminal_snr_is_refused_at_load(sdxl_folder, tmp_path):
+    folder = shutil.copytree(sdxl_folder, tmp_path / "zero-snr")
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "rescale_betas_zero_snr": True,
+                                  "prediction_type": "epsilon"}))
+    with pytest.raises(ModelError, match=r"predicts eps on a zero-terminal-SNR schedule") as e:
+        load_model(str(folder))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("variant, setting", [("dev", None), ("dev", 5.0), ("schnell", None)])
+def test_flux_guidance_is_a_recorded_setting_that_inversion_shares(variant, setting, tmp_path, monkeypatch):
+    """verify cannot read FLUX-dev's guidance input off an image, so it is the model's setting (the
+    folder's ringmark.json "guidance", else 3.5): embed generates at it, writes it to the manifest,
+    refuses another, and verify's inversion gives the transformer the same value (schnell: none)."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    folder = families.flux(tmp_path / "flux", guidance=variant == "dev")
+    if setting is not None:
+        (folder / "ringmark.json").write_text(json.dumps({"guidance": setting}))
+    expected = {"dev": setting or 3.5, "schnell": None}[variant]
+    key = api.keygen(None, model=str(folder), size=SIZE, seed=3)
+    assert get_model(str(folder)).guidance == expected
+    calls, inputs = [], []
+    call, forward = FluxPipeline.__call__, FluxTransformer2DModel.forward
+
+    def spy_call(self, *args, **kwargs):
+        calls.append(kwargs)
+        return call(self, *args, **kwargs)
+
+    def spy_forward(self, *args, **kwargs):
+        inputs.append(kwargs.get("guidance"))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(FluxPipeline, "__call__", spy_call)
+    monkeypatch.setattr(FluxTransformer2DModel, "forward", spy_forward)
+    made = api.embed(key, tmp_path / "out", n=1, steps=2)
+    manifest = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert made[0].guidance == manifest[0]["guidance"] == calls[0].get("guidance_scale") == expected
+    inputs.clear()
+    rows = api.verify([str(tmp_path / "out")], [key], Recovery(ddim_steps=2), null="none")
+    assert rows[0].error is None and inputs
+    if expected is None:
+        assert all(g is None for g in inputs)
+    else:
+        assert all(g is not None and torch.all(g == expected) for g in inputs)
+    with pytest.raises(ModelError, match="no guidance input" if expected is None else f"generates at guidance {expected}"):
+        api.embed(key, tmp_path / "other", n=1, steps=2, guidance=7.5)

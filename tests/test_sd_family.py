@@ -148,3 +148,24 @@ def test_zero_terminal_snr_generates_inverts_and_round_trips(zero_snr_model):
     # holding eps fixed does not contract at alpha_bar_T ~ 0 (eps(z) ~ z): it stalls near 2 %
     assert rel(held_eps) > 10 * rel(exact)
     assert all(s.p_value < 1e-10 for s in score(exact, key))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_eps_prediction_on_zero_terminal_snr_is_refused_at_load(sd_folder, tmp_path, prediction_type):
+    """alpha_bar_T = 0 (rescale_betas_zero_snr): eps-prediction says nothing of x_0 at t = T, so such a
+    checkpoint cannot be inverted and is refused with a one-line error; v-prediction loads and inverts
+    (test_zero_terminal_snr_generates_inverts_and_round_trips)."""
+    import shutil
+
+    from watermark.models import ModelError, load_model
+
+    folder = shutil.copytree(sd_folder, tmp_path / "zero-snr")
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "rescale_betas_zero_snr": True,
+                                  "timestep_spacing": "trailing", "prediction_type": prediction_type}))
+    if prediction_type == "epsilon":
+        with pytest.raises(ModelError, match=r"predicts eps on a zero-terminal-SNR schedule") as e:
+            load_model(str(folder))
+        assert "\n" not in str(e.value)
+    else:
+        assert float(load_model(str(folder)).alphas_cumprod[-1]) == 0.0

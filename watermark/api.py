@@ -179,7 +179,9 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, 
     prompts = list(prompts or [""])
     if not model.conditional and (any(prompts) or guidance not in (None, 1.0)):
         raise ModelError(f"model {key.model!r} is unconditional: it takes no prompt or guidance")
-    guidance = (7.5 if guidance is None else guidance) if model.conditional else None
+    # a model whose guidance is a setting of its own (FLUX: models/flux.py) says which; generate refuses another
+    default = getattr(model, "default_guidance", 7.5)
+    guidance = (default if guidance is None else guidance) if model.conditional else None
     outdir.mkdir(parents=True, exist_ok=True)
     records = []
     for start in range(0, n, batch):

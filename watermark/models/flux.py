@@ -1,10 +1,16 @@
 """FLUX.1 dev and schnell: a transformer on latents packed 2 x 2 into tokens, conditioned on a
 T5's token embeddings and a CLIP's pooled embedding, with the guidance strength as an input
-(dev: a guidance embedding, distilled from classifier-free guidance; schnell: none). The
-inversion conditions on the empty prompt and the guidance used at generation (default 3.5)."""
+(dev: a guidance embedding, distilled from classifier-free guidance; schnell: none).
+
+The inversion conditions on the empty prompt and a guidance input, which ``verify`` cannot read off
+an image: so the guidance is a setting of the model (``FluxModel.guidance``: the model folder's
+ringmark.json ``"guidance"``, else FluxPipeline's default 3.5), the one value every image is generated
+at and inverted with. ``generate`` refuses another and ``embed`` records it in the manifest.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,6 +18,7 @@ import torch
 
 from .flow import FlowModel, mu
 from .loading import load_pipeline
+from .protocol import ModelError
 from .sd import batched, default_recovery, settings
 
 DEFAULT_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale
@@ -29,14 +36,21 @@ def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return tokens.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h, w)
 
 
+@dataclass
 class FluxModel(FlowModel):
+    guidance: float | None = DEFAULT_GUIDANCE  # the guidance input of generation and inversion; None: schnell
     patch = 2
+
+    @property
+    def default_guidance(self) -> float | None:
+        """The guidance ``embed`` generates at and records: the model's setting."""
+        return self.guidance
 
     @torch.inference_mode()
     def _embed(self, prompts: list[str], guidance: float | None) -> dict:
         embeds, pooled, text_ids = self.pipe.encode_prompt(prompts, None, device=self.device)
         return {"embeds": embeds, "pooled": pooled, "text_ids": text_ids,
-                "guidance": DEFAULT_GUIDANCE if guidance is None else guidance}
+                "guidance": self.guidance if guidance is None else guidance}
 
     def _velocity(self, z: torch.Tensor, t: float, cond: Any) -> torch.Tensor:
         b, _, h, w = z.shape
@@ -58,7 +72,26 @@ class FluxModel(FlowModel):
     def pipeline_latents(self, z_T: torch.Tensor) -> torch.Tensor:
         return pack(z_T.to(self.device, self.dtype))
 
+    @torch.inference_mode()
+    def generate(self, z_T: torch.Tensor, steps: int = 28, prompts: list[str] | None = None,
+                 guidance: float | None = None) -> torch.Tensor:
+        """FluxPipeline with ``latents=``, at the model's guidance (``guidance``: None or that value)."""
+        if guidance is not None and guidance != self.guidance:
+            if self.guidance is None:
+                raise ModelError(f"model {self.name!r} has no guidance input (FLUX schnell): it takes no guidance, "
+                                 f"got {guidance}")
+            raise ModelError(f"model {self.name!r} generates at guidance {self.guidance}, the input verify's inversion "
+                             f"gives it (another: \"guidance\" in the model folder's ringmark.json), got {guidance}")
+        return super().generate(z_T, steps, prompts, self.guidance)
+
 
 def load(source: str, name: str, device: torch.device, dtype: torch.dtype) -> FluxModel:
     pipe = load_pipeline("FluxPipeline", source, name, device, dtype)
-    return FluxModel(name, pipe, settings(source).get("key_channel"), default_recovery(source))
+    guidance = settings(source).get("guidance", DEFAULT_GUIDANCE)
+    if not pipe.transformer.config.guidance_embeds:
+        guidance = None  # schnell: its transformer takes no guidance
+    elif isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not guidance > 0:
+        raise ModelError(f"cannot load model {name!r}: \"guidance\" in its ringmark.json must be a positive number, "
+                         f"got {guidance!r}")
+    return FluxModel(name, pipe, settings(source).get("key_channel"), default_recovery(source),
+                     guidance=None if guidance is None else float(guidance))

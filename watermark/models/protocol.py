@@ -2,7 +2,9 @@
 
 The pipeline (``watermark.pipeline``) and the embedding see a model only through these members;
 a new family is one file in this folder that implements them, plus one line in ``FAMILIES``
-(``models/__init__.py``).
+(``models/__init__.py``). One member is optional: ``default_guidance``, the guidance ``embed``
+generates at and records when the caller gives none (7.5 without it), for a model whose guidance is
+a setting verify's inversion must share (FLUX-dev's guidance input, ``models/flux.py``).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class DiffusionModel(Protocol):
     def condition(self, prompts: list[str] | None = None) -> Any:
         """What ``predict`` is conditioned on, opaque to everything but the adapter: the prompts'
         embeddings (and whatever else the network takes: pooled embeddings, time ids, guidance);
-        None (the empty prompt, guidance 1 where guidance is an input) is what inversion uses."""
+        None (the empty prompt, at the model's guidance where guidance is an input) is what inversion uses."""
 
     def predict(self, z: torch.Tensor, t: float, cond: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_0, eps) the network implies at z_t = a_t x_0 + b_t eps, whatever it predicts (eps, v,

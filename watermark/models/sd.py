@@ -198,6 +198,19 @@ def pipeline_prompts(prompts: list[str] | None, n: int) -> list[str]:
     return prompts
 
 
+def check_invertible(scheduler, name: str) -> None:
+    """Refuse an eps-prediction checkpoint on a zero-terminal-SNR schedule (``rescale_betas_zero_snr``,
+    alpha_bar_T = 0): at t = T its eps says nothing of x_0 = (z - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar),
+    so neither its first sampling step nor the last inversion step is defined (Lin et al., WACV 2024,
+    Sec. 3.2: such a schedule needs v-prediction)."""
+    config = scheduler.config
+    if config.prediction_type == "epsilon" and (config.get("rescale_betas_zero_snr", False)
+                                                or float(scheduler.alphas_cumprod[-1]) == 0.0):
+        raise ModelError(f"cannot load model {name!r}: it predicts eps on a zero-terminal-SNR schedule "
+                         "(rescale_betas_zero_snr), where eps is undefined at t = T and the noise cannot be "
+                         "inverted; ringmark takes v-prediction on such schedules")
+
+
 def load(source: str, name: str, device: torch.device, dtype: torch.dtype) -> StableDiffusionModel | None:
     """The model in ``source`` (hub id or diffusers folder), or None if its layout is not this family's."""
     import diffusers
@@ -224,6 +237,7 @@ def load(source: str, name: str, device: torch.device, dtype: torch.dtype) -> St
         raise ModelError(f"model {name!r} needs a package that is not installed ({e}); try pip install 'ringmark[sd]'") from None
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+    check_invertible(scheduler, name)
     for module in (vae, unet, text_encoder):
         if module is not None:  # inference only: no parameter collects .grad (inversion.gradient backpropagates)
             module.to(device).eval().requires_grad_(False)
