@@ -8,7 +8,8 @@ import torch
 from scipy import stats
 
 from inversion import anderson, fixed_point
-from watermark.adaptive import LOOKS, _corrected, parse_refine, unclear
+from watermark.adaptive import LOOKS, parse_refine, unclear
+from watermark.scheme.correction import Correction
 from watermark.pipeline import Recovery
 from watermark.scheme.detection import KeyMatch
 
@@ -48,8 +49,8 @@ def test_anderson_keeps_the_methods_contract(linear):
 
 
 def match(p, runner_up=1.0, key="a"):
-    return KeyMatch(key_id=key, p_value=p, distance=0.0, raw_p_value=p, keys_tested=2, transform="identity",
-                    transforms_tested=1, runner_up_p_value=runner_up)
+    return KeyMatch(key_id=key, p_value=p, distance=0.0, raw_p_value=p, transform="identity",
+                    correction=Correction(keys=2), runner_up_p_value=runner_up)
 
 
 def test_unclear_is_the_weak_band_or_a_close_runner_up():
@@ -61,11 +62,13 @@ def test_unclear_is_the_weak_band_or_a_close_runner_up():
 
 
 def test_every_p_is_corrected_for_both_looks():
-    seen_once = _corrected(match(0.004), None)
-    assert seen_once.p_value == LOOKS * 0.004  # even an image looked at once: the rule chose not to look again
-    better = _corrected(match(0.004), match(1e-5, key="b"))
-    assert better.p_value == LOOKS * 1e-5 and better.key_id == "b"
-    assert _corrected(match(0.9), None).p_value == 1.0
+    """One correction object holds keys, transforms and looks: p and the threshold are inverses."""
+    c = Correction(keys=3, transforms=5, looks=LOOKS)
+    assert c.p(1e-6) == pytest.approx(1 - (1 - LOOKS * 5 * 1e-6) ** 3)
+    assert c.p(c.threshold(0.01)) == pytest.approx(0.01) and c.p(0.9) == 1.0
+    assert Correction(keys=1, transforms=5, looks=2).p(0.004) == pytest.approx(0.04)
+    with pytest.raises(ValueError, match="looks"):
+        Correction(looks=0)
     with pytest.raises(ValueError, match="METHOD:ITERS"):
         parse_refine("encoder:5")
     assert parse_refine("anderson:10") == ("anderson", 10)
@@ -134,28 +137,13 @@ def test_attack_aware_recovery_keeps_the_p_value_calibrated_on_photographs():
     assert refined > n // 2, refined
 
 
-def test_an_edited_image_is_tested_by_the_attack_aware_look_alone():
-    """An image with clipping gets EDITED_ITERS attack-aware iterations and that look's p,
-    uncorrected, whatever its first look said; an unedited one with a clear first look is seen
-    once, its p doubled."""
-    from watermark import get_model, make_key, watermarked_latents
-    from watermark.adaptive import EDITED_ITERS, clipped_share, second_look
-    from watermark.scheme.detection import match_keys
+def test_plan_sends_edited_images_to_their_own_look_and_unclear_ones_to_the_second():
+    """Edited images (decided from the pixels) go to the edited-image look whatever their first
+    look said; of the others, only the unclear ones get a second look."""
+    from watermark.adaptive import clipped_share, plan
 
-    class Identity:  # E = D = identity: the attack-aware iteration leaves z where it starts
-        device, dtype = torch.device("cpu"), torch.float32
-        encode = decode = staticmethod(lambda t: t)
-
-    key = make_key(get_model("tiny"), seed=5)
-    z_T = watermarked_latents(key, seeds=[0, 1])
-    z_0 = torch.rand(2, *key.latent_shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    expected = match_keys(z_T, [key])
-    out, ran = second_look(Identity(), z_0, z_0=z_0, keys=[key], transforms=None, matches=[match(1e-30), match(0.5)],
-                           recovery=Recovery(refine="attack_aware:2"), alpha=0.01, band=10.0, noise=lambda z: z_T[: len(z)],
-                           edited=[True, False])
-    assert ran == [EDITED_ITERS, 0]
-    assert out[0].p_value == expected[0].p_value  # the attack-aware look's p, not 2 min(p_1, p_2) = 2e-30
-    assert out[1].p_value == 1.0 and out[1].key_id == "a"  # 2 x 0.5, seen once
+    again, alone = plan([match(1e-30), match(0.5), match(0.005), match(0.005)], [True, False, False, True], 0.01, 10.0)
+    assert again == [2] and alone == [0, 3]
     x = torch.zeros(2, 3, 4, 4)
     x[1, :, :2] = 1.0  # half of the second image clipped white
     assert clipped_share(x).tolist() == [0.0, 0.5]

@@ -36,7 +36,7 @@ def false_positive_counts(tmp_path, n, steps, model_name="tiny"):
 
 def model_null(model_name: str, shape):
     model = get_model(model_name)
-    path = find_null(model_name, Recovery().for_model(model.default_recovery), tuple(shape))
+    path = find_null(model_name, Recovery().for_model(model.default_recovery).looks()["first"], tuple(shape))
     assert path is not None, f"{model_name} ships no null model for its recovery"
     return load_null(path)
 

@@ -8,7 +8,9 @@ import torch
 from scipy import stats
 
 from watermark.bench.null import holm
-from watermark.io.nullfile import NullFileError, load_null, null_name, resolve_null, save_null
+from watermark.io.nullfile import NullFileError, check_null, load_null, null_name, recovery_fields, resolve_nulls, save_null
+from dataclasses import replace
+
 from watermark.pipeline import Recovery
 from watermark.scheme.detection import centred, match_keys, score, statistics
 from watermark.scheme.embedding import centred_spectrum, real_signal, watermarked_latents
@@ -43,9 +45,9 @@ def fresh():
     return coloured(3000, seed=2)
 
 
-def rates(z: torch.Tensor, null, pattern, channels, n_keys=20, alpha=0.01):
+def rates(z: torch.Tensor, null, pattern, channels, n_keys=20, alpha=0.01, test="whitened"):
     keys = [new_key("tiny", SHAPE, pattern=pattern, channels=channels, seed=100 + i) for i in range(n_keys)]
-    t, df = statistics(centred(z, null)[:, None], keys, null)
+    t, df = statistics(centred(z, null)[:, None], keys, null, test)
     k = (stats.t.sf(t[:, 0].numpy(), df) <= alpha).sum(0)
     return [stats.binomtest(int(x), len(z), alpha, alternative="greater").pvalue for x in k]
 
@@ -58,6 +60,28 @@ def test_whitened_test_is_calibrated_for_every_key(null, fresh):
     assert not holm(p).any(), sorted(p)[:5]
 
 
+def test_calibrated_test_is_calibrated_for_every_key(null, fresh):
+    """t over its spread on the null's samples (``scheme.calibrated``): each of 80 keys flags a
+    fraction of 3,000 coloured-noise draws consistent with alpha (one-sided binomial, Holm over the
+    keys; 2 % against 1 % would be seen with power > 0.99 per key)."""
+    p = np.concatenate([rates(fresh, null, pattern, channels, test="calibrated") for pattern, channels in SPECS])
+    assert not holm(p).any(), sorted(p)[:5]
+
+
+def test_calibrated_test_is_calibrated_under_the_search(null, fresh):
+    """With rotations, crops and mirrors undone (each transform's own spread), the corrected p of
+    the best transform is never liberal: Bonferroni over dependent transforms is conservative."""
+    from watermark.scheme.geometry import search_grid
+
+    transforms = search_grid("all", SHAPE[-1])[::7]  # every 7th transform, mirrors included: a fast sample
+    for pattern, channels in SPECS:
+        key = new_key("tiny", SHAPE, pattern=pattern, channels=channels, seed=7)
+        p = np.array([m.p_value for m in match_keys(fresh[:1000], [key], transforms, null)])
+        flagged = int((p <= 0.05).sum())
+        assert stats.binomtest(flagged, len(p), 0.05, alternative="greater").pvalue > 0.01, (pattern, flagged)
+        assert flagged > 0 or pattern == "ringid", (pattern, flagged)  # not a test that never fires
+
+
 def test_unwhitened_test_is_liberal_for_some_key(fresh):
     """The noise is coloured enough for the null model to matter (else the test above proves little)."""
     p = np.concatenate([rates(fresh, None, pattern, channels) for pattern, channels in SPECS])
@@ -66,7 +90,7 @@ def test_unwhitened_test_is_liberal_for_some_key(fresh):
 
 def test_whitened_t_follows_student(null, fresh):
     key = new_key("tiny", SHAPE, pattern="ring", channels=(0,), seed=5)
-    scores = score(fresh, key, null)
+    scores = score(fresh, key, null, "whitened")
     df = scores[0].df
     assert stats.kstest([s.statistic for s in scores], stats.t(df).cdf).pvalue > 0.01
 
@@ -85,44 +109,59 @@ def test_match_keys_and_score_are_one_statistic(null, fresh):
 
 
 def test_null_file_round_trip_and_checks(tmp_path, null):
-    recovery = Recovery("encoder", 0, 10)
-    made = NullModel(null.latent_shape, null.n, null.sum_z, null.sum_outer, null.sum_radial,
-                     {"model": "tiny", "recovery": {"method": "encoder", "iters": 0, "ddim_steps": 10, "exact": False}})
-    path = tmp_path / null_name(recovery, SHAPE)
+    """A file is named and checked for the whole look (photometric and the second look included):
+    a null made for another recovery is refused, by name and by content."""
+    looks = Recovery("encoder", 0, 10, refine="attack_aware:2", photometric=True).looks()
+    first = looks["first"]
+    made = replace(null, meta={"model": "tiny", "recovery": recovery_fields(first)})
+    path = tmp_path / null_name(first, SHAPE)
+    assert path.name == "null-encoder-ddim10-photometric-4x32x32.npz"
+    assert null_name(looks["second"], SHAPE) == "null-encoder+attack_aware2-ddim10-photometric-4x32x32.npz"
+    assert null_name(looks["edited"], SHAPE) == "null-encoder+attack_aware10-edited-ddim10-photometric-4x32x32.npz"
     save_null(made, path)
     back = load_null(path)
     assert back.n == null.n and torch.equal(back.sum_z, null.sum_z) and back.meta["file"] == path.name
-    assert resolve_null(str(path), "tiny", recovery, SHAPE) is not None
+    assert torch.equal(back.samples, null.samples)
+    found = resolve_nulls(str(path), "tiny", looks, SHAPE)
+    assert found["first"] is not None and found["second"] is None and found["edited"] is None
+    without = Recovery("encoder", 0, 10, photometric=False).looks()  # the same but no photometric correction
     with pytest.raises(NullFileError, match="recovery"):
-        resolve_null(str(path), "tiny", Recovery("encoder", 0, 50), SHAPE)
+        resolve_nulls(str(path), "tiny", without, SHAPE)
+    with pytest.raises(NullFileError, match="recovery"):
+        check_null(back, looks["second"], SHAPE, path)
     with pytest.raises(NullFileError, match="latent shape"):
-        resolve_null(str(path), "tiny", recovery, (4, 16, 16))
+        resolve_nulls(str(path), "tiny", looks, (4, 16, 16))
     (tmp_path / "bad.npz").write_bytes(b"not a null model")
     with pytest.raises(NullFileError, match="not a ringmark null-model file"):
         load_null(tmp_path / "bad.npz")
-    # found beside the key files
-    assert resolve_null("auto", "no-such-model", recovery, SHAPE, [tmp_path / "key.json"]) is not None
-    assert resolve_null("auto", "no-such-model", recovery, SHAPE, []) is None
+    # found beside the key files, each look by its own name only
+    assert resolve_nulls("auto", "no-such-model", looks, SHAPE, [tmp_path / "key.json"])["first"] is not None
+    assert resolve_nulls("auto", "no-such-model", without, SHAPE, [tmp_path / "key.json"])["first"] is None
+    assert resolve_nulls("auto", "no-such-model", looks, SHAPE, [])["first"] is None
 
 
 def test_calibrate_writes_resumes_and_refuses_to_overwrite(tmp_path):
     from watermark.calibration import calibrate
 
     out = tmp_path / "null.npz"
+    one_look = Recovery("encoder", ddim_steps=10, refine="none", photometric=False)
 
     def stop_after_first(done, total):
         if done < total:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        calibrate("tiny", out, n=4, steps=2, batch=2, progress=stop_after_first)
+        calibrate("tiny", out, n=4, steps=2, batch=2, recovery=one_look, progress=stop_after_first)
     assert not out.exists() and load_null(tmp_path / "null.npz.partial").n == 2
     seen = []
-    assert calibrate("tiny", out, n=4, steps=2, batch=2, progress=lambda d, t: seen.append(d)) == out
+    assert calibrate("tiny", out, n=4, steps=2, batch=2, recovery=one_look, progress=lambda d, t: seen.append(d)) == [out]
     assert seen == [4] and load_null(out).n == 4 and not (tmp_path / "null.npz.partial").exists()
-    assert load_null(out).meta["recovery"] == {"method": "encoder", "iters": 0, "ddim_steps": 10, "exact": False}
+    assert load_null(out).meta["recovery"] == recovery_fields(one_look.for_model({}).looks()["first"])
+    assert load_null(out).samples.shape == (4, *SHAPE)
     with pytest.raises(NullFileError, match="exists"):
-        calibrate("tiny", out, n=4, steps=2, batch=2)
+        calibrate("tiny", out, n=4, steps=2, batch=2, recovery=one_look)
+    with pytest.raises(NullFileError, match="give a folder"):  # the model's default takes three looks
+        calibrate("tiny", tmp_path / "other.npz", n=4, steps=2, batch=2)
 
 
 def test_cli_calibrate_and_verify_with_and_without_it(tmp_path):
@@ -138,15 +177,17 @@ def test_cli_calibrate_and_verify_with_and_without_it(tmp_path):
     assert runner.invoke(main, ["embed", "--key", str(key), "-o", str(tmp_path / "im"), "-n", "2", "--steps", "2",
                                 "-q"]).exit_code == 0
     r = runner.invoke(main, ["calibrate", "--model", "tiny", "-o", str(tmp_path / "n.npz"), "-n", "3", "--steps", "2",
-                             "-q"])
+                             "--inversion", "encoder", "-q"])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(main, ["calibrate", "--model", "tiny", "-o", str(tmp_path / "n.npz"), "-n", "3", "-q"])
+    r = runner.invoke(main, ["calibrate", "--model", "tiny", "-o", str(tmp_path / "n.npz"), "-n", "3",
+                             "--inversion", "encoder", "-q"])
     assert r.exit_code == 2 and "exists" in r.output and "Traceback" not in r.output
     rows = lambda out: [json.loads(line) for line in out.splitlines() if line.startswith("{")]  # noqa: E731
     r = runner.invoke(main, ["verify", str(tmp_path / "im"), "--key", str(key), "--json", "-q", "--null",
-                             str(tmp_path / "n.npz")])
+                             str(tmp_path / "n.npz"), "--inversion", "encoder"])
     assert all(row["null_model"] == "n.npz" and row["note"] is None for row in rows(r.output)), r.output
-    r = runner.invoke(main, ["verify", str(tmp_path / "im"), "--key", str(key), "--json", "-q", "--null", "none"])
+    r = runner.invoke(main, ["verify", str(tmp_path / "im"), "--key", str(key), "--json", "-q", "--null", "none",
+                             "--inversion", "encoder"])
     assert all(row["null_model"] is None and "calibrate" in row["note"] for row in rows(r.output)), r.output
     r = runner.invoke(main, ["verify", str(tmp_path / "im"), "--key", str(key), "-q", "--null", str(key)])
     assert r.exit_code == 2 and "null-model" in r.output and "Traceback" not in r.output

@@ -117,3 +117,23 @@ def test_the_layout_holds_inversion_knows_no_diffusers_and_the_runtime_no_benchm
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_row_describes_the_look_that_decided(tmp_path):
+    """tiny's default takes up to three looks; each row names the look that decided it, that
+    look's iterations and its own null model (each look is tested with the null of its recovery)."""
+    from watermark import api
+
+    key = api.keygen(tmp_path / "k.json", seed=3)
+    api.embed(key, tmp_path / "im", n=2, steps=10)
+    from PIL import Image, ImageEnhance
+
+    bright = ImageEnhance.Brightness(Image.open(tmp_path / "im" / "00000.png")).enhance(3.0)  # clips: the edited look
+    bright.save(tmp_path / "im" / "bright.png")
+    rows = {r.path.rsplit("/", 1)[-1]: r for r in api.verify([str(tmp_path / "im")], [key])}
+    plain, edited = rows["00001.png"], rows["bright.png"]
+    assert plain.inversion == "encoder (photometric)" and plain.iterations == 0
+    assert plain.null_model == "null-encoder-ddim10-photometric-4x32x32.npz"
+    assert edited.inversion == "attack_aware 10 it. from the encoder, edited image (photometric)"
+    assert edited.iterations == 10 and edited.null_model == "null-encoder+attack_aware10-edited-ddim10-photometric-4x32x32.npz"
+    assert plain.watermarked and edited.watermarked and plain.note is None

@@ -9,7 +9,7 @@ from scipy import stats
 
 from watermark.scheme.detection import match_keys
 from watermark.scheme.embedding import watermarked_latents
-from watermark.scheme.geometry import IDENTITY, SEARCHES, search_grid, undo
+from watermark.scheme.geometry import undo_each, IDENTITY, SEARCHES, search_grid, undo
 from watermark.scheme.keys import new_key
 
 
@@ -37,7 +37,12 @@ def test_the_search_finds_a_known_rotation_or_crop(edit, found):
 
 
 def test_grid_and_undo():
-    assert [len(search_grid(s)) for s in SEARCHES] == [1, 72, 136, 207]
+    assert [len(search_grid(s)) for s in SEARCHES] == [1, 72, 136, 2, 414]  # "all": 207, each also mirrored
+    assert search_grid("all")[207].name == "mirror" and search_grid("all")[-1].name.startswith("mirror + crop")
+    z = torch.randn(2, 4, 32, 32)
+    assert torch.equal(undo(z, search_grid("mirror"))[:, 1], z.flip(-1))  # the flip is exact
+    w = undo_each(torch.cat([z[:1]] * 3), search_grid("all")[:3])
+    assert torch.allclose(w, undo(z[:1], search_grid("all")[:3])[0], atol=1e-5)
     # scaled with the latent side: a 64-px latent (SD at 512 px) turns every 2.5 degrees, shifts by 1/32
     assert len(search_grid("rotation", 64)) == 144 and search_grid("crop", 64)[1].name == "crop x 0.9 -0.0938"
     assert all(search_grid(s)[0] == IDENTITY for s in SEARCHES)

@@ -18,20 +18,19 @@ valid as either look's. On `tiny` under Tree-Ring's brightness jitter this is wo
 TPR at 1 % FPR over the weak-band rule (BENCHMARKS.md, "Beyond the paper"). Calibration of both
 rules is tested on clean images (binomially).
 
-The second look's z_T comes from another recovery than the null model's (``scheme.null``), so it
-is tested without one (exact on average over keys, as ``--null none``).
+Each look is tested with the null model of its own recovery (``recovery.LookSpec``; the edited
+look's is made from edited clean images, ``calibration``). ``pipeline.detect`` takes the looks;
+this file decides which image gets which.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
-from inversion import ITERATIVE, invert_decoder
+from inversion import ITERATIVE
 from inversion.attack_aware import unclipped
 
-from .scheme.detection import KeyMatch, match_keys
+from .scheme.detection import KeyMatch
 
 LOOKS = 2  # the Bonferroni factor: the first look and the second
 EDITED_ITERS = 10  # at least this many attack-aware iterations for an edited image (study.py: TPR under
@@ -61,35 +60,9 @@ def unclear(match: KeyMatch, alpha: float, band: float) -> bool:
     return weak or close
 
 
-@torch.inference_mode()
-def second_look(model, x: torch.Tensor, z_0: torch.Tensor, keys: list, transforms: list, matches: list[KeyMatch],
-                recovery, alpha: float, band: float, noise, edited: list[bool] | None = None,
-                extra: dict | None = None) -> tuple[list[KeyMatch], list[int]]:
-    """The matches after the second look, and the decoder iterations each image ran: an edited
-    image's from the attack-aware look alone, every other p corrected for LOOKS looks.
-    ``noise(z_0) -> z_T``: the DDIM inversion of the first look; ``edited``: per image, whether it
-    shows clipping (``clipped_share`` > EDITED); ``extra``: the refining method's own keywords, per
-    image along the batch (e.g. ``valid``)."""
-    method, iters = parse_refine(recovery.refine)
-    edited = edited or [False] * len(matches)
-    alone = [i for i in range(len(matches)) if edited[i]]  # tested by the attack-aware look alone
+def plan(matches: list[KeyMatch], edited: list[bool], alpha: float, band: float) -> tuple[list[int], list[int]]:
+    """Which images get another look, from the first look's matches and the pixels alone: (the
+    unedited images it leaves unclear, for the second look; the edited images, for the
+    edited-image look, which alone tests them)."""
     again = [i for i, m in enumerate(matches) if not edited[i] and unclear(m, alpha, band)]
-    second: dict[int, KeyMatch] = {}
-    ran = [0] * len(matches)
-    for which, n in ((again, iters), (alone, max(iters, EDITED_ITERS))):
-        if which:
-            z_ref, _ = invert_decoder(method, model.encode, model.decode, x[which].to(model.device, model.dtype),
-                                      iters=n, z0=z_0[which].to(model.device, model.dtype),
-                                      **{k: v[which] for k, v in (extra or {}).items()})
-            second.update(zip(which, match_keys(noise(z_ref), keys, transforms, None)))
-            for i in which:
-                ran[i] = n
-    out = [second[i] if edited[i] else _corrected(m, second.get(i)) for i, m in enumerate(matches)]
-    return out, ran
-
-
-def _corrected(first: KeyMatch, second: KeyMatch | None) -> KeyMatch:
-    """The better look, its p-values corrected for LOOKS looks."""
-    best = first if second is None or first.p_value <= second.p_value else second
-    return replace(best, p_value=min(1.0, LOOKS * best.p_value),
-                   runner_up_p_value=min(1.0, LOOKS * best.runner_up_p_value))
+    return again, [i for i in range(len(matches)) if edited[i]]

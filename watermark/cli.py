@@ -501,9 +501,9 @@ def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, photom
 @main.command(context_settings=CONTEXT)
 @click.option("--model", default="tiny", show_default=True, help="'tiny', 'tiny-sd', 'tiny-flow' (bundled), a hub id or a local folder.")
 @click.option("-o", "--output", type=click.Path(),
-              help="Null-model file, or a folder (e.g. the keys' folder) to write it in under the name verify looks "
-                   "for [default: the model folder's null/; a hub id needs -o].")
-@click.option("-n", default=2048, show_default=True, type=click.IntRange(2), help="Clean images.")
+              help="Folder (e.g. the keys' folder) to write each look's null model in under the name verify looks "
+                   "for, or the .npz file of a one-look recovery [default: the model folder's null/; a hub id needs -o].")
+@click.option("-n", default=1024, show_default=True, type=click.IntRange(2), help="Clean images.")
 @click.option("--size", type=click.IntRange(1), help="Image side in px (default: the model's).")
 @click.option("--images", type=click.Path(exists=True, file_okay=False),
               help="Use the first N clean images of this folder instead of generating them.")
@@ -521,24 +521,25 @@ def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, photom
 @library_errors
 def calibrate(model, output, n, size, images, steps, seed, inversion, iters, ddim_steps, exact, batch, force, device,
               dtype, quiet):
-    """Make the null model that makes verify's p-value exact for every key of MODEL.
+    """Make the null models that make verify's p-value exact for every key of MODEL.
 
-    Recovers z_T from N clean images (generated, or --images) and keeps the mean and the
-    cross-channel covariance of its spectrum. Resumable: rerun the same command after a stop.
+    Recovers z_T from N clean images (generated, or --images) with each look verify takes (the
+    edited-image look from the same images after a clipping edit) and keeps them: the test's
+    spread along each key is measured on them. Resumable: rerun the same command after a stop.
 
-    Example: ringmark calibrate --model ./my-sd-checkpoint -o keys/ -n 2048
+    Example: ringmark calibrate --model ./my-sd-checkpoint -o keys/ -n 1024
     """
     from .calibration import calibrate as run
 
-    recovery = Recovery(inversion, iters, ddim_steps, exact)
+    recovery = Recovery(inversion, iters, ddim_steps, exact)  # unset: the model's, its second looks included
     progress = Progress(n, "calibrating", quiet)
     try:
-        path = run(model, output, n=n, size=size, recovery=recovery, steps=steps, seed=seed, images=images,
-                   batch=batch, force=force, device=device, dtype=dtype,
-                   progress=lambda done, total: progress.update(done - progress.done))
+        paths = run(model, output, n=n, size=size, recovery=recovery, steps=steps, seed=seed, images=images,
+                    batch=batch, force=force, device=device, dtype=dtype,
+                    progress=lambda done, total: progress.update(done - progress.done))
     finally:
         progress.close()
-    click.echo(json.dumps({"null_model": str(path), "images": n}))
+    click.echo(json.dumps({"null_models": [str(p) for p in paths], "images": n}))
 
 
 @main.command(context_settings=CONTEXT)

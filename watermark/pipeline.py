@@ -1,6 +1,7 @@
-"""The verification pipeline, on tensors: images -> z_0 (decoder inversion) -> z_T (DDIM
-inversion) -> the test against each key -> a decision at alpha. The CLI, the Python API and the
-benchmarks all call it; it reads no files and knows models only through their protocol.
+"""The verification pipeline, on tensors: images -> z_T (``recovery``: one look or more) -> the
+test against each key (``scheme.detection``) -> a decision at alpha (here) -> the evidence a report
+draws (``evidence``). The CLI, the Python API, the server, the batch scan and the benchmarks all
+call ``detect``; it reads no files and knows models only through their protocol.
 
     model = get_model("tiny")
     detections = detect(model, images, [key], Recovery(), Decision(alpha=0.01))  # images (B, 3, H, W) in [-1, 1]
@@ -11,78 +12,21 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
-import numpy as np
 import torch
 
-from inversion import ITERATIVE, METHODS, InversionRecord, ddim_invert, invert_decoder
-from inversion.attack_aware import unclipped
-
-from .adaptive import EDITED, clipped_share, parse_refine, second_look
+from .adaptive import EDITED, LOOKS, clipped_share, plan
+from .evidence import Evidence, fit_psnr, gather_evidence  # noqa: F401  (fit_psnr: re-exported)
 from .models import DiffusionModel, ModelError
-from .photometric import normalize, reference_quantiles
-from .scheme.detection import match_keys
-from .scheme.embedding import centred_spectrum
-from .scheme.geometry import DEFAULT_SEARCH, IDENTITY, SEARCHES, search_grid, undo
-from .scheme.null import NullModel
+from .recovery import (DEFAULT_INVERSION, DEFAULT_ITERS, DEFAULT_STEPS, Look, LookSpec, Recovery,  # noqa: F401
+                       consistency, latents_from_images, noise_from_latents, prepare, psnr, recover, recover_noise,
+                       run_look)
+from .scheme.correction import Correction
+from .scheme.detection import DEFAULT_TEST, TESTS, match_keys
+from .scheme.geometry import DEFAULT_SEARCH, SEARCHES, search_grid
 from .scheme.keys import DEFAULT_PATTERN, Key, KeyFileError, new_key
+from .scheme.null import NullModel
 
-# What a recovery setting left unset falls back to when the model declares nothing (every model
-# ringmark loads declares its own: ``DiffusionModel.default_recovery``, from the model folder's
-# ringmark.json, measured by ``ringmark bench detect --study``; BENCHMARKS.md).
-DEFAULT_INVERSION = "encoder"
-DEFAULT_ITERS = 10  # for the iterative methods, when asked for
-DEFAULT_STEPS = 10
 WEAK_EVIDENCE = 10.0  # a p-value within this factor of alpha, either side, is weak evidence
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """How z_T is recovered: the decoder-inversion method and its iterations, then DDIM inversion.
-    A setting left None is the model's (``for_model``): ``Recovery()`` is the model's default.
-    The encoder runs no iterations: ``iters`` is 0 for it once filled in, and any other count is refused."""
-
-    method: str | None = None
-    iters: int | None = None
-    ddim_steps: int | None = None
-    exact: bool = False  # exact (fixed-point) DDIM inversion, refine_iters per step; False: the naive step
-    refine: str | None = None  # "METHOD:ITERS": adaptive, a second look at the unclear images (``adaptive``);
-    # "none": no second look even where the model declares one
-    photometric: bool | None = None  # undo a global brightness change first (``photometric``; attack-aware)
-
-    def __post_init__(self):
-        if self.method is not None and self.method not in METHODS:
-            raise ValueError(f"inversion method must be one of {sorted(METHODS)}, got {self.method!r}")
-        if self.iters is not None and self.iters < 0:
-            raise ValueError(f"iters must be non-negative, got {self.iters}")
-        if self.method is not None and self.method not in ITERATIVE and self.iters:
-            raise ValueError(f"the {self.method} runs no iterations; --iters {self.iters} is for the iterative "
-                             f"methods ({', '.join(sorted(ITERATIVE))})")
-        if self.ddim_steps is not None and self.ddim_steps < 1:
-            raise ValueError(f"ddim steps must be positive, got {self.ddim_steps}")
-        if self.refine not in (None, "none"):
-            parse_refine(self.refine)
-
-    @property
-    def label(self) -> str:
-        """What the rows call this recovery's decoder inversion."""
-        label = self.method if self.refine is None else f"{self.method}, then {self.refine} where unclear"
-        return label + (" (photometric)" if self.photometric else "")
-
-    def for_model(self, defaults: Mapping) -> Recovery:
-        """Every unset setting from ``defaults`` (a model's ``default_recovery``), then ringmark's.
-        The iterations, the second look and the photometric correction default to the model's only
-        when the method is the model's too (left unset)."""
-        method = self.method or defaults.get("method", DEFAULT_INVERSION)
-        if method not in ITERATIVE and self.iters:
-            raise ValueError(f"the model's decoder inversion is the {method}, which runs no iterations; give "
-                             f"--inversion with --iters {self.iters} ({', '.join(sorted(ITERATIVE))})")
-        model_iters = defaults.get("iters", DEFAULT_ITERS) if method == defaults.get("method") else DEFAULT_ITERS
-        iters = (model_iters if self.iters is None else self.iters) if method in ITERATIVE else 0
-        refine = self.refine if self.refine is not None else defaults.get("refine") if self.method is None else None
-        photometric = self.photometric if self.photometric is not None else \
-            bool(defaults.get("photometric", False)) and self.method is None  # like refine: with the model's method
-        return replace(self, method=method, iters=iters, refine=None if refine == "none" else refine,
-                       ddim_steps=self.ddim_steps or defaults.get("ddim_steps", DEFAULT_STEPS), photometric=photometric)
 
 
 @dataclass(frozen=True)
@@ -98,8 +42,11 @@ class Decision:
     search: str = DEFAULT_SEARCH
     one_key: bool = False
     min_consistency: float | None = None
+    test: str = DEFAULT_TEST  # how a null model makes the test exact per key (``scheme.detection.TESTS``)
 
     def __post_init__(self):
+        if self.test not in TESTS:
+            raise ValueError(f"test must be one of {TESTS}, got {self.test!r}")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
         if self.search not in SEARCHES:
@@ -112,8 +59,9 @@ class Decision:
 
 @dataclass(frozen=True)
 class Detection:
-    """The outcome for one image: the best-matching key and its p-value (Šidák-corrected over
-    ``keys_tested``), the decision ``p_value <= alpha``, and whether it is weak evidence."""
+    """The outcome for one image: the best-matching key and its p-value (corrected for the keys,
+    transforms and looks: ``correction``), the decision ``p_value <= alpha``, whether it is weak
+    evidence, and the look that decided."""
 
     watermarked: bool
     weak: bool
@@ -121,39 +69,25 @@ class Detection:
     key_id: str
     distance: float
     raw_p_value: float
-    keys_tested: int
+    correction: Correction  # the keys, transforms and looks p_value is corrected for
     transform: str  # the geometric transform undone before the test ("identity": none)
-    transforms_tested: int
-    iterations: int  # decoder-inversion iterations this image ran
+    iterations: int  # decoder-inversion iterations of the look that decided
     runner_up_p_value: float = 1.0  # the second-best key's corrected p (1 with one key)
     consistency_psnr: float | None = None  # dB to its regeneration, when the check ran (``consistency``)
     rejected_by: str | None = None  # the defence that overruled p <= alpha: "one key", "consistency"
     statistic: float = float("nan")  # the best key's test statistic (Student t; F for zeros) and its
     df: int = 0  # degrees of freedom: with raw_p_value, what a report draws against the null
     evidence: Evidence | None = None  # ``detect(..., evidence=...)``: what a report shows
+    look: str = ""  # the look that decided (``recovery.LookSpec.label``)
+    null_model: str | None = None  # the null model that look was tested with (``null_label``)
 
+    @property
+    def keys_tested(self) -> int:
+        return self.correction.keys
 
-@dataclass(frozen=True, eq=False)
-class Evidence:
-    """What a report shows of one image's test beyond its numbers (``io.report``): how well the
-    recovered z_0 decodes back to the image (PSNR of D(z_0) against it; low: the image is far from
-    anything the decoder makes, e.g. edited), and the magnitude of the recovered z_T's centred
-    spectrum on the best key's first channel, after the transform the search undid. Both follow
-    from the image and the public model alone: no key value is in them (the key is the secret;
-    the report never draws its pattern). The fit costs a decoder pass: a report adds it later
-    (``fit_psnr``), for the images it draws."""
-
-    spectrum: np.ndarray  # (H, W) float32, |F(z_T)|, zero frequency at the centre
-    channel: int
-    radius: int  # the key's mask radius, in bins
-    z_0: torch.Tensor  # (C, h, w) float32 on the CPU: the recovered latent, for the fit
-    fit_psnr: float | None = None  # None until measured (``fit_psnr``)
-
-
-@torch.inference_mode()
-def fit_psnr(model: DiffusionModel, z_0: torch.Tensor, x: torch.Tensor) -> np.ndarray:
-    """PSNR (dB) of D(z_0) against each image x (B, 3, H, W) in [-1, 1]: how well the recovery fits."""
-    return psnr(model.decode(z_0.to(model.device, model.dtype)).float().cpu(), x.float().cpu())
+    @property
+    def transforms_tested(self) -> int:
+        return self.correction.transforms
 
 
 def check_size(size: int | None) -> None:
@@ -198,119 +132,51 @@ def check_keys(keys: list[Key], model: DiffusionModel) -> int:
     return size
 
 
-@torch.inference_mode()
-def latents_from_images(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recovery(),
-                        callback: Callable | None = None, **extra) -> tuple[torch.Tensor, InversionRecord]:
-    """Images (B, 3, H, W) in [-1, 1] -> (z_0, record): stage 1. ``extra``: the method's own
-    keywords (``prepare``)."""
-    x = x.to(model.device, model.dtype)
-    recovery = recovery.for_model(model.default_recovery)
-    return invert_decoder(recovery.method, model.encode, model.decode, x, iters=recovery.iters, callback=callback,
-                          **extra)
-
-
-@torch.inference_mode()
-def noise_from_latents(model: DiffusionModel, z_0: torch.Tensor, recovery: Recovery = Recovery(),
-                       refine_iters: int = 3, callback: Callable | None = None) -> torch.Tensor:
-    """Scaled latents z_0 -> z_T (float32, CPU): stage 2, ``recovery.ddim_steps`` steps of the
-    model's schedule; ``refine_iters`` per step when ``recovery.exact``."""
-    recovery = recovery.for_model(model.default_recovery)
-    schedule = model.schedule(recovery.ddim_steps, tuple(z_0.shape[-2:]))
-    return ddim_invert(model.predict, z_0.to(model.device, model.dtype), schedule,
-                       exact=recovery.exact, refine_iters=refine_iters, hold=model.hold,
-                       callback=callback).float().cpu()
-
-
-def recover_noise(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recovery(),
-                  progress: Callable[[float], None] | None = None,
-                  refine_iters: int = 3) -> tuple[torch.Tensor, InversionRecord]:
-    """Images -> (z_T, decoder-inversion record). ``progress(f)``: the share f of the batch's
-    network calls done so far, after each iteration and DDIM step."""
-    _, z_T, record = recover(model, x, recovery, progress, refine_iters)
-    return z_T, record
-
-
-def prepare(model: DiffusionModel, x: torch.Tensor, recovery: Recovery,
-            method: str | None = None) -> tuple[torch.Tensor, dict]:
-    """The images decoder inversion sees, and the keywords ``method`` (default: the recovery's) takes
-    for them: with ``recovery.photometric``, a global brightness change undone (``photometric``;
-    cheap, per image), else ``x`` itself; the attack-aware iteration also gets the pixels of ``x``
-    that were not clipped (``inversion.attack_aware``)."""
-    x_in = normalize(x, reference_quantiles(model)) if recovery.photometric else x
-    extra = {"valid": unclipped(x.to(model.device))} if (method or recovery.method) == "attack_aware" else {}
-    return x_in, extra
-
-
-def recover(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recovery(),
-            progress: Callable[[float], None] | None = None,
-            refine_iters: int = 3) -> tuple[torch.Tensor, torch.Tensor, InversionRecord]:
-    """``recover_noise`` keeping the stage between: (z_0, z_T, decoder-inversion record)."""
-    recovery = recovery.for_model(model.default_recovery)
-    x, extra = prepare(model, x, recovery)
-    per_step = 1 + refine_iters * recovery.exact  # UNet calls per DDIM step
-    iters = recovery.iters  # 0 for the encoder
-    units = iters + 1 + recovery.ddim_steps * per_step
-
-    def report(done: int):
-        if progress is not None:
-            progress(min(1.0, done / units))
-
-    z_0, record = latents_from_images(model, x, recovery, lambda d: report(d["i"] + 1), **extra)
-    z_T = noise_from_latents(model, z_0, recovery, refine_iters,
-                             callback=lambda d: report(iters + 1 + (d["i"] + 1) * per_step))
-    return z_0, z_T, record
-
-
-@torch.inference_mode()
-def consistency(model: DiffusionModel, x: torch.Tensor, recovery: Recovery = Recovery(),
-                z_T: torch.Tensor | None = None) -> np.ndarray:
-    """PSNR (dB) of each image (B, 3, H, W) in [-1, 1] to the image its recovered z_T generates
-    (``recovery.ddim_steps`` DDIM steps, the schedule the inversion walked back).
-
-    A genuine watermarked image came from a z_T carrying the key, and regenerates close to
-    itself; a forgery made to invert onto a watermarked z_T (imprinting) carries the key but not
-    the content of that z_T, and regenerates into another image. With ``recovery.photometric`` the
-    comparison is with the corrected image, the one z_T was recovered from. Costs one generation
-    per image.
-    """
-    recovery = recovery.for_model(model.default_recovery)
-    if z_T is None:
-        z_T, _ = recover_noise(model, x, recovery)
-    regenerated = model.generate(z_T.to(model.device, model.dtype), recovery.ddim_steps) * 2 - 1
-    return psnr(regenerated, prepare(model, x, recovery)[0].cpu())  # the image the recovery saw
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """PSNR (dB) of each image pair, images in [-1, 1] (peak-to-peak 2)."""
-    mse = (x.float() - y.float()).pow(2).flatten(1).mean(1).clamp_min(1e-12)
-    return (10 * torch.log10(4 / mse)).numpy()
-
-
 def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Recovery = Recovery(),
-           decision: Decision = Decision(), *, null: NullModel | None = None,
-           progress: Callable[[float], None] | None = None, evidence: str | None = None) -> list[Detection]:
+           decision: Decision = Decision(), *, nulls: Mapping[str, NullModel | None] | None = None,
+           progress: Callable[[float], None] | None = None, evidence: str | None = None,
+           first: Look | None = None) -> list[Detection]:
     """Test each image (B, 3, H, W) in [-1, 1], at the keys' size, against ``keys``, as
-    ``decision`` says (the level, the geometric search, the defences). ``null``: the null model of
-    this model, recovery and size (``scheme.null``), which makes the p-value exact for each key;
-    without one it is exact on average over keys. ``evidence``: "all", each Detection also
-    carries its ``Evidence`` with the fit (one more decoder pass per image); "hits", the images at
-    p <= WEAK_EVIDENCE x alpha carry it without the fit (``Evidence.with_fit`` adds it)."""
+    ``decision`` says (the level, the geometric search, the defences). ``nulls``: for each look the
+    recovery takes (``Recovery.looks``, by role), the null model of its z_T at this size
+    (``scheme.null``; ``Verifier`` finds them), which makes its p-value exact for each key; a look
+    without one is tested as exact on average over keys only. ``evidence``: "all", each Detection
+    also carries its ``Evidence`` with the fit (one more decoder pass per image); "hits", the
+    images at p <= WEAK_EVIDENCE x alpha carry it without the fit (``Evidence.with_fit`` adds it).
+
+    Every look is a ``Look``; the look that decided an image is the one its Detection, its
+    consistency check and its evidence read. ``first``: the first look at x, already taken (it
+    does not depend on the keys: a benchmark testing many keys on the same images takes it once)."""
     size = check_keys(keys, model)
     if tuple(x.shape[1:]) != (3, size, size):
         raise ValueError(f"images must be (B, 3, {size}, {size}) for these keys, got {tuple(x.shape)}")
     recovery = recovery.for_model(model.default_recovery)
-    z_0, z_T, record = recover(model, x, recovery, progress)
+    specs, nulls = recovery.looks(), dict(nulls or {})
     transforms = search_grid(decision.search, keys[0].latent_shape[-1])
-    matches = match_keys(z_T, keys, transforms, null)
-    iterations = record.iterations.tolist()
-    if recovery.refine is not None:  # adaptive: a second look where the first leaves the decision unclear
-        method = parse_refine(recovery.refine)[0]
-        x_in, extra = prepare(model, x, recovery, method=method)
-        edited = (clipped_share(x) > EDITED).tolist() if method == "attack_aware" else None  # what it can see through
-        matches, more = second_look(model, x_in, z_0=z_0, keys=keys, transforms=transforms, matches=matches,
-                                    edited=edited, extra=extra, recovery=recovery, alpha=decision.alpha,
-                                    band=WEAK_EVIDENCE, noise=lambda z: noise_from_latents(model, z, recovery))
-        iterations = [a + b for a, b in zip(iterations, more)]
+    if first is None:
+        first = run_look(model, x, specs["first"], progress=progress)
+    elif first.spec != specs["first"] or len(first.z_T) != len(x):
+        raise ValueError("the first look given was not taken by this recovery at these images")
+    taken = LOOKS if "second" in specs else 1  # every image's p is corrected for the looks it may get
+
+    def test(look: Look, looks: int) -> list:
+        return match_keys(look.z_T, keys, transforms, nulls.get(look.spec.role), looks=looks, test=decision.test)
+
+    chosen = [(first, i, m) for i, m in enumerate(test(first, taken))]  # (look, index in it, match) per image
+    if "second" in specs:  # adaptive: another look where the first leaves the decision unclear or cannot see
+        edited = (clipped_share(x) > EDITED).tolist() if "edited" in specs else [False] * len(x)
+        again, alone = plan([m for _, _, m in chosen], edited, decision.alpha, WEAK_EVIDENCE)
+        for role, which, looks in (("second", again, LOOKS), ("edited", alone, 1)):
+            if which:
+                look = run_look(model, x[which], specs[role], z_0=first.z_0[which])
+                for j, (i, m) in enumerate(zip(which, test(look, looks))):
+                    if role == "edited" or m.p_value < chosen[i][2].p_value:
+                        chosen[i] = (look, j, m)
+    iterations = [look.iterations[j] + (first.iterations[i] if look is not first else 0)
+                  for i, (look, j, _) in enumerate(chosen)]
+    z_0 = torch.stack([look.z_0[j] for look, j, _ in chosen])
+    z_T = torch.stack([look.z_T[j] for look, j, _ in chosen])
+    matches = [m for _, _, m in chosen]
     db = [None] * len(matches)
     hits = [i for i, m in enumerate(matches) if m.p_value <= decision.alpha]
     if decision.min_consistency is not None and hits:
@@ -323,25 +189,14 @@ def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Re
                                 transforms=transforms, model=model if evidence == "all" else None)
         for i, e in zip(which, found):
             shown[i] = e
-    return [replace(_detection(match, decision, int(iters), psnr_db), evidence=e)
-            for match, iters, psnr_db, e in zip(matches, iterations, db, shown)]
+    return [replace(_detection(match, decision, int(iters), psnr_db), evidence=e, look=look.spec.label,
+                    null_model=null_label(nulls.get(look.spec.role)))
+            for (look, _, match), iters, psnr_db, e in zip(chosen, iterations, db, shown)]
 
 
-@torch.inference_mode()
-def gather_evidence(x: torch.Tensor, z_0: torch.Tensor, z_T: torch.Tensor, keys: list[Key], matches: list,
-                    transforms: list, model: DiffusionModel | None = None) -> list[Evidence]:
-    """Each image's ``Evidence``: |F(z_T)| on the best key's first channel under the transform
-    that won; with ``model``, also the fit of D(z_0) to the image."""
-    fit = fit_psnr(model, z_0, x) if model is not None and len(x) else [None] * len(x)
-    by_id, by_name = {k.key_id: k for k in keys}, {t.name: t for t in transforms}
-    out = []
-    for i, match in enumerate(matches):
-        key = by_id[match.key_id]
-        undone = undo(z_T[i : i + 1].float(), [by_name.get(match.transform, IDENTITY)])[0, 0]
-        spectrum = centred_spectrum(undone[key.channels[0]]).abs().float().numpy()
-        out.append(Evidence(spectrum=spectrum, channel=key.channels[0], radius=key.radius,
-                            z_0=z_0[i].float().cpu(), fit_psnr=None if fit[i] is None else round(float(fit[i]), 2)))
-    return out
+def null_label(null: NullModel | None) -> str | None:
+    """What a row says of the null model a look was tested with: its file, "given", or None (none)."""
+    return None if null is None else null.meta.get("file", "given")
 
 
 def _detection(match, decision: Decision, iterations: int, consistency_psnr: float | None) -> Detection:
@@ -354,7 +209,6 @@ def _detection(match, decision: Decision, iterations: int, consistency_psnr: flo
         rejected = "consistency"
     return Detection(watermarked=watermarked and rejected is None, weak=weak, p_value=match.p_value,
                      key_id=match.key_id, distance=match.distance, raw_p_value=match.raw_p_value,
-                     keys_tested=match.keys_tested, transform=match.transform,
-                     transforms_tested=match.transforms_tested, iterations=iterations,
+                     correction=match.correction, transform=match.transform, iterations=iterations,
                      runner_up_p_value=match.runner_up_p_value, consistency_psnr=consistency_psnr,
                      rejected_by=rejected, statistic=match.statistic, df=match.df)

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from .io.images import Loaded
-from .io.nullfile import NO_NULL_NOTE, resolve_null
+from .io.nullfile import no_null_note, resolve_nulls
 from .models import get_model
 from .pipeline import Decision, Detection, Recovery, check_key_set, check_keys, detect
 from .scheme.keys import Key
@@ -36,14 +36,14 @@ class Result:
     error: str | None
     note: str | None
     warning: str | None
-    inversion: str
+    inversion: str  # the look that decided (its decoder inversion); in a failure row, the recovery asked for
     iterations: int | None
     ddim_steps: int
     exact: bool
     keys_tested: int
     transform: str | None  # the rotation or crop undone before the test ("identity": none)
     batch_seconds_per_image: float | None  # the wall time of the image's batch over its images
-    null_model: str | None = None  # the null model's file (``scheme.null``); None: the test without one
+    null_model: str | None = None  # the deciding look's null model file (``scheme.null``); None: tested without one
     runner_up_p_value: float | None = None  # the second-best key's corrected p (1 with one key)
     consistency_psnr: float | None = None  # dB to its regeneration from z_T, when the check ran
     rejected_by: str | None = None  # the defence that overruled p <= alpha ("one key", "consistency")
@@ -59,8 +59,9 @@ def failure(path: str, error: str, recovery: Recovery, alpha: float, keys_tested
 
 class Verifier:
     """``keys`` (one model and latent shape), the model loaded once per process, how to recover
-    z_T (``recovery``) and how to decide (``decision``). ``null``: "auto" (the model's folder, then
-    the folders of ``key_files``), "none", a file or a NullModel. ``size``: the image side the keys need."""
+    z_T (``recovery``) and how to decide (``decision``). ``null``: "auto" (each look's own, in the
+    model's folder, then the folders of ``key_files``), "none", a file or a NullModel (for the look it
+    was made for). ``size``: the image side the keys need."""
 
     def __init__(self, keys: list[Key], recovery: Recovery = Recovery(), decision: Decision = Decision(), *,
                  device: str = "cpu", dtype: str = "float32", null: str | os.PathLike | NullModel | None = "auto",
@@ -70,8 +71,9 @@ class Verifier:
         self.model = get_model(keys[0].model, device, dtype)
         self.recovery = recovery.for_model(self.model.default_recovery)  # the settings the rows report
         self.size = check_keys(self.keys, self.model)
-        self.null = resolve_null(null, keys[0].model, self.recovery, tuple(keys[0].latent_shape), key_files)
-        self.null_note = None if self.null is not None or all(k.pattern == "zeros" for k in keys) else NO_NULL_NOTE
+        self.nulls = resolve_nulls(null, keys[0].model, self.recovery.looks(), tuple(keys[0].latent_shape), key_files)
+        missing = [role for role, n in self.nulls.items() if n is None]
+        self.null_note = None if not missing or all(k.pattern == "zeros" for k in keys) else no_null_note(missing)
 
     @property
     def alpha(self) -> float:
@@ -91,8 +93,8 @@ class Verifier:
         ``pipeline.detect``)."""
         t0 = time.perf_counter()
         x = torch.stack([loaded.image for _, loaded in items])
-        detections = detect(self.model, x, self.keys, self.recovery, self.decision, null=self.null, progress=progress,
-                            evidence=evidence)
+        detections = detect(self.model, x, self.keys, self.recovery, self.decision, nulls=self.nulls,
+                            progress=progress, evidence=evidence)
         per_image = round((time.perf_counter() - t0) / len(items), 4)
         return [(self.row(path, loaded, d, per_image), d) for (path, loaded), d in zip(items, detections)]
 
@@ -102,8 +104,8 @@ class Verifier:
         return Result(path=path, watermarked=d.watermarked, weak=d.weak, p_value=d.p_value, alpha=self.alpha,
                       key_id=d.key_id, distance=d.distance, error=None,
                       note="; ".join(n for n in (loaded.note, self.null_note) if n) or None, warning=loaded.warning,
-                      inversion=r.label, iterations=d.iterations, ddim_steps=r.ddim_steps, exact=r.exact,
+                      inversion=d.look, iterations=d.iterations, ddim_steps=r.ddim_steps, exact=r.exact,
                       keys_tested=len(self.keys), transform=d.transform, batch_seconds_per_image=seconds_per_image,
-                      null_model=self.null.meta.get("file", "given") if self.null is not None else None,
+                      null_model=d.null_model,
                       runner_up_p_value=d.runner_up_p_value, consistency_psnr=d.consistency_psnr,
                       rejected_by=d.rejected_by)

@@ -114,7 +114,7 @@ def run(model_name: str = "tiny-sd", n: int = 2048, n_keys: int = 50, steps: int
     model = get_model(model_name)
     recovery = Recovery().for_model(model.default_recovery)
     shape = model.latent_shape(model.default_size)
-    path = find_null(model_name, recovery, shape)
+    path = find_null(model_name, recovery.looks()["first"], shape)
     if path is None:
         raise ValueError(f"model {model_name!r} has no null model for {recovery}: run `ringmark calibrate` first")
     null = load_null(path)

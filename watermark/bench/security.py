@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from inversion.ddim import ddim_invert_graph
-from ..io.nullfile import find_null, load_null
+from ..io.nullfile import resolve_nulls
 from ..models import get_model
 from ..pipeline import Decision, Recovery, consistency, detect, psnr
 from ..scheme.detection import match_keys
@@ -61,8 +61,7 @@ class Verify:
     def __init__(self, model, model_name: str, keys: list[Key]):
         self.model, self.keys = model, keys
         self.recovery = Recovery().for_model(model.default_recovery)
-        path = find_null(model_name, self.recovery, tuple(keys[0].latent_shape))
-        self.null = None if path is None else load_null(path)
+        self.nulls = resolve_nulls("auto", model_name, self.recovery.looks(), tuple(keys[0].latent_shape))
 
     def p(self, x: torch.Tensor, keys: list[Key] | None = None, batch: int = 32) -> np.ndarray:
         return self.detections(x, keys, batch)[:, 0]
@@ -72,7 +71,7 @@ class Verify:
         keys = keys or self.keys
         return np.array([(d.p_value, d.runner_up_p_value) for i in range(0, len(x), batch)
                          for d in detect(self.model, x[i : i + batch], keys, self.recovery, Decision(alpha=ALPHA),
-                                         null=self.null)])
+                                         nulls=self.nulls)])
 
     def fired(self, x: torch.Tensor, keys: list[Key], batch: int = 32) -> np.ndarray:
         """How many of ``keys`` each image fires at ALPHA (each key tested alone, Šidák over the
@@ -83,7 +82,7 @@ class Verify:
         out = []
         for i in range(0, len(x), batch):
             z_T, _ = recover_noise(self.model, x[i : i + batch], self.recovery)
-            per_key = np.array([[m.raw_p_value for m in match_keys(z_T, [k], null=self.null)] for k in keys]).T
+            per_key = np.array([[m.raw_p_value for m in match_keys(z_T, [k], null=self.nulls["first"])] for k in keys]).T
             out.append((np.vectorize(lambda p: sidak(p, len(keys)))(per_key) <= ALPHA).sum(1))
         return np.concatenate(out)
 
@@ -214,7 +213,7 @@ def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), impr
     marked = generate(model, key, range(n), steps, True)
     covers = generate(model, key, range(100_000, 100_000 + n), steps, False)
     photos = photographs(n, model.default_size, seed=11)  # None without the train extra
-    res = {"model": model_name, "n": n, "steps": steps, "alpha": ALPHA, "null_model": verify.null is not None,
+    res = {"model": model_name, "n": n, "steps": steps, "alpha": ALPHA, "null_model": verify.nulls["first"] is not None,
            "many_keys": many_keys, "fresh_keys": fresh_keys,
            "baseline": {"tpr": float(np.mean(verify.p(marked) <= ALPHA)),
                         "fpr_model_images": float(np.mean(verify.p(covers) <= ALPHA)),

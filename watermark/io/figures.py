@@ -26,12 +26,6 @@ def available() -> bool:
     return True
 
 
-def threshold(alpha: float, keys: int, transforms: int) -> float:
-    """The raw p-value one test must reach for its corrected p (Šidák over ``keys``, Bonferroni
-    over ``transforms``: ``scheme.detection.corrected``) to be <= alpha."""
-    return -np.expm1(np.log1p(-alpha) / keys) / transforms
-
-
 def evidence_uri(evidence, detection, alpha: float) -> str:
     """``evidence_png`` as a data URI, for a page that must open offline."""
     return "data:image/png;base64," + base64.b64encode(evidence_png(evidence, detection, alpha)).decode()
@@ -80,7 +74,7 @@ def _statistic(ax, d, alpha: float) -> None:
         ax.text(0.5, 0.5, "F test (zeros key): no t to draw", ha="center", va="center", fontsize=8)
         ax.set_axis_off()
         return
-    t_star = float(stats.t.isf(threshold(alpha, d.keys_tested, d.transforms_tested), d.df))
+    t_star = float(stats.t.isf(d.correction.threshold(alpha), d.df))  # keys, transforms and looks
     hi = max(6.0, t_star + 2, min(d.statistic, 60) + 2)
     grid = np.linspace(-5, hi, 400)
     ax.fill_between(grid, stats.t.pdf(grid, d.df), color="#bbb", label=f"null: Student t({d.df})")

@@ -28,13 +28,16 @@ class NullFileError(Exception):
     """A null-model file cannot be read or written (one-line message)."""
 
 
-def null_name(recovery, latent_shape: tuple[int, int, int]) -> str:
-    """``null-<method>[-<iters>]-ddim<steps>[-exact]-<C>x<H>x<W>.npz`` for a ``pipeline.Recovery``
-    with every setting filled in."""
-    iters = f"-{recovery.iters}" if recovery.method in ITERATIVE else ""
-    exact = "-exact" if recovery.exact else ""
+def null_name(look, latent_shape: tuple[int, int, int]) -> str:
+    """``null-[<start>+]<method>[<iters>][-edited]-ddim<steps>[-exact][-photometric]-<C>x<H>x<W>.npz``
+    for a ``recovery.LookSpec``: one name for everything that makes the look's z_T (``recovery_fields``)."""
+    start = f"{look.start}+" if look.start is not None else ""
+    iters = str(look.iters) if look.method in ITERATIVE else ""
+    role = "-edited" if look.role == "edited" else ""
+    exact = "-exact" if look.exact else ""
+    photometric = "-photometric" if look.photometric else ""
     shape = "x".join(map(str, latent_shape))
-    return f"null-{recovery.method}{iters}-ddim{recovery.ddim_steps}{exact}-{shape}.npz"
+    return f"null-{start}{look.method}{iters}{role}-ddim{look.ddim_steps}{exact}{photometric}-{shape}.npz"
 
 
 def save_null(null: NullModel, path: str | os.PathLike) -> None:
@@ -46,7 +49,7 @@ def save_null(null: NullModel, path: str | os.PathLike) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, header=np.array(json.dumps(header)), sum_z=null.sum_z.numpy(),
-                     sum_outer=null.sum_outer.numpy(), sum_radial=null.sum_radial.numpy())
+                     sum_outer=null.sum_outer.numpy(), sum_radial=null.sum_radial.numpy(), samples=null.samples.numpy())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # not a secret (mkstemp makes 0600): as any file the user writes
@@ -61,19 +64,21 @@ def load_null(path: str | os.PathLike) -> NullModel:
     try:
         with np.load(path, allow_pickle=False) as f:
             header = json.loads(str(f["header"]))
+            if header.get("format") != FORMAT or header.get("version") != VERSION:
+                raise NullFileError(f"{path}: not a ringmark null-model file of version {VERSION} (version "
+                                    f"{header.get('version')}: make it again with `ringmark calibrate`)")
             sum_z, sum_outer, f_radial = torch.from_numpy(f["sum_z"]), torch.from_numpy(f["sum_outer"]), f["sum_radial"]
+            samples = torch.from_numpy(f["samples"])
     except (OSError, ValueError, KeyError) as e:
         raise NullFileError(f"{path}: not a ringmark null-model file ({e})") from None
-    if header.get("format") != FORMAT or header.get("version") != VERSION:
-        raise NullFileError(f"{path}: not a ringmark null-model file of version {VERSION}")
     shape = tuple(header.pop("latent_shape"))
     n = header.pop("n")
     for key in ("format", "version"):
         header.pop(key)
-    if tuple(sum_z.shape) != shape or n < 2:
+    if tuple(sum_z.shape) != shape or n < 2 or tuple(samples.shape) != (n, *shape):
         raise NullFileError(f"{path}: inconsistent null-model file")
     return NullModel(latent_shape=shape, n=n, sum_z=sum_z.double(), sum_outer=sum_outer.double(),
-                     sum_radial=torch.from_numpy(f_radial).double(), meta={**header, "file": path.name})
+                     sum_radial=torch.from_numpy(f_radial).double(), samples=samples, meta={**header, "file": path.name})
 
 
 def null_folders(model: str, key_files: list[str | os.PathLike] = ()) -> list[Path]:
@@ -99,39 +104,51 @@ def find_null(model: str, recovery, latent_shape: tuple[int, int, int],
     return None
 
 
-NO_NULL_NOTE = ("no null model for this model, recovery and size: the p-value is exact on average over keys, "
-                "not for each key (make one with `ringmark calibrate`)")
+def no_null_note(roles: list[str]) -> str:
+    """The note of rows whose looks in ``roles`` have no null model."""
+    return (f"no null model for the {' and '.join(roles)} look of this model, recovery and size: its p-value is "
+            "exact on average over keys, not for each key (make one with `ringmark calibrate`)")
 
 
-def resolve_null(null: str | os.PathLike | NullModel | None, model: str, recovery,
-                 latent_shape: tuple[int, int, int], key_files: list[str | os.PathLike] = ()) -> NullModel | None:
-    """The null model ``verify`` whitens with: ``"auto"`` finds the one of this recovery and
-    latent shape (``find_null``), None if there is none; ``"none"`` or None: none; a path or a
-    NullModel: that one, which must fit the recovery and the latent shape."""
+def resolve_nulls(null: str | os.PathLike | NullModel | None, model: str, looks: dict,
+                  latent_shape: tuple[int, int, int], key_files: list[str | os.PathLike] = ()) -> dict:
+    """The null model of each look (``recovery.LookSpec``, by role) ``verify`` tests with:
+    ``"auto"`` finds each look's own (``find_null``), None where there is none; ``"none"`` or None:
+    none; a path or a NullModel: that one for the look it was made for (it must be made for one
+    of them), the others found as with ``"auto"``."""
     if null is None or null == "none":
-        return None
+        return {role: None for role in looks}
+    if isinstance(null, dict):  # already resolved (``resolve_nulls`` in the process that ships them)
+        return {role: null.get(role) for role in looks}
+    given, source = None, null
     if isinstance(null, NullModel):
-        found = null
-    elif null == "auto":
-        path = find_null(model, recovery, latent_shape, key_files)
-        return None if path is None else check_null(load_null(path), recovery, latent_shape, path)
-    else:
-        found = load_null(null)
-    return check_null(found, recovery, latent_shape, null)
+        given = null
+    elif null != "auto":
+        given = load_null(null)
+    out = {}
+    for role, look in looks.items():
+        if given is not None and given.meta.get("recovery", recovery_fields(looks["first"])) == recovery_fields(look):
+            out[role] = check_null(given, look, latent_shape, source)
+        else:
+            path = find_null(model, look, latent_shape, key_files)
+            out[role] = None if path is None else check_null(load_null(path), look, latent_shape, path)
+    if given is not None and not any(n is given for n in out.values()):
+        check_null(given, looks["first"], latent_shape, source)  # raises: made for none of the looks
+    return out
 
 
-def check_null(null: NullModel, recovery, latent_shape: tuple[int, int, int], source) -> NullModel:
-    """Raise NullFileError unless ``null`` was made for this recovery and latent shape."""
+def check_null(null: NullModel, look, latent_shape: tuple[int, int, int], source) -> NullModel:
+    """Raise NullFileError unless ``null`` was made for this look (``recovery_fields``) and latent shape."""
     if tuple(null.latent_shape) != tuple(latent_shape):
         raise NullFileError(f"{source}: null model for latent shape {list(null.latent_shape)}, the keys need "
                             f"{list(latent_shape)}")
-    made, wanted = null.meta.get("recovery"), recovery_fields(recovery)
+    made, wanted = null.meta.get("recovery"), recovery_fields(look)
     if made is not None and made != wanted:
-        raise NullFileError(f"{source}: null model made with recovery {made}, verify runs {wanted}")
+        raise NullFileError(f"{source}: null model made with recovery {made}, verify's {look.role} look runs {wanted}")
     return null
 
 
-def recovery_fields(recovery) -> dict:
-    """What a null model records of the recovery that made it (``check_null`` compares it)."""
-    return {"method": recovery.method, "iters": recovery.iters if recovery.method in ITERATIVE else 0,
-            "ddim_steps": recovery.ddim_steps, "exact": recovery.exact}
+def recovery_fields(look) -> dict:
+    """What a null model records of the look that made it (``check_null`` compares it): the whole
+    ``recovery.LookSpec``, so a null made with another recovery is refused."""
+    return dict(look.fields)

@@ -19,10 +19,10 @@ from typing import Callable
 
 from ..io.images import IMAGE_SUFFIXES, ImageError, decode_image, find_images, require_usable
 from ..io.keyring import load_keys
-from ..io.nullfile import resolve_null
+from ..io.nullfile import resolve_nulls
 from ..io.results import ResultsFile, arrow_schema
 from ..models import default_recovery
-from ..pipeline import Decision, Recovery, check_key_set
+from ..pipeline import Decision, Recovery, check_key_set, null_label
 from ..verifier import Verifier, failure
 from .cluster import connect, default_gpus
 
@@ -151,7 +151,7 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
         log(f"warning: {problem} (skipped; {len(keys)} keys in use)")
     check_key_set(keys)
     recovery = recovery.for_model(default_recovery(keys[0].model))  # what the workers' Verifier will run
-    null = resolve_null(null, keys[0].model, recovery, tuple(keys[0].latent_shape), key_files) or "none"
+    null = resolve_nulls(null, keys[0].model, recovery.looks(), tuple(keys[0].latent_shape), key_files)
     results = ResultsFile(output, force)
     listed = list_images([str(s) for s in sources])
     require_usable([(shown, error) for shown, _, error in listed])
@@ -179,7 +179,7 @@ def settings_record(keys: list, recovery: Recovery, decision: Decision, null) ->
     return {"inversion": recovery.label, "iterations": recovery.iters, "ddim_steps": recovery.ddim_steps,
             "exact": recovery.exact, "alpha": decision.alpha, "search": decision.search, "keys_tested": len(keys),
             "keys": sorted(k.key_id for k in keys),
-            "null_model": null.meta.get("file", "given") if null != "none" else None}
+            "null_models": {role: null_label(n) for role, n in null.items()}}
 
 
 @dataclass

@@ -39,7 +39,7 @@ from starlette.exceptions import HTTPException
 from .. import __version__
 from ..io import figures
 from ..io.images import ImageError, decode_image
-from ..io.nullfile import resolve_null
+from ..io.nullfile import resolve_nulls
 from ..models import default_recovery
 from ..pipeline import Decision, Recovery, check_key_set
 from ..verifier import Verifier
@@ -228,8 +228,8 @@ def start(keys, recovery: Recovery = Recovery(), decision: Decision = Decision()
     """Deploy the service on Ray Serve (joining ``address`` or starting a local Ray) and return its
     URL; it serves until ``serve.shutdown()`` or the end of this process."""
     check_key_set(keys)
-    null = resolve_null(null, keys[0].model, recovery.for_model(default_recovery(keys[0].model)),
-                        tuple(keys[0].latent_shape), key_files) or "none"  # found here, shipped to the replicas
+    null = resolve_nulls(null, keys[0].model, recovery.for_model(default_recovery(keys[0].model)).looks(),
+                         tuple(keys[0].latent_shape), key_files)  # found here, shipped to the replicas
     if not (cluster_address(address) or ray.is_initialized()):  # the proxy will run here
         check_port(service.host, service.port)
     connect(address, quiet=quiet)

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from scipy import stats
 
+from .calibrated import spread
+from .correction import Correction, sidak  # noqa: F401  (sidak: re-exported)
 from .embedding import centred_spectrum, centred_window
 from .geometry import IDENTITY, Transform, undo
 from .keys import Key, independent_mask, key_mask
@@ -104,7 +106,7 @@ def _radial_basis(hw: tuple[int, int], r: int, c: int) -> torch.Tensor:
     return basis
 
 
-def score(z_T: torch.Tensor, key: Key, null: NullModel | None = None) -> list[Score]:
+def score(z_T: torch.Tensor, key: Key, null: NullModel | None = None, test: str = "calibrated") -> list[Score]:
     """Test each recovered z_T (B, C, H, W) against ``key``; small p = evidence of the key.
 
     ``ring``, ``ringid`` and ``rand``: the d independent real degrees of freedom z of the mask
@@ -138,9 +140,8 @@ def score(z_T: torch.Tensor, key: Key, null: NullModel | None = None) -> list[Sc
         stat = z.pow(2).mean(-1) / ref.pow(2).mean(-1).clamp_min(1e-24)
         p = stats.f.cdf(stat.numpy(), d, df)
     else:
-        z, k_hat = test_vectors(centred(z_T, null), [key], null)
-        t, _ = t_statistic(z, k_hat)
-        stat, df = t[..., 0], z.shape[-1] - 1
+        t, df = statistics(centred(z_T, null)[:, None], [key], null, test)
+        stat = t[:, 0, 0]
         p = stats.t.sf(stat.numpy(), df)
     return [Score(p_value=float(np.clip(p[b], 0.0, 1.0)), distance=float(distance[b]), statistic=float(stat[b]),
                   df=df) for b in range(len(z_T))]
@@ -193,30 +194,34 @@ def nearest(key: Key, keys: list[Key]) -> tuple[float, Key]:
     return float(sims[best]), keys[best]
 
 
-def sidak(p: float, m: int) -> float:
-    """Šidák correction of the smallest of m independent p-values: 1 - (1 - p)^m."""
-    return float(-np.expm1(m * np.log1p(-p))) if p < 1 else 1.0
+TESTS = ("calibrated", "whitened")  # what a null model does to the test (``calibrated``; ``NullModel.whiten``)
+DEFAULT_TEST = "calibrated"  # BENCHMARKS.md, "One verification path": exact per key without the power whitening cost
 
 
 def corrected(p: float, keys: int, transforms: int) -> float:
-    """The p-value of the best of ``keys`` x ``transforms`` tests: Bonferroni over the transforms
-    (the same image under nearby transforms gives dependent tests, which Bonferroni allows), then
-    Šidák over the keys (independent directions)."""
-    return sidak(min(1.0, transforms * p), keys)
+    """The p-value of the best of ``keys`` x ``transforms`` tests (``Correction.p``, one look)."""
+    return Correction(keys=keys, transforms=transforms).p(p)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class KeyMatch:
     key_id: str
-    p_value: float  # corrected for the keys and transforms tested
+    p_value: float  # corrected (``correction``)
     distance: float
     raw_p_value: float
-    keys_tested: int
     transform: str  # the geometric transform undone ("identity" without a search)
-    transforms_tested: int
+    correction: Correction  # the keys, transforms and looks p_value is corrected for
     runner_up_p_value: float = 1.0  # the second-best key's, corrected as p_value (1 with one key)
     statistic: float = float("nan")  # the best key's test statistic: Student t (F for zeros)
     df: int = 0  # its degrees of freedom (the noise-scale estimate's)
+
+    @property
+    def keys_tested(self) -> int:
+        return self.correction.keys
+
+    @property
+    def transforms_tested(self) -> int:
+        return self.correction.transforms
 
 
 def _tag(key: Key) -> tuple:
@@ -231,20 +236,29 @@ def _groups(keys: list[Key]) -> dict:
     return groups
 
 
-def statistics(z_T: torch.Tensor, keys: list[Key], null: NullModel | None = None) -> tuple[torch.Tensor, int]:
-    """Student t of every key (sharing one mask, not ``zeros``) on every latent (B, T, C, H, W),
-    less the null model's mean if one is given: (t (B, T, K), degrees of freedom)."""
-    z, k_hat = test_vectors(z_T, keys, null)  # (B, T, d), (K, d)
+def statistics(z_T: torch.Tensor, keys: list[Key], null: NullModel | None = None,
+               test: str = DEFAULT_TEST, transforms: list[Transform] | None = None) -> tuple[torch.Tensor, int]:
+    """Student t of every key (sharing one mask, not ``zeros``) on every latent (B, T, C, H, W)
+    under ``transforms`` (T of them; default the identity), already less the null model's mean if
+    one is given: (t (B, T, K), degrees of freedom). With a ``null``, the ``test`` says how it is
+    made exact per key: ``calibrated``, t divided by its spread on the null's z_T (``calibrated``),
+    or ``whitened`` (``test_vectors``)."""
+    if test not in TESTS:
+        raise ValueError(f"test must be one of {TESTS}, got {test!r}")
+    calibrate = null is not None and test == "calibrated"
+    z, k_hat = test_vectors(z_T, keys, None if calibrate else null)  # (B, T, d), (K, d)
     t, _ = t_statistic(z, k_hat)
+    if calibrate:
+        t = t / spread(null, keys, transforms or [IDENTITY])[None]
     return t, z.shape[-1] - 1
 
 
 def match_keys(z_T: torch.Tensor, keys: list[Key], transforms: list[Transform] | None = None,
-               null: NullModel | None = None) -> list[KeyMatch]:
+               null: NullModel | None = None, *, looks: int = 1, test: str = DEFAULT_TEST) -> list[KeyMatch]:
     """For each z_T (B, C, H, W), the best of ``keys`` under the best of ``transforms`` (default:
-    none), with its p-value corrected for all the tests (``corrected``). ``null``: the null model
-    of the model and recovery that made z_T (``scheme.null``); its mean is subtracted before the
-    transforms, its whitening applied after them.
+    none), with its p-value corrected for all the tests and for ``looks`` looks at the image
+    (``correction``). ``null``: the null model of the recovery that made z_T (``scheme.null``);
+    its mean is subtracted before the transforms, its ``test`` applied after them.
 
     Keys that share a mask are scored in one matrix product over all transforms; ``zeros`` keys,
     which have no direction, are tested without a search."""
@@ -260,7 +274,7 @@ def match_keys(z_T: torch.Tensor, keys: list[Key], transforms: list[Transform] |
             for b, s in enumerate(score(z_T, group[0])):
                 found[b].append((s.p_value, -s.statistic, members[0], 0, s.p_value, 1, s.df))
             continue
-        t, df = statistics(warped, group, null)  # (B, T, K)
+        t, df = statistics(warped, group, null, test, transforms)  # (B, T, K)
         t_max, arg = t.max(1)  # each key's best transform
         top = t_max.topk(min(2, len(group)), dim=1)  # the two best keys of the group are all the ranking needs
         for b in range(b_size):
@@ -275,8 +289,9 @@ def match_keys(z_T: torch.Tensor, keys: list[Key], transforms: list[Transform] |
         mask = key.mask()
         distance = float((centred_spectrum(warped[b, ti])[mask] - key.pattern_values()[mask]).abs().mean())
         p = float(np.clip(p, 0.0, 1.0))
-        runner_up = corrected(ranked[1][4], len(keys), ranked[1][5]) if len(ranked) > 1 else 1.0
-        out.append(KeyMatch(key_id=key.key_id, p_value=corrected(p, len(keys), tested), distance=distance,
-                            raw_p_value=p, keys_tested=len(keys), transform=transforms[ti].name,
-                            transforms_tested=tested, runner_up_p_value=runner_up, statistic=-neg_t, df=df))
+        correction = Correction(keys=len(keys), transforms=tested, looks=looks)
+        runner_up = replace(correction, transforms=ranked[1][5]).p(ranked[1][4]) if len(ranked) > 1 else 1.0
+        out.append(KeyMatch(key_id=key.key_id, p_value=correction.p(p), distance=distance, raw_p_value=p,
+                            transform=transforms[ti].name, correction=correction, runner_up_p_value=runner_up,
+                            statistic=-neg_t, df=df))
     return out

@@ -8,6 +8,9 @@ bilinear, zero outside. Rotation by theta undoes an image rotated by theta about
 (counter-clockwise, as ``PIL.Image.rotate``); ``crop`` undoes a crop of a share ``a`` of one or
 both sides at offset ``b``, resized back to full size: the image at u showed the original at
 a u + b.
+``mirror`` undoes a horizontal flip (the most common edit on social platforms): x -> -x maps the
+latent's pixel centres onto each other, so it is exact; ``all`` searches every rotation and crop
+with and without it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SEARCHES = ("none", "rotation", "crop", "all")
+SEARCHES = ("none", "rotation", "crop", "mirror", "all")
 DEFAULT_SEARCH = "all"  # `ringmark bench detect` (BENCHMARKS.md): what it costs and what it recovers
 ROTATION_STEP = 5.0  # degrees on a 32x32 latent: half a step off, a bin at radius 7 moves 0.3 bins
 CROP_SCALES = (0.9, 0.85, 0.8, 0.75, 0.7)  # share of the side kept
@@ -42,6 +45,14 @@ def rotation(degrees: float) -> Transform:
     return Transform(f"rotation {degrees:g}", ((math.cos(t), math.sin(t), 0.0), (-math.sin(t), math.cos(t), 0.0)))
 
 
+def mirrored(t: Transform) -> Transform:
+    """``t`` after a horizontal flip of the image: the undone latent at p reads the recovered one
+    at A [-x, y, 1]."""
+    (a, b, c), row = t.matrix
+    name = "mirror" if t == IDENTITY else f"mirror + {t.name}"
+    return Transform(name, ((-a, b, c), (-row[0], row[1], row[2])))
+
+
 def crop(scale: float, bx: float | None, by: float | None) -> Transform:
     """Undo a crop of ``scale`` of the width (``bx`` given) and/or height (``by`` given)."""
     sx, tx = (1 / scale, -bx / scale) if bx is not None else (1.0, 0.0)
@@ -60,7 +71,8 @@ def search_grid(search: str = DEFAULT_SEARCH, side: int = TUNED_SIDE, rotation_s
                 scales: tuple[float, ...] = CROP_SCALES, shift_step: float | None = None) -> list[Transform]:
     """The candidates, identity first: ``rotation``, every ``rotation_step`` degrees round the
     circle; ``crop``, each scale on the width alone and the height alone (offsets every
-    ``shift_step``) and on both (offsets every 2 ``shift_step``); ``all``, both sets.
+    ``shift_step``) and on both (offsets every 2 ``shift_step``); ``mirror``, the identity and the
+    horizontal flip; ``all``, the rotations and the crops, each also after a flip (``mirrored``).
 
     The steps default to the tuned ones scaled to a latent of ``side``: a key's radius grows with
     the side (``keys.default_radius``), so the same bin movement needs a finer turn, and one latent
@@ -80,7 +92,16 @@ def search_grid(search: str = DEFAULT_SEARCH, side: int = TUNED_SIDE, rotation_s
             grid += [crop(a, b, None) for b in _offsets(a, shift_step)]
             grid += [crop(a, None, b) for b in _offsets(a, shift_step)]
             grid += [crop(a, bx, by) for bx in _offsets(a, 2 * shift_step) for by in _offsets(a, 2 * shift_step)]
+    if search in ("mirror", "all"):
+        grid += [mirrored(t) for t in grid]
     return grid
+
+
+def undo_each(z: torch.Tensor, transforms: list[Transform]) -> torch.Tensor:
+    """(T, C, H, W) -> (T, C, H, W): latent t under transform t alone (``undo``, one per latent)."""
+    theta = torch.tensor([t.matrix for t in transforms], dtype=z.dtype)
+    grid = F.affine_grid(theta, list(z.shape), align_corners=False)
+    return F.grid_sample(z, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def undo(z: torch.Tensor, transforms: list[Transform]) -> torch.Tensor:

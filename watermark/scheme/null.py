@@ -31,7 +31,7 @@ from .embedding import centred_spectrum
 from .keys import _frequencies
 
 FORMAT = "ringmark-null"
-VERSION = 1
+VERSION = 2  # 2: the recovered z_T themselves (``samples``) beside the sums
 
 
 def rings(hw: tuple[int, int]) -> tuple[torch.Tensor, int]:
@@ -55,8 +55,8 @@ def radial_sums(spectrum: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class NullModel:
-    """Sums over ``n`` recovered z_T of clean images of one ``latent_shape``: ``sum_z`` (C, H, W)
-    and, per ring, ``sum_outer`` (rings, C, C) = sum over images and the ring's bins of F F^T
+    """Sums over ``n`` recovered z_T of clean images of one ``latent_shape``, and the z_T themselves
+    (``samples``, for the calibrated test): ``sum_z`` (C, H, W) and, per ring, ``sum_outer`` (rings, C, C) = sum over images and the ring's bins of F F^T
     (real part; F the centred spectrum, not centred on its mean). ``meta``: what made it (model,
     recovery, images, command), which ``verify`` matches against its own settings."""
 
@@ -65,7 +65,9 @@ class NullModel:
     sum_z: torch.Tensor | None = None
     sum_outer: torch.Tensor | None = None
     sum_radial: torch.Tensor | None = None
+    samples: torch.Tensor | None = None  # (n, C, H, W) float16: the recovered z_T (``calibrated``)
     meta: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict, compare=False, repr=False)  # ``calibrated.spread``'s, per key
 
     def update(self, z_T: torch.Tensor) -> NullModel:
         """The model with the recovered z_T (B, C, H, W) of more clean images added."""
@@ -83,8 +85,10 @@ class NullModel:
         radial = v.T @ v
         sum_z = z_T.double().sum(0)
         add = lambda old, new: new if old is None else old + new  # noqa: E731
+        samples = z_T.to(torch.float16)
         return replace(self, n=self.n + len(z_T), sum_z=add(self.sum_z, sum_z), sum_outer=add(self.sum_outer, outer),
-                       sum_radial=add(self.sum_radial, radial))
+                       sum_radial=add(self.sum_radial, radial), cache={},
+                       samples=samples if self.samples is None else torch.cat([self.samples, samples]))
 
     def mean(self) -> torch.Tensor:
         """(C, H, W): the mean recovered z_T."""

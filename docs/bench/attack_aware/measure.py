@@ -67,7 +67,7 @@ def by_factor(p_wm: np.ndarray, p_clean: np.ndarray, factors: np.ndarray) -> dic
 
 def measure(model, key, recovery, attacked: dict, factors: np.ndarray) -> dict:
     """One recovery on every attack: rows, seconds per image, the means over the six attacks."""
-    null = find_null(model.name, recovery.for_model(model.default_recovery), tuple(key.latent_shape))
+    null = find_null(model.name, recovery.for_model(model.default_recovery).looks()["first"], tuple(key.latent_shape))
     null = load_null(null) if null else None
     rows, seconds = {}, []
     for a, (w, c) in attacked.items():

@@ -49,10 +49,10 @@ RULES = ("two looks", "weak band only", "clipped alone")
 
 
 def first_look(model, key, x: torch.Tensor, recovery) -> dict:
-    null = find_null(model.name, recovery.for_model(model.default_recovery), tuple(key.latent_shape))
+    null = find_null(model.name, recovery.for_model(model.default_recovery).looks()["first"], tuple(key.latent_shape))
     null = load_null(null) if null else None
     t0 = time.perf_counter()
-    found = [d for i in range(0, len(x), 25) for d in detect(model, x[i : i + 25], [key], recovery, Decision(), null=null)]
+    found = [d for i in range(0, len(x), 25) for d in detect(model, x[i : i + 25], [key], recovery, Decision(), nulls={"first": null})]
     return {"p": np.array([d.p_value for d in found]), "seconds": time.perf_counter() - t0,
             "clipped": clipped_share(x).numpy()}
 

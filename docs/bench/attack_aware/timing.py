@@ -39,13 +39,13 @@ def main() -> None:
     names = args.recoveries.split(",")
     nulls = {}
     for name in names:
-        path = find_null(model.name, RECOVERIES[name].for_model(model.default_recovery), tuple(key.latent_shape))
+        path = find_null(model.name, RECOVERIES[name].for_model(model.default_recovery).looks()["first"], tuple(key.latent_shape))
         nulls[name] = load_null(path) if path else None
 
     def once(name: str) -> float:
         t0 = time.perf_counter()
         for i in range(0, len(x), 25):
-            detect(model, x[i : i + 25], [key], RECOVERIES[name], Decision(), null=nulls[name])
+            detect(model, x[i : i + 25], [key], RECOVERIES[name], Decision(), nulls={"first": nulls[name]})
         return (time.perf_counter() - t0) / len(x)
 
     for name in names:  # warm-up

@@ -1,0 +1,240 @@
+"""Verify's own path on images no threshold was tuned on (issue 34): per-key calibration of the full
+default rule on held-out clean images, and detection under held-out edits and Tree-Ring's six,
+for each way of using the null model (``Decision.test``: calibrated, whitened; or none).
+
+Every number comes from ``pipeline.detect`` with the nulls ``Verifier`` finds (the default path);
+the first look at a batch is taken once and given to ``detect`` for each key and candidate (it
+does not depend on them), everything after it runs per key as ``verify`` runs it. Images are PNGs
+made by ringmark (50 DDIM steps): clean from seeds 3e9.., watermarked from seeds 4e9.. (image s
+carries the ``rand`` key of seed s + 7); the null models were made from seeds 1e9.. .
+
+    python docs/bench/verdict/measure.py --clean /data/tiny-clean --wm /data/tiny-wm -o docs/bench/verdict/tiny.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from scipy import stats
+
+from watermark.bench.attacks import ATTACKS, attack
+from watermark.bench.detect import tpr_at_fpr
+from watermark.bench.null import holm
+from watermark.io.images import load_image, to_pil, to_tensor
+from watermark.models import get_model
+from watermark.pipeline import Decision, Recovery, detect, make_key, run_look
+from watermark.scheme.keys import new_key
+from watermark.verifier import Verifier
+
+ALPHA = 0.01
+PATTERNS = ("rand", "ring", "ringid")
+
+
+def jpeg(im: Image.Image, q: int) -> Image.Image:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=q)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def crop(im: Image.Image, share: float, centre: bool) -> Image.Image:
+    s = im.size[0]
+    w = round(s * share)
+    x0 = (s - w) // 2 if centre else 0
+    return im.crop((x0, x0, x0 + w, x0 + w)).resize((s, s), Image.Resampling.BICUBIC)
+
+
+def occlude(im: Image.Image, rng) -> Image.Image:
+    s = im.size[0]
+    a = np.asarray(im).copy()
+    x, y = rng.integers(0, s // 2 + 1, 2)
+    a[y : y + s // 2, x : x + s // 2] = 0  # a quarter of the image
+    return Image.fromarray(a)
+
+
+EDITS = {  # none of them tuned on: held out from every threshold, rule and null model
+    "rotation 20": lambda im, rng: im.rotate(20, resample=Image.Resampling.BICUBIC),
+    "centre crop 80 %": lambda im, rng: crop(im, 0.8, True),
+    "corner crop 77 %": lambda im, rng: crop(im, 0.77, False),
+    "rotation 10 + crop 85 % + JPEG 60": lambda im, rng: jpeg(crop(im.rotate(10, resample=Image.Resampling.BICUBIC),
+                                                                 0.85, True), 60),
+    "25 % occlusion": occlude,
+    "resize 0.5 and back": lambda im, rng: im.resize((im.size[0] // 2,) * 2, Image.Resampling.BICUBIC).resize(
+        im.size, Image.Resampling.BICUBIC),
+    "JPEG 50": lambda im, rng: jpeg(im, 50),
+    "contrast 1.5": lambda im, rng: ImageEnhance.Contrast(im).enhance(1.5),
+    "saturation 0.5": lambda im, rng: ImageEnhance.Color(im).enhance(0.5),
+    "median 3": lambda im, rng: im.filter(ImageFilter.MedianFilter(3)),
+    "horizontal mirror": lambda im, rng: ImageOps.mirror(im),
+}
+GEOMETRIC = ("rotation 20", "centre crop 80 %", "corner crop 77 %")
+CANDIDATES = {"calibrated": dict(test="calibrated"), "whitened": dict(test="whitened"), "none": None}
+
+
+def images(folder: str, n: int) -> tuple[list[int], list[Image.Image]]:
+    files = sorted(Path(folder).glob("*.png"), key=lambda p: int(p.stem))[:n]
+    return [int(f.stem) for f in files], [Image.open(f).convert("RGB") for f in files]
+
+
+def p_values(model, verifier: Verifier, x: torch.Tensor, keys_per_image: list, candidate: str, batch_first=None) -> list:
+    """The p-value ``detect`` gives each image for its own key (keys_per_image[i]) under ``candidate``."""
+    spec = CANDIDATES[candidate]
+    nulls = {} if spec is None else verifier.nulls
+    decision = Decision(alpha=ALPHA, test=spec["test"] if spec else "calibrated")
+    first = batch_first if batch_first is not None else run_look(model, x, verifier.recovery.looks()["first"])
+    out = [None] * len(x)
+    by_key: dict = {}
+    for i, k in enumerate(keys_per_image):
+        by_key.setdefault(k.key_id, (k, []))[1].append(i)
+    for key, idx in by_key.values():
+        sub = _sub_look(first, idx)
+        for i, d in zip(idx, detect(model, x[idx], [key], verifier.recovery, decision, nulls=nulls, first=sub)):
+            out[i] = d.p_value
+    return out
+
+
+def _sub_look(look, idx: list[int]):
+    """The look at the images ``idx`` of its batch."""
+    from dataclasses import replace
+
+    r = look.record
+    record = replace(r, iterations=r.iterations[idx], residual=r.residual[:, idx], pixel_error=r.pixel_error[:, idx])
+    return replace(look, z_0=look.z_0[idx], z_T=look.z_T[idx], record=record)
+
+
+def calibration(model, clean: list[Image.Image], n_keys: int, candidates, log) -> dict:
+    """Per key: clean images flagged at ALPHA under the default rule, each pattern, each candidate."""
+    shape = model.latent_shape(model.default_size)
+    x_all = to_tensor(clean)
+    out = {}
+    for pattern in PATTERNS:
+        keys = [make_key(model, pattern=pattern, seed=777_000 + 10 * PATTERNS.index(pattern) + j) for j in range(n_keys)]
+        verifier = Verifier(keys[:1], Recovery(), Decision(alpha=ALPHA))
+        flagged = {c: [0] * n_keys for c in candidates}
+        for b in range(0, len(x_all), 50):
+            x = x_all[b : b + 50]
+            first = run_look(model, x, verifier.recovery.looks()["first"])
+            for c in candidates:
+                for j, key in enumerate(keys):
+                    p = p_values(model, verifier, x, [key] * len(x), c, first)
+                    flagged[c][j] += int(np.sum(np.array(p) <= ALPHA))
+        for c in candidates:
+            n = len(x_all)
+            pv = [stats.binomtest(f, n, ALPHA, alternative="greater").pvalue for f in flagged[c]]
+            out.setdefault(c, {})[pattern] = {"keys": n_keys, "images": n, "flagged": flagged[c],
+                                              "pooled_rate": sum(flagged[c]) / (n * n_keys),
+                                              "worst_key_rate": max(flagged[c]) / n,
+                                              "liberal_keys_holm": int(holm(np.array(pv)).sum())}
+            log(f"calibration {c} {pattern}: {out[c][pattern]}")
+    return out
+
+
+def edited_power(model, wm: list[Image.Image], keys: list, candidates, log) -> dict:
+    verifier = Verifier(keys[:1], Recovery(), Decision(alpha=ALPHA))
+    out = {}
+    for name, edit in {"none": lambda im, rng: im, **EDITS}.items():
+        rng = np.random.default_rng(1)
+        x = to_tensor([edit(im, rng) for im in wm])
+        first = run_look(model, x, verifier.recovery.looks()["first"])
+        for c in candidates:
+            p = np.array(p_values(model, verifier, x, keys, c, first))
+            out.setdefault(c, {})[name] = {"detected": int((p <= ALPHA).sum()), "n": len(p), "tpr": float(np.mean(p <= ALPHA))}
+            log(f"edit {name} {c}: {out[c][name]}")
+    for c in candidates:
+        unseen = [e for e in EDITS if e != "horizontal mirror"]
+        out[c]["geometric_tpr"] = float(np.mean([out[c][e]["tpr"] for e in GEOMETRIC]))
+        out[c]["mean_tpr_ten"] = float(np.mean([out[c][e]["tpr"] for e in unseen]))
+        out[c]["mean_tpr_eleven"] = float(np.mean([out[c][e]["tpr"] for e in EDITS]))
+    return out
+
+
+def tree_ring_six(model, wm, clean, keys, log) -> dict:
+    verifier = Verifier(keys[:1], Recovery(), Decision(alpha=ALPHA))
+    rows = {}
+    for a in ATTACKS:
+        rng = np.random.default_rng(2)
+        xw = to_tensor([attack(im, a, rng) for im in wm])
+        xc = to_tensor([attack(im, a, rng) for im in clean])
+        pw = np.array(p_values(model, verifier, xw, keys, "calibrated"))
+        pc = np.array([v for b in range(0, len(xc), 48) for v in
+                       p_values(model, verifier, xc[b : b + 48], [keys[i % len(keys)] for i in range(b, min(b + 48, len(xc)))],
+                                "calibrated")])
+        rows[a] = {"tpr_at_1pct_fpr": tpr_at_fpr(pw, pc), "tpr_at_alpha": float(np.mean(pw <= ALPHA)),
+                   "fpr_at_alpha": float(np.mean(pc <= ALPHA))}
+        log(f"tree-ring {a}: {rows[a]}")
+    rows["mean_of_six"] = float(np.mean([rows[a]["tpr_at_1pct_fpr"] for a in ATTACKS if a != "none"]))
+    return rows
+
+
+def timing(model, wm, keys, log) -> dict:
+    """Seconds per unattacked image in batches of 16: the default verify (null models, looks,
+    mirrors searched) against the encoder alone with the same search and no null model, in
+    alternation (medians of 3 rounds)."""
+    x = to_tensor(wm[:32])
+    settings = {"default": (Recovery(), "auto"),
+                "encoder alone": (Recovery("encoder", refine="none", photometric=False), "none")}
+    rounds = {name: [] for name in settings}
+    for _ in range(3):
+        for name, (recovery, null) in settings.items():
+            v = Verifier(keys[:1], recovery, Decision(alpha=ALPHA), null=null)
+            t0 = time.perf_counter()
+            for b in range(0, 32, 16):
+                detect(model, x[b : b + 16], keys[:1], v.recovery, v.decision, nulls=v.nulls)
+            rounds[name].append((time.perf_counter() - t0) / 32)
+    out = {k: float(np.median(v)) for k, v in rounds.items()}
+    out["ratio"] = out["default"] / out["encoder alone"]
+    log(f"timing: {out}")
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clean", required=True)
+    ap.add_argument("--wm", required=True)
+    ap.add_argument("--n-clean", type=int, default=1000)
+    ap.add_argument("--n-keys", type=int, default=2)
+    ap.add_argument("--candidates", default="calibrated,none")
+    ap.add_argument("--parts", default="edits,six,calibration")
+    ap.add_argument("-o", "--output", required=True)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model = get_model("tiny")
+    shape = model.latent_shape(model.default_size)
+    seeds, wm = images(args.wm, 10**6)
+    keys = [new_key("tiny", shape, seed=s + 7) for s in seeds]
+    _, clean = images(args.clean, args.n_clean)
+    candidates = args.candidates.split(",")
+    res = {"command": "python " + " ".join(sys.argv), "machine": f"{platform.processor() or platform.machine()}, "
+           f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+           "date": time.strftime("%Y-%m-%d"), "watermarked": len(wm), "clean": len(clean), "alpha": ALPHA}
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    out = Path(args.output)
+    if out.exists():
+        res = {**json.loads(out.read_text()), **{k: res[k] for k in ("command", "machine", "commit", "date")}}
+    parts = args.parts.split(",")
+    if "edits" in parts:
+        res["edits"] = edited_power(model, wm, keys, candidates, log)
+        out.write_text(json.dumps(res, indent=1))
+    if "six" in parts:
+        res["tree_ring_six"] = tree_ring_six(model, wm, clean[:200], keys, log)
+        out.write_text(json.dumps(res, indent=1))
+    if "timing" in parts:
+        res["timing"] = timing(model, wm, keys, log)
+        out.write_text(json.dumps(res, indent=1))
+    if "calibration" in parts:
+        res["calibration"] = calibration(model, clean, args.n_keys, candidates, log)
+        out.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The calibrated test: Tree-Ring's key direction read in the recovered z_T as it is (not
+whitened), its Student t divided by its own spread on clean images, per key and per transform.
+
+Recovered z_T is not white noise, so t = a / s (``detection.t_statistic``) is not Student's t for
+a given key: a = <z, k/|k|> has variance k^T S k / |k|^2 under the null, s^2 estimates the mean
+variance tr S / d. For each key k and transform T the null model's stored z_T samples give both
+(z less the null mean, then T undone, as the test reads them):
+
+    sigma^2_{k,T} = mean_n <U_T (z_n - m), k_hat>^2      (the samples' spread along the key)
+    sbar^2_T      = mean_n |U_T (z_n - m)|^2 / d          (the scale s estimates, on a subsample)
+    kappa^2_{k,T} = sigma^2 (d - 1) / (d sbar^2 - sigma^2)
+
+and t / kappa is, under the null, Student's t with d - 1 degrees of freedom to the accuracy of
+the samples (``tests/test_null_model.py``: coloured noise of known covariance). The mean is
+subtracted before the transform, so the transformed z_T needs no model of its own.
+
+The key's component a is linear in z: a_{k,T}(z) = <z, w_{k,T}>, w_{k,T} = U_T^T P^T k_hat (P: the
+test's degrees of freedom, ``detection.dof``). autograd gives every w of a key in one backward
+pass over T latents, so a key costs T latent passes and one (N x CHW) @ (CHW x T) product, not N x T
+transforms. Whitening instead (``NullModel.whiten``) is the optimal direction for the unedited
+mark, but it is fitted on untransformed z_T and weights the spectrum by the clean images' power,
+which edits change; BENCHMARKS.md ("One verification path") compares the two on both axes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .geometry import Transform, undo, undo_each
+from .keys import Key
+from .null import NullModel
+
+SCALE_SAMPLES = 64  # null samples the mean scale sbar^2 is estimated from (a mean over d dof each)
+CACHE = 4096  # (key, search) entries kept on one null model
+
+
+def spread(null: NullModel, keys: list[Key], transforms: list[Transform]) -> torch.Tensor:
+    """(T, K) float64: kappa of each key (sharing one mask, not ``zeros``) under each transform."""
+    from .detection import test_vectors
+
+    names = tuple(t.name for t in transforms)
+    cache = null.cache
+    todo = [k for k in keys if (k.key_id, names) not in cache]
+    if todo:
+        if len(cache) + len(todo) > CACHE:
+            cache.clear()
+        sbar2 = _scale(null, todo[0], transforms)
+        z = (null.samples.double() - null.mean()[None]).float().flatten(1)  # (N, CHW)
+        with torch.inference_mode(False), torch.enable_grad():
+            probe = torch.zeros(len(transforms), *null.latent_shape, requires_grad=True)
+            v, k_hat = test_vectors(undo_each(probe, transforms), todo)  # (T, d), (K, d)
+            a = v @ k_hat.clone().T  # (T, K): linear in the probe, so its gradient is w
+            d = v.shape[-1]
+            for j, key in enumerate(todo):
+                (w,) = torch.autograd.grad(a[:, j].sum(), probe, retain_graph=j < len(todo) - 1)
+                sigma2 = (z @ w.flatten(1).T).double().pow(2).mean(0)  # (T,)
+                kappa2 = sigma2 * (d - 1) / (d * sbar2 - sigma2).clamp_min(1e-12)
+                cache[(key.key_id, names)] = kappa2.sqrt().detach()
+    return torch.stack([cache[(k.key_id, names)] for k in keys], dim=1)
+
+
+def _scale(null: NullModel, key: Key, transforms: list[Transform]) -> torch.Tensor:
+    """(T,) sbar^2: the mean square of a degree of freedom of the key's mask under each transform."""
+    from .detection import test_vectors
+
+    z = null.samples[:SCALE_SAMPLES].double() - null.mean()[None]
+    total = torch.zeros(len(transforms), dtype=torch.float64)
+    for i in range(0, len(z), 8):
+        v, _ = test_vectors(undo(z[i : i + 8].float(), transforms), [key])  # (b, T, d)
+        total += v.double().pow(2).mean(-1).sum(0)
+    return total / len(z)
