@@ -46,7 +46,7 @@ def test_bench_detect_quick(tmp_path):
     assert torch.is_grad_enabled()  # the benchmark left the process's grad mode as it found it
     res = json.loads((tmp_path / "detect.json").read_text())
     assert res["batch"] == 3  # 4 images per class: a full batch and a partial one
-    assert res["n"] == 4 and res["keys"] == 16 and res["transforms"] == 207
+    assert res["n"] == 4 and res["keys"] == 16 and res["transforms"] == 414
     assert set(res["robustness"]) == {"search all", "search none"}
     for rows in res["robustness"].values():
         assert set(rows) >= {"none", "rotation", "jpeg", "crop", "blur", "noise", "brightness", "mean_attacked_auc",

@@ -44,7 +44,8 @@ def spread(null: NullModel, keys: list[Key], transforms: list[Transform]) -> tor
     if todo:
         if len(cache) + len(todo) > CACHE:
             cache.clear()
-        sbar2 = _scale(null, todo[0], transforms)
+        tag = ("scale", todo[0].radius, tuple(todo[0].channels), names)  # one per mask: all keys that share it
+        sbar2 = cache[tag] = cache[tag] if tag in cache else _scale(null, todo[0], transforms)
         z = (null.samples.double() - null.mean()[None]).float().flatten(1)  # (N, CHW)
         with torch.inference_mode(False), torch.enable_grad():
             probe = torch.zeros(len(transforms), *null.latent_shape, requires_grad=True)
