@@ -143,9 +143,9 @@ def test_bench_detect_study_refuses_a_bad_recovery(tmp_path):
 
 
 def test_bench_null_quick(tmp_path):
-    result = CliRunner().invoke(main, ["bench", "null", "--quick", "--model", "tiny-sd", "-o", str(tmp_path), "-q"])
+    result = CliRunner().invoke(main, ["bench", "null", "--quick", "--model", "tiny", "-o", str(tmp_path), "-q"])
     assert result.exit_code == 0, result.output
-    res = json.loads((tmp_path / "tiny-sd.json").read_text())
+    res = json.loads((tmp_path / "tiny.json").read_text())
     for name in ("clean", "jpeg", "blur"):  # and "photographs" with the train extra
         for side in ("with_null", "without"):
             row = res["sets"][name][side]
@@ -153,9 +153,9 @@ def test_bench_null_quick(tmp_path):
 
 
 def test_bench_security_quick(tmp_path):
-    result = CliRunner().invoke(main, ["bench", "security", "--quick", "--model", "tiny-sd", "-o", str(tmp_path), "-q"])
+    result = CliRunner().invoke(main, ["bench", "security", "--quick", "--model", "tiny", "-o", str(tmp_path), "-q"])
     assert result.exit_code == 0, result.output
-    res = json.loads((tmp_path / "tiny-sd.json").read_text())
+    res = json.loads((tmp_path / "tiny.json").read_text())
     assert res["null_model"] and 0 <= res["baseline"]["tpr"] <= 1
     assert set(res["regeneration"]) == {"vae", "diffusion 0.3"} and set(res["averaging"]) == {"2"}
     assert {"fresh_keys_forgery_success", "fresh_keys_forgery_success_one_key_rule"} <= set(res["averaging"]["2"])
