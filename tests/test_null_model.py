@@ -122,8 +122,11 @@ def test_null_file_round_trip_and_checks(tmp_path, null):
     back = load_null(path)
     assert back.n == null.n and torch.equal(back.sum_z, null.sum_z) and back.meta["file"] == path.name
     assert torch.equal(back.samples, null.samples)
-    found = resolve_nulls(str(path), "tiny", looks, SHAPE)
-    assert found["first"] is not None and found["second"] is None and found["edited"] is None
+    # the given file serves the look it was made for; the others are found as with "auto"
+    found = resolve_nulls(str(path), "no-such-model", looks, SHAPE)
+    assert found["first"].n == null.n and found["second"] is None and found["edited"] is None
+    bundled = resolve_nulls(str(path), "tiny", looks, SHAPE)
+    assert bundled["first"].n == null.n and bundled["second"].meta["file"] == null_name(looks["second"], SHAPE)
     without = Recovery("encoder", 0, 10, photometric=False).looks()  # the same but no photometric correction
     with pytest.raises(NullFileError, match="recovery"):
         resolve_nulls(str(path), "tiny", without, SHAPE)

@@ -137,3 +137,26 @@ def test_a_row_describes_the_look_that_decided(tmp_path):
     assert edited.inversion == "attack_aware 10 it. from the encoder, edited image (photometric)"
     assert edited.iterations == 10 and edited.null_model == "null-encoder+attack_aware10-edited-ddim10-photometric-4x32x32.npz"
     assert plain.watermarked and edited.watermarked and plain.note is None
+
+
+def test_looks_taken_once_give_the_same_verdicts():
+    """``detect(taken=)``: looks taken beforehand (a benchmark testing many keys takes them once)
+    give each image the p-value of looks taken inside; a look of another recovery is refused."""
+    from watermark import get_model, make_key, watermarked_latents
+    from watermark.pipeline import take_looks
+
+    model = get_model("tiny")
+    key = make_key(model, seed=11)
+    z = torch.cat([watermarked_latents(key, seeds=[s], watermark=s % 2 == 0) for s in range(4)])
+    x = (model.generate(z, steps=5) * 255).round() / 255 * 2 - 1
+    recovery = Recovery(ddim_steps=5).for_model(model.default_recovery)
+    taken = take_looks(model, x, recovery, batch=3)  # two batches, joined
+    assert set(taken) == {"first", "second"} and len(taken["second"].z_T) == 4
+    decision = Decision(alpha=0.3, search="none")  # a wide weak band: the last clean image gets a second look
+    inside = detect(model, x, [key], recovery, decision)
+    given = detect(model, x, [key], recovery, decision, taken=taken)
+    assert [d.p_value for d in inside] == pytest.approx([d.p_value for d in given], rel=1e-5)
+    assert [d.look for d in inside] == [d.look for d in given]
+    assert any("second look" in d.look for d in given)
+    with pytest.raises(ValueError, match="first look given"):
+        detect(model, x, [key], Recovery("fixed_point", 2, 5), Decision(search="none"), taken=taken)

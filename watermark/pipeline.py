@@ -9,7 +9,7 @@ call ``detect``; it reads no files and knows models only through their protocol.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 import torch
@@ -19,7 +19,7 @@ from .evidence import Evidence, fit_psnr, gather_evidence  # noqa: F401  (fit_ps
 from .models import DiffusionModel, ModelError
 from .recovery import (DEFAULT_INVERSION, DEFAULT_ITERS, DEFAULT_STEPS, Look, LookSpec, Recovery,  # noqa: F401
                        consistency, latents_from_images, noise_from_latents, prepare, psnr, recover, recover_noise,
-                       run_look)
+                       run_look, take_looks)
 from .scheme.correction import Correction
 from .scheme.detection import DEFAULT_TEST, TESTS, match_keys
 from .scheme.geometry import DEFAULT_SEARCH, SEARCHES, search_grid
@@ -80,6 +80,7 @@ class Detection:
     evidence: Evidence | None = None  # ``detect(..., evidence=...)``: what a report shows
     look: str = ""  # the look that decided (``recovery.LookSpec.label``)
     null_model: str | None = None  # the null model that look was tested with (``null_label``)
+    z_0: torch.Tensor | None = field(default=None, compare=False)  # ``detect(..., latents=True)``: that look's
 
     @property
     def keys_tested(self) -> int:
@@ -135,7 +136,7 @@ def check_keys(keys: list[Key], model: DiffusionModel) -> int:
 def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Recovery = Recovery(),
            decision: Decision = Decision(), *, nulls: Mapping[str, NullModel | None] | None = None,
            progress: Callable[[float], None] | None = None, evidence: str | None = None,
-           first: Look | None = None) -> list[Detection]:
+           taken: Mapping[str, Look] | None = None, latents: bool = False) -> list[Detection]:
     """Test each image (B, 3, H, W) in [-1, 1], at the keys' size, against ``keys``, as
     ``decision`` says (the level, the geometric search, the defences). ``nulls``: for each look the
     recovery takes (``Recovery.looks``, by role), the null model of its z_T at this size
@@ -145,30 +146,34 @@ def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Re
     images at p <= WEAK_EVIDENCE x alpha carry it without the fit (``Evidence.with_fit`` adds it).
 
     Every look is a ``Look``; the look that decided an image is the one its Detection, its
-    consistency check and its evidence read. ``first``: the first look at x, already taken (it
-    does not depend on the keys: a benchmark testing many keys on the same images takes it once)."""
+    consistency check and its evidence read. ``taken``: looks already taken at every image of x, by
+    role (a look does not depend on the keys: a benchmark testing many keys on the same images
+    takes each once); the others are taken here where the decision needs them. ``latents``: each
+    Detection also carries its look's z_0 (C, h, w), for the generation log's content check
+    (``provenance``)."""
     size = check_keys(keys, model)
     if tuple(x.shape[1:]) != (3, size, size):
         raise ValueError(f"images must be (B, 3, {size}, {size}) for these keys, got {tuple(x.shape)}")
     recovery = recovery.for_model(model.default_recovery)
-    specs, nulls = recovery.looks(), dict(nulls or {})
+    specs, nulls, taken = recovery.looks(), dict(nulls or {}), dict(taken or {})
+    for role, look in taken.items():
+        if look.spec != specs.get(role) or len(look.z_T) != len(x):
+            raise ValueError(f"the {role} look given was not taken by this recovery at these images")
     transforms = search_grid(decision.search, keys[0].latent_shape[-1])
-    if first is None:
-        first = run_look(model, x, specs["first"], progress=progress)
-    elif first.spec != specs["first"] or len(first.z_T) != len(x):
-        raise ValueError("the first look given was not taken by this recovery at these images")
-    taken = LOOKS if "second" in specs else 1  # every image's p is corrected for the looks it may get
+    first = taken["first"] if "first" in taken else run_look(model, x, specs["first"], progress=progress)
+    n_looks = LOOKS if "second" in specs else 1  # every image's p is corrected for the looks it may get
 
     def test(look: Look, looks: int) -> list:
         return match_keys(look.z_T, keys, transforms, nulls.get(look.spec.role), looks=looks, test=decision.test)
 
-    chosen = [(first, i, m) for i, m in enumerate(test(first, taken))]  # (look, index in it, match) per image
+    chosen = [(first, i, m) for i, m in enumerate(test(first, n_looks))]  # (look, index in it, match) per image
     if "second" in specs:  # adaptive: another look where the first leaves the decision unclear or cannot see
         edited = (clipped_share(x) > EDITED).tolist() if "edited" in specs else [False] * len(x)
         again, alone = plan([m for _, _, m in chosen], edited, decision.alpha, WEAK_EVIDENCE)
         for role, which, looks in (("second", again, LOOKS), ("edited", alone, 1)):
             if which:
-                look = run_look(model, x[which], specs[role], z_0=first.z_0[which])
+                look = (taken[role].rows(which) if role in taken
+                        else run_look(model, x[which], specs[role], z_0=first.z_0[which]))
                 for j, (i, m) in enumerate(zip(which, test(look, looks))):
                     if role == "edited" or m.p_value < chosen[i][2].p_value:
                         chosen[i] = (look, j, m)
@@ -189,9 +194,10 @@ def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Re
                                 transforms=transforms, model=model if evidence == "all" else None)
         for i, e in zip(which, found):
             shown[i] = e
+    kept = list(z_0) if latents else [None] * len(matches)
     return [replace(_detection(match, decision, int(iters), psnr_db), evidence=e, look=look.spec.label,
-                    null_model=null_label(nulls.get(look.spec.role)))
-            for (look, _, match), iters, psnr_db, e in zip(chosen, iterations, db, shown)]
+                    null_model=null_label(nulls.get(look.spec.role)), z_0=z)
+            for (look, _, match), iters, psnr_db, e, z in zip(chosen, iterations, db, shown, kept)]
 
 
 def null_label(null: NullModel | None) -> str | None:

@@ -147,6 +147,29 @@ class Look:
     def iterations(self) -> list[int]:
         return self.record.iterations.tolist()
 
+    @staticmethod
+    def cat(parts: list["Look"]) -> "Look":
+        """One look from the same look taken at consecutive batches."""
+        if len(parts) == 1:
+            return parts[0]
+        k = max(p.record.residual.shape[0] for p in parts)
+
+        def history(name):  # (K_i, B_i) side by side, NaN where a batch ran fewer iterations
+            rows = [getattr(p.record, name) for p in parts]
+            return torch.cat([torch.cat([r, r.new_full((k - r.shape[0], r.shape[1]), float("nan"))]) for r in rows], 1)
+
+        record = replace(parts[0].record, iterations=torch.cat([p.record.iterations for p in parts]),
+                         residual=history("residual"), pixel_error=history("pixel_error"))
+        return replace(parts[0], z_0=torch.cat([p.z_0 for p in parts]), z_T=torch.cat([p.z_T for p in parts]),
+                       record=record)
+
+    def rows(self, idx: list[int]) -> "Look":
+        """The same look at the images ``idx`` of its batch only."""
+        r = self.record
+        record = replace(r, iterations=r.iterations[idx], residual=r.residual[:, idx],
+                         pixel_error=r.pixel_error[:, idx])
+        return replace(self, z_0=self.z_0[idx], z_T=self.z_T[idx], record=record)
+
 
 def run_look(model: DiffusionModel, x: torch.Tensor, spec: LookSpec, z_0: torch.Tensor | None = None,
              progress: Callable[[float], None] | None = None, refine_iters: int = 3) -> Look:
@@ -155,9 +178,7 @@ def run_look(model: DiffusionModel, x: torch.Tensor, spec: LookSpec, z_0: torch.
     ``progress(f)``: the share f of the network calls done, after each iteration and DDIM step."""
     if spec.start is not None and z_0 is None:
         raise ValueError(f"the {spec.role} look starts from the first look's z_0: give z_0")
-    recovery = Recovery(method=spec.method, iters=spec.iters, ddim_steps=spec.ddim_steps, exact=spec.exact,
-                        refine="none", photometric=spec.photometric)
-    x_in, extra = prepare(model, x, recovery)
+    recovery = _recovery_of(spec)
     per_step = 1 + refine_iters * spec.exact  # UNet calls per DDIM step
     units = spec.iters + 1 + spec.ddim_steps * per_step
 
@@ -165,13 +186,40 @@ def run_look(model: DiffusionModel, x: torch.Tensor, spec: LookSpec, z_0: torch.
         if progress is not None:
             progress(min(1.0, done / units))
 
-    start = {} if z_0 is None else {"z0": z_0.to(model.device, model.dtype)}
-    with torch.inference_mode():
-        z, record = invert_decoder(spec.method, model.encode, model.decode, x_in.to(model.device, model.dtype),
-                                   iters=spec.iters, callback=lambda d: report(d["i"] + 1), **start, **extra)
+    z, record = look_latents(model, x, spec, z_0, callback=lambda d: report(d["i"] + 1))
     z_T = noise_from_latents(model, z, recovery, refine_iters,
                              callback=lambda d: report(spec.iters + 1 + (d["i"] + 1) * per_step))
     return Look(spec=spec, z_0=z.float().cpu(), z_T=z_T, record=record)
+
+
+def look_latents(model: DiffusionModel, x: torch.Tensor, spec: LookSpec, z_0: torch.Tensor | None = None,
+                 callback: Callable | None = None) -> tuple[torch.Tensor, InversionRecord]:
+    """Stage 1 of the look ``spec`` at images x: the image it sees (``prepare``), then decoder
+    inversion (from ``z_0``, where the look starts from the first look's)."""
+    x_in, extra = prepare(model, x, _recovery_of(spec))
+    start = {} if z_0 is None else {"z0": z_0.to(model.device, model.dtype)}
+    with torch.inference_mode():
+        return invert_decoder(spec.method, model.encode, model.decode, x_in.to(model.device, model.dtype),
+                              iters=spec.iters, callback=callback, **start, **extra)
+
+
+def _recovery_of(spec: LookSpec) -> Recovery:
+    """The one-look recovery that takes the look ``spec``."""
+    return Recovery(method=spec.method, iters=spec.iters, ddim_steps=spec.ddim_steps, exact=spec.exact,
+                    refine="none", photometric=spec.photometric)
+
+
+def take_looks(model: DiffusionModel, x: torch.Tensor, recovery: Recovery, roles=("first", "second"),
+               batch: int = 32) -> dict[str, Look]:
+    """The looks ``roles`` of ``recovery`` (filled in) at every image of x, by role, in batches: for
+    ``detect(taken=)`` when many keys are tested on the same images. The edited-image look is
+    ``detect``'s to take, at the images it applies to."""
+    specs, out = recovery.looks(), {}
+    for role in (r for r in ROLES if r in roles and r in specs):
+        out[role] = Look.cat([run_look(model, x[i : i + batch], specs[role],
+                                       z_0=None if specs[role].start is None else out["first"].z_0[i : i + batch])
+                              for i in range(0, len(x), batch)])
+    return out
 
 
 @torch.inference_mode()

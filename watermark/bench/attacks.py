@@ -10,7 +10,7 @@ import io
 import math
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 ATTACKS = ("none", "rotation", "jpeg", "crop", "blur", "noise", "brightness")
 
@@ -40,3 +40,41 @@ def attack(image: Image.Image, name: str, rng: np.random.Generator) -> Image.Ima
     if name == "brightness":  # ColorJitter(brightness=6): factor uniform in [0, 7]
         return ImageEnhance.Brightness(image).enhance(float(rng.uniform(0, 7)))
     raise ValueError(f"attack must be one of {ATTACKS}, got {name!r}")
+
+
+def _jpeg(im: Image.Image, q: int) -> Image.Image:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=q)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def _crop(im: Image.Image, share: float, centre: bool) -> Image.Image:
+    s = im.size[0]
+    w = round(s * share)
+    x0 = (s - w) // 2 if centre else 0
+    return im.crop((x0, x0, x0 + w, x0 + w)).resize((s, s), Image.Resampling.BICUBIC)
+
+
+def _occlude(im: Image.Image, rng) -> Image.Image:
+    s = im.size[0]
+    a = np.asarray(im).copy()
+    x, y = rng.integers(0, s // 2 + 1, 2)
+    a[y : y + s // 2, x : x + s // 2] = 0  # a quarter of the image
+    return Image.fromarray(a)
+
+
+HELD_OUT = {  # edits beyond Tree-Ring's six, none used to tune a threshold, a rule or a null model (issue 34)
+    "rotation 20": lambda im, rng: im.rotate(20, resample=Image.Resampling.BICUBIC),
+    "centre crop 80 %": lambda im, rng: _crop(im, 0.8, True),
+    "corner crop 77 %": lambda im, rng: _crop(im, 0.77, False),
+    "rotation 10 + crop 85 % + JPEG 60": lambda im, rng: _jpeg(_crop(im.rotate(10, resample=Image.Resampling.BICUBIC),
+                                                                 0.85, True), 60),
+    "25 % occlusion": _occlude,
+    "resize 0.5 and back": lambda im, rng: im.resize((im.size[0] // 2,) * 2, Image.Resampling.BICUBIC).resize(
+        im.size, Image.Resampling.BICUBIC),
+    "JPEG 50": lambda im, rng: _jpeg(im, 50),
+    "contrast 1.5": lambda im, rng: ImageEnhance.Contrast(im).enhance(1.5),
+    "saturation 0.5": lambda im, rng: ImageEnhance.Color(im).enhance(0.5),
+    "median 3": lambda im, rng: im.filter(ImageFilter.MedianFilter(3)),
+    "horizontal mirror": lambda im, rng: ImageOps.mirror(im),
+}

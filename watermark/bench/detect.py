@@ -3,8 +3,11 @@ identification among a keyring of many keys, the key patterns compared, the geom
 gain and cost, and the verify-time / TPR trade-off of DDIM steps x decoder iterations.
 
 Image i of the watermarked set carries key i of the keyring; clean image i has the same seed and
-no key and is tested against key i. Each attacked image is inverted once per recovery setting:
-every table over that setting is scored from the same z_T.
+no key and is tested against key i. Every p-value is ``verify``'s: ``pipeline.detect`` with the
+model's looks and the null model of each (``io.nullfile.resolve_nulls``), the search and the
+correction. Each attacked image's first look is taken once (``detect(taken=)``); the second and
+edited-image looks are taken by ``detect`` where its rule asks for them. The sweep of recovery
+settings tests their first look alone, without a null model (none is made for those settings).
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from inversion import ITERATIVE
 
 from .. import api
 from ..io.images import to_pil, to_tensor
+from ..io.nullfile import resolve_nulls
 from ..models import get_model
-from ..pipeline import Recovery, latents_from_images, noise_from_latents, recover_noise
-from ..scheme.detection import corrected, match_keys, statistics
+from ..pipeline import Decision, Look, Recovery, detect, latents_from_images, noise_from_latents, take_looks
+from ..recovery import InversionRecord
 from ..scheme.embedding import watermarked_latents
-from ..scheme.geometry import DEFAULT_SEARCH, search_grid, undo
+from ..scheme.geometry import DEFAULT_SEARCH, search_grid
 from ..scheme.keys import Key, new_key
 from . import report
 from .attacks import ATTACKS, attack
@@ -69,38 +73,38 @@ def make_images(model, keys: list[Key], seeds, steps: int, watermark: bool = Tru
     return to_pil(torch.cat(out))
 
 
-def noise(model, images: list[Image.Image], recovery: Recovery, batch: int) -> tuple[torch.Tensor, float]:
-    """z_T of each image, and the seconds per image."""
-    t0, out = time.perf_counter(), []
-    for i in range(0, len(images), batch):
-        out.append(recover_noise(model, to_tensor(images[i : i + batch]), recovery)[0])
-    return torch.cat(out), (time.perf_counter() - t0) / len(images)
+def first_looks(model, images: list[Image.Image], recovery: Recovery, batch: int) -> tuple[Look, float]:
+    """The first look of ``recovery`` at each image, and the seconds per image."""
+    t0 = time.perf_counter()
+    look = take_looks(model, to_tensor(images), recovery, roles=("first",), batch=batch)["first"]
+    return look, (time.perf_counter() - t0) / len(images)
 
 
-def own_and_foreign(z_T: torch.Tensor, keys: list[Key], search: str, batch: int = 16):
-    """For image i: the p of key i and the p of key i+1 (a foreign key tested alone), each the
-    best over the search's transforms, corrected for them."""
-    transforms = search_grid(search)
-    own, foreign = [], []
-    for i in range(0, len(z_T), batch):
-        warped = undo(z_T[i : i + batch], transforms)
-        idx = list(range(i, min(i + batch, len(z_T))))
-        group = [keys[j % len(keys)] for j in idx] + [keys[(j + 1) % len(keys)] for j in idx]
-        t, df = statistics(warped, group)  # (b, T, 2b)
-        best = t.max(1).values.numpy()
-        own += [stats.t.sf(best[r, r], df) for r in range(len(idx))]
-        foreign += [stats.t.sf(best[r, len(idx) + r], df) for r in range(len(idx))]
-    n_t = len(transforms)
-    return np.array([corrected(p, 1, n_t) for p in own]), np.array([corrected(p, 1, n_t) for p in foreign])
+class Verdicts:
+    """``verify``'s p-values for images whose first look is taken: ``detect`` with the model's null
+    models, at ``search``."""
 
+    def __init__(self, model, recovery: Recovery, nulls: dict, search: str):
+        self.model, self.recovery, self.nulls = model, recovery, nulls
+        self.decision = Decision(alpha=ALPHA, search=search)
 
-def identify(z_T: torch.Tensor, keyring: list[Key], search: str, batch: int = 4):
-    """For each image, the index of the best key of ``keyring`` and its corrected p-value
-    (``detection.match_keys``, as verify runs it)."""
-    index = {k.key_id: i for i, k in enumerate(keyring)}
-    transforms = search_grid(search)
-    found = [m for i in range(0, len(z_T), batch) for m in match_keys(z_T[i : i + batch], keyring, transforms)]
-    return np.array([index[m.key_id] for m in found]), np.array([m.p_value for m in found])
+    def p(self, x: torch.Tensor, first: Look, keys: list[Key], idx: list[int]) -> list:
+        """The Detection of each image ``idx`` of x (B, 3, H, W) tested against ``keys``."""
+        return detect(self.model, x[idx], keys, self.recovery, self.decision, nulls=self.nulls,
+                      taken={"first": first.rows(idx)})
+
+    def own_and_foreign(self, x: torch.Tensor, first: Look, keys: list[Key]):
+        """For image i: the p of key i and the p of key i+1 (a foreign key tested alone)."""
+        own = [self.p(x, first, [keys[i]], [i])[0].p_value for i in range(len(x))]
+        foreign = [self.p(x, first, [keys[(i + 1) % len(keys)]], [i])[0].p_value for i in range(len(x))]
+        return np.array(own), np.array(foreign)
+
+    def identify(self, x: torch.Tensor, first: Look, keyring: list[Key], batch: int = 4):
+        """For each image, the index of the best key of ``keyring`` and its corrected p-value."""
+        index = {k.key_id: i for i, k in enumerate(keyring)}
+        found = [d for i in range(0, len(x), batch)
+                 for d in self.p(x, first, keyring, list(range(i, min(i + batch, len(x)))))]
+        return np.array([index[d.key_id] for d in found]), np.array([d.p_value for d in found])
 
 
 def rows_for(p_wm: dict, p_clean: dict, attacks) -> dict:
@@ -118,29 +122,36 @@ def rows_for(p_wm: dict, p_clean: dict, attacks) -> dict:
 def run(n: int = 100, n_keys: int = 2048, attacks=ATTACKS, recovery: Recovery = Recovery(),
         search: str = DEFAULT_SEARCH, patterns: dict | None = None, pattern_n: int = 48, sweep_n: int = 24,
         sweep_iters=(0, 2, 5, 10), sweep_steps=(1, 2, 5, 10, 20, 50), gen_steps: int = 50, seed: int = 20241127,
-        batch: int = 8, device: str = "cpu", verify_n: int = 32, log=print, checkpoint=None) -> dict:
+        first_image: int = 0, batch: int = 8, device: str = "cpu", verify_n: int = 32, log=print,
+        checkpoint=None) -> dict:
     """The four tables of ``markdown``, each a step below: robustness and identification (one z_T
     per image), the key patterns, the sweep of decoder iterations x DDIM steps, and verify's time.
     ``checkpoint(res)`` after each, so a stopped run keeps what it measured."""
     checkpoint = checkpoint or (lambda res: None)
     model = get_model("tiny", device)
     recovery = recovery.for_model(model.default_recovery)  # the settings the report names
+    nulls = resolve_nulls("auto", model.name, recovery.looks(), model.latent_shape(model.default_size))
     keyring = make_keys(model, max(n_keys, n), seed)
     t0 = time.time()
-    wm = make_images(model, keyring[:n], list(range(n)), gen_steps)
-    clean = make_images(model, keyring[:n], list(range(n)), gen_steps, watermark=False)
+    seeds = list(range(first_image, first_image + n))
+    wm = make_images(model, keyring[:n], seeds, gen_steps)
+    clean = make_images(model, keyring[:n], seeds, gen_steps, watermark=False)
     log(f"generated {n} watermarked + {n} clean images in {time.time() - t0:.0f}s")
     rng = np.random.default_rng(seed)
     attacked = {a: ([attack(im, a, rng) for im in wm], [attack(im, a, rng) for im in clean]) for a in attacks}
     res = header(n, keyring, recovery, search, gen_steps=gen_steps, batch=batch, device=device)
-    z_wm, z_clean = robustness(res, model, attacked, keyring[:n], recovery, search=search, batch=batch, log=log)
+    res.update(seed=seed, first_image=first_image)
+    res["null_models"] = {role: null.meta.get("file", "given") for role, null in nulls.items() if null is not None}
+    verdicts = Verdicts(model, recovery, nulls, search)
+    firsts = robustness(res, model, attacked, keyring[:n], recovery, nulls, search=search, batch=batch, log=log)
     checkpoint(res)
-    res["identification"], res["identification_seconds_per_image"] = identification(z_wm, z_clean, keyring, search,
-                                                                                    log)
+    res["identification"], res["identification_seconds_per_image"] = identification(verdicts, attacked, firsts,
+                                                                                    keyring, log)
     checkpoint(res)
+    clean_firsts = {a: (attacked[a][1], firsts[a][1]) for a in attacked}
     for label, kw in (PATTERNS if patterns is None else patterns).items():
-        res["patterns"][label] = compare_pattern(model, kw, z_clean, attacks, recovery, n=pattern_n,
-                                                 seed=seed, gen_steps=gen_steps, search=search, batch=batch)
+        res["patterns"][label] = compare_pattern(model, verdicts, kw, clean_firsts, attacks, n=pattern_n,
+                                                 seed=seed, seeds=seeds, gen_steps=gen_steps, batch=batch)
         rows = res["patterns"][label]["rows"]
         log(f"pattern {label}: mean attacked AUC {rows['mean_attacked_auc']:.3f}, TPR@1%FPR "
             f"{rows['mean_attacked_tpr_at_1pct_fpr']:.3f}")
@@ -170,57 +181,62 @@ def header(n: int, keyring: list[Key], recovery: Recovery, search: str, *, gen_s
             "robustness": {}, "identification": {}, "patterns": {}, "sweep": {}}
 
 
-def robustness(res: dict, model, attacked: dict, keys: list[Key], recovery: Recovery, *, search: str, batch: int,
-               log) -> tuple[dict, dict]:
+def robustness(res: dict, model, attacked: dict, keys: list[Key], recovery: Recovery, nulls: dict, *, search: str,
+               batch: int, log) -> dict:
     """Table 1: each attack's AUC and TPR, with the search and without, and foreign keys flagged;
-    fills ``res`` and returns the z_T of every image (watermarked, clean), recovered once."""
-    z_wm, z_clean, seconds = {}, {}, []
+    fills ``res`` and returns each attack's first looks (watermarked, clean), taken once."""
+    firsts, seconds = {}, []
     for a, (w, c) in attacked.items():
-        (z_wm[a], s_w), (z_clean[a], s_c) = noise(model, w, recovery, batch), noise(model, c, recovery, batch)
+        (l_w, s_w), (l_c, s_c) = first_looks(model, w, recovery, batch), first_looks(model, c, recovery, batch)
+        firsts[a] = (l_w, l_c)
         seconds.append((s_w + s_c) / 2)
     res["recovery"]["seconds_per_image"] = float(np.mean(seconds))
-    log(f"recovered {2 * len(keys)} x {len(attacked)} images, {res['recovery']['seconds_per_image']:.2f}s per image")
+    log(f"first looks at {2 * len(keys)} x {len(attacked)} images, {res['recovery']['seconds_per_image']:.2f}s "
+        "per image")
     for label in (search, "none") if search != "none" else ("none",):
+        verdicts = Verdicts(model, recovery, nulls, label)
         p_wm, p_clean, foreign = {}, {}, {}
-        for a in attacked:
-            p_wm[a], foreign[a] = own_and_foreign(z_wm[a], keys, label)
-            p_clean[a], _ = own_and_foreign(z_clean[a], keys, label)
+        for a, (w, c) in attacked.items():
+            p_wm[a], foreign[a] = verdicts.own_and_foreign(to_tensor(w), firsts[a][0], keys)
+            p_clean[a], _ = verdicts.own_and_foreign(to_tensor(c), firsts[a][1], keys)
         row = res["robustness"][f"search {label}"] = rows_for(p_wm, p_clean, list(attacked))
         row["foreign_key_flagged"] = {a: float(np.mean(foreign[a] <= ALPHA)) for a in attacked}
         log(f"search {label}: mean attacked AUC {row['mean_attacked_auc']:.3f}, TPR@1%FPR "
             f"{row['mean_attacked_tpr_at_1pct_fpr']:.3f}; clean {row['none']['auc']:.3f} / "
             f"{row['none']['tpr_at_1pct_fpr']:.2f}")
-    return z_wm, z_clean
+    return firsts
 
 
-def identification(z_wm: dict, z_clean: dict, keyring: list[Key], search: str, log) -> tuple[dict, float]:
+def identification(verdicts: Verdicts, attacked: dict, firsts: dict, keyring: list[Key], log) -> tuple[dict, float]:
     """Table 2: per attack, how often the best of the whole keyring is image i's key i, and at alpha;
-    and the seconds per image of scoring it."""
+    and the seconds per image of testing it."""
     t0, out = time.time(), {}
-    truth = np.arange(len(next(iter(z_wm.values()))))
-    for a in z_wm:
-        best, p = identify(z_wm[a], keyring, search)
-        _, p_c = identify(z_clean[a], keyring, search)
+    for a, (w, c) in attacked.items():
+        truth = np.arange(len(w))
+        best, p = verdicts.identify(to_tensor(w), firsts[a][0], keyring)
+        _, p_c = verdicts.identify(to_tensor(c), firsts[a][1], keyring)
         out[a] = {"accuracy": float(np.mean(best == truth)),
                   "identified_at_alpha": float(np.mean((best == truth) & (p <= ALPHA))),
                   "wrong_key_flagged": float(np.mean((best != truth) & (p <= ALPHA))),
                   "clean_flagged": float(np.mean(p_c <= ALPHA))}
         log(f"identification among {len(keyring)} keys, {a}: {out[a]}")
-    return out, (time.time() - t0) / (2 * len(truth) * len(z_wm))
+    return out, (time.time() - t0) / (2 * sum(len(w) for w, _ in attacked.values()))
 
 
-def compare_pattern(model, kw: dict, z_clean: dict, attacks, recovery: Recovery, *, n: int, seed: int,
-                    gen_steps: int, search: str, batch: int) -> dict:
+def compare_pattern(model, verdicts: Verdicts, kw: dict, clean: dict, attacks, *, n: int, seed: int, seeds: list,
+                    gen_steps: int, batch: int) -> dict:
     """Table 3, one row: ``n`` images with the pattern ``kw``'s own keys (the same seeds), attacked,
-    against the first ``n`` clean images."""
+    against the first ``n`` clean images (``clean``: per attack, the images and their first look)."""
     keys = make_keys(model, n, seed + 7919, **kw)
-    images = make_images(model, keys, list(range(n)), gen_steps)
+    images = make_images(model, keys, seeds[:n], gen_steps)
     rng = np.random.default_rng(seed + 1)
     p_w, p_c, f = {}, {}, {}
     for a in attacks:
-        z, _ = noise(model, [attack(im, a, rng) for im in images], recovery, batch)
-        p_w[a], f[a] = own_and_foreign(z, keys, search)
-        p_c[a], _ = own_and_foreign(z_clean[a][:n], keys, search)
+        hit = [attack(im, a, rng) for im in images]
+        first, _ = first_looks(model, hit, verdicts.recovery, batch)
+        p_w[a], f[a] = verdicts.own_and_foreign(to_tensor(hit), first, keys)
+        images_c, first_c = clean[a]
+        p_c[a], _ = verdicts.own_and_foreign(to_tensor(images_c[:n]), first_c.rows(list(range(n))), keys)
     return {"rows": rows_for(p_w, p_c, attacks), "key": {**kw, "radius": keys[0].radius,
                                                           "channels": list(keys[0].channels)},
             "mean_abs_cosine": mean_abs_cosine(keys),
@@ -279,7 +295,8 @@ def sweep(model, attacked: dict, keys: list[Key], iters_grid: list[int], steps_g
                     t_unet += (time.perf_counter() - t3) / (s * len(iters_grid))
                     for k, i in enumerate(iters_grid):
                         t4 = time.perf_counter()
-                        pc, _ = own_and_foreign(z_T[k * len(x) : (k + 1) * len(x)], keys[j : j + len(x)], search)
+                        look, verdicts = setting(model, i, s, snaps[i], z_T[k * len(x) : (k + 1) * len(x)], search)
+                        pc, _ = verdicts.own_and_foreign(x, look, keys[j : j + len(x)])
                         t_test += time.perf_counter() - t4
                         p[(i, s)][side][a] += pc.tolist()
                 count += len(x)
@@ -299,6 +316,17 @@ def sweep(model, attacked: dict, keys: list[Key], iters_grid: list[int], steps_g
     return out
 
 
+def setting(model, iters: int, steps: int, z_0: torch.Tensor, z_T: torch.Tensor, search: str) -> tuple:
+    """The first look of the forward step's ``iters`` iterations and ``steps`` DDIM steps, taken from
+    the sweep's snapshots, and the ``Verdicts`` of that recovery (no null model is made for it)."""
+    recovery = Recovery("fixed_point", iters, steps, refine="none").for_model(model.default_recovery)
+    b = len(z_0)
+    record = InversionRecord(method="fixed_point", iterations=torch.full((b,), iters), residual=torch.zeros(0, b),
+                             pixel_error=torch.zeros(0, b))
+    look = Look(spec=recovery.looks()["first"], z_0=z_0.float().cpu(), z_T=z_T, record=record)
+    return look, Verdicts(model, recovery, {}, search)
+
+
 def verify_seconds(images: list[Image.Image], key: Key, device: str, recovery: Recovery = Recovery(), search: str = DEFAULT_SEARCH) -> float:
     """Seconds per image of ``api.verify`` on a folder of ``images``, as a user runs it."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -310,9 +338,10 @@ def verify_seconds(images: list[Image.Image], key: Key, device: str, recovery: R
 
 
 def main(n: int, n_keys: int, pattern_n: int, sweep_n: int, sweep_iters: list[int],
-         sweep_steps: list[int], search: str, batch: int, device: str, quick: bool, outdir: Path, log) -> str:
+         sweep_steps: list[int], search: str, batch: int, device: str, quick: bool, outdir: Path, log,
+         seed: int = 20241127, first_image: int = 0, verify_n: int = 32) -> str:
     """``ringmark bench detect``: run, write detect.json/.md/_tpr_time.png into ``outdir``, return the markdown."""
-    steps, verify_n = 50, 32
+    steps = 50
     if quick:
         n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, steps, verify_n = 4, 16, 2, 2, [0, 1], [1, 2], 5, 2
     command = "ringmark bench detect " + " ".join(sys.argv[3:])
@@ -321,7 +350,8 @@ def main(n: int, n_keys: int, pattern_n: int, sweep_n: int, sweep_iters: list[in
     patterns = dict(list(PATTERNS.items())[:2]) if quick else PATTERNS
     res = run(n, n_keys, recovery=Recovery(ddim_steps=steps) if quick else Recovery(), search=search,
               patterns=patterns if pattern_n else {}, pattern_n=pattern_n, sweep_n=sweep_n, sweep_iters=sweep_iters,
-              sweep_steps=sweep_steps, gen_steps=steps, batch=batch, device=dev, verify_n=verify_n, log=log,
+              sweep_steps=sweep_steps, gen_steps=steps, seed=seed, first_image=first_image, batch=batch, device=dev,
+              verify_n=verify_n, log=log,
               checkpoint=lambda partial: report.write_partial({**partial, "command": command}, out, "detect"))
     res["command"] = command
     for f in report.write(res, out, stem="detect", markdown=markdown, plot=plot_sweep, plot_name="detect_tpr_time.png"):
@@ -345,7 +375,9 @@ def markdown(res: dict) -> str:
              f"generation {res['gen_steps']} DDIM steps; key {key['pattern']} r={key['radius']} channels "
              f"{key['channels']} on a {key['latent_shape']} latent; recovery {_method(rec)} + "
              f"{rec['ddim_steps']} DDIM steps ({rec.get('seconds_per_image', float('nan')):.2f} s/image); "
-             f"search '{res['search']}' ({res['transforms']} transforms); {res['machine']}; {res['date']}", ""]
+             f"search '{res['search']}' ({res['transforms']} transforms); images from seed "
+             f"{res.get('first_image', 0)}; every p-value verify's (`pipeline.detect`), null models: "
+             f"{', '.join(res.get('null_models', {}).values()) or 'none'}; {res['machine']}; {res['date']}", ""]
     lines += _robustness_table(res, attacks)
     if res["identification"]:
         lines += _identification_table(res, attacks)

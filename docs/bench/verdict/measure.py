@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from PIL import Image
 from scipy import stats
 
-from watermark.bench.attacks import ATTACKS, attack
+from watermark.bench.attacks import ATTACKS, HELD_OUT as EDITS, attack
 from watermark.bench.detect import tpr_at_fpr
 from watermark.bench.null import holm
 from watermark.io.images import load_image, to_pil, to_tensor
@@ -40,42 +40,6 @@ ALPHA = 0.01
 PATTERNS = ("rand", "ring", "ringid")
 
 
-def jpeg(im: Image.Image, q: int) -> Image.Image:
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=q)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
-def crop(im: Image.Image, share: float, centre: bool) -> Image.Image:
-    s = im.size[0]
-    w = round(s * share)
-    x0 = (s - w) // 2 if centre else 0
-    return im.crop((x0, x0, x0 + w, x0 + w)).resize((s, s), Image.Resampling.BICUBIC)
-
-
-def occlude(im: Image.Image, rng) -> Image.Image:
-    s = im.size[0]
-    a = np.asarray(im).copy()
-    x, y = rng.integers(0, s // 2 + 1, 2)
-    a[y : y + s // 2, x : x + s // 2] = 0  # a quarter of the image
-    return Image.fromarray(a)
-
-
-EDITS = {  # none of them tuned on: held out from every threshold, rule and null model
-    "rotation 20": lambda im, rng: im.rotate(20, resample=Image.Resampling.BICUBIC),
-    "centre crop 80 %": lambda im, rng: crop(im, 0.8, True),
-    "corner crop 77 %": lambda im, rng: crop(im, 0.77, False),
-    "rotation 10 + crop 85 % + JPEG 60": lambda im, rng: jpeg(crop(im.rotate(10, resample=Image.Resampling.BICUBIC),
-                                                                 0.85, True), 60),
-    "25 % occlusion": occlude,
-    "resize 0.5 and back": lambda im, rng: im.resize((im.size[0] // 2,) * 2, Image.Resampling.BICUBIC).resize(
-        im.size, Image.Resampling.BICUBIC),
-    "JPEG 50": lambda im, rng: jpeg(im, 50),
-    "contrast 1.5": lambda im, rng: ImageEnhance.Contrast(im).enhance(1.5),
-    "saturation 0.5": lambda im, rng: ImageEnhance.Color(im).enhance(0.5),
-    "median 3": lambda im, rng: im.filter(ImageFilter.MedianFilter(3)),
-    "horizontal mirror": lambda im, rng: ImageOps.mirror(im),
-}
 GEOMETRIC = ("rotation 20", "centre crop 80 %", "corner crop 77 %")
 CANDIDATES = {"calibrated": dict(test="calibrated"), "whitened": dict(test="whitened"), "none": None}
 
@@ -96,19 +60,10 @@ def p_values(model, verifier: Verifier, x: torch.Tensor, keys_per_image: list, c
     for i, k in enumerate(keys_per_image):
         by_key.setdefault(k.key_id, (k, []))[1].append(i)
     for key, idx in by_key.values():
-        sub = _sub_look(first, idx)
-        for i, d in zip(idx, detect(model, x[idx], [key], verifier.recovery, decision, nulls=nulls, first=sub)):
+        sub = first.rows(idx)
+        for i, d in zip(idx, detect(model, x[idx], [key], verifier.recovery, decision, nulls=nulls, taken={"first": sub})):
             out[i] = d.p_value
     return out
-
-
-def _sub_look(look, idx: list[int]):
-    """The look at the images ``idx`` of its batch."""
-    from dataclasses import replace
-
-    r = look.record
-    record = replace(r, iterations=r.iterations[idx], residual=r.residual[:, idx], pixel_error=r.pixel_error[:, idx])
-    return replace(look, z_0=look.z_0[idx], z_T=look.z_T[idx], record=record)
 
 
 def calibration(model, clean: list[Image.Image], n_keys: int, candidates, log) -> dict:
