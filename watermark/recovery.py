@@ -210,12 +210,12 @@ def _recovery_of(spec: LookSpec) -> Recovery:
 
 
 def take_looks(model: DiffusionModel, x: torch.Tensor, recovery: Recovery, roles=("first", "second"),
-               batch: int = 32) -> dict[str, Look]:
+               batch: int = 32, first: Look | None = None) -> dict[str, Look]:
     """The looks ``roles`` of ``recovery`` (filled in) at every image of x, by role, in batches: for
-    ``detect(taken=)`` when many keys are tested on the same images. The edited-image look is
-    ``detect``'s to take, at the images it applies to."""
-    specs, out = recovery.looks(), {}
-    for role in (r for r in ROLES if r in roles and r in specs):
+    ``detect(taken=)`` when many keys are tested on the same images (``detect`` takes a look
+    not given where its rule asks for it). ``first``: the first look, taken already."""
+    specs, out = recovery.looks(), {} if first is None else {"first": first}
+    for role in (r for r in ROLES if r in roles and r in specs and r not in out):
         out[role] = Look.cat([run_look(model, x[i : i + batch], specs[role],
                                        z_0=None if specs[role].start is None else out["first"].z_0[i : i + batch])
                               for i in range(0, len(x), batch)])

@@ -5,9 +5,10 @@ gain and cost, and the verify-time / TPR trade-off of DDIM steps x decoder itera
 Image i of the watermarked set carries key i of the keyring; clean image i has the same seed and
 no key and is tested against key i. Every p-value is ``verify``'s: ``pipeline.detect`` with the
 model's looks and the null model of each (``io.nullfile.resolve_nulls``), the search and the
-correction. Each attacked image's first look is taken once (``detect(taken=)``); the second and
-edited-image looks are taken by ``detect`` where its rule asks for them. The sweep of recovery
-settings tests their first look alone, without a null model (none is made for those settings).
+correction. Each look is taken once per attacked image (``looks_at``; the edited-image look where
+an image is edited) and given to ``detect`` for every key (``detect(taken=)``); which look decides
+is ``detect``'s rule. The sweep of recovery settings tests their first look alone, without a null
+model (none is made for those settings).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .. import api
 from ..io.images import to_pil, to_tensor
 from ..io.nullfile import resolve_nulls
 from ..models import get_model
+from ..adaptive import EDITED, clipped_share
 from ..pipeline import Decision, Look, Recovery, detect, latents_from_images, noise_from_latents, take_looks
 from ..recovery import InversionRecord
 from ..scheme.embedding import watermarked_latents
@@ -73,11 +75,16 @@ def make_images(model, keys: list[Key], seeds, steps: int, watermark: bool = Tru
     return to_pil(torch.cat(out))
 
 
-def first_looks(model, images: list[Image.Image], recovery: Recovery, batch: int) -> tuple[Look, float]:
-    """The first look of ``recovery`` at each image, and the seconds per image."""
+def looks_at(model, images: list[Image.Image], recovery: Recovery, batch: int) -> tuple[dict, float]:
+    """Every look ``recovery`` may take at each image (by role: the edited-image look only where
+    an image is edited), taken once for all the keys tested on them; and the seconds per image of
+    the first look."""
+    x = to_tensor(images)
     t0 = time.perf_counter()
-    look = take_looks(model, to_tensor(images), recovery, roles=("first",), batch=batch)["first"]
-    return look, (time.perf_counter() - t0) / len(images)
+    looks = take_looks(model, x, recovery, roles=("first",), batch=batch)
+    seconds = (time.perf_counter() - t0) / len(images)
+    roles = ("second", "edited") if bool((clipped_share(x) > EDITED).any()) else ("second",)
+    return {**looks, **take_looks(model, x, recovery, roles=roles, batch=batch, first=looks["first"])}, seconds
 
 
 class Verdicts:
@@ -88,22 +95,23 @@ class Verdicts:
         self.model, self.recovery, self.nulls = model, recovery, nulls
         self.decision = Decision(alpha=ALPHA, search=search)
 
-    def p(self, x: torch.Tensor, first: Look, keys: list[Key], idx: list[int]) -> list:
-        """The Detection of each image ``idx`` of x (B, 3, H, W) tested against ``keys``."""
+    def p(self, x: torch.Tensor, looks: dict, keys: list[Key], idx: list[int]) -> list:
+        """The Detection of each image ``idx`` of x (B, 3, H, W) tested against ``keys``; ``looks``:
+        those taken at every image of x (``looks_at``)."""
         return detect(self.model, x[idx], keys, self.recovery, self.decision, nulls=self.nulls,
-                      taken={"first": first.rows(idx)})
+                      taken={role: look.rows(idx) for role, look in looks.items()})
 
-    def own_and_foreign(self, x: torch.Tensor, first: Look, keys: list[Key]):
+    def own_and_foreign(self, x: torch.Tensor, looks: dict, keys: list[Key]):
         """For image i: the p of key i and the p of key i+1 (a foreign key tested alone)."""
-        own = [self.p(x, first, [keys[i]], [i])[0].p_value for i in range(len(x))]
-        foreign = [self.p(x, first, [keys[(i + 1) % len(keys)]], [i])[0].p_value for i in range(len(x))]
+        own = [self.p(x, looks, [keys[i]], [i])[0].p_value for i in range(len(x))]
+        foreign = [self.p(x, looks, [keys[(i + 1) % len(keys)]], [i])[0].p_value for i in range(len(x))]
         return np.array(own), np.array(foreign)
 
-    def identify(self, x: torch.Tensor, first: Look, keyring: list[Key], batch: int = 4):
+    def identify(self, x: torch.Tensor, looks: dict, keyring: list[Key], batch: int = 4):
         """For each image, the index of the best key of ``keyring`` and its corrected p-value."""
         index = {k.key_id: i for i, k in enumerate(keyring)}
         found = [d for i in range(0, len(x), batch)
-                 for d in self.p(x, first, keyring, list(range(i, min(i + batch, len(x)))))]
+                 for d in self.p(x, looks, keyring, list(range(i, min(i + batch, len(x)))))]
         return np.array([index[d.key_id] for d in found]), np.array([d.p_value for d in found])
 
 
@@ -143,14 +151,14 @@ def run(n: int = 100, n_keys: int = 2048, attacks=ATTACKS, recovery: Recovery = 
     res.update(seed=seed, first_image=first_image)
     res["null_models"] = {role: null.meta.get("file", "given") for role, null in nulls.items() if null is not None}
     verdicts = Verdicts(model, recovery, nulls, search)
-    firsts = robustness(res, model, attacked, keyring[:n], recovery, nulls, search=search, batch=batch, log=log)
+    looks_by_attack = robustness(res, model, attacked, keyring[:n], recovery, nulls, search=search, batch=batch, log=log)
     checkpoint(res)
-    res["identification"], res["identification_seconds_per_image"] = identification(verdicts, attacked, firsts,
+    res["identification"], res["identification_seconds_per_image"] = identification(verdicts, attacked, looks_by_attack,
                                                                                     keyring, log)
     checkpoint(res)
-    clean_firsts = {a: (attacked[a][1], firsts[a][1]) for a in attacked}
+    clean_looks_by_attack = {a: (attacked[a][1], looks_by_attack[a][1]) for a in attacked}
     for label, kw in (PATTERNS if patterns is None else patterns).items():
-        res["patterns"][label] = compare_pattern(model, verdicts, kw, clean_firsts, attacks, n=pattern_n,
+        res["patterns"][label] = compare_pattern(model, verdicts, kw, clean_looks_by_attack, attacks, n=pattern_n,
                                                  seed=seed, seeds=seeds, gen_steps=gen_steps, batch=batch)
         rows = res["patterns"][label]["rows"]
         log(f"pattern {label}: mean attacked AUC {rows['mean_attacked_auc']:.3f}, TPR@1%FPR "
@@ -185,10 +193,10 @@ def robustness(res: dict, model, attacked: dict, keys: list[Key], recovery: Reco
                batch: int, log) -> dict:
     """Table 1: each attack's AUC and TPR, with the search and without, and foreign keys flagged;
     fills ``res`` and returns each attack's first looks (watermarked, clean), taken once."""
-    firsts, seconds = {}, []
+    looks_by_attack, seconds = {}, []
     for a, (w, c) in attacked.items():
-        (l_w, s_w), (l_c, s_c) = first_looks(model, w, recovery, batch), first_looks(model, c, recovery, batch)
-        firsts[a] = (l_w, l_c)
+        (l_w, s_w), (l_c, s_c) = looks_at(model, w, recovery, batch), looks_at(model, c, recovery, batch)
+        looks_by_attack[a] = (l_w, l_c)
         seconds.append((s_w + s_c) / 2)
     res["recovery"]["seconds_per_image"] = float(np.mean(seconds))
     log(f"first looks at {2 * len(keys)} x {len(attacked)} images, {res['recovery']['seconds_per_image']:.2f}s "
@@ -197,24 +205,24 @@ def robustness(res: dict, model, attacked: dict, keys: list[Key], recovery: Reco
         verdicts = Verdicts(model, recovery, nulls, label)
         p_wm, p_clean, foreign = {}, {}, {}
         for a, (w, c) in attacked.items():
-            p_wm[a], foreign[a] = verdicts.own_and_foreign(to_tensor(w), firsts[a][0], keys)
-            p_clean[a], _ = verdicts.own_and_foreign(to_tensor(c), firsts[a][1], keys)
+            p_wm[a], foreign[a] = verdicts.own_and_foreign(to_tensor(w), looks_by_attack[a][0], keys)
+            p_clean[a], _ = verdicts.own_and_foreign(to_tensor(c), looks_by_attack[a][1], keys)
         row = res["robustness"][f"search {label}"] = rows_for(p_wm, p_clean, list(attacked))
         row["foreign_key_flagged"] = {a: float(np.mean(foreign[a] <= ALPHA)) for a in attacked}
         log(f"search {label}: mean attacked AUC {row['mean_attacked_auc']:.3f}, TPR@1%FPR "
             f"{row['mean_attacked_tpr_at_1pct_fpr']:.3f}; clean {row['none']['auc']:.3f} / "
             f"{row['none']['tpr_at_1pct_fpr']:.2f}")
-    return firsts
+    return looks_by_attack
 
 
-def identification(verdicts: Verdicts, attacked: dict, firsts: dict, keyring: list[Key], log) -> tuple[dict, float]:
+def identification(verdicts: Verdicts, attacked: dict, looks_by_attack: dict, keyring: list[Key], log) -> tuple[dict, float]:
     """Table 2: per attack, how often the best of the whole keyring is image i's key i, and at alpha;
     and the seconds per image of testing it."""
     t0, out = time.time(), {}
     for a, (w, c) in attacked.items():
         truth = np.arange(len(w))
-        best, p = verdicts.identify(to_tensor(w), firsts[a][0], keyring)
-        _, p_c = verdicts.identify(to_tensor(c), firsts[a][1], keyring)
+        best, p = verdicts.identify(to_tensor(w), looks_by_attack[a][0], keyring)
+        _, p_c = verdicts.identify(to_tensor(c), looks_by_attack[a][1], keyring)
         out[a] = {"accuracy": float(np.mean(best == truth)),
                   "identified_at_alpha": float(np.mean((best == truth) & (p <= ALPHA))),
                   "wrong_key_flagged": float(np.mean((best != truth) & (p <= ALPHA))),
@@ -233,10 +241,11 @@ def compare_pattern(model, verdicts: Verdicts, kw: dict, clean: dict, attacks, *
     p_w, p_c, f = {}, {}, {}
     for a in attacks:
         hit = [attack(im, a, rng) for im in images]
-        first, _ = first_looks(model, hit, verdicts.recovery, batch)
-        p_w[a], f[a] = verdicts.own_and_foreign(to_tensor(hit), first, keys)
-        images_c, first_c = clean[a]
-        p_c[a], _ = verdicts.own_and_foreign(to_tensor(images_c[:n]), first_c.rows(list(range(n))), keys)
+        looks, _ = looks_at(model, hit, verdicts.recovery, batch)
+        p_w[a], f[a] = verdicts.own_and_foreign(to_tensor(hit), looks, keys)
+        images_c, looks_c = clean[a]
+        p_c[a], _ = verdicts.own_and_foreign(to_tensor(images_c[:n]), {r: v.rows(list(range(n))) for r, v in looks_c.items()},
+                                             keys)
     return {"rows": rows_for(p_w, p_c, attacks), "key": {**kw, "radius": keys[0].radius,
                                                           "channels": list(keys[0].channels)},
             "mean_abs_cosine": mean_abs_cosine(keys),
@@ -324,7 +333,7 @@ def setting(model, iters: int, steps: int, z_0: torch.Tensor, z_T: torch.Tensor,
     record = InversionRecord(method="fixed_point", iterations=torch.full((b,), iters), residual=torch.zeros(0, b),
                              pixel_error=torch.zeros(0, b))
     look = Look(spec=recovery.looks()["first"], z_0=z_0.float().cpu(), z_T=z_T, record=record)
-    return look, Verdicts(model, recovery, {}, search)
+    return {"first": look}, Verdicts(model, recovery, {}, search)
 
 
 def verify_seconds(images: list[Image.Image], key: Key, device: str, recovery: Recovery = Recovery(), search: str = DEFAULT_SEARCH) -> float:
