@@ -14,15 +14,19 @@ from __future__ import annotations
 import functools
 import json
 import os
+import hashlib
 import secrets
+import uuid
 import warnings
+from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .io.images import ImageError, Loaded, find_images, load_image, require_usable, save_png
+from .io.genlog import Generation, GenerationLog
+from .io.images import ImageError, Loaded, find_images, load_image, require_usable, save_png, to_tensor
 from .io.keyfile import check_writable, load_key, read_json, save_key
 from .io.keyring import check_collision, is_keyring, load_keyring, load_keys, locked, save_keyring
 from .io.report import check_available, drawn, write_report
@@ -134,6 +138,8 @@ class KeyringWarning(UserWarning):
 @dataclass
 class Generated:
     file: str
+    image_id: str  # its row in the generation log (``embed(log=...)``)
+    sha256: str  # of the PNG as written
     seed: int
     prompt: str
     key_id: str | None
@@ -155,7 +161,7 @@ def _check_outputs(outdir: Path, names: list[str], force: bool) -> None:
 def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, prompts: list[str] | None = None,
           seed: int = 0, steps: int = 50, guidance: float | None = None, watermark: bool = True,
           force: bool = False, device: str = "cpu", dtype: str = "float32", batch: int = 8,
-          progress: Callable[[int], None] | None = None) -> list[Generated]:
+          progress: Callable[[int], None] | None = None, log: str | os.PathLike | None = None) -> list[Generated]:
     """Generate ``n`` images from z_T carrying ``key`` (or clean controls), seeds seed..seed+n-1.
 
     ``key``: a key (object or file), or a keyring (file or list of keys): each image then carries a
@@ -163,6 +169,8 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, 
     images are likely to share one; the manifest records which. That is the defence against
     averaging forgery (README, "Threats"); verify such images against the whole keyring.
     Writes PNGs and ``manifest.jsonl`` into ``outdir``; existing files there are kept unless ``force``.
+    ``log``: also record each image in the generation log there (``io.genlog``: a SQLite path or a
+    database URL), batch by batch, with its content fingerprint (``provenance.fingerprint``).
     """
     ring = _embedding_keys(key)
     key = ring[0]
@@ -174,6 +182,7 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, 
     outdir = Path(outdir)
     names = [f"{i:05d}.png" for i in range(n)]
     _check_outputs(outdir, names + ["manifest.jsonl"], force)
+    generations = GenerationLog.open(log) if log is not None else None  # a bad log fails before any work
     model = get_model(key.model, device, dtype)
     check_keys(ring, model)
     prompts = list(prompts or [""])
@@ -191,23 +200,85 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, 
         chosen = [ring[secrets.randbelow(len(ring))] for _ in idx]
         z_T = torch.cat([watermarked_latents(k, seeds=[s], watermark=watermark) for k, s in zip(chosen, seeds)])
         images = model.generate(z_T, steps, batch_prompts if model.conditional else None, guidance)
+        made = []
         for i, s, p, im, k in zip(idx, seeds, batch_prompts, images, chosen):
             save_png(im, outdir / names[i])
-            records.append(Generated(file=names[i], seed=s, prompt=p, key_id=k.key_id if watermark else None,
-                                     model=key.model, watermarked=watermark, steps=steps, guidance=guidance))
+            made.append(Generated(file=names[i], image_id=uuid.uuid4().hex, sha256=sha256(outdir / names[i]), seed=s,
+                                  prompt=p, key_id=k.key_id if watermark else None, model=key.model,
+                                  watermarked=watermark, steps=steps, guidance=guidance))
             if progress is not None:
                 progress(1)
+        if generations is not None:
+            generations.add(logged(model, made, load_pngs(outdir, made)))
+        records += made
     with open(outdir / "manifest.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(asdict(r)) + "\n")
     return records
 
 
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_pngs(outdir: Path, made: list[Generated]) -> torch.Tensor:
+    """The images as written (8 bits), in [-1, 1]: what a verifier will read."""
+    from PIL import Image
+
+    return to_tensor([Image.open(outdir / g.file).convert("RGB") for g in made])
+
+
+def logged(model, made: list[Generated], x: torch.Tensor) -> list[Generation]:
+    """The generation-log rows of images just made: with the content fingerprint of each (the
+    latent of the first look of the model's recovery, as verify takes it: ``provenance.fingerprint``)."""
+    from .provenance import fingerprint
+    from .recovery import look_latents
+
+    z_0, _ = look_latents(model, x, Recovery().for_model(model.default_recovery).looks()["first"])
+    prints = fingerprint.latent(z_0.float().cpu())
+    now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return [Generation(image_id=g.image_id, key_id=g.key_id, model=g.model, seed=g.seed, prompt=g.prompt,
+                       steps=g.steps, guidance=g.guidance, created=now, file=g.file, sha256=g.sha256,
+                       fingerprint=f.astype("float16"), fingerprint_kind=fingerprint.LATENT_KIND)
+            for g, f in zip(made, prints)]
+
+
+def rebuild_log(log: str | os.PathLike, folder: str | os.PathLike, *, device: str = "cpu", dtype: str = "float32",
+                batch: int = 8) -> tuple[int, int]:
+    """Log the images of an ``embed`` output folder (``manifest.jsonl`` and its PNGs) in ``log``,
+    fingerprints made anew; rows already logged are skipped. A manifest written before the log
+    existed has no image ids: each image's is then the start of its SHA-256. Returns (logged, skipped)."""
+    folder = Path(folder)
+    manifest = folder / "manifest.jsonl"
+    if not manifest.is_file():
+        raise OutputError(f"{folder}: no manifest.jsonl (not an embed output folder)")
+    try:
+        rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        made = []
+        for r in rows:
+            digest = sha256(folder / r["file"])
+            if r.get("sha256", digest) != digest:
+                raise OutputError(f"{folder / r['file']}: changed since embed wrote it (SHA-256 differs)")
+            made.append(Generated(**{**r, "image_id": r.get("image_id") or digest[:32], "sha256": digest}))
+    except (ValueError, KeyError, TypeError) as e:
+        raise OutputError(f"{manifest}: not an embed manifest ({e})") from None
+    generations = GenerationLog.open(log)
+    known = generations.known([g.image_id for g in made])
+    todo = [g for g in made if g.image_id not in known]
+    if todo:
+        model = get_model(todo[0].model, device, dtype)
+        for i in range(0, len(todo), batch):
+            part = todo[i : i + batch]
+            generations.add(logged(model, part, load_pngs(folder, part)))
+    return len(todo), len(made) - len(todo)
+
+
 def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recovery(), *, alpha: float = 0.01,
            search: str = DEFAULT_SEARCH, one_key: bool = False, min_consistency: float | None = None,
            null: str | os.PathLike | None = "auto", key_files: list = (), device: str = "cpu",
            dtype: str = "float32", batch: int = 8, progress: Callable[[int], None] | None = None,
-           report: str | os.PathLike | None = None, force: bool = False) -> list[Result]:
+           report: str | os.PathLike | None = None, force: bool = False,
+           log: str | os.PathLike | None = None) -> list[Result]:
     """Test every image under ``paths`` against ``keys`` (Key objects, key files, keyring files,
     folders of them; a bad file or entry in a folder or keyring is skipped with a KeyringWarning);
     one Result per image, in order. ``alpha``, ``search`` (the rotations and crops undone before the
@@ -220,7 +291,8 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
     An image that cannot be read gets a Result with ``error`` set; the others go on.
     ``progress(k)``: k more images done, called as the work advances (not once per batch).
     ``report``: also write the HTML evidence report there (``io.report``; an existing file is kept
-    unless ``force``).
+    unless ``force``). ``log``: the generation log (``embed(log=...)``); each watermarked row then
+    says whether a generation logged under its key matches its content (``provenance.check``).
     """
     decision = Decision(alpha=alpha, search=search, one_key=one_key, min_consistency=min_consistency)
     if report is not None:
@@ -237,7 +309,7 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
     check_key_set(keys)
     found = find_images([str(p) for p in paths])
     require_usable(found)
-    verifier = Verifier(keys, recovery, decision, device=device, dtype=dtype, null=null, key_files=key_files)
+    verifier = Verifier(keys, recovery, decision, device=device, dtype=dtype, null=null, key_files=key_files, log=log)
     results: list[Result | None] = [None] * len(found)
     detections: list = [None] * len(found)  # with their Evidence when a report is asked for
     done = _Done(progress)

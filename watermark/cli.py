@@ -58,10 +58,11 @@ def library_errors(fn):
         from .io.nullfile import NullFileError
         from .io.report import ReportError
         from .scheme.keys import KeyFileError
+        from .io.genlog import LogError
 
         try:
             return fn(*args, **kwargs)
-        except (KeyFileError, ModelError, NullFileError, OutputError, ReportError, ResultsError, ScaleError,
+        except (KeyFileError, LogError, ModelError, NullFileError, OutputError, ReportError, ResultsError, ScaleError,
                 ValueError) as e:
             raise Failure(str(e)) from None
         except OSError as e:  # e.g. an output folder that cannot be written
@@ -189,13 +190,17 @@ def keygen(output, keyring, count, model, size, pattern, radius, channels, seed,
 @click.option("--prompts", "prompts_file", type=click.File(), help="File of prompts, one per line, used in turn.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the first image; the next get seed+1, ...")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1), help="DDIM steps.")
-@click.option("--guidance", type=float, help="Classifier-free guidance, text-conditioned models only [default: 7.5].")
+@click.option("--guidance", type=float, help="Classifier-free guidance, text-conditioned models only [default: the "
+              "model's: 7.5; FLUX: its ringmark.json's, else 3.5, and no other].")
 @click.option("--no-watermark", is_flag=True, help="Clean controls: same model and seeds, no key.")
 @click.option("--force", is_flag=True, help="Overwrite existing images/manifest in OUTDIR.")
+@click.option("--log", "log", envvar="RINGMARK_LOG", show_envvar=True, metavar="LOG",
+              help="Also record each image in this generation log: a SQLite file (made if missing) or a "
+              "database URL (postgresql://...) [default: none, or $RINGMARK_LOG].")
 @device_options
 @quiet_option
 @library_errors
-def embed(key_path, outdir, n, prompt, prompts_file, seed, steps, guidance, no_watermark, force, device, dtype,
+def embed(key_path, outdir, n, prompt, prompts_file, seed, steps, guidance, no_watermark, force, log, device, dtype,
           quiet):
     """Generate watermarked images (the model is the key's).
 
@@ -215,7 +220,7 @@ def embed(key_path, outdir, n, prompt, prompts_file, seed, steps, guidance, no_w
     try:
         records = api.embed(key_path, outdir, n, prompts=prompts, seed=seed, steps=steps, guidance=guidance,
                             watermark=not no_watermark, force=force, device=device, dtype=dtype,
-                            progress=progress.update)
+                            progress=progress.update, log=log)
     finally:
         progress.close()
     for r in records:
@@ -293,6 +298,10 @@ def verification_options(fn):
         click.option("--alpha", default=0.01, show_default=True,
                      type=click.FloatRange(0, 1, min_open=True, max_open=True),
                      help="Decision level: watermarked when p <= alpha."),
+        click.option("--log", "generation_log", envvar="RINGMARK_LOG", show_envvar=True, metavar="LOG",
+                     help="The generation log (embed --log; a SQLite file or a database URL): each watermarked "
+                          "image is 'confirmed' when a generation logged under its key matches its content, else "
+                          "'unconfirmed'; 'unchecked' without a log."),
     ]):
         fn = option(fn)
     return fn
@@ -324,7 +333,7 @@ def load_cli_keys(key_paths, quiet: bool):
 @quiet_option
 @library_errors
 def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, photometric, refine, null, alpha, batch,
-           as_json, report, force, one_key, min_consistency, device, dtype, quiet):
+           as_json, report, force, one_key, min_consistency, generation_log, device, dtype, quiet):
     """Test images (files or folders, recursively) for the watermark of one or more keys.
 
     Exit status: 0 if at least one image is watermarked, 1 if none is, 2 if any input could
@@ -334,7 +343,8 @@ def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, photom
     """
     results = run_verify(paths, key_paths, Recovery(inversion, iters, ddim_steps, exact, refine=refine, photometric=photometric),
                          dict(alpha=alpha, search=search, one_key=one_key, min_consistency=min_consistency),
-                         null=null, batch=batch, device=device, dtype=dtype, quiet=quiet, report=report, force=force)
+                         null=null, batch=batch, device=device, dtype=dtype, quiet=quiet, report=report, force=force,
+                         log=generation_log)
     if not quiet:
         for r in results:
             if r.warning:
@@ -353,7 +363,7 @@ def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, photom
 
 @library_errors
 def run_verify(paths, key_paths, recovery, decision: dict, *, null, batch, device, dtype, quiet, report=None,
-               force=False):
+               force=False, log=None):
     """``api.verify`` with the CLI's keys (a warning per unusable one) and progress; ``decision``:
     its alpha, search and defences."""
     from . import api
@@ -364,7 +374,7 @@ def run_verify(paths, key_paths, recovery, decision: dict, *, null, batch, devic
     try:
         return api.verify(list(paths), keys, recovery, **decision, null=null, key_files=list(key_paths),
                           device=device, dtype=dtype, batch=batch, progress=progress.update, report=report,
-                          force=force)
+                          force=force, log=log)
     finally:
         progress.close()
 
@@ -407,7 +417,8 @@ def read_token(token_file: str | None) -> str | None:
 @click.option("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
 @quiet_option
 @library_errors
-def serve(key_paths, search, inversion, iters, ddim_steps, exact, photometric, refine, null, alpha, device, dtype, host,
+def serve(key_paths, search, inversion, iters, ddim_steps, exact, photometric, refine, null, alpha, generation_log,
+          device, dtype, host,
           port, token_file, replicas, max_batch, batch_wait_ms, max_upload_mb, max_queued, cpus_per_replica, gpus_per_replica, address,
           quiet):
     """Serve verification over HTTP (Ray Serve): POST /v1/verify, GET /v1/keys, GET /healthz.
@@ -433,7 +444,7 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, photometric, r
     keys = load_cli_keys(key_paths, quiet)
     with contextlib.redirect_stdout(sys.stderr):  # as in scan
         url = start(keys, recovery, decision, service, device=device, dtype=dtype, address=address, quiet=quiet,
-                    null=null, key_files=list(key_paths))
+                    null=null, key_files=list(key_paths), generation_log=generation_log)
     if not quiet:
         click.echo(f"ringmark: serving {len(keys)} key{'s' * (len(keys) != 1)} at {url} (API docs at {url}/docs"
                    + ("" if service.token else "; loopback only, no token") + "); Ctrl-C stops", err=True)
@@ -469,8 +480,8 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, photometric, r
 @click.option("--force", is_flag=True, help="Start over: delete the results file first.")
 @quiet_option
 @library_errors
-def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, photometric, refine, null, alpha, device, dtype,
-         output, workers, cpus_per_worker, gpus_per_worker, batch, address, force, quiet):
+def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, photometric, refine, null, alpha,
+         generation_log, device, dtype, output, workers, cpus_per_worker, gpus_per_worker, batch, address, force, quiet):
     """Verify folders or buckets of images on Ray Data, one row per image in a results file.
 
     SOURCES: local files and folders (recursively), or URIs pyarrow reads (s3://, gs://, ...).
@@ -491,7 +502,8 @@ def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, photom
     log = messages(quiet, "ringmark: ")
     with contextlib.redirect_stdout(sys.stderr):  # Ray prints its workers' warnings; stdout is for the summary
         summary = run_scan(list(sources), keys, output, recovery, decision, pool=pool, device=device, dtype=dtype,
-                           address=address, force=force, log=log, quiet=quiet, null=null, key_files=list(key_paths))
+                           address=address, force=force, log=log, quiet=quiet, null=null, key_files=list(key_paths),
+                           generation_log=generation_log)
     log(f"{summary.images} images scanned ({summary.skipped} skipped, already in {output}): "
         f"{summary.watermarked} watermarked at alpha = {alpha:g}, {summary.errors} errors; "
         f"{summary.images_per_second:g} images/s over {summary.seconds:.1f}s")
@@ -641,6 +653,12 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1),
               help="Images per inversion batch (verify's default; larger suits a GPU).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option("--seed", default=20241127, show_default=True, type=int, help="Seed of the keys and the attacks.")
+@click.option("--first-image", default=0, show_default=True, type=click.IntRange(0),
+              help="Image i is generated from seed FIRST+i. The edited-image rule and the weak band were "
+              "chosen on seeds 0-99: start elsewhere for held-out numbers.")
+@click.option("--verify-n", default=32, show_default=True, type=click.IntRange(0),
+              help="Images in the timing of api.verify, today's defaults against the previous ones (0: skip it).")
 @click.option("--study", is_flag=True, help="The decision study instead: each --recoveries method on the same "
               "images (ringmark's test, 2,048-key identification, the paper's 3 ring keys, paired tests).")
 @click.option("--model", "model_name", default="tiny", show_default=True, help="--study: the model (name, hub id, folder).")
@@ -650,8 +668,8 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
 @click.option("-o", "--outdir", default="docs/bench", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
 @library_errors
-def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search, batch, device, study, model_name,
-                 recoveries, quick, outdir, quiet):
+def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search, batch, device, seed, first_image,
+                 verify_n, study, model_name, recoveries, quick, outdir, quiet):
     """Robustness (AUC, TPR@1%FPR) under Tree-Ring's attacks, identification among many keys, key
     patterns, the geometric search, and verify time vs TPR over DDIM steps x decoder iterations;
     with --study, which decoder inversion pays, method against method on one model.
@@ -673,29 +691,32 @@ def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search
 
     click.echo(detect.main(n=n, n_keys=n_keys, pattern_n=pattern_n, sweep_n=sweep_n, sweep_iters=sweep_iters,
                            sweep_steps=sweep_steps, search=search, batch=batch, device=device, quick=quick,
-                           outdir=Path(outdir), log=log))
+                           outdir=Path(outdir), log=log, seed=seed, first_image=first_image, verify_n=verify_n))
 
 
 @bench.command("null", context_settings=CONTEXT)
-@click.option("--model", "model_name", default="tiny-sd", show_default=True, help="A model with a null model.")
+@click.option("--model", "model_name", default="tiny", show_default=True, help="A model (bundled, or a path).")
 @click.option("-n", "n", default=2048, show_default=True, type=click.IntRange(2), help="Clean generated images.")
 @click.option("--keys", "n_keys", default=50, show_default=True, type=click.IntRange(1), help="Keys per pattern.")
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(1), help="Generation steps.")
 @click.option("--photos", default=512, show_default=True, type=click.IntRange(0),
               help="Photograph crops (needs the train extra; 0: none).")
-@click.option("--quick", is_flag=True, help="16 images, 3 keys per pattern: checks the code.")
+@click.option("--quick", is_flag=True, help="8 images, 1 key per pattern: checks the code.")
 @click.option("-o", "--outdir", default="docs/bench/null", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
 @library_errors
 def bench_null(model_name, n, n_keys, steps, photos, quick, outdir, quiet):
-    """Each key's false-positive rate with and without the null model (clean, JPEG, blur, photographs).
+    """Each key's false-positive rate under verify's rule, with the null models and without.
 
-    Example: ringmark bench null --model tiny-sd -n 2048 --keys 50
+    Clean generated images (as they are, after JPEG and blur) and photographs, each tested
+    against each key alone by the same detect verify runs (its looks, search and correction).
+
+    Example: ringmark bench null --model tiny -n 2048 --keys 50
     """
     from .bench import null
 
     if quick:
-        n, n_keys, steps, photos = 16, 3, 2, 8
+        n, n_keys, steps, photos = 8, 1, 2, 4
     null.run(model_name, n=n, n_keys=n_keys, steps=steps, photos=photos, outdir=outdir, log=messages(quiet))
 
 
@@ -748,3 +769,81 @@ def bench_scale(n, clients, requests, steps, skip_scan, skip_serve, quick, outdi
     log = messages(quiet)
     click.echo(scale.main(n=n, clients=clients, requests=requests, steps=steps, outdir=Path(outdir), log=log,
                           skip_scan=skip_scan, skip_serve=skip_serve))
+
+
+@main.group("log", context_settings=CONTEXT)
+def log_group():
+    """The generation log: what embed --log recorded (list, export, import, rebuild).
+
+    LOG is a SQLite file or a database URL (postgresql://user@host/db).
+    """
+
+
+log_argument = click.argument("log", envvar="RINGMARK_LOG", metavar="LOG")
+
+
+@log_group.command("list", context_settings=CONTEXT)
+@log_argument
+@click.option("--key-id", help="Only the images logged under this key id.")
+@click.option("--limit", type=click.IntRange(1), help="At most this many rows.")
+@library_errors
+def log_list(log, key_id, limit):
+    """One JSON line per logged image (the fingerprint left out), oldest first.
+
+    Example: ringmark log list generations.sqlite --key-id 3f2a...
+    """
+    from .io.genlog import GenerationLog
+
+    for g in GenerationLog.open(log, create=False).rows(key_id=key_id, limit=limit):
+        row = g.record()
+        row.pop("fingerprint")
+        click.echo(json.dumps(row))
+
+
+@log_group.command("export", context_settings=CONTEXT)
+@log_argument
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace an existing OUTPUT.")
+@library_errors
+def log_export(log, output, force):
+    """Write every row to OUTPUT (.jsonl or .parquet).
+
+    Example: ringmark log export generations.sqlite log.parquet
+    """
+    from .io.genlog import GenerationLog
+
+    n = GenerationLog.open(log, create=False).export(output, force=force)
+    click.echo(json.dumps({"exported": n, "output": output}))
+
+
+@log_group.command("import", context_settings=CONTEXT)
+@log_argument
+@click.argument("input_file", metavar="INPUT", type=click.Path(dir_okay=False))
+@library_errors
+def log_import(log, input_file):
+    """Add the rows of INPUT (.jsonl or .parquet, as export writes); rows logged already are skipped.
+
+    Example: ringmark log import postgresql://ringmark@db/provenance log.parquet
+    """
+    from .io.genlog import GenerationLog
+
+    n = GenerationLog.open(log).import_(input_file)
+    click.echo(json.dumps({"imported": n, "input": input_file}))
+
+
+@log_group.command("rebuild", context_settings=CONTEXT)
+@log_argument
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@device_options
+@library_errors
+def log_rebuild(log, folder, device, dtype):
+    """Log the images of an embed output FOLDER (its manifest.jsonl and PNGs), fingerprints made
+    anew; images logged already (same image id) are skipped.
+
+    Example: ringmark log rebuild generations.sqlite out/
+    """
+    from . import api
+
+    added, skipped = api.rebuild_log(log, folder, device=device, dtype=dtype)
+    click.echo(json.dumps({"logged": added, "skipped": skipped, "folder": folder}))
+

@@ -20,6 +20,9 @@ from .io.images import Loaded
 from .io.nullfile import no_null_note, resolve_nulls
 from .models import get_model
 from .pipeline import Decision, Detection, Recovery, check_key_set, check_keys, detect
+from .io.genlog import GenerationLog
+from .provenance.check import UNCHECKED, check, reference_pool
+from .scheme.geometry import search_grid
 from .scheme.keys import Key
 from .scheme.null import NullModel
 
@@ -47,6 +50,12 @@ class Result:
     runner_up_p_value: float | None = None  # the second-best key's corrected p (1 with one key)
     consistency_psnr: float | None = None  # dB to its regeneration from z_T, when the check ran
     rejected_by: str | None = None  # the defence that overruled p <= alpha ("one key", "consistency")
+    provenance: str | None = None  # a watermarked image's: "confirmed", "unconfirmed", "unchecked" (no log)
+    provenance_image_id: str | None = None  # the logged generation that matched best (``provenance.check``)
+    provenance_created: str | None = None
+    provenance_similarity: float | None = None
+    provenance_p_value: float | None = None  # of that match, corrected for the generations compared
+    provenance_compared: int | None = None  # generations logged under the key
 
 
 def failure(path: str, error: str, recovery: Recovery, alpha: float, keys_tested: int) -> Result:
@@ -65,13 +74,16 @@ class Verifier:
 
     def __init__(self, keys: list[Key], recovery: Recovery = Recovery(), decision: Decision = Decision(), *,
                  device: str = "cpu", dtype: str = "float32", null: str | os.PathLike | NullModel | None = "auto",
-                 key_files: list = ()):
+                 key_files: list = (), log: str | os.PathLike | None = None):
         check_key_set(keys)
         self.keys, self.decision = list(keys), decision
         self.model = get_model(keys[0].model, device, dtype)
         self.recovery = recovery.for_model(self.model.default_recovery)  # the settings the rows report
         self.size = check_keys(self.keys, self.model)
         self.nulls = resolve_nulls(null, keys[0].model, self.recovery.looks(), tuple(keys[0].latent_shape), key_files)
+        self.log = None if log is None else GenerationLog.open(log, create=False)  # ``provenance.check``
+        self.reference = None if log is None else reference_pool(keys[0].model, tuple(keys[0].latent_shape), key_files)
+        self.transforms = search_grid(decision.search, keys[0].latent_shape[-1])
         missing = [role for role, n in self.nulls.items() if n is None]
         self.null_note = None if not missing or all(k.pattern == "zeros" for k in keys) else no_null_note(missing)
 
@@ -94,7 +106,7 @@ class Verifier:
         t0 = time.perf_counter()
         x = torch.stack([loaded.image for _, loaded in items])
         detections = detect(self.model, x, self.keys, self.recovery, self.decision, nulls=self.nulls,
-                            progress=progress, evidence=evidence)
+                            progress=progress, evidence=evidence, latents=self.log is not None)
         per_image = round((time.perf_counter() - t0) / len(items), 4)
         return [(self.row(path, loaded, d, per_image), d) for (path, loaded), d in zip(items, detections)]
 
@@ -108,4 +120,14 @@ class Verifier:
                       keys_tested=len(self.keys), transform=d.transform, batch_seconds_per_image=seconds_per_image,
                       null_model=d.null_model,
                       runner_up_p_value=d.runner_up_p_value, consistency_psnr=d.consistency_psnr,
-                      rejected_by=d.rejected_by)
+                      rejected_by=d.rejected_by, **self.provenance(d))
+
+    def provenance(self, d: Detection) -> dict:
+        """A watermarked image's provenance fields (``provenance.check``), none for the others."""
+        if not d.watermarked:
+            return {}
+        p = UNCHECKED if self.log is None else check(d.z_0, d.key_id, self.keys[0].model, self.log,
+                                                     self.transforms, self.alpha, self.reference)
+        return {"provenance": p.status, "provenance_image_id": p.image_id, "provenance_created": p.created,
+                "provenance_similarity": p.similarity, "provenance_p_value": p.p_value,
+                "provenance_compared": p.compared if self.log is not None else None}

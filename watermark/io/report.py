@@ -64,7 +64,9 @@ def verdict(r) -> str:
     if r.rejected_by is not None:
         return f"rejected ({r.rejected_by})"
     word = "watermarked" if r.watermarked else "clean"
-    return f"{word} (weak)" if r.weak else word
+    word = f"{word} (weak)" if r.weak else word
+    provenance = getattr(r, "provenance", None)
+    return f"{word}, {provenance}" if provenance not in (None, "unchecked") else word
 
 
 def drawn(results: list, detections: list) -> list[int]:

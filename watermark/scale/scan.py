@@ -19,6 +19,7 @@ from typing import Callable
 
 from ..io.images import IMAGE_SUFFIXES, ImageError, decode_image, find_images, require_usable
 from ..io.keyring import load_keys
+from ..io.genlog import located
 from ..io.nullfile import resolve_nulls
 from ..io.results import ResultsFile, arrow_schema
 from ..models import default_recovery
@@ -67,11 +68,11 @@ class ScanWorker:
     """One actor of the pool: the model loaded once, then batches of files -> rows."""
 
     def __init__(self, keys, recovery: Recovery, decision: Decision, *, device: str, dtype: str, threads: int,
-                 null="none"):
+                 null="none", generation_log: str | None = None):
         import torch
 
         torch.set_num_threads(threads)
-        self.verifier = Verifier(keys, recovery, decision, device=device, dtype=dtype, null=null)
+        self.verifier = Verifier(keys, recovery, decision, device=device, dtype=dtype, null=null, log=generation_log)
 
     def __call__(self, batch: dict):
         import pyarrow as pa
@@ -142,9 +143,10 @@ def list_images(sources: list[str]) -> list[tuple[str, str, str | None]]:
 def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recovery: Recovery = Recovery(),
          decision: Decision = Decision(), pool: Pool = Pool(), *, device: str = "auto", dtype: str = "float32",
          address: str | None = None, force: bool = False, log: Callable[[str], None] = lambda message: None,
-         quiet: bool = True, null="auto", key_files: list = ()) -> ScanSummary:
+         quiet: bool = True, null="auto", key_files: list = (), generation_log: str | None = None) -> ScanSummary:
     """Verify every image under ``sources`` against the keys, one row per image in ``output``,
-    on the actor ``pool`` of a Ray cluster (joining ``address``, else a local Ray)."""
+    on the actor ``pool`` of a Ray cluster (joining ``address``, else a local Ray). ``generation_log``:
+    the generation log every worker checks provenance against (PostgreSQL for workers on many machines)."""
     t0 = time.perf_counter()
     keys, problems = load_keys(list(key_sources))
     for problem in problems:
@@ -152,6 +154,7 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
     check_key_set(keys)
     recovery = recovery.for_model(default_recovery(keys[0].model))  # what the workers' Verifier will run
     null = resolve_nulls(null, keys[0].model, recovery.looks(), tuple(keys[0].latent_shape), key_files)
+    generation_log = located(generation_log)
     results = ResultsFile(output, force)
     listed = list_images([str(s) for s in sources])
     require_usable([(shown, error) for shown, _, error in listed])
@@ -167,7 +170,8 @@ def scan(sources: list[str], key_sources: list, output: str | os.PathLike, recov
     run = Run(t0, rows=list(failed))
     try:  # what arrived is kept (a .parquet scan merges its parts) even when the scan stops
         if readable:
-            worker = dict(keys=keys, recovery=recovery, decision=decision, device=device, dtype=dtype, null=null)
+            worker = dict(keys=keys, recovery=recovery, decision=decision, device=device, dtype=dtype, null=null,
+                          generation_log=generation_log)
             run_pool(readable, worker, pool, results, run, address=address, device=device, log=log, quiet=quiet)
     finally:
         results.close()

@@ -39,6 +39,7 @@ from starlette.exceptions import HTTPException
 from .. import __version__
 from ..io import figures
 from ..io.images import ImageError, decode_image
+from ..io.genlog import located
 from ..io.nullfile import resolve_nulls
 from ..models import default_recovery
 from ..pipeline import Decision, Recovery, check_key_set
@@ -127,11 +128,11 @@ class VerifyService:
     """One replica: the keys, the model and the settings, then requests -> rows."""
 
     def __init__(self, keys, recovery: Recovery, decision: Decision, service: Service, *, device: str, dtype: str,
-                 null="none"):
+                 null="none", generation_log: str | None = None):
         import torch
 
         torch.set_num_threads(service.cpus_per_replica)
-        self.verifier = Verifier(keys, recovery, decision, device=device, dtype=dtype, null=null)
+        self.verifier = Verifier(keys, recovery, decision, device=device, dtype=dtype, null=null, log=generation_log)
         self.token = None if service.token is None else service.token.encode()
         self.max_bytes = int(service.max_upload_mb * 2**20)
         self.detect.set_max_batch_size(service.max_batch)
@@ -224,12 +225,13 @@ class VerifyService:
 
 def start(keys, recovery: Recovery = Recovery(), decision: Decision = Decision(), service: Service = Service(), *,
           device: str = "auto", dtype: str = "float32", address: str | None = None, quiet: bool = True,
-          null="auto", key_files: list = ()) -> str:
+          null="auto", key_files: list = (), generation_log: str | None = None) -> str:
     """Deploy the service on Ray Serve (joining ``address`` or starting a local Ray) and return its
     URL; it serves until ``serve.shutdown()`` or the end of this process."""
     check_key_set(keys)
     null = resolve_nulls(null, keys[0].model, recovery.for_model(default_recovery(keys[0].model)).looks(),
                          tuple(keys[0].latent_shape), key_files)  # found here, shipped to the replicas
+    generation_log = located(generation_log)  # every replica opens it (PostgreSQL for replicas on many machines)
     if not (cluster_address(address) or ray.is_initialized()):  # the proxy will run here
         check_port(service.host, service.port)
     connect(address, quiet=quiet)
@@ -241,6 +243,6 @@ def start(keys, recovery: Recovery = Recovery(), decision: Decision = Decision()
         num_replicas=service.replicas, max_ongoing_requests=2 * service.max_batch,
         max_queued_requests=service.max_queued,
         ray_actor_options={"num_cpus": service.cpus_per_replica, "num_gpus": gpus},
-    ).bind(keys, recovery, decision, service, device=device, dtype=dtype, null=null)
+    ).bind(keys, recovery, decision, service, device=device, dtype=dtype, null=null, generation_log=generation_log)
     serve.run(deployment, name=APP, route_prefix="/")
     return service.url

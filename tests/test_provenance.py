@@ -1,0 +1,86 @@
+"""verify --log: a watermarked image is `confirmed` when a generation logged under its key matches
+its content, `unconfirmed` when none does, `unchecked` without a log; the content match's p-value
+is calibrated under the null of unrelated generations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from scipy import stats
+
+from watermark.cli import main
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    """A keyring, 6 images embedded with the log, 2 more with the same keyring but not logged."""
+    tmp = tmp_path_factory.mktemp("provenance")
+    runner = CliRunner()
+    assert runner.invoke(main, ["keygen", "--keyring", str(tmp / "ring.json"), "-n", "4", "-q"]).exit_code == 0
+    for out, n, seed, log in (("out", 6, 0, ["--log", str(tmp / "gen.sqlite")]), ("other", 2, 100, [])):
+        result = runner.invoke(main, ["embed", "--key", str(tmp / "ring.json"), "-o", str(tmp / out), "-n", str(n),
+                                      "--steps", "10", "--seed", str(seed), "-q", *log])
+        assert result.exit_code == 0, result.output
+    Image.open(tmp / "out" / "00002.png").rotate(10, resample=Image.Resampling.BICUBIC).save(tmp / "rotated.png")
+    return tmp
+
+
+def rows(tmp, *args) -> dict:
+    result = CliRunner().invoke(main, ["verify", *args, "--key", str(tmp / "ring.json"), "--json", "-q"])
+    assert result.exit_code in (0, 1), result.output
+    return {json.loads(line)["path"].rsplit("/", 1)[-1]: json.loads(line) for line in result.output.splitlines()}
+
+
+def test_verify_with_the_log_confirms_logged_generations_only(logged):
+    found = rows(logged, str(logged / "out" / "00001.png"), str(logged / "rotated.png"),
+                 str(logged / "other" / "00000.png"), "--log", str(logged / "gen.sqlite"))
+    manifest = {json.loads(line)["file"]: json.loads(line) for line in
+                (logged / "out" / "manifest.jsonl").read_text().splitlines()}
+    genuine, edited, unlogged = found["00001.png"], found["rotated.png"], found["00000.png"]
+    assert all(r["watermarked"] for r in found.values())
+    assert genuine["provenance"] == "confirmed" and genuine["provenance_image_id"] == manifest["00001.png"]["image_id"]
+    assert genuine["provenance_similarity"] > 0.99 and genuine["provenance_p_value"] <= 0.01
+    assert edited["provenance"] == "confirmed" and edited["provenance_image_id"] == manifest["00002.png"]["image_id"]
+    assert unlogged["provenance"] == "unconfirmed"  # the key fires, but no logged generation has this content
+    without = rows(logged, str(logged / "out" / "00001.png"))
+    assert without["00001.png"]["provenance"] == "unchecked"
+
+
+def test_a_missing_log_is_a_one_line_error(logged):
+    result = CliRunner().invoke(main, ["verify", str(logged / "out"), "--key", str(logged / "ring.json"), "--log",
+                                       str(logged / "nothere.sqlite")])
+    assert result.exit_code == 2 and "no such generation log" in result.output and "Traceback" not in result.output
+
+
+def test_content_match_p_value_is_calibrated_under_unrelated_generations(tmp_path):
+    """Suspects that are generations of the model, but none of the logged one: the content match's
+    p-value (rank against tiny's shipped reference pool) is flagged at alpha = 0.1 within the
+    binomial bound. Fails by luck with probability < 1e-3."""
+    from watermark import get_model, make_key, watermarked_latents
+    from watermark.api import Generated, logged as rows_of
+    from watermark.io.genlog import GenerationLog
+    from watermark.pipeline import Recovery
+    from watermark.provenance.check import check, reference_pool
+    from watermark.recovery import look_latents
+    from watermark.scheme.geometry import search_grid
+
+    model = get_model("tiny")
+    n, alpha = 60, 0.1
+    key = make_key(model, seed=4)
+    z = torch.cat([watermarked_latents(key, seeds=[7_000_000 + i]) for i in range(n + 1)])
+    x = (model.generate(z, steps=10) * 255).round() / 255 * 2 - 1
+    log = GenerationLog.open(tmp_path / "gen.sqlite")
+    made = [Generated(file="0.png", image_id="logged", sha256="", seed=0, prompt="", key_id=key.key_id, model="tiny",
+                      watermarked=True, steps=10, guidance=None)]
+    log.add(rows_of(model, made, x[:1]))  # one generation logged under the key; the suspects are the others
+    z_0, _ = look_latents(model, x[1:], Recovery().for_model(model.default_recovery).looks()["first"])
+    reference = reference_pool("tiny", key.latent_shape)
+    assert len(reference) == 1024
+    transforms = search_grid("all", 32)
+    p = np.array([check(z, key.key_id, "tiny", log, transforms, alpha, reference).p_value for z in z_0])
+    assert np.sum(p <= alpha) <= int(stats.binom.isf(1e-3, n, alpha)), np.sort(p)[:10]
