@@ -143,6 +143,8 @@ class GenerationLog:
             if path.exists() and path.is_dir():
                 raise LogError(f"{where}: is a folder, not a generation log")
             path.parent.mkdir(parents=True, exist_ok=True)
+            if new:  # which key made which image, and the prompts: the owner's alone (SQLite gives its
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # -wal and -shm the file's mode)
         try:
             engine = create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
         except (ImportError, SQLAlchemyError, ValueError) as e:
@@ -160,8 +162,6 @@ class GenerationLog:
             log.metadata.create_all(engine)
         except SQLAlchemyError as e:
             raise LogError(f"{redacted(where)}: not a usable generation log ({_first_line(e)})") from None
-        if new:
-            os.chmod(path, 0o600)  # which key made which image, and the prompts: the owner's alone
         return log
 
     def add(self, rows: Iterable[Generation]) -> int:
