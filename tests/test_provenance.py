@@ -18,41 +18,46 @@ from watermark.cli import main
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
-    """A keyring, 6 images embedded with the log, 2 more with the same keyring but not logged."""
+    """Three keys, an image of each embedded with the log (one generation logged per key: keys
+    drawn from a keyring are random, and the check's p-value grows with the generations compared),
+    and one more image of the third key, not logged."""
     tmp = tmp_path_factory.mktemp("provenance")
     runner = CliRunner()
-    assert runner.invoke(main, ["keygen", "--keyring", str(tmp / "ring.json"), "-n", "4", "-q"]).exit_code == 0
-    for out, n, seed, log in (("out", 6, 0, ["--log", str(tmp / "gen.sqlite")]), ("other", 2, 100, [])):
-        result = runner.invoke(main, ["embed", "--key", str(tmp / "ring.json"), "-o", str(tmp / out), "-n", str(n),
-                                      "--steps", "10", "--seed", str(seed), "-q", *log])
+    (tmp / "keys").mkdir()
+    for i in range(3):
+        assert runner.invoke(main, ["keygen", "-o", str(tmp / "keys" / f"k{i}.json"), "--seed", str(i), "-q"]).exit_code == 0
+    for i, (out, seed, log) in enumerate((("out0", 0, True), ("out1", 1, True), ("out2", 2, True), ("other", 100, False))):
+        key = tmp / "keys" / f"k{min(i, 2)}.json"
+        result = runner.invoke(main, ["embed", "--key", str(key), "-o", str(tmp / out), "-n", "1", "--steps", "10",
+                                      "--seed", str(seed), "-q"] + (["--log", str(tmp / "gen.sqlite")] if log else []))
         assert result.exit_code == 0, result.output
-    Image.open(tmp / "out" / "00002.png").rotate(10, resample=Image.Resampling.BICUBIC).save(tmp / "rotated.png")
+    Image.open(tmp / "out1" / "00000.png").rotate(10, resample=Image.Resampling.BICUBIC).save(tmp / "rotated.png")
     return tmp
 
 
 def rows(tmp, *args) -> dict:
-    result = CliRunner().invoke(main, ["verify", *args, "--key", str(tmp / "ring.json"), "--json", "-q"])
+    result = CliRunner().invoke(main, ["verify", *args, "--key", str(tmp / "keys"), "--json", "-q"])
     assert result.exit_code in (0, 1), result.output
-    return {json.loads(line)["path"].rsplit("/", 1)[-1]: json.loads(line) for line in result.output.splitlines()}
+    return {json.loads(line)["path"].split(str(tmp))[-1]: json.loads(line) for line in result.output.splitlines()}
 
 
 def test_verify_with_the_log_confirms_logged_generations_only(logged):
-    found = rows(logged, str(logged / "out" / "00001.png"), str(logged / "rotated.png"),
+    found = rows(logged, str(logged / "out0" / "00000.png"), str(logged / "rotated.png"),
                  str(logged / "other" / "00000.png"), "--log", str(logged / "gen.sqlite"))
-    manifest = {json.loads(line)["file"]: json.loads(line) for line in
-                (logged / "out" / "manifest.jsonl").read_text().splitlines()}
-    genuine, edited, unlogged = found["00001.png"], found["rotated.png"], found["00000.png"]
+    manifest = {out: json.loads((logged / out / "manifest.jsonl").read_text()) for out in ("out0", "out1")}
+    genuine, edited, unlogged = found["/out0/00000.png"], found["/rotated.png"], found["/other/00000.png"]
     assert all(r["watermarked"] for r in found.values())
-    assert genuine["provenance"] == "confirmed" and genuine["provenance_image_id"] == manifest["00001.png"]["image_id"]
+    assert genuine["provenance"] == "confirmed" and genuine["provenance_image_id"] == manifest["out0"]["image_id"]
     assert genuine["provenance_similarity"] > 0.99 and genuine["provenance_p_value"] <= 0.01
-    assert edited["provenance"] == "confirmed" and edited["provenance_image_id"] == manifest["00002.png"]["image_id"]
-    assert unlogged["provenance"] == "unconfirmed"  # the key fires, but no logged generation has this content
-    without = rows(logged, str(logged / "out" / "00001.png"))
-    assert without["00001.png"]["provenance"] == "unchecked"
+    assert edited["provenance"] == "confirmed" and edited["provenance_image_id"] == manifest["out1"]["image_id"]
+    assert unlogged["provenance"] == "unconfirmed"  # its key fires, but the one generation logged under it is another
+    assert unlogged["provenance_compared"] == 1
+    without = rows(logged, str(logged / "out0" / "00000.png"))
+    assert without["/out0/00000.png"]["provenance"] == "unchecked"
 
 
 def test_a_missing_log_is_a_one_line_error(logged):
-    result = CliRunner().invoke(main, ["verify", str(logged / "out"), "--key", str(logged / "ring.json"), "--log",
+    result = CliRunner().invoke(main, ["verify", str(logged / "out0"), "--key", str(logged / "keys"), "--log",
                                        str(logged / "nothere.sqlite")])
     assert result.exit_code == 2 and "no such generation log" in result.output and "Traceback" not in result.output
 

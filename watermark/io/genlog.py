@@ -65,13 +65,13 @@ class Generation:
 
 
 def _table(metadata):
-    from sqlalchemy import BigInteger, Column, Float, Integer, LargeBinary, String, Table, Text
+    from sqlalchemy import BigInteger, Column, Float, Index, Integer, LargeBinary, String, Table, Text
 
     return Table(
         "generations", metadata,
         Column("row", Integer, primary_key=True, autoincrement=True),  # the order rows were logged in
         Column("image_id", String(64), nullable=False, unique=True),
-        Column("key_id", String(64), index=True),
+        Column("key_id", String(64)),
         Column("model", Text, nullable=False),
         Column("seed", BigInteger, nullable=False),
         Column("prompt", Text, nullable=False),
@@ -82,6 +82,7 @@ def _table(metadata):
         Column("sha256", String(64), nullable=False, index=True),
         Column("fingerprint", LargeBinary),
         Column("fingerprint_kind", String(64)),
+        Index("ix_generations_key_row", "key_id", "row"),  # a key's generations, in the order logged
     )
 
 
@@ -182,14 +183,30 @@ class GenerationLog:
         """The generations logged under ``key_id`` (an indexed lookup)."""
         return list(self._select(self.table.c.key_id == key_id))
 
-    def unrelated(self, model: str, key_id: str, kind: str, n: int) -> list[Generation]:
-        """Up to ``n`` generations of ``model`` not under ``key_id`` (clean controls included), with
-        a ``kind`` fingerprint: the most recent, so a check is repeatable while the log stands still."""
+    def fingerprints(self, key_id: str, kind: str) -> tuple[list[tuple[str, str]], np.ndarray]:
+        """The generations logged under ``key_id`` with a ``kind`` fingerprint, lean: their (image id,
+        time) and their fingerprints (m, d) float32, for ``provenance.check``."""
+        c = self.table.c
+        rows = self._lean((c.key_id == key_id) & (c.fingerprint_kind == kind), [c.image_id, c.created])
+        return [(r[0], r[1]) for r in rows], _matrix([r[2] for r in rows])
+
+    def unrelated(self, model: str, key_id: str, kind: str, n: int) -> np.ndarray:
+        """The ``kind`` fingerprints (<= n, d) of up to ``n`` generations of ``model`` not under
+        ``key_id`` (clean controls included): the most recent, so a check is repeatable while the
+        log stands still."""
         from sqlalchemy import or_
 
         c = self.table.c
         where = (c.model == model) & (c.fingerprint_kind == kind) & or_(c.key_id.is_(None), c.key_id != key_id)
-        return list(self._select(where, n, newest=True))
+        return _matrix([r[0] for r in self._lean(where, [], n, newest=True)])
+
+    def _lean(self, where, columns: list, limit: int | None = None, newest: bool = False) -> list:
+        from sqlalchemy import select
+
+        query = select(*columns, self.table.c.fingerprint).where(where)
+        query = query.order_by(self.table.c.row.desc() if newest else self.table.c.row)
+        with self.engine.connect() as conn:
+            return conn.execute(query if limit is None else query.limit(limit)).all()
 
     def by_sha256(self, sha256: str) -> list[Generation]:
         return list(self._select(self.table.c.sha256 == sha256))
@@ -276,6 +293,13 @@ def _to_db(g: Generation) -> dict:
 def _from_db(row: dict) -> Generation:
     fp = row["fingerprint"]
     return Generation(**{**row, "fingerprint": None if fp is None else np.frombuffer(bytes(fp), "<f2").copy()})
+
+
+def _matrix(blobs: list) -> np.ndarray:
+    """float16 fingerprints as stored -> (m, d) float32 (m = 0: (0, 0))."""
+    if not blobs:
+        return np.zeros((0, 0), np.float32)
+    return np.frombuffer(b"".join(bytes(b) for b in blobs), "<f2").reshape(len(blobs), -1).astype(np.float32)
 
 
 def _check_format(path: Path) -> None:

@@ -63,17 +63,17 @@ def check(z_0: torch.Tensor, key_id: str, model: str, log: GenerationLog, transf
           alpha: float, reference: np.ndarray | None = None) -> Provenance:
     """The provenance of one suspect (its latent z_0, (C, h, w)) whose key ``key_id`` fired.
     The reference pool: the log's generations under other keys, and ``reference`` (the model's)."""
-    candidates = [g for g in log.by_key(key_id) if g.fingerprint_kind == fingerprint.LATENT_KIND]
-    pool = [g.fingerprint for g in log.unrelated(model, key_id, fingerprint.LATENT_KIND, POOL)]
+    candidates, own = log.fingerprints(key_id, fingerprint.LATENT_KIND)
+    pool = [log.unrelated(model, key_id, fingerprint.LATENT_KIND, POOL)]
     if reference is not None:
-        pool += list(reference)
+        pool.append(reference)
+    pool = np.concatenate([p for p in pool if len(p)]) if any(len(p) for p in pool) else np.zeros((0, 0))
     if not candidates:
         return Provenance(status="unconfirmed", compared=0, pool=len(pool))
-    prints = np.stack([g.fingerprint for g in candidates] + pool).astype(np.float32)
-    sims = fingerprint.best_similarity(z_0, prints, transforms)
+    sims = fingerprint.best_similarity(z_0, np.concatenate([own, pool]) if len(pool) else own, transforms)
     own, ref = sims[: len(candidates)], sims[len(candidates) :]
     best = int(np.argmax(own))
     p = min(1.0, (1 + int(np.sum(ref >= own[best]))) / (1 + len(ref)) * len(candidates))
-    g = candidates[best]
-    return Provenance(status="confirmed" if p <= alpha else "unconfirmed", image_id=g.image_id, created=g.created,
+    image_id, created = candidates[best]
+    return Provenance(status="confirmed" if p <= alpha else "unconfirmed", image_id=image_id, created=created,
                       similarity=round(float(own[best]), 4), p_value=p, compared=len(candidates), pool=len(ref))
