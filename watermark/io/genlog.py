@@ -134,7 +134,7 @@ class GenerationLog:
             from sqlalchemy import create_engine, event
             from sqlalchemy.exc import SQLAlchemyError
         except ImportError:
-            raise LogError("the generation log needs SQLAlchemy: pip install 'ringmark[log]'") from None
+            raise LogError("the generation log needs SQLAlchemy (a dependency of ringmark): pip install sqlalchemy") from None
         url = database_url(where)
         path = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
         new = path is not None and not path.exists()
@@ -148,7 +148,10 @@ class GenerationLog:
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # -wal and -shm the file's mode)
         try:
             engine = create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
-        except (ImportError, SQLAlchemyError, ValueError) as e:
+        except ImportError as e:
+            extra = " (pip install 'ringmark[postgres]')" if url.startswith("postgresql") else ""
+            raise LogError(f"{redacted(where)}: the database driver is missing: {_first_line(e)}{extra}") from None
+        except (SQLAlchemyError, ValueError) as e:
             raise LogError(f"{redacted(where)}: cannot open the generation log ({_first_line(e)})") from None
         if url.startswith("sqlite"):
             @event.listens_for(engine, "connect")
