@@ -22,7 +22,8 @@ from .models import get_model
 from .pipeline import Decision, Detection, Recovery, check_key_set, check_keys, detect
 from .io.genlog import GenerationLog
 from .provenance.check import UNCHECKED, check, reference_pool
-from .scheme.geometry import search_grid
+from .provenance.fingerprint import family
+from .scheme.geometry import IDENTITY, search_grid
 from .scheme.keys import Key
 from .scheme.null import NullModel
 
@@ -83,7 +84,7 @@ class Verifier:
         self.nulls = resolve_nulls(null, keys[0].model, self.recovery.looks(), tuple(keys[0].latent_shape), key_files)
         self.log = None if log is None else GenerationLog.open(log, create=False)  # ``provenance.check``
         self.reference = None if log is None else reference_pool(keys[0].model, tuple(keys[0].latent_shape), key_files)
-        self.transforms = search_grid(decision.search, keys[0].latent_shape[-1])
+        self.transforms = {t.name: t for t in search_grid(decision.search, keys[0].latent_shape[-1])}
         missing = [role for role, n in self.nulls.items() if n is None]
         self.null_note = None if not missing or all(k.pattern == "zeros" for k in keys) else no_null_note(missing)
 
@@ -126,8 +127,9 @@ class Verifier:
         """A watermarked image's provenance fields (``provenance.check``), none for the others."""
         if not d.watermarked:
             return {}
-        p = UNCHECKED if self.log is None else check(d.z_0, d.key_id, self.keys[0].model, self.log,
-                                                     self.transforms, self.alpha, self.reference)
+        near = family(self.transforms.get(d.transform, IDENTITY), list(self.transforms.values()))
+        p = UNCHECKED if self.log is None else check(d.z_0, d.key_id, self.keys[0].model, self.log, near, self.alpha,
+                                                     self.reference)
         return {"provenance": p.status, "provenance_image_id": p.image_id, "provenance_created": p.created,
                 "provenance_similarity": p.similarity, "provenance_p_value": p.p_value,
                 "provenance_compared": p.compared if self.log is not None else None}

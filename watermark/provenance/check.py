@@ -1,8 +1,10 @@
 """Is an image whose key fires one of the generations logged under that key (or an edit of one)?
 
 The suspect's latent (the deciding look's z_0) is compared with the fingerprint of every
-generation logged under the key (``fingerprint.best_similarity``: best over the key search's
-transforms). The p-value of the best match is a rank test against a reference pool of unrelated
+generation logged under the key (``fingerprint.best_similarity``: best over ``transforms``, which
+``Verifier`` makes the transform the key search found with its other crop offsets,
+``fingerprint.family``: best over all 414 raised unrelated generations' similarity from 0.25 to
+0.53 on average and lost most rotated images, docs/bench/provenance/tiny.json). The p-value of the best match is a rank test against a reference pool of unrelated
 generations of the same model (logged under other keys): the chance that an unrelated generation
 matches the suspect at least as well, ``(1 + #{pool >= s}) / (1 + R)``, times the candidates
 compared (Bonferroni). The pool: generations of the model logged under other keys, and the

@@ -3,9 +3,10 @@ generation from another. Candidates, compared by ``docs/bench/provenance/measure
 
 - ``latent``: the decoder-inverted latent z_0 (the first look's), average-pooled to ``SIDE`` x
   ``SIDE`` per channel, each channel's mean removed (a global brightness change moves it), scaled
-  to unit length. A suspect image is compared by the best cosine similarity over the key search's
-  transforms undone from its z_0 (``best_similarity``): the key's Fourier magnitudes do not see a
-  shift, so the transform that matched the key need not align the content.
+  to unit length. A suspect image is compared by the best cosine similarity over transforms
+  undone from its z_0 (``best_similarity``): the one the key search found and its other crop
+  offsets (``family``; the key's Fourier magnitudes do not see a shift, so the transform that
+  matched the key need not align the content).
 - ``phash``: the perceptual hash of the pixels (Zauner 2010: the 8 x 8 lowest frequencies of the
   DCT of a 32 x 32 grey image, each above or below their median), written here with scipy's DCT
   (64 bits; similarity 1 - 2 x Hamming / 64, so that both candidates live on [-1, 1]).
@@ -41,6 +42,17 @@ def best_similarity(z_0: torch.Tensor, logged: np.ndarray, transforms: list[Tran
     (m, d) over ``transforms`` undone from it -> (m,)."""
     prints = latent(z_0[None].expand(len(transforms), *z_0.shape), transforms)  # (T, d)
     return (prints @ np.asarray(logged, np.float32).T).max(0)
+
+
+def family(found: Transform, transforms: list[Transform]) -> list[Transform]:
+    """The transforms that differ from ``found`` only in where a crop sits: the key's Fourier
+    magnitudes do not see a shift, so the search cannot tell them apart, but the content can."""
+    def stem(t: Transform) -> str:  # "crop xy 0.75 +0 -0.125" -> "crop xy 0.75", mirrored too
+        mirror, name = ("mirror + ", t.name[9:]) if t.name.startswith("mirror + ") else ("", t.name)
+        parts = name.split()
+        return mirror + (" ".join(parts[:3]) if parts[0] == "crop" else name)
+
+    return [t for t in transforms if stem(t) == stem(found)] or [found]
 
 
 def phash(image: Image.Image) -> np.ndarray:

@@ -6,8 +6,11 @@ s + 7) under each of Tree-Ring's six attacks and the held-out edits, against the
 logged for that PNG (``api.logged``, as ``embed --log`` records it). Impostor pairs: the same
 edited image against the logged fingerprints of other generations of the model (clean PNGs from
 other seeds). The latent fingerprint of an edited image is compared as ``verify --log`` compares it: the
-decided look's z_0 (``detect(..., latents=True)``), best over the search's transforms undone. Candidates: ``latent`` (512 bytes), ``phash`` (8 bytes), and regeneration from the
-logged seed and key (nothing stored; one generation per check, then the latent fingerprint of it).
+decided look's z_0 (``detect(..., latents=True)``), best over the search's transforms undone.
+Candidates: ``latent`` (512 bytes; best over every transform of the search), ``latent_found_transform``
+(the same, over the found transform's crop offsets only: ``fingerprint.family``), ``phash`` (8 bytes),
+and regeneration from the logged seed and key (nothing stored; one generation per check, then the
+latent fingerprint of it, best over every transform).
 
     python docs/bench/provenance/measure.py --wm /data/tiny-wm --clean /data/tiny-clean -n 48 --impostors 400 \\
         -o docs/bench/provenance/tiny.json
@@ -113,37 +116,45 @@ def main():
     worst = max(int(np.abs(np.asarray(a, int) - np.asarray(b, int)).max()) for a, b in zip(regen, wm))
     regen_prints = logged_prints(model, regen)
     transforms = search_grid(verifier.decision.search, model.latent_shape(model.default_size)[-1])
+    by_name = {t.name: t for t in transforms}
     rng = np.random.default_rng(0)
     edits = {**{f"tree-ring {a}": (lambda im, r, a=a: attack(im, a, r)) for a in ATTACKS}, **HELD_OUT}
     res = {"n": len(wm), "impostor_pool": len(clean), "edits": {}, "bytes": {"latent": own.shape[1] * 2, "phash": 8,
                                                                               "regeneration": 0}}
-    all_g, all_i, all_gh, all_ih, all_r, detected = [], [], [], [], [], []
+    all_g, all_i, all_gh, all_ih, all_r, all_fg, all_fi, detected = [], [], [], [], [], [], [], []
     for name, edit in edits.items():
         hit = [edit(im, rng) for im in wm]
         x = to_tensor(hit)
         first = take_looks(model, x, verifier.recovery, roles=("first",))["first"]
-        g, imp, found, g_regen = [], [], [], []
+        g, imp, found, g_regen, g_found, imp_found = [], [], [], [], [], []
         for i, key in enumerate(keys):
             d, = detect(model, x[i : i + 1], [key], verifier.recovery, verifier.decision, nulls=verifier.nulls,
                         taken={"first": first.rows([i])}, latents=True)
             sims = fingerprint.best_similarity(d.z_0, np.concatenate([own[i : i + 1], others]), transforms)
             g.append(sims[0])  # against its own logged generation
             imp.append(sims[1:])  # against the others
+            near = fingerprint.family(by_name[d.transform], transforms)  # only the found transform's crop offsets
+            sims = fingerprint.best_similarity(d.z_0, np.concatenate([own[i : i + 1], others]), near)
+            g_found.append(sims[0])
+            imp_found.append(sims[1:])
             g_regen.append(fingerprint.best_similarity(d.z_0, regen_prints[i : i + 1], transforms)[0])
             found.append(d.watermarked)
-        g, imp = np.array(g), np.concatenate(imp)
+        g, imp, g_found, imp_found = np.array(g), np.concatenate(imp), np.array(g_found), np.concatenate(imp_found)
         hashes = np.stack([fingerprint.phash(im) for im in hit])
         gh, ih = np.einsum("nd,nd->n", hashes, own_hash), (hashes @ other_hash.T).ravel()
         res["edits"][name] = {"watermarked": float(np.mean(found)), "latent": roc(g, imp), "phash": roc(gh, ih),
+                              "latent_found_transform": roc(g_found, imp_found),
                               "regeneration": roc(np.array(g_regen), imp),
                               "latent_genuine": g.round(4).tolist()}
-        for pool, v in ((all_g, g), (all_i, imp), (all_gh, gh), (all_ih, ih), (all_r, g_regen)):
+        for pool, v in ((all_g, g), (all_i, imp), (all_gh, gh), (all_ih, ih), (all_r, g_regen), (all_fg, g_found),
+                        (all_fi, imp_found)):
             pool.append(v)
         detected += found
         print(name, json.dumps({k: v for k, v in res["edits"][name].items() if k != "latent_genuine"}), flush=True)
     res["pooled"] = {"latent": roc(np.concatenate(all_g), np.concatenate(all_i)),
                      "phash": roc(np.concatenate(all_gh), np.concatenate(all_ih)),
                      "regeneration": roc(np.concatenate(all_r), np.concatenate(all_i)),
+                     "latent_found_transform": roc(np.concatenate(all_fg), np.concatenate(all_fi)),
                      "watermarked": float(np.mean(detected))}
     res["seconds"] = {"latent_at_embed": t_log, "latent_at_verify": "none beyond detect (pooling the decided look's z_0)",
                       "phash": t_hash, "regeneration_per_check": t_regen}
