@@ -14,7 +14,6 @@ carries the ``rand`` key of seed s + 7); the null models were made from seeds 1e
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import subprocess
@@ -30,7 +29,7 @@ from scipy import stats
 from watermark.bench.attacks import ATTACKS, HELD_OUT as EDITS, attack
 from watermark.bench.detect import tpr_at_fpr
 from watermark.bench.null import holm
-from watermark.io.images import load_image, to_pil, to_tensor
+from watermark.io.images import to_tensor
 from watermark.models import get_model
 from watermark.pipeline import Decision, Recovery, detect, make_key, run_look
 from watermark.scheme.keys import new_key
