@@ -127,9 +127,11 @@ class Verifier:
         """A watermarked image's provenance fields (``provenance.check``), none for the others."""
         if not d.watermarked:
             return {}
-        near = family(self.transforms.get(d.transform, IDENTITY), list(self.transforms.values()))
-        p = UNCHECKED if self.log is None else check(d.z_0, d.key_id, self.keys[0].model, self.log, near, self.alpha,
-                                                     self.reference)
+        if self.log is None:
+            p = UNCHECKED
+        else:  # over the transform the key search found and its other crop offsets
+            near = family(self.transforms.get(d.transform, IDENTITY), list(self.transforms.values()))
+            p = check(d.z_0, d.key_id, self.keys[0].model, self.log, near, self.alpha, self.reference)
         return {"provenance": p.status, "provenance_image_id": p.image_id, "provenance_created": p.created,
                 "provenance_similarity": p.similarity, "provenance_p_value": p.p_value,
                 "provenance_compared": p.compared if self.log is not None else None}

@@ -4,8 +4,9 @@ The suspect's latent (the deciding look's z_0) is compared with the fingerprint 
 generation logged under the key (``fingerprint.best_similarity``: best over ``transforms``, which
 ``Verifier`` makes the transform the key search found with its other crop offsets,
 ``fingerprint.family``: best over all 414 raised unrelated generations' similarity from 0.25 to
-0.53 on average and lost most rotated images, docs/bench/provenance/tiny.json). The p-value of the best match is a rank test against a reference pool of unrelated
-generations of the same model (logged under other keys): the chance that an unrelated generation
+0.53 on average and lost most rotated images, docs/bench/provenance/tiny.json). The p-value of
+the best match is a rank test against a reference pool of unrelated generations of the same
+model: the chance that an unrelated generation
 matches the suspect at least as well, ``(1 + #{pool >= s}) / (1 + R)``, times the candidates
 compared (Bonferroni). The pool: generations of the model logged under other keys, and the
 model's own reference fingerprints where it ships them (``reference_pool``; ``tiny``: 1,024 clean
@@ -66,13 +67,11 @@ def check(z_0: torch.Tensor, key_id: str, model: str, log: GenerationLog, transf
     """The provenance of one suspect (its latent z_0, (C, h, w)) whose key ``key_id`` fired.
     The reference pool: the log's generations under other keys, and ``reference`` (the model's)."""
     candidates, own = log.fingerprints(key_id, fingerprint.LATENT_KIND)
-    pool = [log.unrelated(model, key_id, fingerprint.LATENT_KIND, POOL)]
-    if reference is not None:
-        pool.append(reference)
-    pool = np.concatenate([p for p in pool if len(p)]) if any(len(p) for p in pool) else np.zeros((0, 0))
+    parts = [p for p in (log.unrelated(model, key_id, fingerprint.LATENT_KIND, POOL), reference)
+             if p is not None and len(p)]
     if not candidates:
-        return Provenance(status="unconfirmed", compared=0, pool=len(pool))
-    sims = fingerprint.best_similarity(z_0, np.concatenate([own, pool]) if len(pool) else own, transforms)
+        return Provenance(status="unconfirmed", compared=0, pool=sum(len(p) for p in parts))
+    sims = fingerprint.best_similarity(z_0, np.concatenate([own, *parts]), transforms)
     own, ref = sims[: len(candidates)], sims[len(candidates) :]
     best = int(np.argmax(own))
     p = min(1.0, (1 + int(np.sum(ref >= own[best]))) / (1 + len(ref)) * len(candidates))
