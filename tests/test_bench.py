@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -10,6 +11,7 @@ from watermark.bench.attacks import ATTACKS
 from watermark.cli import main
 
 
+@pytest.mark.slow  # bench inversion end to end (84 s); test_bench_inversion_keeps_finished_rows_when_stopped runs it in CI
 def test_bench_inversion_quick(tmp_path):
     # the cost runs (a process per method) are test_bench_inversion_cost_only's
     result = CliRunner().invoke(main, ["bench", "inversion", "--quick", "--skip-cost", "-o", str(tmp_path), "-q"])
@@ -30,6 +32,7 @@ def test_bench_inversion_quick(tmp_path):
     assert torch.is_grad_enabled()  # the benchmark left the process's grad mode as it found it
 
 
+@pytest.mark.slow  # the cost runs (86 s)
 def test_bench_inversion_cost_only(tmp_path):
     result = CliRunner().invoke(main, ["bench", "inversion", "--quick", "--skip-accuracy", "--skip-reference", "-o",
                                        str(tmp_path), "-q"])
@@ -42,6 +45,7 @@ def test_bench_inversion_cost_only(tmp_path):
     assert "Accuracy" not in (tmp_path / "inversion.md").read_text()
 
 
+@pytest.mark.slow  # bench detect with the search (140 s); test_bench_detect_keeps_finished_stages_when_stopped runs it in CI
 def test_bench_detect_quick(tmp_path):
     result = CliRunner().invoke(main, ["bench", "detect", "--quick", "--batch", "3", "-o", str(tmp_path), "-q"])
     assert result.exit_code == 0, result.output
@@ -114,6 +118,7 @@ def _interrupt(*args, **kwargs):
     raise KeyboardInterrupt  # as a time limit would
 
 
+@pytest.mark.slow  # the study (113 s)
 def test_bench_detect_study_quick(tmp_path):
     """The decision study (issue 21) on the SD-faithful model: every recovery scored on the same
     images, paired against the encoder."""
@@ -144,6 +149,7 @@ def test_bench_detect_study_refuses_a_bad_recovery(tmp_path):
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow  # bench null (52 s)
 def test_bench_null_quick(tmp_path):
     result = CliRunner().invoke(main, ["bench", "null", "--quick", "--model", "tiny", "-o", str(tmp_path), "-q"])
     assert result.exit_code == 0, result.output
@@ -155,6 +161,7 @@ def test_bench_null_quick(tmp_path):
             assert row["keys"] == 6 and 0 <= row["worst"] <= 1 and set(row["per_spec"]) >= {"rand", "ring ch0"}
 
 
+@pytest.mark.slow  # bench security (81 s+)
 def test_bench_security_quick(tmp_path):
     result = CliRunner().invoke(main, ["bench", "security", "--quick", "--model", "tiny", "-o", str(tmp_path), "-q"])
     assert result.exit_code == 0, result.output

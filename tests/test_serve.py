@@ -113,23 +113,23 @@ def test_keys_show_ids_model_and_shape_only(server):
     assert "/v1/verify" in client.get("/openapi.json").json()["paths"]
 
 
-def test_load_32_clients_128_requests(server):
+def test_load_32_clients_64_requests(server):
     """Zero errors, and every answer equal to the sequential one, within a time limit."""
     client, images, reference, _ = server
     paths = sorted((images / "wm").glob("*.png")) + sorted((images / "clean").glob("*.png"))[:1]
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
-        futures = [pool.submit(client.post, "/v1/verify", files=upload(paths[i % len(paths)])) for i in range(128)]
-        done, late = concurrent.futures.wait(futures, timeout=300)  # the time limit: 4x what 2 cores need
+        futures = [pool.submit(client.post, "/v1/verify", files=upload(paths[i % len(paths)])) for i in range(64)]
+        done, late = concurrent.futures.wait(futures, timeout=300)  # the time limit: 8x what 2 cores need
         for f in late:
             f.cancel()
-        assert not late, f"{len(late)} of 128 requests unanswered after 300 s"
+        assert not late, f"{len(late)} of 64 requests unanswered after 300 s"
     responses = [f.result() for f in futures]
     seconds = time.perf_counter() - t0
-    assert [r.status_code for r in responses] == [200] * 128
+    assert [r.status_code for r in responses] == [200] * 64
     for i, response in enumerate(responses):
         assert same_result(response.json()["results"][0], reference[str(paths[i % len(paths)])])
-    print(f"128 requests from 32 clients in {seconds:.1f}s")
+    print(f"64 requests from 32 clients in {seconds:.1f}s")
 
 
 def test_full_queue_answers_503_and_the_service_goes_on(server, scale_world):

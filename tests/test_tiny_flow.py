@@ -22,7 +22,7 @@ def test_tiny_flow_is_a_flow_model_loaded_by_name(monkeypatch):
 def test_euler_round_trip_is_exact():
     """20 Euler steps from z_T and 20 back: the exact inversion recovers z_T to -30 dB or better."""
     model = get_model("tiny-flow")
-    z_T = torch.randn(4, 4, 32, 32, generator=torch.Generator().manual_seed(3))
+    z_T = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(3))
     z_0 = model.sample(z_T, 20)
     schedule = model.schedule(20)
     exact = ddim_invert(model.predict, z_0, schedule, exact=True, refine_iters=10, hold=model.hold)
