@@ -171,3 +171,8 @@ def test_bench_security_quick(tmp_path):
     assert {"fresh_keys_forgery_success", "fresh_keys_forgery_success_one_key_rule"} <= set(res["averaging"]["2"])
     assert {"forgery of model images", "removal"} <= set(res["imprinting"])
     assert "genuine, jpeg" in res["consistency"] and "averaging forgery M=2" in res["consistency"]
+    prov = res["provenance"]
+    assert prov["logged"] == 4 and set(prov["genuine"]) >= {"jpeg", "rotation 20", "pooled"}
+    assert set(prov["imprinting forgery"]) >= {"model images"} and set(prov["averaging forgery"]) == {"2"}
+    assert set(prov["adaptive forger"]) == {"30 dB", "25 dB", "20 dB", "15 dB", "50 %"}
+    assert all(0 <= r["confirmed"] <= r["watermarked"] <= 1 for r in prov["genuine"].values())

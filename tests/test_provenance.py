@@ -104,3 +104,31 @@ def test_content_match_p_value_is_calibrated_under_unrelated_generations(tmp_pat
         transforms = family(found, grid)
         p = np.array([check(z, key.key_id, "tiny", log, transforms, alpha, reference).p_value for z in z_0])
         assert np.sum(p <= alpha) <= int(stats.binom.isf(1e-3, n, alpha)), (found.name, np.sort(p)[:10])
+
+
+def test_the_report_shows_the_logged_generation_beside_the_suspect(logged, tmp_path):
+    """verify --log --report: the matched generation's row and its image (read back from where
+    embed wrote it, checked against the logged SHA-256); an image changed since is not shown."""
+    import shutil
+
+    manifest = json.loads((logged / "out1" / "manifest.jsonl").read_text())
+    report = tmp_path / "report.html"
+    result = CliRunner().invoke(main, ["verify", str(logged / "rotated.png"), "--key", str(logged / "keys"), "--log",
+                                       str(logged / "gen.sqlite"), "--report", str(report), "-q"])
+    assert result.exit_code == 0, result.output
+    html = report.read_text()
+    assert f"confirmed: the best-matching logged generation <code>{manifest['image_id']}</code>" in html
+    assert 'alt="the logged generation"' in html and "has changed since" not in html
+    # the logged PNG replaced by another image: its row stays, its picture does not
+    original = logged / "out1" / "00000.png"
+    shutil.copy(original, tmp_path / "keep.png")
+    try:
+        shutil.copy(logged / "out0" / "00000.png", original)
+        result = CliRunner().invoke(main, ["verify", str(logged / "rotated.png"), "--key", str(logged / "keys"), "--log",
+                                           str(logged / "gen.sqlite"), "--report", str(report), "--force", "-q"])
+        assert result.exit_code == 0, result.output
+        html = report.read_text()
+        assert manifest["image_id"] in html and "has changed since it was logged" in html
+        assert 'alt="the logged generation"' not in html
+    finally:
+        shutil.copy(tmp_path / "keep.png", original)

@@ -209,7 +209,7 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, 
             if progress is not None:
                 progress(1)
         if generations is not None:
-            generations.add(logged(model, made, load_pngs(outdir, made)))
+            generations.add(logged(model, made, load_pngs(outdir, made), folder=outdir))
         records += made
     with open(outdir / "manifest.jsonl", "w") as f:
         for r in records:
@@ -228,9 +228,11 @@ def load_pngs(outdir: Path, made: list[Generated]) -> torch.Tensor:
     return to_tensor([Image.open(outdir / g.file).convert("RGB") for g in made])
 
 
-def logged(model, made: list[Generated], x: torch.Tensor) -> list[Generation]:
+def logged(model, made: list[Generated], x: torch.Tensor, folder: str | os.PathLike | None = None) -> list[Generation]:
     """The generation-log rows of images just made: with the content fingerprint of each (the
-    latent of the first look of the model's recovery, as verify takes it: ``provenance.fingerprint``)."""
+    latent of the first look of the model's recovery, as verify takes it: ``provenance.fingerprint``).
+    ``folder``: where the images were written; the rows then record each file's absolute path (the
+    report shows the logged image beside a suspect when it is still there)."""
     from .provenance import fingerprint
     from .recovery import look_latents
 
@@ -238,7 +240,8 @@ def logged(model, made: list[Generated], x: torch.Tensor) -> list[Generation]:
     prints = fingerprint.latent(z_0.float().cpu())
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     return [Generation(image_id=g.image_id, key_id=g.key_id, model=g.model, seed=g.seed, prompt=g.prompt,
-                       steps=g.steps, guidance=g.guidance, created=now, file=g.file, sha256=g.sha256,
+                       steps=g.steps, guidance=g.guidance, created=now,
+                       file=g.file if folder is None else str(Path(folder).resolve() / g.file), sha256=g.sha256,
                        fingerprint=f.astype("float16"), fingerprint_kind=fingerprint.LATENT_KIND)
             for g, f in zip(made, prints)]
 
@@ -269,7 +272,7 @@ def rebuild_log(log: str | os.PathLike, folder: str | os.PathLike, *, device: st
         model = get_model(todo[0].model, device, dtype)
         for i in range(0, len(todo), batch):
             part = todo[i : i + batch]
-            generations.add(logged(model, part, load_pngs(folder, part)))
+            generations.add(logged(model, part, load_pngs(folder, part), folder=folder))
     return len(todo), len(made) - len(todo)
 
 
@@ -328,7 +331,7 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
             pending = []
     if report is not None:
         _add_fits(verifier, results, detections, drawn(results, detections))
-        write_report(report, results, detections, model=keys[0].model)
+        write_report(report, results, detections, model=keys[0].model, log=verifier.log)
     return results
 
 

@@ -728,11 +728,16 @@ def bench_null(model_name, n, n_keys, steps, photos, quick, outdir, quiet):
 @click.option("--imprint-steps", default=150, show_default=True, type=click.IntRange(1), help="Adam steps.")
 @click.option("--fresh-keys", default=2048, show_default=True, type=click.IntRange(1),
               help="Averaging defence: the keyring each image draws a fresh key from.")
+@click.option("--adaptive-n", default=16, show_default=True, type=click.IntRange(0),
+              help="Covers of the adaptive forger (0: skip the provenance part, verify --log).")
+@click.option("--adaptive-steps", default=50, show_default=True, type=click.IntRange(1),
+              help="The adaptive forger's Adam steps.")
 @click.option("--quick", is_flag=True, help="A few images and steps: checks the code.")
 @click.option("-o", "--outdir", default="docs/bench/security", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
 @library_errors
-def bench_security(model_name, n, budgets, imprint_n, imprint_steps, fresh_keys, quick, outdir, quiet):
+def bench_security(model_name, n, budgets, imprint_n, imprint_steps, fresh_keys, adaptive_n, adaptive_steps, quick,
+                   outdir, quiet):
     """Forgery and removal by averaging, imprinting and regeneration, and the defences' cost.
 
     Example: ringmark bench security --model tiny-sd -n 100
@@ -741,9 +746,11 @@ def bench_security(model_name, n, budgets, imprint_n, imprint_steps, fresh_keys,
 
     budgets = tuple(int(b) for b in budgets.split(","))
     if quick:
-        n, budgets, imprint_n, imprint_steps, fresh_keys = 4, (2,), 1, 2, 8
-    security.run(model_name, n=n, budgets=budgets, imprint_n=imprint_n, imprint_steps=imprint_steps, strengths=(0.3,) if quick else (0.1, 0.2, 0.3, 0.4, 0.5),
-                 many_keys=2 if quick else 8, fresh_keys=fresh_keys, outdir=outdir, log=messages(quiet))
+        n, budgets, imprint_n, imprint_steps, fresh_keys, adaptive_n, adaptive_steps = 4, (2,), 1, 2, 8, 1, 2
+    security.run(model_name, n=n, budgets=budgets, imprint_n=imprint_n, imprint_steps=imprint_steps,
+                 strengths=(0.3,) if quick else (0.1, 0.2, 0.3, 0.4, 0.5), many_keys=2 if quick else 8,
+                 fresh_keys=fresh_keys, adaptive_n=adaptive_n, adaptive_steps=adaptive_steps, outdir=outdir,
+                 log=messages(quiet))
 
 
 @bench.command("scale", context_settings=CONTEXT)

@@ -21,9 +21,8 @@ from .io.nullfile import no_null_note, resolve_nulls
 from .models import get_model
 from .pipeline import Decision, Detection, Recovery, check_key_set, check_keys, detect
 from .io.genlog import GenerationLog
-from .provenance.check import UNCHECKED, check, reference_pool
-from .provenance.fingerprint import family
-from .scheme.geometry import IDENTITY, search_grid
+from .provenance.check import UNCHECKED, Checker, reference_pool
+from .scheme.geometry import search_grid
 from .scheme.keys import Key
 from .scheme.null import NullModel
 
@@ -82,9 +81,10 @@ class Verifier:
         self.recovery = recovery.for_model(self.model.default_recovery)  # the settings the rows report
         self.size = check_keys(self.keys, self.model)
         self.nulls = resolve_nulls(null, keys[0].model, self.recovery.looks(), tuple(keys[0].latent_shape), key_files)
-        self.log = None if log is None else GenerationLog.open(log, create=False)  # ``provenance.check``
-        self.reference = None if log is None else reference_pool(keys[0].model, tuple(keys[0].latent_shape), key_files)
-        self.transforms = {t.name: t for t in search_grid(decision.search, keys[0].latent_shape[-1])}
+        self.log = None if log is None else GenerationLog.open(log, create=False)
+        self.checker = None if log is None else Checker(  # ``provenance.check``
+            self.log, keys[0].model, search_grid(decision.search, keys[0].latent_shape[-1]), decision.alpha,
+            reference_pool(keys[0].model, tuple(keys[0].latent_shape), key_files))
         missing = [role for role, n in self.nulls.items() if n is None]
         self.null_note = None if not missing or all(k.pattern == "zeros" for k in keys) else no_null_note(missing)
 
@@ -127,11 +127,7 @@ class Verifier:
         """A watermarked image's provenance fields (``provenance.check``), none for the others."""
         if not d.watermarked:
             return {}
-        if self.log is None:
-            p = UNCHECKED
-        else:  # over the transform the key search found and its other crop offsets
-            near = family(self.transforms.get(d.transform, IDENTITY), list(self.transforms.values()))
-            p = check(d.z_0, d.key_id, self.keys[0].model, self.log, near, self.alpha, self.reference)
+        p = UNCHECKED if self.checker is None else self.checker(d)
         return {"provenance": p.status, "provenance_image_id": p.image_id, "provenance_created": p.created,
                 "provenance_similarity": p.similarity, "provenance_p_value": p.p_value,
                 "provenance_compared": p.compared if self.log is not None else None}

@@ -95,6 +95,11 @@ def removal_target(z_T: torch.Tensor, key: Key, seed: int = 1) -> torch.Tensor:
     return inject(z_T.double(), decoy).float()
 
 
+def public_mask(shape) -> torch.Tensor:
+    """(H, W): where the default keys live; the scheme is public, so every attacker knows it."""
+    return circle_mask(shape[1:], default_radius(shape[1], "rand"))
+
+
 def consistency_psnr(model, verify: Verify, x: torch.Tensor, batch: int = 32) -> np.ndarray:
     """PSNR of each image to the image regenerated from its recovered z_T (``pipeline.consistency``)."""
     return np.concatenate([consistency(model, x[i : i + batch], verify.recovery) for i in range(0, len(x), batch)])
@@ -110,8 +115,9 @@ def averaging(model, verify: Verify, key: Key, others: list[Key], ring: list[Key
               covers: torch.Tensor, marked: torch.Tensor, steps: int, log) -> dict:
     """Forgery and removal with the pattern of M watermarked images, for each M in ``budgets``;
     the same with the M images spread over ``others`` (many keys, one per user), and with each
-    image carrying a fresh key drawn at random from ``ring`` (``embed`` with a keyring)."""
-    out, forged_100 = {}, []
+    image carrying a fresh key drawn at random from ``ring`` (``embed`` with a keyring). Returns
+    the table and the forgeries of one key, by M."""
+    out, forgeries = {}, {}
     top = max(budgets)
     wm = generate(model, key, range(200_000, 200_000 + top), steps, True)
     clean = generate(model, key, range(300_000, 300_000 + top), steps, False)
@@ -140,22 +146,22 @@ def averaging(model, verify: Verify, key: Key, others: list[Key], ring: list[Key
             row["fresh_keys_forgery_success"] = float(np.mean(p[:, 0] <= ALPHA))
             row["fresh_keys_forgery_success_one_key_rule"] = float(np.mean((p[:, 0] <= ALPHA) & (p[:, 1] > ALPHA)))
             row["fresh_keys_forgery_psnr"] = float(psnr(f_fresh, covers).mean())
-        out[m] = row
-        if m <= 100 or not forged_100:  # the consistency check's sample: the largest M up to 100
-            forged_100[:] = [(m, forged)]
+        out[m], forgeries[m] = row, forged
         log(f"averaging M={m}: {row}")
-    return out, forged_100[0]
+    return out, forgeries
 
 
 def imprint(model, covers: torch.Tensor, target: torch.Tensor, recovery: Recovery, steps: int = 150,
             lr: float = 0.005, mask: torch.Tensor | None = None, min_psnr: float = MIN_PSNR,
-            batch: int = 8, checkpoints: tuple[int, ...] = ()) -> tuple[dict, float]:
+            batch: int = 8, checkpoints: tuple[int, ...] = (), pull=None) -> tuple[dict, float]:
     """Adam on a pixel perturbation of each cover so that the public model's recovery of it
     (encoder, then DDIM inversion, differentiable) lands on ``target`` z_T on the frequencies of
     ``mask`` (H, W) (every channel; the scheme is public, so the attacker knows where keys live,
     not what they hold), projected after every step onto PSNR >= ``min_psnr`` to the cover.
-    Returns ({step: images} after each of ``checkpoints`` and after ``steps``, seconds per image
-    for all ``steps``)."""
+    ``pull``: a further loss per image of the latent z_0 (the adaptive forger's,
+    ``forgery.adaptive``), added with the same weight as the imprint's after each is divided by
+    its value at the first step. Returns ({step: images} after each of ``checkpoints`` and after
+    ``steps``, seconds per image for all ``steps``)."""
     t0 = time.perf_counter()
     schedule = model.schedule(recovery.ddim_steps, model.latent_shape(covers.shape[-1])[1:])
     budget = 4 * 10 ** (-min_psnr / 10)  # the largest mean squared error at min_psnr (range 2)
@@ -166,10 +172,18 @@ def imprint(model, covers: torch.Tensor, target: torch.Tensor, recovery: Recover
         delta = torch.zeros_like(x, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=lr)
         for step in range(1, steps + 1):
-            z_T = ddim_invert_graph(model.predict, model.encode((x + delta).clamp(-1, 1)), schedule, hold=model.hold)
+            z_0 = model.encode((x + delta).clamp(-1, 1))
+            z_T = ddim_invert_graph(model.predict, z_0, schedule, hold=model.hold)
             diff = torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(z_T - goal, dim=(-2, -1)), norm="ortho"),
                                       dim=(-2, -1))
-            loss = (diff.abs().pow(2) if mask is None else diff.abs().pow(2)[..., mask]).sum() / len(x)
+            power = diff.abs().pow(2) if mask is None else diff.abs().pow(2)[..., mask]
+            if pull is None:
+                loss = power.sum() / len(x)
+            else:  # each term relative to its start, per image
+                terms = torch.stack([power.flatten(1).sum(1), pull(z_0)])
+                if step == 1:
+                    scale = terms.detach().clamp_min(1e-12)
+                loss = (terms / scale).sum() / len(x)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -200,9 +214,12 @@ def regeneration(model, x: torch.Tensor, strength: float, steps: int = 10, seed:
 
 def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), imprint_n: int = 16,
         imprint_steps: int = 150, strengths=(0.1, 0.2, 0.3, 0.4, 0.5), steps: int = 10, many_keys: int = 8,
-        fresh_keys: int = 2048, outdir: str = "docs/bench/security", log=print) -> dict:
+        fresh_keys: int = 2048, adaptive_n: int = 16, adaptive_steps: int = 50, outdir: str = "docs/bench/security",
+        log=print) -> dict:
     """The README's "Threats" tables, a step each: the baseline, regeneration, averaging,
-    imprinting, and the consistency check on what verified; written to ``outdir/<model>.json``."""
+    imprinting, the consistency check on what verified, and (``adaptive_n`` > 0) the generation
+    log's provenance check on all of it and on the adaptive forger (``forgery``); written to
+    ``outdir/<model>.json``."""
     t_start = time.perf_counter()
     model = get_model(model_name)
     shape = model.latent_shape(model.default_size)
@@ -220,13 +237,24 @@ def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), impr
                         "fpr_photographs": None if photos is None else float(np.mean(verify.p(photos) <= ALPHA))}}
     log(f"baseline: {res['baseline']}")
     res["regeneration"] = regeneration_table(model, verify, marked, covers, strengths=strengths, steps=steps, log=log)
-    res["averaging"], (m, forged) = averaging(model, verify, key, others=others, ring=ring, budgets=budgets,
+    res["averaging"], averaged = averaging(model, verify, key, others=others, ring=ring, budgets=budgets,
                                               covers=covers, marked=marked, steps=steps, log=log)
     covers_by_kind = {"model images": covers[:imprint_n], "photographs": None if photos is None else photos[:imprint_n]}
-    res["imprinting"], consistent = imprinting_table(model, verify, key, marked[:imprint_n], covers_by_kind,
-                                                     imprint_steps=imprint_steps, log=log)
-    res["consistency"] = consistency_table(model, verify, marked[:32], consistent,
-                                           {f"averaging forgery M={m}": forged}, log=log)
+    res["imprinting"], imprinted = imprinting_table(model, verify, key, marked[:imprint_n], covers_by_kind,
+                                                    imprint_steps=imprint_steps, log=log)
+    m = max([b for b in averaged if b <= 100] or averaged)  # the consistency check's sample: the largest M up to 100
+    res["consistency"] = consistency_table(model, verify, marked[:32], {
+        f"imprinting forgery of {kind}": by_steps[imprint_steps] for kind, (_, by_steps) in imprinted.items()},
+        {f"averaging forgery M={m}": averaged[m]}, log=log)
+    if adaptive_n:
+        from . import forgery
+        from ..pipeline import recover_noise
+
+        with torch.no_grad():
+            target, _ = recover_noise(model, marked[:1], verify.recovery)
+        same_key = generate(model, key, range(600_000, 600_000 + n), steps, True)
+        res["provenance"] = forgery.run(model, verify, key, marked, same_key, imprinted, averaged, covers[:adaptive_n],
+                                        target, adaptive_steps, public_mask(shape), log)
     res.update(seconds=round(time.perf_counter() - t_start, 1),
                machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
                command="ringmark " + " ".join(sys.argv[1:]))
@@ -254,7 +282,7 @@ def regeneration_table(model, verify: Verify, marked: torch.Tensor, covers: torc
 def imprinting_table(model, verify: Verify, key: Key, marked: torch.Tensor, covers_by_kind: dict, *,
                      imprint_steps: int, log) -> tuple[dict, dict]:
     """Forgery of each kind of cover (toward the first watermarked image's z_T) and removal of
-    ``marked`` (toward a decoy), by steps; and the forgeries, for the consistency check."""
+    ``marked`` (toward a decoy), by steps; and {kind: (covers, {steps: forgeries})}."""
     from ..pipeline import recover_noise
 
     recovery = verify.recovery
@@ -262,28 +290,28 @@ def imprinting_table(model, verify: Verify, key: Key, marked: torch.Tensor, cove
     with torch.no_grad():
         target, _ = recover_noise(model, marked[:1], recovery)
     out = {"steps": imprint_steps, "min_psnr": MIN_PSNR}
-    public_mask = circle_mask(shape[1:], default_radius(shape[1], "rand"))  # where the default keys live
+    mask = public_mask(shape)
     consistent = {}
     budgets_steps = tuple(k for k in (1, 2, 5, 10, 20, 50, 150) if k < imprint_steps)
     for name, cov in covers_by_kind.items():
         if cov is None:
             continue
         forged, sec = imprint(model, cov, target.expand(len(cov), -1, -1, -1), recovery, imprint_steps,
-                              mask=public_mask, checkpoints=budgets_steps)
+                              mask=mask, checkpoints=budgets_steps)
         rows = {}
         for k, images in forged.items():
             p = verify.p(images)
             ok = (p <= ALPHA) & (psnr(images, cov) >= MIN_PSNR)
             rows[k] = {"success": float(ok.mean()), "psnr": float(psnr(images, cov).mean()),
                        "median_p": float(np.median(p))}
-        consistent[f"imprinting forgery of {name}"] = forged[imprint_steps]
+        consistent[name] = (cov, forged)
         out[f"forgery of {name}"] = {"by_steps": rows, "seconds_per_image": round(sec, 1),
                                      "seconds_per_step_per_image": round(sec / imprint_steps, 2)}
         log(f"imprinting forgery {name}: {out[f'forgery of {name}']}")
     with torch.no_grad():
         own, _ = recover_noise(model, marked, recovery)
     removed, sec = imprint(model, marked, removal_target(own, key), recovery, imprint_steps,
-                           mask=public_mask, checkpoints=budgets_steps)
+                           mask=mask, checkpoints=budgets_steps)
     out["removal"] = {
         "by_steps": {k: {"tpr": float(np.mean(verify.p(images) <= ALPHA)),
                          "psnr": float(psnr(images, marked).mean())} for k, images in removed.items()},
@@ -343,4 +371,32 @@ def markdown(res: dict) -> str:
             "|---|---|" + "---|" * len(thresholds)]
     for name, r in res["consistency"].items():
         out.append(f"| {name} | {pct(r['verified'])} | " + " | ".join(pct(r[t]) for t in thresholds) + " |")
+    if "provenance" in res:
+        out += ["", *provenance_markdown(res["provenance"])]
     return "\n".join(out)
+
+
+def provenance_markdown(res: dict) -> list[str]:
+    """``verify --log`` on genuine images, same-key generations and forgeries."""
+    pct = lambda v: "–" if v is None else f"{v:.1%}"  # noqa: E731
+    out = [f"| verify --log ({res['logged']} generations logged under the key) | n | watermarked | confirmed | "
+           "confirmed / watermarked | PSNR to the cover |", "|---|---|---|---|---|---|"]
+
+    def row(name, r):
+        db = f"{r['psnr']:.1f} dB" if "psnr" in r else ""
+        out.append(f"| {name} | {r['n']} | {pct(r['watermarked'])} | {pct(r['confirmed'])} | "
+                   f"{pct(r['confirmed_of_watermarked'])} | {db} |")
+
+    for name, r in res["genuine"].items():
+        row(f"genuine, {name}", r)
+    row("another generation, same key, not logged", res["same key, not logged"])
+    for kind, by_steps in res["imprinting forgery"].items():
+        for k, r in by_steps.items():
+            row(f"imprinting forgery of {kind}, {k} steps", r)
+    for m, r in res["averaging forgery"].items():
+        row(f"averaging forgery, M = {m}", r)
+    for floor, r in res["adaptive forger"].items():
+        if isinstance(r, dict):
+            row(f"adaptive forger, PSNR >= {floor} (cosine to the source {r['cosine_to_source']:.2f})", r)
+    out.append(f"\nAdaptive forger, 50 % confirmed: {res['adaptive forger']['50 %']}.")
+    return out

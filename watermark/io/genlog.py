@@ -168,6 +168,10 @@ class GenerationLog:
             raise LogError(f"{redacted(where)}: not a usable generation log ({_first_line(e)})") from None
         return log
 
+    def close(self) -> None:
+        """Close the database connections (a SQLite file can then be removed)."""
+        self.engine.dispose()
+
     def add(self, rows: Iterable[Generation]) -> int:
         """Append ``rows`` in one transaction; an image id already logged is an error (LogError)."""
         from sqlalchemy.exc import IntegrityError
@@ -181,6 +185,10 @@ class GenerationLog:
         except IntegrityError:
             raise LogError(f"{redacted(self.where)}: an image id of these rows is already logged") from None
         return len(values)
+
+    def get(self, image_id: str) -> Generation | None:
+        """The generation logged as ``image_id``, or None."""
+        return next(iter(self._select(self.table.c.image_id == image_id)), None)
 
     def by_key(self, key_id: str) -> list[Generation]:
         """The generations logged under ``key_id`` (an indexed lookup)."""

@@ -77,16 +77,35 @@ def drawn(results: list, detections: list) -> list[int]:
                   key=lambda i: results[i].p_value)[:MAX_FIGURES]
 
 
-def rows(results: list, detections: list) -> list[dict]:
-    """The template's rows: each result, its thumbnail, and for the ``drawn`` images their fit
-    and figure."""
+def rows(results: list, detections: list, log=None) -> list[dict]:
+    """The template's rows: each result, its thumbnail, for the ``drawn`` images their fit and
+    figure, and for a checked provenance the logged generation that matched best (``logged``)."""
     drawn_ = set(drawn(results, detections))
     out = []
     for i, (r, d) in enumerate(zip(results, detections)):
         out.append({"r": r, "verdict": verdict(r), "thumb": thumbnail(r.path),
                     "fit_psnr": None if d is None or d.evidence is None else d.evidence.fit_psnr,
-                    "figure": figures.evidence_uri(d.evidence, d, r.alpha) if i in drawn_ else None})
+                    "figure": figures.evidence_uri(d.evidence, d, r.alpha) if i in drawn_ else None,
+                    "logged": logged(log, getattr(r, "provenance_image_id", None))})
     return out
+
+
+def logged(log, image_id: str | None) -> dict | None:
+    """The logged generation ``image_id`` as the report shows it: its row, and its thumbnail when
+    the file it was written to is still there with the logged SHA-256 (else why not)."""
+    if log is None or image_id is None:
+        return None
+    g = log.get(image_id)
+    if g is None:
+        return None
+    from hashlib import sha256
+
+    path = Path(g.file)
+    if not path.is_file():
+        return {"g": g, "thumb": None, "why": f"not at {g.file} any more"}
+    if sha256(path.read_bytes()).hexdigest() != g.sha256:
+        return {"g": g, "thumb": None, "why": f"{g.file} has changed since it was logged"}
+    return {"g": g, "thumb": thumbnail(str(path)), "why": None}
 
 
 def settings(results: list) -> dict:
@@ -100,8 +119,9 @@ def settings(results: list) -> dict:
 
 
 def write_report(path: str | os.PathLike, results: list, detections: list, *, model: str,
-                 command: str | None = None) -> Path:
-    """Render the report of ``results`` (with their ``detections``, None for errors) to ``path``."""
+                 command: str | None = None, log=None) -> Path:
+    """Render the report of ``results`` (with their ``detections``, None for errors) to ``path``.
+    ``log``: the generation log the results were checked against (``verify --log``)."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("watermark.io", "templates"),
@@ -112,7 +132,7 @@ def write_report(path: str | os.PathLike, results: list, detections: list, *, mo
                "weak": sum(bool(r.weak) for r in ok), "rejected": sum(r.rejected_by is not None for r in ok),
                "errors": len(results) - len(ok), "alpha": results[0].alpha if results else None}
     html = env.get_template(TEMPLATE).render(
-        rows=rows(results, detections), summary=summary, settings={"model": model, **settings(results)},
+        rows=rows(results, detections, log), summary=summary, settings={"model": model, **settings(results)},
         command=command or "ringmark " + " ".join(sys.argv[1:]), version=__version__,
         made=time.strftime("%Y-%m-%d %H:%M:%S %Z"), max_figures=figures_bound(results))
     path = Path(path)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..io.genlog import GenerationLog
-from ..scheme.geometry import Transform
+from ..scheme.geometry import IDENTITY, Transform
 from . import fingerprint
 
 POOL = 2048  # unrelated generations drawn from the log for the reference pool
@@ -78,3 +78,18 @@ def check(z_0: torch.Tensor, key_id: str, model: str, log: GenerationLog, transf
     image_id, created = candidates[best]
     return Provenance(status="confirmed" if p <= alpha else "unconfirmed", image_id=image_id, created=created,
                       similarity=round(float(own[best]), 4), p_value=p, compared=len(candidates), pool=len(ref))
+
+
+class Checker:
+    """``check`` as ``verify --log`` runs it on each ``Detection`` (``pipeline.detect(...,
+    latents=True)``): over the transform the key search found and its other crop offsets
+    (``fingerprint.family`` among ``transforms``), against the log's candidates and pools."""
+
+    def __init__(self, log: GenerationLog, model: str, transforms: list[Transform], alpha: float,
+                 reference: np.ndarray | None = None):
+        self.log, self.model, self.alpha, self.reference = log, model, alpha, reference
+        self.transforms = {t.name: t for t in transforms}
+
+    def __call__(self, d) -> Provenance:
+        near = fingerprint.family(self.transforms.get(d.transform, IDENTITY), list(self.transforms.values()))
+        return check(d.z_0, d.key_id, self.model, self.log, near, self.alpha, self.reference)

@@ -1,0 +1,135 @@
+"""``ringmark bench security``'s provenance part (issue 35): does ``verify --log`` tell a genuine
+generation, edited, from a forgery that carries a genuine image's key on other content?
+
+A generation log (SQLite, in a temporary folder) holds the watermarked images ``marked`` (one
+key, as ``embed --log`` records them: ``api.logged``). Every image below goes through
+``pipeline.detect`` as ``verify`` runs it, then ``provenance.check`` as ``verify --log`` does
+(``Checker``); a row counts the share judged watermarked and the share judged ``confirmed``.
+
+- genuine: ``marked`` under Tree-Ring's six attacks and the held-out edits (``bench.attacks``);
+- same key: other generations under the key, not logged (the hardest unrelated content);
+- imprinting forgery (``security.imprint``) of model images and photographs toward the first
+  watermarked image's z_T, after each number of Adam steps;
+- averaging forgery: covers + the averaged pattern of M watermarked images;
+- the adaptive forger: imprinting that also pulls the cover's fingerprint (the public model's
+  encoder latent, pooled as ``fingerprint.latent``) toward the source image's, which the forger
+  can compute (the scheme and the model are public; the log is not), at decreasing PSNR to the
+  cover.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..api import Generated, logged
+from ..io.genlog import GenerationLog
+from ..io.images import to_pil, to_tensor
+from ..pipeline import Decision, detect, psnr
+from ..provenance import fingerprint
+from ..provenance.check import Checker, reference_pool
+from ..scheme.geometry import search_grid
+from .attacks import ATTACKS, HELD_OUT, attack
+from .security import ALPHA, imprint
+
+ADAPTIVE_PSNR = (30.0, 25.0, 20.0, 15.0)
+
+
+class Provenance:
+    """``verify --log`` on tensors: ``verify`` (``security.Verify``) and a log of ``marked``."""
+
+    def __init__(self, model, verify, key, marked: torch.Tensor, folder: str | Path):
+        self.model, self.verify, self.key = model, verify, key
+        self.log = GenerationLog.open(Path(folder) / "generations.sqlite")
+        made = [Generated(file=f"{i:05d}.png", image_id=f"marked-{i}", sha256="", seed=i, prompt="", key_id=key.key_id,
+                          model=key.model, watermarked=True, steps=0, guidance=None) for i in range(len(marked))]
+        self.log.add(logged(model, made, marked))
+        self.checker = Checker(self.log, key.model, search_grid(Decision().search, key.latent_shape[-1]),
+                               ALPHA, reference_pool(key.model, tuple(key.latent_shape)))
+
+    def judge(self, x: torch.Tensor, batch: int = 32) -> dict:
+        """Shares of ``x`` judged watermarked and ``confirmed``, and confirmed among the watermarked."""
+        statuses = []
+        for i in range(0, len(x), batch):
+            for d in detect(self.model, x[i : i + batch], [self.key], self.verify.recovery,
+                            Decision(alpha=ALPHA), nulls=self.verify.nulls, latents=True):
+                statuses.append(self.checker(d).status if d.watermarked else "not watermarked")
+        s = np.array(statuses)
+        wm = s != "not watermarked"
+        return {"n": len(s), "watermarked": float(wm.mean()), "confirmed": float((s == "confirmed").mean()),
+                "confirmed_of_watermarked": float((s == "confirmed").sum() / wm.sum()) if wm.any() else None}
+
+
+def genuine(prov: Provenance, marked: torch.Tensor, log) -> dict:
+    """``marked`` under each of Tree-Ring's six attacks and the held-out edits."""
+    out = {}
+    for name in (*ATTACKS, *HELD_OUT):
+        rng = np.random.default_rng(0)
+        edit = (lambda im: attack(im, name, rng)) if name in ATTACKS else (lambda im: HELD_OUT[name](im, rng))
+        out[name] = prov.judge(to_tensor([edit(im) for im in to_pil((marked + 1) / 2)]))
+        log(f"provenance, genuine, {name}: {out[name]}")
+    rows = list(out.values())
+    wm = sum(r["watermarked"] * r["n"] for r in rows)
+    out["pooled"] = {"n": sum(r["n"] for r in rows), "watermarked": wm / sum(r["n"] for r in rows),
+                     "confirmed": sum(r["confirmed"] * r["n"] for r in rows) / sum(r["n"] for r in rows),
+                     "confirmed_of_watermarked": sum(r["confirmed"] * r["n"] for r in rows) / wm if wm else None}
+    return out
+
+
+def torch_print(z_0: torch.Tensor) -> torch.Tensor:
+    """``fingerprint.latent`` without the transforms, differentiable: (B, C, h, w) -> (B, d)."""
+    f = F.adaptive_avg_pool2d(z_0.float(), fingerprint.SIDE)
+    f = (f - f.mean(dim=(2, 3), keepdim=True)).flatten(1)
+    return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def adaptive(model, prov: Provenance, covers: torch.Tensor, source: torch.Tensor, target: torch.Tensor, steps: int,
+             mask: torch.Tensor, psnrs=ADAPTIVE_PSNR, log=print) -> dict:
+    """The adaptive forger at each PSNR floor: imprinting toward ``target`` z_T plus a pull of the
+    cover's fingerprint toward ``source``'s (the image whose key it forges)."""
+    with torch.no_grad():
+        goal = torch_print(model.encode(source))
+    out = {}
+    for floor in psnrs:
+        forged, sec = imprint(model, covers, target.expand(len(covers), -1, -1, -1), prov.verify.recovery, steps,
+                              mask=mask, min_psnr=floor, pull=lambda z_0: 1 - (torch_print(z_0) * goal).sum(1))
+        row = prov.judge(forged[steps])
+        with torch.no_grad():
+            row["cosine_to_source"] = float((torch_print(model.encode(forged[steps])) * goal).sum(1).mean())
+        row.update(psnr=float(psnr(forged[steps], covers).mean()), seconds_per_image=round(sec, 1))
+        out[f"{floor:g} dB"] = row
+        log(f"provenance, adaptive forger, PSNR >= {floor:g} dB: {row}")
+    return out
+
+
+def half_point(rows: dict) -> str:
+    """The PSNR at which the adaptive forger's confirmed share first reaches 50 %, as measured."""
+    for name, r in rows.items():
+        if r["confirmed"] >= 0.5:
+            return f"reached at {r['psnr']:.1f} dB"
+    return f"not reached down to {min(r['psnr'] for r in rows.values()):.1f} dB"
+
+
+def run(model, verify, key, marked: torch.Tensor, same_key: torch.Tensor, imprinted: dict, averaged: dict,
+        covers: torch.Tensor, target: torch.Tensor, adaptive_steps: int, mask: torch.Tensor, log) -> dict:
+    """The provenance table of one ``bench security`` run. ``imprinted``: {cover kind: {steps:
+    images}}; ``averaged``: {M: forged images}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        prov = Provenance(model, verify, key, marked, tmp)
+        res = {"logged": len(marked), "genuine": genuine(prov, marked, log)}
+        res["same key, not logged"] = prov.judge(same_key)
+        log(f"provenance, same key: {res['same key, not logged']}")
+        res["imprinting forgery"] = {kind: {str(k): {**prov.judge(im), "psnr": float(psnr(im, c).mean())}
+                                            for k, im in by_steps.items()}
+                                     for kind, (c, by_steps) in imprinted.items()}
+        log(f"provenance, imprinting: {res['imprinting forgery']}")
+        res["averaging forgery"] = {str(m): prov.judge(f) for m, f in averaged.items()}
+        log(f"provenance, averaging: {res['averaging forgery']}")
+        res["adaptive forger"] = adaptive(model, prov, covers, marked[:1], target, adaptive_steps, mask, log=log)
+        res["adaptive forger"]["50 %"] = half_point(res["adaptive forger"])
+        prov.log.close()
+    return res
