@@ -53,6 +53,7 @@ def test_rows_equal_verify_json(ray_local, scale_world, tmp_path, suffix, uri):
     assert other.exit_code == 2 and "written with other search; rerun with those, or use --force" in other.stderr
 
 
+@pytest.mark.slow  # 50-60 s: a scan process killed and resumed; the resume logic's rows: test_results_file_checks
 def test_killed_scan_resumes_without_duplicates(ray_local, scale_world, tmp_path):
     """A scan in its own process is killed (SIGKILL) after its first rows; the rerun skips them."""
     root, images, reference = scale_world
