@@ -39,7 +39,7 @@ from .security import ALPHA, imprint
 ADAPTIVE_PSNR = (30.0, 25.0, 20.0, 15.0)
 
 
-class Provenance:
+class LoggedVerify:
     """``verify --log`` on tensors: ``verify`` (``security.Verify``) and a log of ``marked``."""
 
     def __init__(self, model, verify, key, marked: torch.Tensor, folder: str | Path):
@@ -64,7 +64,7 @@ class Provenance:
                 "confirmed_of_watermarked": float((s == "confirmed").sum() / wm.sum()) if wm.any() else None}
 
 
-def genuine(prov: Provenance, marked: torch.Tensor, log) -> dict:
+def genuine(prov: LoggedVerify, marked: torch.Tensor, log) -> dict:
     """``marked`` under each of Tree-Ring's six attacks and the held-out edits."""
     out = {}
     for name in (*ATTACKS, *HELD_OUT):
@@ -87,7 +87,7 @@ def torch_print(z_0: torch.Tensor) -> torch.Tensor:
     return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def adaptive(model, prov: Provenance, covers: torch.Tensor, source: torch.Tensor, target: torch.Tensor, steps: int,
+def adaptive(model, prov: LoggedVerify, covers: torch.Tensor, source: torch.Tensor, target: torch.Tensor, steps: int,
              mask: torch.Tensor, psnrs=ADAPTIVE_PSNR, log=print) -> dict:
     """The adaptive forger at each PSNR floor: imprinting toward ``target`` z_T plus a pull of the
     cover's fingerprint toward ``source``'s (the image whose key it forges)."""
@@ -119,7 +119,7 @@ def run(model, verify, key, marked: torch.Tensor, same_key: torch.Tensor, imprin
     """The provenance table of one ``bench security`` run. ``imprinted``: {cover kind: {steps:
     images}}; ``averaged``: {M: forged images}."""
     with tempfile.TemporaryDirectory() as tmp:
-        prov = Provenance(model, verify, key, marked, tmp)
+        prov = LoggedVerify(model, verify, key, marked, tmp)
         res = {"logged": len(marked), "genuine": genuine(prov, marked, log)}
         res["same key, not logged"] = prov.judge(same_key)
         log(f"provenance, same key: {res['same key, not logged']}")
