@@ -16,7 +16,10 @@ ATTACKS = ("none", "rotation", "jpeg", "crop", "blur", "noise", "brightness")
 
 
 def attack(image: Image.Image, name: str, rng: np.random.Generator) -> Image.Image:
-    """Apply one attack; ``rng`` draws what Tree-Ring draws at random (crop position, brightness)."""
+    """Apply one attack (of ``ATTACKS`` or ``HELD_OUT``); ``rng`` draws what Tree-Ring draws at
+    random (crop position, brightness)."""
+    if name in HELD_OUT:
+        return HELD_OUT[name](image, rng)
     side = image.size[0]
     if name == "none":
         return image
@@ -39,7 +42,7 @@ def attack(image: Image.Image, name: str, rng: np.random.Generator) -> Image.Ima
         return Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8))
     if name == "brightness":  # ColorJitter(brightness=6): factor uniform in [0, 7]
         return ImageEnhance.Brightness(image).enhance(float(rng.uniform(0, 7)))
-    raise ValueError(f"attack must be one of {ATTACKS}, got {name!r}")
+    raise ValueError(f"attack must be one of {ATTACKS} or {tuple(HELD_OUT)}, got {name!r}")
 
 
 def _jpeg(im: Image.Image, q: int) -> Image.Image:

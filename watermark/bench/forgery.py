@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..api import Generated, logged
 from ..io.genlog import GenerationLog
@@ -69,22 +68,13 @@ def genuine(prov: LoggedVerify, marked: torch.Tensor, log) -> dict:
     out = {}
     for name in (*ATTACKS, *HELD_OUT):
         rng = np.random.default_rng(0)
-        edit = (lambda im: attack(im, name, rng)) if name in ATTACKS else (lambda im: HELD_OUT[name](im, rng))
-        out[name] = prov.judge(to_tensor([edit(im) for im in to_pil((marked + 1) / 2)]))
+        out[name] = prov.judge(to_tensor([attack(im, name, rng) for im in to_pil((marked + 1) / 2)]))
         log(f"provenance, genuine, {name}: {out[name]}")
-    rows = list(out.values())
-    wm = sum(r["watermarked"] * r["n"] for r in rows)
-    out["pooled"] = {"n": sum(r["n"] for r in rows), "watermarked": wm / sum(r["n"] for r in rows),
-                     "confirmed": sum(r["confirmed"] * r["n"] for r in rows) / sum(r["n"] for r in rows),
-                     "confirmed_of_watermarked": sum(r["confirmed"] * r["n"] for r in rows) / wm if wm else None}
+    n = sum(r["n"] for r in out.values())
+    wm, confirmed = (sum(r[k] * r["n"] for r in out.values()) for k in ("watermarked", "confirmed"))
+    out["pooled"] = {"n": n, "watermarked": wm / n, "confirmed": confirmed / n,
+                     "confirmed_of_watermarked": confirmed / wm if wm else None}
     return out
-
-
-def torch_print(z_0: torch.Tensor) -> torch.Tensor:
-    """``fingerprint.latent`` without the transforms, differentiable: (B, C, h, w) -> (B, d)."""
-    f = F.adaptive_avg_pool2d(z_0.float(), fingerprint.SIDE)
-    f = (f - f.mean(dim=(2, 3), keepdim=True)).flatten(1)
-    return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def adaptive(model, prov: LoggedVerify, covers: torch.Tensor, source: torch.Tensor, target: torch.Tensor, steps: int,
@@ -92,14 +82,14 @@ def adaptive(model, prov: LoggedVerify, covers: torch.Tensor, source: torch.Tens
     """The adaptive forger at each PSNR floor: imprinting toward ``target`` z_T plus a pull of the
     cover's fingerprint toward ``source``'s (the image whose key it forges)."""
     with torch.no_grad():
-        goal = torch_print(model.encode(source))
+        goal = fingerprint.pooled(model.encode(source))
     out = {}
     for floor in psnrs:
         forged, sec = imprint(model, covers, target.expand(len(covers), -1, -1, -1), prov.verify.recovery, steps,
-                              mask=mask, min_psnr=floor, pull=lambda z_0: 1 - (torch_print(z_0) * goal).sum(1))
+                              mask=mask, min_psnr=floor, pull=lambda z_0: 1 - (fingerprint.pooled(z_0) * goal).sum(1))
         row = prov.judge(forged[steps])
         with torch.no_grad():
-            row["cosine_to_source"] = float((torch_print(model.encode(forged[steps])) * goal).sum(1).mean())
+            row["cosine_to_source"] = float((fingerprint.pooled(model.encode(forged[steps])) * goal).sum(1).mean())
         row.update(psnr=float(psnr(forged[steps], covers).mean()), seconds_per_image=round(sec, 1))
         out[f"{floor:g} dB"] = row
         log(f"provenance, adaptive forger, PSNR >= {floor:g} dB: {row}")

@@ -34,7 +34,7 @@ import torch
 from inversion.ddim import ddim_invert_graph
 from ..io.nullfile import resolve_nulls
 from ..models import get_model
-from ..pipeline import Decision, Recovery, consistency, detect, psnr
+from ..pipeline import Decision, Recovery, consistency, detect, psnr, recover_noise
 from ..scheme.detection import match_keys
 from ..io.images import to_pil, to_tensor
 from ..scheme.embedding import inject, watermarked_latents
@@ -76,7 +76,6 @@ class Verify:
     def fired(self, x: torch.Tensor, keys: list[Key], batch: int = 32) -> np.ndarray:
         """How many of ``keys`` each image fires at ALPHA (each key tested alone, Šidák over the
         keyring): the 'exactly one key' rule rejects an image that fires more than one."""
-        from ..pipeline import recover_noise
         from ..scheme.detection import sidak
 
         out = []
@@ -240,7 +239,9 @@ def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), impr
     res["averaging"], averaged = averaging(model, verify, key, others=others, ring=ring, budgets=budgets,
                                               covers=covers, marked=marked, steps=steps, log=log)
     covers_by_kind = {"model images": covers[:imprint_n], "photographs": None if photos is None else photos[:imprint_n]}
-    res["imprinting"], imprinted = imprinting_table(model, verify, key, marked[:imprint_n], covers_by_kind,
+    with torch.no_grad():  # what forgeries aim at: the z_T recovered from one watermarked image
+        target, _ = recover_noise(model, marked[:1], verify.recovery)
+    res["imprinting"], imprinted = imprinting_table(model, verify, key, marked[:imprint_n], target, covers_by_kind,
                                                     imprint_steps=imprint_steps, log=log)
     m = max([b for b in averaged if b <= 100] or averaged)  # the consistency check's sample: the largest M up to 100
     res["consistency"] = consistency_table(model, verify, marked[:32], {
@@ -248,10 +249,7 @@ def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), impr
         {f"averaging forgery M={m}": averaged[m]}, log=log)
     if adaptive_n:
         from . import forgery
-        from ..pipeline import recover_noise
 
-        with torch.no_grad():
-            target, _ = recover_noise(model, marked[:1], verify.recovery)
         same_key = generate(model, key, range(600_000, 600_000 + n), steps, True)
         res["provenance"] = forgery.run(model, verify, key, marked, same_key, imprinted, averaged, covers[:adaptive_n],
                                         target, adaptive_steps, public_mask(shape), log)
@@ -279,16 +277,12 @@ def regeneration_table(model, verify: Verify, marked: torch.Tensor, covers: torc
     return out
 
 
-def imprinting_table(model, verify: Verify, key: Key, marked: torch.Tensor, covers_by_kind: dict, *,
-                     imprint_steps: int, log) -> tuple[dict, dict]:
-    """Forgery of each kind of cover (toward the first watermarked image's z_T) and removal of
-    ``marked`` (toward a decoy), by steps; and {kind: (covers, {steps: forgeries})}."""
-    from ..pipeline import recover_noise
-
+def imprinting_table(model, verify: Verify, key: Key, marked: torch.Tensor, target: torch.Tensor,
+                     covers_by_kind: dict, *, imprint_steps: int, log) -> tuple[dict, dict]:
+    """Forgery of each kind of cover (toward ``target``, the z_T of one watermarked image) and
+    removal of ``marked`` (toward a decoy), by steps; and {kind: (covers, {steps: forgeries})}."""
     recovery = verify.recovery
     shape = key.latent_shape
-    with torch.no_grad():
-        target, _ = recover_noise(model, marked[:1], recovery)
     out = {"steps": imprint_steps, "min_psnr": MIN_PSNR}
     mask = public_mask(shape)
     consistent = {}

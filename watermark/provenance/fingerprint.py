@@ -32,9 +32,15 @@ def latent(z_0: torch.Tensor, transforms: list[Transform] | None = None) -> np.n
     z = z_0.float()
     if transforms is not None:
         z = undo_each(z, transforms)
-    f = F.adaptive_avg_pool2d(z, SIDE)
+    return pooled(z).numpy()
+
+
+def pooled(z_0: torch.Tensor) -> torch.Tensor:
+    """``latent`` as a tensor, without the transforms (differentiable: the adaptive forger of
+    ``bench.forgery`` descends on it): (B, C, h, w) -> (B, C * SIDE * SIDE)."""
+    f = F.adaptive_avg_pool2d(z_0.float(), SIDE)
     f = (f - f.mean(dim=(2, 3), keepdim=True)).flatten(1)
-    return (f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
+    return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def best_similarity(z_0: torch.Tensor, logged: np.ndarray, transforms: list[Transform]) -> np.ndarray:
