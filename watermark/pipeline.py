@@ -81,6 +81,7 @@ class Detection:
     look: str = ""  # the look that decided (``recovery.LookSpec.label``)
     null_model: str | None = None  # the null model that look was tested with (``null_label``)
     z_0: torch.Tensor | None = field(default=None, compare=False)  # ``detect(..., latents=True)``: that look's
+    z_T: torch.Tensor | None = field(default=None, compare=False)  # latents, for ``provenance.check``
 
     @property
     def keys_tested(self) -> int:
@@ -194,10 +195,10 @@ def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Re
                                 transforms=transforms, model=model if evidence == "all" else None)
         for i, e in zip(which, found):
             shown[i] = e
-    kept = list(z_0) if latents else [None] * len(matches)
+    kept = zip(z_0, z_T) if latents else [(None, None)] * len(matches)
     return [replace(_detection(match, decision, int(iters), psnr_db), evidence=e, look=look.spec.label,
-                    null_model=null_label(nulls.get(look.spec.role)), z_0=z)
-            for (look, _, match), iters, psnr_db, e, z in zip(chosen, iterations, db, shown, kept)]
+                    null_model=null_label(nulls.get(look.spec.role)), z_0=z, z_T=n)
+            for (look, _, match), iters, psnr_db, e, (z, n) in zip(chosen, iterations, db, shown, kept)]
 
 
 def null_label(null: NullModel | None) -> str | None:

@@ -53,9 +53,11 @@ class Result:
     provenance: str | None = None  # a watermarked image's: "confirmed", "unconfirmed", "unchecked" (no log)
     provenance_image_id: str | None = None  # the logged generation that matched best (``provenance.check``)
     provenance_created: str | None = None
-    provenance_similarity: float | None = None
-    provenance_p_value: float | None = None  # of that match, corrected for the generations compared
+    provenance_noise: float | None = None  # the cosine of its seed's noise to the recovered z_T's
+    provenance_similarity: float | None = None  # of its content to the suspect's
+    provenance_p_value: float | None = None  # the larger of the two tests' (``provenance.check``)
     provenance_compared: int | None = None  # generations logged under the key
+    provenance_unmatched: str | None = None  # unconfirmed: the test not passed ("seed noise", "content")
 
 
 def failure(path: str, error: str, recovery: Recovery, alpha: float, keys_tested: int) -> Result:
@@ -83,7 +85,7 @@ class Verifier:
         self.nulls = resolve_nulls(null, keys[0].model, self.recovery.looks(), tuple(keys[0].latent_shape), key_files)
         self.log = None if log is None else GenerationLog.open(log, create=False)
         self.checker = None if log is None else Checker(  # ``provenance.check``
-            self.log, keys[0].model, search_grid(decision.search, keys[0].latent_shape[-1]), decision.alpha,
+            self.log, self.keys, search_grid(decision.search, keys[0].latent_shape[-1]), decision.alpha,
             reference_pool(keys[0].model, tuple(keys[0].latent_shape), key_files))
         missing = [role for role, n in self.nulls.items() if n is None]
         self.null_note = None if not missing or all(k.pattern == "zeros" for k in keys) else no_null_note(missing)
@@ -129,5 +131,5 @@ class Verifier:
             return {}
         p = UNCHECKED if self.checker is None else self.checker(d)
         return {"provenance": p.status, "provenance_image_id": p.image_id, "provenance_created": p.created,
-                "provenance_similarity": p.similarity, "provenance_p_value": p.p_value,
-                "provenance_compared": p.compared if self.log is not None else None}
+                "provenance_noise": p.noise, "provenance_similarity": p.similarity, "provenance_p_value": p.p_value,
+                "provenance_compared": p.compared if self.log is not None else None, "provenance_unmatched": p.unmatched}

@@ -11,10 +11,12 @@ key, as ``embed --log`` records them: ``api.logged``). Every image below goes th
 - imprinting forgery (``security.imprint``) of model images and photographs toward the first
   watermarked image's z_T, after each number of Adam steps;
 - averaging forgery: covers + the averaged pattern of M watermarked images;
-- the adaptive forger: imprinting that also pulls the cover's fingerprint (the public model's
-  encoder latent, pooled as ``fingerprint.latent``) toward the source image's, which the forger
-  can compute (the scheme and the model are public; the log is not), at decreasing PSNR to the
-  cover.
+- the adaptive forger: imprinting of the source's *whole* z_T (the scheme is public, so it knows
+  ``verify --log`` matches the seed's noise outside the key too: ``provenance.noise``) that also
+  pulls the cover's fingerprint (the public model's encoder latent, pooled as
+  ``fingerprint.latent``) toward the source image's, which it can compute (the scheme and the
+  model are public; the log is not), at decreasing PSNR to the cover. The plain imprinting rows
+  copy only the key's public disk, as ``bench security``'s own table does.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class LoggedVerify:
         made = [Generated(file=f"{i:05d}.png", image_id=f"marked-{i}", sha256="", seed=i, prompt="", key_id=key.key_id,
                           model=key.model, watermarked=True, steps=0, guidance=None) for i in range(len(marked))]
         self.log.add(logged(model, made, marked))
-        self.checker = Checker(self.log, key.model, search_grid(Decision().search, key.latent_shape[-1]),
+        self.checker = Checker(self.log, [key], search_grid(Decision().search, key.latent_shape[-1]),
                                ALPHA, reference_pool(key.model, tuple(key.latent_shape)))
 
     def judge(self, x: torch.Tensor, batch: int = 32) -> dict:
@@ -78,15 +80,15 @@ def genuine(prov: LoggedVerify, marked: torch.Tensor, log) -> dict:
 
 
 def adaptive(model, prov: LoggedVerify, covers: torch.Tensor, source: torch.Tensor, target: torch.Tensor, steps: int,
-             mask: torch.Tensor, psnrs=ADAPTIVE_PSNR, log=print) -> dict:
-    """The adaptive forger at each PSNR floor: imprinting toward ``target`` z_T plus a pull of the
-    cover's fingerprint toward ``source``'s (the image whose key it forges)."""
+             psnrs=ADAPTIVE_PSNR, log=print) -> dict:
+    """The adaptive forger at each PSNR floor: imprinting toward ``target`` z_T, all of it, plus a
+    pull of the cover's fingerprint toward ``source``'s (the image whose key it forges)."""
     with torch.no_grad():
         goal = fingerprint.pooled(model.encode(source))
     out = {}
     for floor in psnrs:
         forged, sec = imprint(model, covers, target.expand(len(covers), -1, -1, -1), prov.verify.recovery, steps,
-                              mask=mask, min_psnr=floor, pull=lambda z_0: 1 - (fingerprint.pooled(z_0) * goal).sum(1))
+                              mask=None, min_psnr=floor, pull=lambda z_0: 1 - (fingerprint.pooled(z_0) * goal).sum(1))
         row = prov.judge(forged[steps])
         with torch.no_grad():
             row["cosine_to_source"] = float((fingerprint.pooled(model.encode(forged[steps])) * goal).sum(1).mean())
@@ -105,7 +107,7 @@ def half_point(rows: dict) -> str:
 
 
 def run(model, verify, key, marked: torch.Tensor, same_key: torch.Tensor, imprinted: dict, averaged: dict,
-        covers: torch.Tensor, target: torch.Tensor, adaptive_steps: int, mask: torch.Tensor, log) -> dict:
+        covers: torch.Tensor, target: torch.Tensor, adaptive_steps: int, log) -> dict:
     """The provenance table of one ``bench security`` run. ``imprinted``: {cover kind: {steps:
     images}}; ``averaged``: {M: forged images}."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,7 +121,7 @@ def run(model, verify, key, marked: torch.Tensor, same_key: torch.Tensor, imprin
         log(f"provenance, imprinting: {res['imprinting forgery']}")
         res["averaging forgery"] = {str(m): prov.judge(f) for m, f in averaged.items()}
         log(f"provenance, averaging: {res['averaging forgery']}")
-        res["adaptive forger"] = adaptive(model, prov, covers, marked[:1], target, adaptive_steps, mask, log=log)
+        res["adaptive forger"] = adaptive(model, prov, covers, marked[:1], target, adaptive_steps, log=log)
         res["adaptive forger"]["50 %"] = half_point(res["adaptive forger"])
         prov.log.close()
     return res

@@ -252,7 +252,7 @@ def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), impr
 
         same_key = generate(model, key, range(600_000, 600_000 + n), steps, True)
         res["provenance"] = forgery.run(model, verify, key, marked, same_key, imprinted, averaged, covers[:adaptive_n],
-                                        target, adaptive_steps, public_mask(shape), log)
+                                        target, adaptive_steps, log)
     res.update(seconds=round(time.perf_counter() - t_start, 1),
                machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
                command="ringmark " + " ".join(sys.argv[1:]))

@@ -194,12 +194,12 @@ class GenerationLog:
         """The generations logged under ``key_id`` (an indexed lookup)."""
         return list(self._select(self.table.c.key_id == key_id))
 
-    def fingerprints(self, key_id: str, kind: str) -> tuple[list[tuple[str, str]], np.ndarray]:
+    def fingerprints(self, key_id: str, kind: str) -> tuple[list[tuple[str, str, int]], np.ndarray]:
         """The generations logged under ``key_id`` with a ``kind`` fingerprint, lean: their (image id,
-        time) and their fingerprints (m, d) float32, for ``provenance.check``."""
+        time, seed) and their fingerprints (m, d) float32, for ``provenance.check``."""
         c = self.table.c
-        rows = self._lean((c.key_id == key_id) & (c.fingerprint_kind == kind), [c.image_id, c.created])
-        return [(r[0], r[1]) for r in rows], _matrix([r[2] for r in rows])
+        rows = self._lean((c.key_id == key_id) & (c.fingerprint_kind == kind), [c.image_id, c.created, c.seed])
+        return [(r[0], r[1], int(r[2])) for r in rows], _matrix([r[3] for r in rows])
 
     def unrelated(self, model: str, key_id: str, kind: str, n: int) -> np.ndarray:
         """The ``kind`` fingerprints (<= n, d) of up to ``n`` generations of ``model`` not under

@@ -1,18 +1,20 @@
 """Is an image whose key fires one of the generations logged under that key (or an edit of one)?
 
-The suspect's latent (the deciding look's z_0) is compared with the fingerprint of every
-generation logged under the key (``fingerprint.best_similarity``: best over ``transforms``, which
-``Verifier`` makes the transform the key search found with its other crop offsets,
-``fingerprint.family``: best over all 414 raised unrelated generations' similarity from 0.25 to
-0.53 on average and lost most rotated images, docs/bench/provenance/tiny.json). The p-value of
-the best match is a rank test against a reference pool of unrelated generations of the same
-model: the chance that an unrelated generation
-matches the suspect at least as well, ``(1 + #{pool >= s}) / (1 + R)``, times the candidates
-compared (Bonferroni). The pool: generations of the model logged under other keys, and the
-model's own reference fingerprints where it ships them (``reference_pool``; ``tiny``: 1,024 clean
-generations). Under the null — the suspect is not an edit of any candidate, and the candidates
-are as unrelated to it as the pool is — it is super-uniform; its smallest value is m / (R + 1),
-so a key shared by m logged generations needs a pool of well over 100 m to confirm at 0.01.
+Two tests, both at alpha; ``confirmed`` needs both (an intersection-union test: the larger of the
+two p-values is a valid p-value for "both hold", with no correction):
+
+1. **which generation** (``noise``): the suspect's recovered z_T, outside the key's frequencies,
+   against the noise of each seed logged under the key, rebuilt from the seed. Exact: the
+   Beta law of a random direction's cosine, corrected for the seeds and transforms compared.
+   Another generation under the key, or any image not made from a logged seed, fails it.
+2. **whose content** (``fingerprint``): the suspect's latent z_0 against the fingerprint of that
+   one generation (best over ``transforms``: the one the key search found and its other crop
+   offsets, ``fingerprint.family``), ranked among the same similarities to a reference pool of
+   unrelated generations of the model, ``(1 + #{pool >= s}) / (1 + R)``: the generations logged
+   under other keys and the model's shipped reference fingerprints (``reference_pool``; ``tiny``:
+   1,024). A forger who imprints a genuine image's whole z_T on other content passes test 1 and
+   fails this one. The generation is chosen by test 1, so test 2 compares one fingerprint, not
+   every candidate: no correction for the generations logged, whatever their number.
 """
 
 from __future__ import annotations
@@ -24,23 +26,29 @@ import torch
 
 from ..io.genlog import GenerationLog
 from ..scheme.geometry import IDENTITY, Transform
-from . import fingerprint
+from ..scheme.keys import Key
+from . import fingerprint, noise
 
-POOL = 2048  # unrelated generations drawn from the log for the reference pool
+POOL = 2048  # unrelated generations drawn from the log for the content test's reference pool
 
 
 @dataclass(frozen=True, kw_only=True)
 class Provenance:
     """``confirmed``: a logged generation under the key matches at p <= alpha; ``unconfirmed``: none
-    does (a forgery, or an edit past recognition); ``unchecked``: no log was given."""
+    does (a forgery, or an edit past recognition; ``unmatched`` says which test failed);
+    ``unchecked``: no log was given."""
 
     status: str
-    image_id: str | None = None  # the best-matching logged generation
+    image_id: str | None = None  # the logged generation whose seed's noise matched best
     created: str | None = None
-    similarity: float | None = None
-    p_value: float | None = None  # of the best match, corrected for ``compared``
-    compared: int = 0  # logged generations under the key
-    pool: int = 0  # unrelated generations in the reference
+    noise: float | None = None  # the cosine of the seed's noise (``noise.cosines``)
+    similarity: float | None = None  # the content similarity to that generation (``fingerprint``)
+    p_value: float | None = None  # the larger of the two tests' p-values:
+    p_noise: float | None = None  # which generation (exact; corrected for the seeds and transforms)
+    p_content: float | None = None  # whose content (the rank among the reference pool)
+    compared: int = 0  # logged generations under the key (with a seed and a fingerprint)
+    pool: int = 0  # unrelated generations in the content test's reference
+    unmatched: str | None = None  # "seed noise" or "content": the test that was not passed
 
 
 UNCHECKED = Provenance(status="unchecked")
@@ -62,22 +70,28 @@ def reference_pool(model: str, latent_shape: tuple[int, int, int], key_files=())
     return np.zeros((0, latent_shape[0] * fingerprint.SIDE**2), np.float32)
 
 
-def check(z_0: torch.Tensor, key_id: str, model: str, log: GenerationLog, transforms: list[Transform],
+def check(z_0: torch.Tensor, z_T: torch.Tensor, key: Key, log: GenerationLog, transforms: list[Transform],
           alpha: float, reference: np.ndarray | None = None) -> Provenance:
-    """The provenance of one suspect (its latent z_0, (C, h, w)) whose key ``key_id`` fired.
+    """The provenance of one suspect (its latents z_0 and z_T, (C, h, w)) whose ``key`` fired.
     The reference pool: the log's generations under other keys, and ``reference`` (the model's)."""
-    candidates, own = log.fingerprints(key_id, fingerprint.LATENT_KIND)
-    parts = [p for p in (log.unrelated(model, key_id, fingerprint.LATENT_KIND, POOL), reference)
+    candidates, own = log.fingerprints(key.key_id, fingerprint.LATENT_KIND)
+    parts = [p for p in (log.unrelated(key.model, key.key_id, fingerprint.LATENT_KIND, POOL), reference)
              if p is not None and len(p)]
+    pool = np.concatenate(parts) if parts else np.zeros((0, own.shape[-1]), np.float32)
     if not candidates:
-        return Provenance(status="unconfirmed", compared=0, pool=sum(len(p) for p in parts))
-    sims = fingerprint.best_similarity(z_0, np.concatenate([own, *parts]), transforms)
-    own, ref = sims[: len(candidates)], sims[len(candidates) :]
-    best = int(np.argmax(own))
-    p = min(1.0, (1 + int(np.sum(ref >= own[best]))) / (1 + len(ref)) * len(candidates))
-    image_id, created = candidates[best]
-    return Provenance(status="confirmed" if p <= alpha else "unconfirmed", image_id=image_id, created=created,
-                      similarity=round(float(own[best]), 4), p_value=p, compared=len(candidates), pool=len(ref))
+        return Provenance(status="unconfirmed", compared=0, pool=len(pool), unmatched="seed noise")
+    cos = noise.cosines(z_T, key, noise.seeds_residual(key, [seed for _, _, seed in candidates]), transforms)
+    best = int(torch.argmax(cos))
+    p_noise = noise.p_value(float(cos[best]), noise.rank(key), len(candidates) * len(transforms))
+    sims = fingerprint.best_similarity(z_0, np.concatenate([own[best : best + 1], pool]), transforms)
+    p_content = (1 + int(np.sum(sims[1:] >= sims[0]))) / (1 + len(pool))
+    p = max(p_noise, p_content)
+    unmatched = "seed noise" if p_noise > alpha else "content" if p_content > alpha else None
+    image_id, created, _ = candidates[best]
+    return Provenance(status="unconfirmed" if unmatched else "confirmed", image_id=image_id, created=created,
+                      noise=round(float(cos[best]), 4), similarity=round(float(sims[0]), 4), p_value=p,
+                      p_noise=p_noise, p_content=p_content,
+                      compared=len(candidates), pool=len(pool), unmatched=unmatched)
 
 
 class Checker:
@@ -85,11 +99,12 @@ class Checker:
     latents=True)``): over the transform the key search found and its other crop offsets
     (``fingerprint.family`` among ``transforms``), against the log's candidates and pools."""
 
-    def __init__(self, log: GenerationLog, model: str, transforms: list[Transform], alpha: float,
+    def __init__(self, log: GenerationLog, keys: list[Key], transforms: list[Transform], alpha: float,
                  reference: np.ndarray | None = None):
-        self.log, self.model, self.alpha, self.reference = log, model, alpha, reference
+        self.log, self.alpha, self.reference = log, alpha, reference
+        self.keys = {k.key_id: k for k in keys}
         self.transforms = {t.name: t for t in transforms}
 
     def __call__(self, d) -> Provenance:
         near = fingerprint.family(self.transforms.get(d.transform, IDENTITY), list(self.transforms.values()))
-        return check(d.z_0, d.key_id, self.model, self.log, near, self.alpha, self.reference)
+        return check(d.z_0, d.z_T, self.keys[d.key_id], self.log, near, self.alpha, self.reference)
