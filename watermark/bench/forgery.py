@@ -53,16 +53,19 @@ class LoggedVerify:
                                ALPHA, reference_pool(key.model, tuple(key.latent_shape)))
 
     def judge(self, x: torch.Tensor, batch: int = 32) -> dict:
-        """Shares of ``x`` judged watermarked and ``confirmed``, and confirmed among the watermarked."""
-        statuses = []
+        """Shares of ``x`` judged watermarked and ``confirmed``, confirmed among the watermarked, and
+        the watermarked ones each test turned down (``Provenance.unmatched``)."""
+        found = []
         for i in range(0, len(x), batch):
             for d in detect(self.model, x[i : i + batch], [self.key], self.verify.recovery,
                             Decision(alpha=ALPHA), nulls=self.verify.nulls, latents=True):
-                statuses.append(self.checker(d).status if d.watermarked else "not watermarked")
-        s = np.array(statuses)
-        wm = s != "not watermarked"
-        return {"n": len(s), "watermarked": float(wm.mean()), "confirmed": float((s == "confirmed").mean()),
-                "confirmed_of_watermarked": float((s == "confirmed").sum() / wm.sum()) if wm.any() else None}
+                found.append(self.checker(d) if d.watermarked else None)
+        wm = sum(f is not None for f in found)
+        confirmed = sum(f is not None and f.status == "confirmed" for f in found)
+        return {"n": len(found), "watermarked": wm / len(found), "confirmed": confirmed / len(found),
+                "confirmed_of_watermarked": confirmed / wm if wm else None,
+                **{f"unmatched {t}": sum(f is not None and f.unmatched == t for f in found) / len(found)
+                   for t in ("seed noise", "content")}}
 
 
 def genuine(prov: LoggedVerify, marked: torch.Tensor, log) -> dict:
