@@ -38,6 +38,26 @@ def test_version():
     assert result.exit_code == 0 and "ringmark, version 0.1.0" in result.output
 
 
+def test_version_help_and_usage_errors_load_no_torch():
+    """--version, --help and a mistyped command answer before torch loads (the libraries take
+    seconds to import; the command line's choices live in the torch-free ``watermark.choices``)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from click.testing import CliRunner; from watermark.cli import main; "
+             "r = [CliRunner().invoke(main, a) for a in (['--version'], ['verify', '--help'], ['verfy'])]; "
+             "print([x.exit_code for x in r], 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split("]")[-1].strip() == "False" and "[0, 0, 2]" in done.stdout, done.stdout
+
+
+def test_command_line_choices_match_the_libraries():
+    from inversion import DTYPES, METHODS
+    from watermark.choices import DTYPE_NAMES, METHOD_NAMES
+
+    assert list(METHOD_NAMES) == list(METHODS) and list(DTYPE_NAMES) == list(DTYPES)
+
+
 def test_keygen_is_owner_only_never_prints_the_seed_and_never_overwrites(tmp_path):
     path = tmp_path / "k.json"
     result = run("keygen", "-o", path, "--seed", 987654321)
@@ -59,6 +79,19 @@ def test_embed_writes_manifest_and_refuses_overwrite(world):
     assert all(m["key_id"] is None and not m["watermarked"] for m in clean)
     result = run("embed", "--key", world / "a.json", "-o", world / "wm", "-n", 1, *STEPS)
     assert result.exit_code == 2 and "exists; use --force" in result.stderr
+
+
+def test_embed_force_replaces_the_previous_run_and_nothing_else(tmp_path):
+    """--force over a run of 3: the new run's 2 images and manifest, none of the old run's third
+    image beside them; a file embed did not write stays."""
+    assert run("keygen", "-o", tmp_path / "k.json", "--seed", 5, "-q").exit_code == 0
+    assert run("embed", "--key", tmp_path / "k.json", "-o", tmp_path / "out", "-n", 3, "--steps", 2, "-q").exit_code == 0
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    assert run("embed", "--key", tmp_path / "k.json", "-o", tmp_path / "out", "-n", 2, "--steps", 2, "--seed", 9,
+               "--force", "-q").exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00000.png", "00001.png", "manifest.jsonl",
+                                                                    "notes.txt"]
+    assert [json.loads(line)["seed"] for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()] == [9, 10]
 
 
 def test_watermarked_images_are_found(world):
@@ -214,6 +247,21 @@ def test_squashed_image_warns_on_stderr(world, tmp_path):
     assert "ringmark: warning:" in result.stderr and "squashed to 128x128 (aspect 2.00)" in result.stderr
     quiet = run("verify", tmp_path / "wide.png", "--key", world / "a.json", "-q")
     assert quiet.stderr == ""
+
+
+def test_a_key_of_another_model_is_named_in_a_warning_not_a_silent_p_of_one(world, tmp_path):
+    """embed names its model in each PNG (a text chunk, nothing of the key); verify warns when the
+    keys are another model's, in the table's stderr and in the stored row."""
+    from PIL import Image
+
+    assert Image.open(world / "wm" / "00000.png").text == {"ringmark:model": "tiny"}
+    assert run("keygen", "--model", "tiny-sd", "-o", tmp_path / "sd.json", "--seed", 3, "-q").exit_code == 0
+    result = run("verify", world / "wm" / "00000.png", "--key", tmp_path / "sd.json")
+    assert result.exit_code == 1
+    assert "model 'tiny' made it, but the keys are for 'tiny-sd'" in result.stderr
+    row = lines(run("verify", world / "wm" / "00000.png", "--key", tmp_path / "sd.json", "--json", "-q"))[0]
+    assert "'tiny-sd'" in row["warning"] and "'tiny'" in row["warning"]
+    assert run("verify", world / "wm" / "00000.png", "--key", world / "a.json", "--json", "-q").exit_code == 0
 
 
 def test_progress_without_a_terminal_prints_lines(world):

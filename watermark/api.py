@@ -202,7 +202,7 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, 
         images = model.generate(z_T, steps, batch_prompts if model.conditional else None, guidance)
         made = []
         for i, s, p, im, k in zip(idx, seeds, batch_prompts, images, chosen):
-            save_png(im, outdir / names[i])
+            save_png(im, outdir / names[i], model=key.model)
             made.append(Generated(file=names[i], image_id=uuid.uuid4().hex, sha256=sha256(outdir / names[i]), seed=s,
                                   prompt=p, key_id=k.key_id if watermark else None, model=key.model,
                                   watermarked=watermark, steps=steps, guidance=guidance))
@@ -211,10 +211,23 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, 
         if generations is not None:
             generations.add(logged(model, made, load_pngs(outdir, made), folder=outdir))
         records += made
+    stale = _previous_run(outdir) - set(names)
     with open(outdir / "manifest.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(asdict(r)) + "\n")
+    for name in stale:  # a run replaced with --force leaves none of its images beside the new manifest
+        (outdir / name).unlink(missing_ok=True)
     return records
+
+
+def _previous_run(outdir: Path) -> set[str]:
+    """The images the manifest already in ``outdir`` lists (embed's own, from a run being replaced)."""
+    try:
+        lines = (outdir / "manifest.jsonl").read_text().splitlines()
+        files = {json.loads(line).get("file") for line in lines if line.strip()}
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {f for f in files if isinstance(f, str) and "/" not in f and "\\" not in f and f.endswith(".png")}
 
 
 def sha256(path: Path) -> str:

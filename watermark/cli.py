@@ -18,13 +18,9 @@ from typing import Callable
 
 import click
 
-from inversion import METHODS
-
 from . import __version__
-from .models import DEVICES, DTYPES
-from .pipeline import DEFAULT_ITERS, DEFAULT_STEPS, WEAK_EVIDENCE, Decision, Recovery
-from .scheme.geometry import DEFAULT_SEARCH, SEARCHES
-from .scheme.keys import DEFAULT_PATTERN, PATTERNS
+from .choices import (DEFAULT_ITERS, DEFAULT_PATTERN, DEFAULT_SEARCH, DEFAULT_STEPS, DEVICES, DTYPE_NAMES,
+                      METHOD_NAMES, PATTERNS, SEARCHES, WEAK_EVIDENCE)
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -73,7 +69,7 @@ def library_errors(fn):
 
 
 def device_options(fn):
-    fn = click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True,
+    fn = click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32", show_default=True,
                       help="Precision of the networks (float16 is for GPUs: on a CPU it runs, many times slower).")(fn)
     fn = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
                       help="auto: CUDA when present, else CPU.")(fn)
@@ -273,7 +269,7 @@ def verification_options(fn):
                           "for every key tested)."),
         click.option("--search", type=click.Choice(SEARCHES), default=DEFAULT_SEARCH, show_default=True,
                      help="Rotations and crops undone before the test (counted in the p-value)."),
-        click.option("--inversion", type=click.Choice(list(METHODS)), default=None,
+        click.option("--inversion", type=click.Choice(METHOD_NAMES), default=None,
                      help="Decoder inversion method [default: the one the key's model declares, measured for it; "
                           "the encoder on every bundled model and on SD checkpoints; on tiny with --photometric and "
                           "--refine attack_aware:2]."),
@@ -341,6 +337,7 @@ def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, photom
 
     Example: ringmark verify suspect/ --key key.json --json > results.jsonl
     """
+    from .pipeline import Recovery
     results = run_verify(paths, key_paths, Recovery(inversion, iters, ddim_steps, exact, refine=refine, photometric=photometric),
                          dict(alpha=alpha, search=search, one_key=one_key, min_consistency=min_consistency),
                          null=null, batch=batch, device=device, dtype=dtype, quiet=quiet, report=report, force=force,
@@ -439,6 +436,7 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, photometric, r
     service = Service(host=host, port=port, token=read_token(token_file), replicas=replicas, max_batch=max_batch,
                       batch_wait_ms=batch_wait_ms, max_upload_mb=max_upload_mb, max_queued=max_queued,
                       cpus_per_replica=cpus_per_replica, gpus_per_replica=gpus_per_replica)
+    from .pipeline import Decision, Recovery
     recovery = Recovery(inversion, iters, ddim_steps, exact, refine=refine, photometric=photometric)
     decision = Decision(alpha=alpha, search=search)
     keys = load_cli_keys(key_paths, quiet)
@@ -492,6 +490,7 @@ def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, photom
     """
     from .scale.cluster import require_ray
 
+    from .pipeline import Decision, Recovery
     recovery = Recovery(inversion, iters, ddim_steps, exact, refine=refine, photometric=photometric)
     decision = Decision(alpha=alpha, search=search)
     keys = load_cli_keys(key_paths, quiet)
@@ -521,7 +520,7 @@ def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, photom
               help="Use the first N clean images of this folder instead of generating them.")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1), help="DDIM steps of the generated images.")
 @click.option("--seed", default=10**9, show_default=True, type=click.IntRange(0), help="Seed of the first generated image.")
-@click.option("--inversion", type=click.Choice(list(METHODS)), default=None,
+@click.option("--inversion", type=click.Choice(METHOD_NAMES), default=None,
               help="Decoder inversion method (default: the model's); verify must run the same.")
 @click.option("--iters", type=click.IntRange(0), default=None, help="Decoder-inversion iterations (default: the model's).")
 @click.option("--ddim-steps", default=None, type=click.IntRange(1), help="DDIM-inversion steps (default: the model's).")
@@ -543,6 +542,7 @@ def calibrate(model, output, n, size, images, steps, seed, inversion, iters, ddi
     """
     from .calibration import calibrate as run
 
+    from .pipeline import Recovery
     recovery = Recovery(inversion, iters, ddim_steps, exact)  # unset: the model's, its second looks included
     progress = Progress(n, "calibrating", quiet)
     try:
@@ -609,7 +609,7 @@ def csv_choices(choices):
 @bench.command("inversion", context_settings=CONTEXT)
 @click.option("-n", "n", default=32, show_default=True, type=click.IntRange(1), help="Generated latents.")
 @click.option("--iters", default="10,20,50,100,200", show_default=True, callback=csv_ints, help="Iteration counts.")
-@click.option("--dtypes", default="float32,bfloat16", show_default=True, callback=csv_choices(list(DTYPES)))
+@click.option("--dtypes", default="float32,bfloat16", show_default=True, callback=csv_choices(list(DTYPE_NAMES)))
 @click.option("--cost-sizes", default="512,256", show_default=True, callback=csv_ints,
               help="Sizes for the SD 2.1 VAE cost runs.")
 @click.option("--cost-iters", default=3, show_default=True, type=click.IntRange(2))

@@ -26,7 +26,7 @@ from .scheme.geometry import DEFAULT_SEARCH, SEARCHES, search_grid
 from .scheme.keys import DEFAULT_PATTERN, Key, KeyFileError, new_key
 from .scheme.null import NullModel
 
-WEAK_EVIDENCE = 10.0  # a p-value within this factor of alpha, either side, is weak evidence
+from .choices import WEAK_EVIDENCE  # noqa: E402  a p-value within this factor of alpha, either side, is weak evidence
 
 
 @dataclass(frozen=True)

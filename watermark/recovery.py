@@ -24,8 +24,7 @@ from .photometric import normalize, reference_quantiles
 # ringmark loads declares its own: ``DiffusionModel.default_recovery``, from the model folder's
 # ringmark.json, measured by ``ringmark bench detect --study``; BENCHMARKS.md).
 DEFAULT_INVERSION = "encoder"
-DEFAULT_ITERS = 10  # for the iterative methods, when asked for
-DEFAULT_STEPS = 10
+from .choices import DEFAULT_ITERS, DEFAULT_STEPS  # noqa: E402 (torch-free, for the command line)
 
 
 @dataclass(frozen=True)

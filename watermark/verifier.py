@@ -113,12 +113,22 @@ class Verifier:
         per_image = round((time.perf_counter() - t0) / len(items), 4)
         return [(self.row(path, loaded, d, per_image), d) for (path, loaded), d in zip(items, detections)]
 
+    def foreign(self, loaded: Loaded) -> str | None:
+        """A warning where the image's PNG names another model than the keys': a key fires only on
+        images of its own model, so p ~ 1 there says nothing about the image."""
+        model = self.keys[0].model
+        if loaded.model is None or loaded.model == model:
+            return None
+        return (f"its PNG says model {loaded.model!r} made it, but the keys are for {model!r}: a key only "
+                f"fires on its own model's images; verify with a key made for {loaded.model!r}")
+
     def row(self, path: str, loaded: Loaded, d: Detection, seconds_per_image: float) -> Result:
         """The stored row of one image's ``Detection``."""
         r = self.recovery
         return Result(path=path, watermarked=d.watermarked, weak=d.weak, p_value=d.p_value, alpha=self.alpha,
                       key_id=d.key_id, distance=d.distance, error=None,
-                      note="; ".join(n for n in (loaded.note, self.null_note) if n) or None, warning=loaded.warning,
+                      note="; ".join(n for n in (loaded.note, self.null_note) if n) or None,
+                      warning="; ".join(w for w in (loaded.warning, self.foreign(loaded)) if w) or None,
                       inversion=d.look, iterations=d.iterations, ddim_steps=r.ddim_steps, exact=r.exact,
                       keys_tested=len(self.keys), transform=d.transform, batch_seconds_per_image=seconds_per_image,
                       null_model=d.null_model,

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MIN_SIDE = 16
@@ -67,6 +68,7 @@ class Loaded:
     image: torch.Tensor  # (3, size, size) in [-1, 1]
     note: str | None  # what was converted (mode, frame, size)
     warning: str | None  # what may cost the watermark: a squashed aspect ratio, another size than the key's
+    model: str | None = None  # the model its PNG says made it (``MODEL_TAG``, written by embed)
 
 
 def load_image(path: str, size: int) -> Loaded:
@@ -113,6 +115,7 @@ def _decode(source, size: int) -> Loaded:
             if min(im.size) < MIN_SIDE:
                 raise ImageError(f"image is {im.size[0]}x{im.size[1]}; at least {MIN_SIDE}x{MIN_SIDE} is needed")
             mode = im.mode
+            made_by = getattr(im, "text", {}).get(MODEL_TAG) if im.format == "PNG" else None
             rgb = _to_rgb(im)
     except ImageError:
         raise
@@ -138,7 +141,7 @@ def _decode(source, size: int) -> Loaded:
             warning = f"{w}x{h} image squashed to {size}x{size} (aspect {max(w, h) / min(w, h):.2f}); expect a weaker test"
         else:
             warning = f"{w}x{h} image resized to the key's {size}x{size}; expect a weaker test"
-    return Loaded(to_tensor([rgb])[0], "; ".join(notes) or None, warning)
+    return Loaded(to_tensor([rgb])[0], "; ".join(notes) or None, warning, made_by)
 
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
@@ -153,6 +156,14 @@ def to_pil(images01: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(x) for x in a]
 
 
-def save_png(image01: torch.Tensor, path: str | os.PathLike) -> None:
-    """(3, H, W) in [0, 1] -> 8-bit PNG."""
-    to_pil(image01[None])[0].save(path, format="PNG")
+MODEL_TAG = "ringmark:model"  # the PNG text chunk naming the model that made the image (nothing of the key)
+
+
+def save_png(image01: torch.Tensor, path: str | os.PathLike, model: str | None = None) -> None:
+    """(3, H, W) in [0, 1] -> 8-bit PNG; ``model``: named in its ``MODEL_TAG`` text chunk, so that
+    verify can say when a key of another model is tested on it."""
+    info = None
+    if model is not None:
+        info = PngInfo()
+        info.add_text(MODEL_TAG, model)
+    to_pil(image01[None])[0].save(path, format="PNG", pnginfo=info)

@@ -30,7 +30,7 @@ FAMILIES = {
     "FluxPipeline": flux.load,
     "ringmark:FlowUNet": flow_unet.load,  # the bundled tiny-flow: diffusers has no pipeline for it
 }
-DEVICES = ("auto", "cpu", "cuda")
+from ..choices import DEVICES  # noqa: E402 (torch-free, for the command line)
 
 __all__ = ["DEVICES", "DTYPES", "DiffusionModel", "ModelError", "NAMED", "TINY_PATH", "TINY_SD_PATH", "default_recovery",
            "get_model", "load_model", "resolve_device", "resolve_dtype"]

@@ -22,8 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SEARCHES = ("none", "rotation", "crop", "mirror", "all")
-DEFAULT_SEARCH = "all"  # `ringmark bench detect` (BENCHMARKS.md): what it costs and what it recovers
+from ..choices import DEFAULT_SEARCH, SEARCHES  # noqa: E402 (torch-free, for the command line)
 ROTATION_STEP = 5.0  # degrees on a 32x32 latent: half a step off, a bin at radius 7 moves 0.3 bins
 CROP_SCALES = (0.9, 0.85, 0.8, 0.75, 0.7)  # share of the side kept
 SHIFT_STEP = 1 / 16  # of the half-side on a 32x32 latent: one latent pixel

@@ -23,9 +23,9 @@ import torch
 FORMAT = "ringmark-key"
 VERSION = 3  # 3: several channels; 2: centred spatial origin, no axis bins, key energy fixed
 VERSIONS = (2, 3)  # readable; a version-2 key is a version-3 key on one channel
-PATTERNS = ("rand", "ring", "ringid", "zeros")
+from ..choices import DEFAULT_PATTERN, PATTERNS  # noqa: E402 (torch-free, for the command line)
+
 Pattern = Literal["rand", "ring", "ringid", "zeros"]
-DEFAULT_PATTERN = "rand"  # chosen by the pattern comparison of `ringmark bench detect` (--pattern-n; BENCHMARKS.md)
 
 
 class KeyFileError(Exception):
