@@ -76,9 +76,10 @@ def genuine(prov: LoggedVerify, marked: torch.Tensor, log) -> dict:
         out[name] = prov.judge(to_tensor([attack(im, name, rng) for im in to_pil((marked + 1) / 2)]))
         log(f"provenance, genuine, {name}: {out[name]}")
     n = sum(r["n"] for r in out.values())
-    wm, confirmed = (sum(r[k] * r["n"] for r in out.values()) for k in ("watermarked", "confirmed"))
-    out["pooled"] = {"n": n, "watermarked": wm / n, "confirmed": confirmed / n,
-                     "confirmed_of_watermarked": confirmed / wm if wm else None}
+    shares = ("watermarked", "confirmed", "unmatched seed noise", "unmatched content")
+    wm, confirmed, noise, content = (sum(r[k] * r["n"] for r in out.values()) / n for k in shares)
+    out["pooled"] = {"n": n, "watermarked": wm, "confirmed": confirmed, "confirmed_of_watermarked": confirmed / wm
+                     if wm else None, "unmatched seed noise": noise, "unmatched content": content}
     return out
 
 

@@ -374,12 +374,14 @@ def provenance_markdown(res: dict) -> list[str]:
     """``verify --log`` on genuine images, same-key generations and forgeries."""
     pct = lambda v: "–" if v is None else f"{v:.1%}"  # noqa: E731
     out = [f"| verify --log ({res['logged']} generations logged under the key) | n | watermarked | confirmed | "
-           "confirmed / watermarked | PSNR to the cover |", "|---|---|---|---|---|---|"]
+           "confirmed / watermarked | turned down: seed noise | turned down: content | PSNR to the cover |",
+           "|---|---|---|---|---|---|---|---|"]
 
     def row(name, r):
         db = f"{r['psnr']:.1f} dB" if "psnr" in r else ""
         out.append(f"| {name} | {r['n']} | {pct(r['watermarked'])} | {pct(r['confirmed'])} | "
-                   f"{pct(r['confirmed_of_watermarked'])} | {db} |")
+                   f"{pct(r['confirmed_of_watermarked'])} | {pct(r.get('unmatched seed noise'))} | "
+                   f"{pct(r.get('unmatched content'))} | {db} |")
 
     for name, r in res["genuine"].items():
         row(f"genuine, {name}", r)

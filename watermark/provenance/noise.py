@@ -2,11 +2,10 @@
 
 Every generation under a key shares the key's frequencies of z_T; everywhere else z_T is the
 seed's own N(0, I) draw (``embedding.watermarked_latents``, one generator per seed), which the log
-can rebuild from the seed it records. Recovery brings that noise back with the key (measured on
-``tiny``: cosine 0.45-0.73 to the true residual under Tree-Ring's edits and the held-out ones,
-against <= 0.12 to 500 other seeds; ``docs/bench/provenance``), so the residual P z_T — z_T with
-the key's masked frequencies set to zero, an orthogonal projection of rank d — names the
-generation.
+can rebuild from the seed it records. Recovery brings that noise back with the key, so the
+residual P z_T — z_T with the key's masked frequencies set to zero, an orthogonal projection of
+rank d — names the generation (how often, under which edits: ``ringmark bench security``'s
+provenance rows, "turned down: seed noise").
 
 The test is exact: for a suspect's residual u and a logged seed's residual g = P n, n ~ N(0, I)
 drawn independently of the suspect (any image not made from that seed), g is isotropic in the
