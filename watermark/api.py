@@ -29,9 +29,9 @@ from .io.genlog import Generation, GenerationLog
 from .io.images import ImageError, Loaded, find_images, load_image, require_usable, save_png, to_tensor
 from .io.keyfile import check_writable, load_key, read_json, save_key
 from .io.keyring import check_collision, is_keyring, load_keyring, load_keys, locked, save_keyring
-from .io.report import check_available, drawn, write_report
+from .io.report import check_available, write_report
 from .models import ModelError, get_model
-from .pipeline import Decision, Recovery, check_key_set, check_keys, check_size, fit_psnr, make_key
+from .pipeline import Decision, Recovery, check_key_set, check_keys, check_size, make_key
 from .scheme.embedding import watermarked_latents
 from .scheme.geometry import DEFAULT_SEARCH
 from .scheme.keys import DEFAULT_PATTERN, PATTERNS, Key, KeyFileError
@@ -42,7 +42,6 @@ class OutputError(Exception):
     """An output would overwrite something the user owns (one-line message)."""
 
 
-FIT_BATCH = 16  # images per decoder pass when a report adds the fits
 KEYGEN_DRAWS = 100  # fresh seeds tried before a keyring is declared full for this pattern
 
 
@@ -343,20 +342,8 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
             _run(verifier, pending, (results, detections), done, evidence="hits" if report is not None else None)
             pending = []
     if report is not None:
-        _add_fits(verifier, results, detections, drawn(results, detections))
         write_report(report, results, detections, model=keys[0].model, log=verifier.log)
     return results
-
-
-def _add_fits(verifier: Verifier, results: list, detections: list, which: list[int]) -> None:
-    """The fit of D(z_0) for the images ``which`` (a decoder pass each, so only for those a report
-    draws), read again from their files."""
-    for start in range(0, len(which), FIT_BATCH):
-        part = which[start : start + FIT_BATCH]
-        x = torch.stack([load_image(results[i].path, verifier.size).image for i in part])
-        z_0 = torch.stack([detections[i].evidence.z_0 for i in part])
-        for i, db in zip(part, fit_psnr(verifier.model, z_0, x)):
-            detections[i] = replace(detections[i], evidence=replace(detections[i].evidence, fit_psnr=round(float(db), 2)))
 
 
 class _Done:

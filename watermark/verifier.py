@@ -44,7 +44,8 @@ class Result:
     ddim_steps: int
     exact: bool
     keys_tested: int
-    transform: str | None  # the rotation or crop undone before the test ("identity": none)
+    transform: str | None  # the rotation or crop undone before the test ("identity": none); None where
+    # no key was found (the search's best candidate on an image without the key is no finding)
     batch_seconds_per_image: float | None  # the wall time of the image's batch over its images
     null_model: str | None = None  # the deciding look's null model file (``scheme.null``); None: tested without one
     runner_up_p_value: float | None = None  # the second-best key's corrected p (1 with one key)
@@ -130,7 +131,8 @@ class Verifier:
                       note="; ".join(n for n in (loaded.note, self.null_note) if n) or None,
                       warning="; ".join(w for w in (loaded.warning, self.foreign(loaded)) if w) or None,
                       inversion=d.look, iterations=d.iterations, ddim_steps=r.ddim_steps, exact=r.exact,
-                      keys_tested=len(self.keys), transform=d.transform, batch_seconds_per_image=seconds_per_image,
+                      keys_tested=len(self.keys), transform=d.transform if d.watermarked or d.rejected_by else None,
+                      batch_seconds_per_image=seconds_per_image,
                       null_model=d.null_model,
                       runner_up_p_value=d.runner_up_p_value, consistency_psnr=d.consistency_psnr,
                       rejected_by=d.rejected_by, **self.provenance(d))

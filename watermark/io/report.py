@@ -1,6 +1,6 @@
 """``verify --report``: one self-contained HTML file an investigator can attach. Per image: a
 thumbnail, the verdict, p-value and alpha, the key id (never the key), the transform the search
-undid, how well the recovery fits, and for the watermarked and weak ones a figure of the recovered
+undid (where a key was found), and for the watermarked and weak ones a figure of the recovered
 spectrum and the test statistic against its null (``io.figures``); a summary at the top, the
 settings, the command and the version at the bottom. Images and figures are inlined as data URIs:
 the file opens offline.
@@ -78,13 +78,11 @@ def drawn(results: list, detections: list) -> list[int]:
 
 
 def rows(results: list, detections: list, log=None) -> list[dict]:
-    """The template's rows: each result, its thumbnail, for the ``drawn`` images their fit and
-    figure, and for a checked provenance the logged generation that matched best (``logged``)."""
+    """The template's rows: each result, its thumbnail, for the ``drawn`` images their figure, and for a checked provenance the logged generation that matched best (``logged``)."""
     drawn_ = set(drawn(results, detections))
     out = []
     for i, (r, d) in enumerate(zip(results, detections)):
         out.append({"r": r, "verdict": verdict(r), "thumb": thumbnail(r.path),
-                    "fit_psnr": None if d is None or d.evidence is None else d.evidence.fit_psnr,
                     "figure": figures.evidence_uri(d.evidence, d, r.alpha) if i in drawn_ else None,
                     "logged": logged(log, getattr(r, "provenance_image_id", None))})
     return out

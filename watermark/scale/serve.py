@@ -14,8 +14,7 @@ replicas spread over the cluster's CPUs or GPUs.
 - ``GET /``: a page to drop images on and see each one's verdict and evidence figure as it comes
   back (``page.html``: no external scripts or fonts; the token, when needed, is typed into it and
   kept in the page's memory). It calls ``POST /v1/verify?evidence=true``, which adds to each
-  result an ``evidence`` object (the fit of D(z_0) in dB, and the figure as a PNG data URI;
-  ``io.figures``); without that parameter the API answers as above.
+  result an ``evidence`` object (the figure as a PNG data URI, ``io.figures``); without that parameter the API answers as above.
 
 An open verifier is an oracle for stripping watermarks: a bearer token is required unless the
 server listens on loopback only (``check_exposure``), and tokens are compared in constant time.
@@ -202,9 +201,9 @@ class VerifyService:
         return {"file": d.pop("path"), **d}
 
     def evidence(self, d) -> dict:
-        """What the page shows beyond the row: the fit of D(z_0), and the figure when matplotlib is here."""
+        """What the page shows beyond the row: the figure, when matplotlib is here."""
         figure = figures.evidence_uri(d.evidence, d, self.verifier.alpha) if figures.available() else None
-        return {"fit_psnr": d.evidence.fit_psnr, "figure": figure}
+        return {"figure": figure}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:
