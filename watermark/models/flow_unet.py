@@ -46,8 +46,8 @@ def load(source: str, name: str, device: torch.device, dtype: torch.dtype) -> Fl
     from .protocol import ModelError
 
     try:
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, low_cpu_mem_usage=False)
-        unet = UNet2DModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, low_cpu_mem_usage=False)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", dtype=dtype, low_cpu_mem_usage=False)
+        unet = UNet2DModel.from_pretrained(source, subfolder="unet", dtype=dtype, low_cpu_mem_usage=False)
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler")
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None

@@ -32,7 +32,7 @@ def load_pipeline(cls: str, source: str, name: str, device: torch.device, dtype:
     import diffusers
 
     try:
-        pipe = getattr(diffusers, cls).from_pretrained(source, torch_dtype=dtype, low_cpu_mem_usage=False, **options)
+        pipe = getattr(diffusers, cls).from_pretrained(source, dtype=dtype, low_cpu_mem_usage=False, **options)
     except ImportError as e:
         raise ModelError(f"model {name!r} needs a package that is not installed ({e}); try pip install 'ringmark[sd]'") from None
     except (OSError, ValueError, KeyError, TypeError) as e:

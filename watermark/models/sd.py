@@ -220,10 +220,10 @@ def load(source: str, name: str, device: torch.device, dtype: torch.dtype) -> St
     if folder.is_dir() and not ((folder / "vae").is_dir() and (folder / "unet").is_dir()):
         return None
     try:
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, low_cpu_mem_usage=False)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", dtype=dtype, low_cpu_mem_usage=False)
         unet_config = AutoencoderKL.load_config(source, subfolder="unet")
         unet_cls = getattr(diffusers, unet_config.get("_class_name", "UNet2DModel"))
-        unet = unet_cls.from_pretrained(source, subfolder="unet", torch_dtype=dtype, low_cpu_mem_usage=False)
+        unet = unet_cls.from_pretrained(source, subfolder="unet", dtype=dtype, low_cpu_mem_usage=False)
         # clip_sample off: our sampler never clips x_0, and the pipeline must step as it does
         scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(source, subfolder="scheduler"), clip_sample=False)
         text_encoder = tokenizer = None
@@ -231,7 +231,7 @@ def load(source: str, name: str, device: torch.device, dtype: torch.dtype) -> St
             import transformers
 
             text_encoder = transformers.CLIPTextModel.from_pretrained(source, subfolder="text_encoder",
-                                                                      torch_dtype=dtype, low_cpu_mem_usage=False)
+                                                                      dtype=dtype, low_cpu_mem_usage=False)
             tokenizer = transformers.CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
     except ImportError as e:
         raise ModelError(f"model {name!r} needs a package that is not installed ({e}); try pip install 'ringmark[sd]'") from None
