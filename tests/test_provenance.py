@@ -116,7 +116,7 @@ def test_the_report_shows_the_logged_generation_beside_the_suspect(logged, tmp_p
                                        str(logged / "gen.sqlite"), "--report", str(report), "-q"])
     assert result.exit_code == 0, result.output
     html = report.read_text()
-    assert f"confirmed: the best-matching logged generation <code>{manifest['image_id']}</code>" in html
+    assert f"confirmed: the logged generation whose seed's noise matches best <code>{manifest['image_id']}</code>" in html
     assert 'alt="the logged generation"' in html and "has changed since" not in html
     # the logged PNG replaced by another image: its row stays, its picture does not
     original = logged / "out1" / "00000.png"
