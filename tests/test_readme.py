@@ -1,6 +1,9 @@
-"""Every code block of README.md runs: ``python`` blocks as they stand, ``console`` blocks command
-by command (``ringmark`` through the CLI; ``pip`` installs and the test command itself are what CI
-runs, so they are skipped here), in a fresh folder. ``text`` blocks are synopses, not commands.
+"""Every code block of README.md and of the documentation pages (``docs/**/*.md``) runs: ``python``
+blocks as they stand, ``console`` blocks command by command (``ringmark`` through the CLI; ``pip``
+installs and the test command itself are what CI runs, so they are skipped here), in a fresh
+folder. ``text`` blocks are synopses, not commands. A page's test ids name it
+(``tutorial.md-python-4``, ``how-to/serve.md-console-0``). A page may show a README section
+through a snippet line (``--8<-- "README.md:tour"``): that block runs once, as README's.
 A command ending in ``&`` (``ringmark serve``) runs in its own process, ``curl`` against it must
 answer JSON without an error, and ``kill %1`` stops it.
 
@@ -8,9 +11,10 @@ The Stable Diffusion examples need a hub checkpoint and a GPU; they run here on 
 checkpoint built in tests/conftest.py, with the size, device and precision a CPU can use.
 
 A block must also still mean what it shows: what a user reads off ``verify``'s and ``demo``'s
-table (each image's verdict and the summary line), ``scan``'s summary and the server's answer,
-and what the Python examples print for the images they just watermarked, are checked, not only
-that the commands exit 0.
+table (each image's verdict and the summary line, and with ``--log`` that the images the block
+just generated and logged are ``confirmed``), ``scan``'s summary, ``log list``'s rows and the
+server's answer, and what the Python examples print for the images they just watermarked, are
+checked, not only that the commands exit 0.
 """
 
 import json
@@ -27,17 +31,44 @@ from click.testing import CliRunner
 
 from watermark.cli import main
 
-README = Path(__file__).parent.parent / "README.md"
-BLOCKS = re.findall(r"^```(\w*)\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+ROOT = Path(__file__).parent.parent
+DOCS = ROOT / "docs"
+PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
+def page_name(page: Path) -> str:
+    return page.name if page.parent == ROOT else page.relative_to(DOCS).as_posix()
+
+
+# (page, language, code) of every fenced block, in page order
+BLOCKS = [(page, lang, code) for page in PAGES
+          for lang, code in re.findall(r"^```(\w*)\n(.*?)^```", page.read_text(), flags=re.S | re.M)]
 SKIPPED = ("pip ", "python3 -m pip ", "python3 -m pytest")
 
 
 def blocks(language):
-    return [pytest.param(code, id=f"{language}-{i}") for i, (lang, code) in enumerate(BLOCKS) if lang == language]
+    """The blocks of one language, each with its page: ``(code, page)`` params named ``page-language-i``
+    (i counts the page's blocks of every language)."""
+    params = []
+    for page in PAGES:
+        own = [(lang, code) for p, lang, code in BLOCKS if p == page]
+        params += [pytest.param(code, page, id=f"{page_name(page)}-{language}-{i}")
+                   for i, (lang, code) in enumerate(own) if lang == language]
+    return params
 
 
 def test_every_block_is_typed():
-    assert BLOCKS and all(lang in ("python", "console", "text") for lang, _ in BLOCKS), [b[0] for b in BLOCKS]
+    untyped = [(page_name(page), lang) for page, lang, _ in BLOCKS if lang not in ("python", "console", "text")]
+    assert BLOCKS and not untyped, untyped
+
+
+def test_the_pages_share_no_block():
+    """A command shown twice costs the suite twice: a page shows README's blocks through a snippet."""
+    seen = {}
+    for page, lang, code in BLOCKS:
+        if lang in ("python", "console"):
+            assert code not in seen, f"{page_name(page)} repeats a block of {seen[code]}:\n{code}"
+            seen[code] = page_name(page)
 
 
 def on_stand_in(code: str, folder: str) -> str:
@@ -47,47 +78,52 @@ def on_stand_in(code: str, folder: str) -> str:
     return code.replace("-n 2048", "-n 4 --steps 2")  # calibrate: a few images show the command works
 
 
-@pytest.mark.parametrize("code", blocks("python"))
-def test_python_block_runs(code, tmp_path, monkeypatch, request, capsys):
+@pytest.mark.parametrize("code, page", blocks("python"))
+def test_python_block_runs(code, page, tmp_path, monkeypatch, request, capsys):
     monkeypatch.chdir(tmp_path)
     if "stabilityai/" in code:
         code = on_stand_in(code, str(request.getfixturevalue("sd_folder")))
-    exec(compile(code, str(README), "exec"), {})
+    exec(compile(code, str(page), "exec"), {})
     # the examples print results for images they have just watermarked with their own key: the
     # first boolean of each printed line (watermarked) is True, unless a defence named on the
-    # line overruled it (min_consistency can reject an image of the user's own key)
+    # line overruled it (one_key, or min_consistency, can reject an image of the user's own key)
     for line in capsys.readouterr().out.splitlines():
         words = line.split()
         first = next((w for w in words if w in ("True", "False")), None)
         assert first in (None, "True") or re.search(r"\b(consistency|one key)\b", line), line
 
 
-ROW = re.compile(r"^(?P<path>\S+)\s+(?P<verdict>WATERMARKED|clean|ERROR|rejected \([\w ]+\))(?P<weak> \(weak\))?(\s|$)")
+ROW = re.compile(r"^(?P<path>\S+)\s+(?P<verdict>WATERMARKED|clean|ERROR|rejected \([\w ]+\))(?P<weak> \(weak\))?"
+                 r"(, (?P<provenance>confirmed|unconfirmed))?(\s|$)")
 SUMMARY = re.compile(r"^(?P<found>\d+) of (?P<total>\d+) watermarked at alpha = (?P<alpha>[0-9.e-]+)(; .+)?$")
 
 
-def read_table(stdout: str) -> tuple[dict[str, str], int, int, float]:
-    """verify's table as a user reads it: path -> verdict word, and the summary line's N of M at alpha."""
+def read_table(stdout: str) -> tuple[dict[str, str], dict[str, str | None], int, int, float]:
+    """verify's table as a user reads it: path -> verdict word, path -> provenance word (with --log),
+    and the summary line's N of M at alpha."""
     header, *rows, summary = stdout.strip().splitlines()
     assert header.split()[:2] == ["path", "verdict"], header
     total = SUMMARY.match(summary)
     assert total, f"no summary line: {summary!r}"
-    verdicts = {}
+    verdicts, provenance = {}, {}
     for row in rows:
         match = ROW.match(row)
         assert match, f"not a table row: {row!r}"
-        verdicts[match["path"]] = match["verdict"]
-    return verdicts, int(total["found"]), int(total["total"]), float(total["alpha"])
+        verdicts[match["path"]], provenance[match["path"]] = match["verdict"], match["provenance"]
+    return verdicts, provenance, int(total["found"]), int(total["total"]), float(total["alpha"])
 
 
 def check_meaning(args: list[str], result, stand_in: bool) -> None:
-    """What the user looks at in a command's output says what the README says it does."""
+    """What the user looks at in a command's output says what its page says it does."""
     command = args[1]
     if command in ("verify", "demo") and "--json" not in args:
-        verdicts, found, total, alpha = read_table(result.stdout)
+        verdicts, provenance, found, total, alpha = read_table(result.stdout)
         assert alpha == 0.01 and total == len(verdicts), result.stdout
         assert found == sum(v == "WATERMARKED" for v in verdicts.values()), result.stdout  # the line agrees
         assert result.exit_code == (0 if found else 1) or command == "demo", result.stdout
+        if "--log" in args and not stand_in:  # the block logged the images it has just generated
+            marked = [path for path, v in verdicts.items() if v == "WATERMARKED"]
+            assert marked and all(provenance[path] == "confirmed" for path in marked), result.stdout
         if "--report" in args:  # the report says what the table says, with a figure per watermarked image
             html = Path(args[args.index("--report") + 1]).read_text()
             assert html.count('<tr class="result"') == total and f"<b>{found}</b>watermarked" in html, html[:2000]
@@ -105,6 +141,9 @@ def check_meaning(args: list[str], result, stand_in: bool) -> None:
     if command == "scan" and not stand_in:  # the block scans the images it has just watermarked
         summary = json.loads(result.stdout.strip().splitlines()[-1])
         assert summary["errors"] == 0 and summary["watermarked"] == summary["images"] > 0, summary
+    if command == "log" and args[2] == "list":  # one JSON line per image the block logged, no fingerprint
+        rows = [json.loads(line) for line in result.stdout.splitlines()]
+        assert rows and all(r["image_id"] and r["sha256"] and "fingerprint" not in r for r in rows), result.stdout
 
 
 def commands(code):
@@ -148,8 +187,8 @@ def curl(command: str, server: subprocess.Popen | None) -> None:
         assert answer["results"] and all(r["watermarked"] for r in answer["results"]), (command, answer)
 
 
-@pytest.mark.parametrize("code", blocks("console"))
-def test_console_block_runs(code, tmp_path, monkeypatch, request):
+@pytest.mark.parametrize("code, page", blocks("console"))
+def test_console_block_runs(code, page, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     stand_in = "stabilityai/" in code  # no hub here: the tiny SD-layout checkpoint stands in, on the CPU
     folder = str(request.getfixturevalue("sd_folder")) if stand_in else None
@@ -171,7 +210,7 @@ def test_console_block_runs(code, tmp_path, monkeypatch, request):
                 result = CliRunner().invoke(main, args[1:], env={**os.environ})
                 # verify exits 1 when no image is watermarked: only right on the random stand-in model
                 expected = (0, 1) if stand_in and args[1] == "verify" else (0,)
-                assert result.exit_code in expected, (command, result.output, result.stderr)
+                assert result.exit_code in expected, (page_name(page), command, result.output, result.stderr)
                 if "--json" in args:  # what a user stores: one JSON object per image, with its p-value
                     rows = [json.loads(line) for line in result.stdout.splitlines()]
                     assert rows and all("p_value" in r for r in rows), result.stdout
