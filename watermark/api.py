@@ -68,7 +68,7 @@ def add_keys(keyring: str | os.PathLike, n: int, model: str = "tiny", *, size: i
              pattern: str = DEFAULT_PATTERN, radius: int | None = None,
              channels: tuple[int, ...] | None = None) -> list[Key]:
     """``n`` new keys added to ``keyring`` (created if missing), each drawn as ``keygen`` draws one:
-    the ring for a fresh key per image (``embed`` with a keyring; README, "Threats")."""
+    the ring for a fresh key per image (``embed`` with a keyring; docs/concepts/threats.md)."""
     _check_key_settings(pattern, size)
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
@@ -166,7 +166,7 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, 
     ``key``: a key (object or file), or a keyring (file or list of keys): each image then carries a
     fresh key drawn from the ring by the operating system's random source (``secrets``), so no two
     images are likely to share one; the manifest records which. That is the defence against
-    averaging forgery (README, "Threats"); verify such images against the whole keyring.
+    averaging forgery (docs/concepts/threats.md); verify such images against the whole keyring.
     Writes PNGs and ``manifest.jsonl`` into ``outdir``; existing files there are kept unless ``force``.
     ``log``: also record each image in the generation log there (``io.genlog``: a SQLite path or a
     database URL), batch by batch, with its content fingerprint (``provenance.fingerprint``).
@@ -298,7 +298,7 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
     folders of them; a bad file or entry in a folder or keyring is skipped with a KeyringWarning);
     one Result per image, in order. ``alpha``, ``search`` (the rotations and crops undone before the
     test, counted in the p-value), ``one_key`` and ``min_consistency`` (the defences against forgery,
-    README "Threats") make the ``pipeline.Decision``. ``null``: the null model that makes the p-value
+    docs/concepts/threats.md) make the ``pipeline.Decision``. ``null``: the null model that makes the p-value
     exact for each key (``scheme.null``): "auto" finds the one of this recovery in the model's folder or
     beside the key files (those in ``keys`` and ``key_files``), "none" runs the test without one, else a
     file (``ringmark calibrate``).

@@ -33,7 +33,7 @@ from .choices import WEAK_EVIDENCE  # noqa: E402  a p-value within this factor o
 class Decision:
     """How p-values become verdicts: watermarked when p <= ``alpha``, after undoing the rotations
     and crops of ``search`` (``scheme.geometry``; counted in the p-value), unless a defence against
-    forgery overrules it (README, "Threats"): ``one_key``, an image that also matches a second key
+    forgery overrules it (docs/concepts/threats.md): ``one_key``, an image that also matches a second key
     at alpha is not watermarked (a genuine image carries one key); ``min_consistency`` (dB), a match
     whose image regenerates from its recovered z_T further than that from itself is not
     (``consistency``; one generation per match)."""

@@ -144,7 +144,7 @@ def run(model_name: str = "tiny", n: int = 2048, n_keys: int = 50, steps: int = 
 
 
 def markdown(res: dict) -> str:
-    """The README's table of one run: per image set, the worst key's rate and Holm's count, with
+    """The table of one run (BENCHMARKS.md): per image set, the worst key's rate and Holm's count, with
     and without the null model."""
     lines = [f"| `{res['model']}`: images | null model | mean rate | worst key (exact keys: 95 % below) | "
              "liberal keys (Holm) |", "|---|---|---|---|---|"]

@@ -215,7 +215,7 @@ def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), impr
         imprint_steps: int = 150, strengths=(0.1, 0.2, 0.3, 0.4, 0.5), steps: int = 10, many_keys: int = 8,
         fresh_keys: int = 2048, adaptive_n: int = 16, adaptive_steps: int = 50, outdir: str = "docs/bench/security",
         log=print) -> dict:
-    """The README's "Threats" tables, a step each: the baseline, regeneration, averaging,
+    """The tables of docs/concepts/threats.md and BENCHMARKS.md, a step each: the baseline, regeneration, averaging,
     imprinting, the consistency check on what verified, and (``adaptive_n`` > 0) the generation
     log's provenance check on all of it and on the adaptive forger (``forgery``); written to
     ``outdir/<model>.json``."""
@@ -333,7 +333,7 @@ def consistency_table(model, verify: Verify, marked: torch.Tensor, imprinted: di
 
 
 def markdown(res: dict) -> str:
-    """The README's tables of one run."""
+    """The tables of one run (BENCHMARKS.md)."""
     pct = lambda v: "–" if v is None else f"{v:.0%}"  # noqa: E731
     out = ["| regeneration | PSNR to the image | TPR at 1 % FPR | TPR at alpha | FPR at alpha |", "|---|---|---|---|---|"]
     for name, r in res["regeneration"].items():

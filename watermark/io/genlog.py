@@ -1,5 +1,5 @@
 """The generation log: one row per image ``embed`` makes, in a real database, so that ``verify``
-can ask "did our model generate this content under this key?" (README, "Threats").
+can ask "did our model generate this content under this key?" (docs/concepts/threats.md).
 
     log = GenerationLog.open("generations.sqlite")        # a path: SQLite (the default)
     log = GenerationLog.open("postgresql://host/ringmark")  # a URL: any SQLAlchemy database

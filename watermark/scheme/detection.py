@@ -117,7 +117,7 @@ def score(z_T: torch.Tensor, key: Key, null: NullModel | None = None, test: str 
     degrees of freedom: p = P(T >= t). With the watermark, a ~ |k| while the orthogonal part
     stays noise. Recovered z_T is not white; with the ``null`` model of the model and recovery
     that made it (``scheme.null``), z and k are whitened first and t is exact for every key;
-    without one it is exact only on average over keys (README.md, "The test and its p-value").
+    without one it is exact only on average over keys (docs/concepts/test.md).
 
     Tree-Ring's non-central chi^2 on |k - z|^2 / sigma^2 needs sigma from elsewhere in the
     spectrum, and recovered z_T is not white there; estimating the scale inside the mask keeps
@@ -125,7 +125,7 @@ def score(z_T: torch.Tensor, key: Key, null: NullModel | None = None, test: str 
 
     ``zeros`` has no direction: F = (mean z^2 inside the mask) / (mean z^2 on the annulus
     radius < |f| <= 2 radius), p = P(F(d, d_ref) <= F), d and d_ref the degrees of freedom of the two. It assumes the spectrum is flat across
-    the two regions, which recovered z_T is not: it is not calibrated (README), and takes no
+    the two regions, which recovered z_T is not: it is not calibrated (docs/concepts/test.md), and takes no
     null model.
     """
     spectrum = centred_spectrum(z_T.float())

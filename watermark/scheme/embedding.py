@@ -19,7 +19,7 @@ def centred_spectrum(z: torch.Tensor) -> torch.Tensor:
     The spatial origin is the centre of the latent too (``ifftshift`` before the transform):
     a real constant on a ring then stands for a radially symmetric pattern centred in the
     image, away from the borders where zero padding leaves the networks' artefacts, and it
-    survives a centre crop and a rotation about the centre better (README.md).
+    survives a centre crop and a rotation about the centre better (docs/concepts/scheme.md).
     """
     dims = (-2, -1)
     return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(z.double(), dim=dims), norm="ortho"), dim=dims)

@@ -103,8 +103,7 @@ def key_mask(hw: tuple[int, int], radius: int) -> torch.Tensor:
     """Tree-Ring's disk of ``radius`` around the zero frequency, less the two frequency axes.
 
     The networks' zero padding leaves their border artefacts on the axes fx = 0 and fy = 0,
-    with a mean that is not zero: a key there has too many false positives (README.md, "The
-    test and its p-value").
+    with a mean that is not zero: a key there has too many false positives (docs/concepts/test.md).
     """
     fy, fx = _frequencies(hw)
     return circle_mask(hw, radius) & (fx != 0) & (fy != 0)
