@@ -1,10 +1,14 @@
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
 import families
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n: one torch thread per worker, not one per core each
+    torch.set_num_threads(1)
 
 
 class LinearPair:

@@ -201,7 +201,13 @@ def test_console_block_runs(code, page, tmp_path, monkeypatch, request):
             elif command.startswith("curl "):
                 curl(command, background[-1] if background else None)
             elif command == "kill %1":
-                stop(background.pop(0))
+                server = background.pop(0)
+                stop(server)
+                # what the user saw of it on stderr: ringmark's own lines, not Ray's logs (serve
+                # --ray-log-level is "error" by default), and a clean Ctrl-C
+                said = [line for line in server.stderr.read().splitlines() if line.strip()]
+                noise = [line for line in said if not line.startswith("ringmark")]
+                assert not noise, said
             else:
                 if stand_in:
                     command = on_stand_in(command, folder).replace("ringmark embed", "ringmark embed --steps 2")

@@ -34,6 +34,14 @@ def server(ray_local, scale_world):
     serve.shutdown()
 
 
+def test_no_cdn_pages_and_the_schema_is_served(server):
+    """/docs and /redoc would load Swagger and ReDoc from a CDN (blank offline): off; the OpenAPI
+    schema the CLI points to is there."""
+    client = server[0]
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert "/v1/verify" in client.get("/openapi.json").json()["paths"]
+
+
 def upload(*paths: Path):
     return [("files", (p.name, p.read_bytes(), "image/png")) for p in paths]
 

@@ -20,7 +20,7 @@ import click
 
 from . import __version__
 from .choices import (DEFAULT_ITERS, DEFAULT_PATTERN, DEFAULT_SEARCH, DEFAULT_STEPS, DEVICES, DTYPE_NAMES,
-                      METHOD_NAMES, PATTERNS, SEARCHES, WEAK_EVIDENCE)
+                      METHOD_NAMES, PATTERNS, RAY_LOG_LEVELS, SEARCHES, WEAK_EVIDENCE)
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -325,7 +325,7 @@ def load_cli_keys(key_paths, quiet: bool):
 @click.option("--one-key", is_flag=True, help="Defence: an image that matches two keys of the keyring is not watermarked.")
 @click.option("--consistency", "min_consistency", type=float, metavar="DB",
               help="Defence: a match whose image regenerates from its recovered z_T further than DB (PSNR) from "
-                   "itself is not watermarked; one generation per match (README, 'Threats').")
+                   "itself is not watermarked; one generation per match (docs/concepts/threats.md).")
 @quiet_option
 @library_errors
 def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, photometric, refine, null, alpha, batch,
@@ -412,12 +412,14 @@ def read_token(token_file: str | None) -> str | None:
 @click.option("--gpus-per-replica", type=click.FloatRange(0),
               help="GPUs per replica (default: 1 when the cluster has GPUs and --device allows, else 0).")
 @click.option("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
+@click.option("--ray-log-level", type=click.Choice(RAY_LOG_LEVELS), default="error", show_default=True,
+              help="Ray's and Ray Serve's own logging on stderr (the access log from info).")
 @quiet_option
 @library_errors
 def serve(key_paths, search, inversion, iters, ddim_steps, exact, photometric, refine, null, alpha, generation_log,
           device, dtype, host,
           port, token_file, replicas, max_batch, batch_wait_ms, max_upload_mb, max_queued, cpus_per_replica, gpus_per_replica, address,
-          quiet):
+          ray_log_level, quiet):
     """Serve verification over HTTP (Ray Serve): POST /v1/verify, GET /v1/keys, GET /healthz.
 
     Runs until Ctrl-C. Needs pip install 'ringmark[scale]'.
@@ -441,10 +443,10 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, photometric, r
     decision = Decision(alpha=alpha, search=search)
     keys = load_cli_keys(key_paths, quiet)
     with contextlib.redirect_stdout(sys.stderr):  # as in scan
-        url = start(keys, recovery, decision, service, device=device, dtype=dtype, address=address, quiet=quiet,
+        url = start(keys, recovery, decision, service, device=device, dtype=dtype, address=address, log_level=ray_log_level,
                     null=null, key_files=list(key_paths), generation_log=generation_log)
     if not quiet:
-        click.echo(f"ringmark: serving {len(keys)} key{'s' * (len(keys) != 1)} at {url} (API docs at {url}/docs"
+        click.echo(f"ringmark: serving {len(keys)} key{'s' * (len(keys) != 1)} at {url} (OpenAPI schema at {url}/openapi.json"
                    + ("" if service.token else "; loopback only, no token") + "); Ctrl-C stops", err=True)
     click.echo(json.dumps({"url": url}))
 
@@ -595,6 +597,16 @@ def csv_ints(ctx, param, value: str) -> list[int]:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
 
 
+def csv_shares(ctx, param, value: str) -> tuple[float, ...]:
+    try:
+        shares = tuple(float(v) for v in value.split(",") if v)
+    except ValueError:
+        shares = ()
+    if not shares or not all(0 < s < 1 for s in shares):
+        raise click.BadParameter(f"expected comma-separated numbers between 0 and 1, got {value!r}")
+    return shares
+
+
 def csv_choices(choices):
     def parse(ctx, param, value: str) -> list[str]:
         items = [v for v in value.split(",") if v]
@@ -732,12 +744,14 @@ def bench_null(model_name, n, n_keys, steps, photos, quick, outdir, quiet):
               help="Covers of the adaptive forger (0: skip the provenance part, verify --log).")
 @click.option("--adaptive-steps", default=50, show_default=True, type=click.IntRange(1),
               help="The adaptive forger's Adam steps.")
+@click.option("--strengths", default="0.1,0.2,0.3,0.4,0.5", show_default=True, callback=csv_shares,
+              help="Regeneration: the noise levels re-diffused (shares of the schedule).")
 @click.option("--quick", is_flag=True, help="A few images and steps: checks the code.")
 @click.option("-o", "--outdir", default="docs/bench/security", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
 @library_errors
-def bench_security(model_name, n, budgets, imprint_n, imprint_steps, fresh_keys, adaptive_n, adaptive_steps, quick,
-                   outdir, quiet):
+def bench_security(model_name, n, budgets, imprint_n, imprint_steps, fresh_keys, adaptive_n, adaptive_steps, strengths,
+                   quick, outdir, quiet):
     """Forgery and removal by averaging, imprinting and regeneration, and the defences' cost.
 
     Example: ringmark bench security --model tiny-sd -n 100
@@ -748,7 +762,7 @@ def bench_security(model_name, n, budgets, imprint_n, imprint_steps, fresh_keys,
     if quick:
         n, budgets, imprint_n, imprint_steps, fresh_keys, adaptive_n, adaptive_steps = 4, (2,), 1, 2, 8, 1, 2
     security.run(model_name, n=n, budgets=budgets, imprint_n=imprint_n, imprint_steps=imprint_steps,
-                 strengths=(0.3,) if quick else (0.1, 0.2, 0.3, 0.4, 0.5), many_keys=2 if quick else 8,
+                 strengths=(0.3,) if quick else strengths, many_keys=2 if quick else 8,
                  fresh_keys=fresh_keys, adaptive_n=adaptive_n, adaptive_steps=adaptive_steps, outdir=outdir,
                  log=messages(quiet))
 

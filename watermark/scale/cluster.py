@@ -27,11 +27,11 @@ def cluster_address(address: str | None = None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS", "").strip() or None
 
 
-def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool = True):
+def connect(address: str | None = None, num_cpus: int | None = None, log_level: str = "error"):
     """Join the cluster at ``address`` (``auto``, ``ray://host:10001``, ``host:6379``; default: the
     one in RAY_ADDRESS), else start a local Ray on this machine's CPUs (``num_cpus``: fewer).
-    Does nothing when this process is already connected. Returns the ``ray`` module. ``quiet``:
-    Ray logs warnings only (else also its progress)."""
+    Does nothing when this process is already connected. Returns the ``ray`` module. ``log_level``:
+    what of Ray's own logging reaches stderr (``choices.RAY_LOG_LEVELS``; its workers' output from "info")."""
     ray = require_ray()
     if ray.is_initialized():
         return ray
@@ -39,7 +39,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
     try:
         # "local": a new Ray here, whatever RAY_ADDRESS holds (ray.init reads it when address is None)
         ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
-                 logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet)
+                 logging_level=getattr(logging, log_level.upper()), log_to_driver=log_level in ("info", "debug"))
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ScaleError(f"cannot {'join the Ray cluster at ' + address if address else 'start a local Ray'}: "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

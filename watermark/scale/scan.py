@@ -235,7 +235,7 @@ def run_pool(readable: dict[str, str], worker: dict, pool: Pool, results: Result
              address: str | None, device: str, log: Callable[[str], None], quiet: bool) -> None:
     """Verify the files ``readable`` (path Ray reads -> path shown) on an actor pool of
     ``ScanWorker(**worker)`` actors, appending each batch's rows to ``results`` as it arrives."""
-    ray = connect(address, quiet=quiet)
+    ray = connect(address)  # Ray's own logs: errors only
     log(f"Ray up in {time.perf_counter() - run.t0:.1f}s")
     workers, gpus = pool_size(pool, ray.cluster_resources(), device, len(readable))
     run.workers = workers

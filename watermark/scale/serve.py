@@ -57,7 +57,8 @@ UPLOAD_SCHEMA = {  # multipart is parsed by hand (after the token check), so Fas
 }
 
 log = logging.getLogger("ringmark.serve")  # in a replica: Ray Serve's replica log
-app = FastAPI(title="ringmark", version=__version__,
+app = FastAPI(title="ringmark", version=__version__, docs_url=None, redoc_url=None,  # their pages load from a CDN:
+              # blank offline; the schema stays at /openapi.json
               description="Verify images for ringmark watermarks. Send `Authorization: Bearer TOKEN` "
                           "unless the server listens on loopback only.")
 
@@ -223,25 +224,28 @@ class VerifyService:
 
 
 def start(keys, recovery: Recovery = Recovery(), decision: Decision = Decision(), service: Service = Service(), *,
-          device: str = "auto", dtype: str = "float32", address: str | None = None, quiet: bool = True,
+          device: str = "auto", dtype: str = "float32", address: str | None = None, log_level: str = "error",
           null="auto", key_files: list = (), generation_log: str | None = None) -> str:
     """Deploy the service on Ray Serve (joining ``address`` or starting a local Ray) and return its
-    URL; it serves until ``serve.shutdown()`` or the end of this process."""
+    URL; it serves until ``serve.shutdown()`` or the end of this process. ``log_level``: Ray's and
+    Ray Serve's logging on stderr (``choices.RAY_LOG_LEVELS``; the access log from "info")."""
     check_key_set(keys)
     null = resolve_nulls(null, keys[0].model, recovery.for_model(default_recovery(keys[0].model)).looks(),
                          tuple(keys[0].latent_shape), key_files)  # found here, shipped to the replicas
     generation_log = located(generation_log)  # every replica opens it (PostgreSQL for replicas on many machines)
     if not (cluster_address(address) or ray.is_initialized()):  # the proxy will run here
         check_port(service.host, service.port)
-    connect(address, quiet=quiet)
+    connect(address, log_level=log_level)
+    logging_config = {"log_level": log_level.upper(), "enable_access_log": log_level in ("info", "debug")}
     gpus = default_gpus(ray.cluster_resources(), device) if service.gpus_per_replica is None else service.gpus_per_replica
     if APP in serve.status().applications:
         raise ValueError(f"this Ray cluster already serves an app named {APP!r}; stop it first")
-    serve.start(http_options={"host": service.host, "port": service.port})  # ignored where Serve already runs
+    serve.start(http_options={"host": service.host, "port": service.port},  # ignored where Serve already runs
+                logging_config=logging_config)
     deployment = VerifyService.options(
         num_replicas=service.replicas, max_ongoing_requests=2 * service.max_batch,
         max_queued_requests=service.max_queued,
-        ray_actor_options={"num_cpus": service.cpus_per_replica, "num_gpus": gpus},
+        ray_actor_options={"num_cpus": service.cpus_per_replica, "num_gpus": gpus}, logging_config=logging_config,
     ).bind(keys, recovery, decision, service, device=device, dtype=dtype, null=null, generation_log=generation_log)
     serve.run(deployment, name=APP, route_prefix="/")
     return service.url
