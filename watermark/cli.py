@@ -759,6 +759,8 @@ def bench_security(model_name, n, budgets, imprint_n, imprint_steps, fresh_keys,
     from .bench import security
 
     budgets = tuple(int(b) for b in budgets.split(","))
+    if min(strengths) < 0.1:  # regeneration runs security.run's 10 DDIM steps
+        raise click.BadParameter("each must be at least 0.1 (one of the 10 DDIM steps)", param_hint="'--strengths'")
     if quick:
         n, budgets, imprint_n, imprint_steps, fresh_keys, adaptive_n, adaptive_steps = 4, (2,), 1, 2, 8, 1, 2
     security.run(model_name, n=n, budgets=budgets, imprint_n=imprint_n, imprint_steps=imprint_steps,

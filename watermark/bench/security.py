@@ -204,6 +204,8 @@ def regeneration(model, x: torch.Tensor, strength: float, steps: int = 10, seed:
         if strength > 0:
             schedule = model.schedule(steps, z.shape[-2:])
             first = int(round((1 - strength) * steps))
+            if first >= steps:
+                raise ValueError(f"strength {strength} is less than one of the {steps} DDIM steps")
             g = torch.Generator().manual_seed(seed)
             z = schedule.a[first] * z + schedule.b[first] * torch.randn(z.shape, generator=g)
             for t, _, _, a_next, b_next in schedule.steps()[first:]:

@@ -236,6 +236,8 @@ def start(keys, recovery: Recovery = Recovery(), decision: Decision = Decision()
     if not (cluster_address(address) or ray.is_initialized()):  # the proxy will run here
         check_port(service.host, service.port)
     connect(address, log_level=log_level)
+    for name in ("ray", "ray.serve"):  # what Ray and Serve log in this (the driver's) process
+        logging.getLogger(name).setLevel(log_level.upper())
     logging_config = {"log_level": log_level.upper(), "enable_access_log": log_level in ("info", "debug")}
     gpus = default_gpus(ray.cluster_resources(), device) if service.gpus_per_replica is None else service.gpus_per_replica
     if APP in serve.status().applications:
