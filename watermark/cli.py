@@ -746,12 +746,14 @@ def bench_null(model_name, n, n_keys, steps, photos, quick, outdir, quiet):
               help="The adaptive forger's Adam steps.")
 @click.option("--strengths", default="0.1,0.2,0.3,0.4,0.5", show_default=True, callback=csv_shares,
               help="Regeneration: the noise levels re-diffused (shares of the schedule).")
+@click.option("--provenance-only", is_flag=True,
+              help="Only the provenance part (verify --log) and the forgeries it judges; to <model>-provenance.json.")
 @click.option("--quick", is_flag=True, help="A few images and steps: checks the code.")
 @click.option("-o", "--outdir", default="docs/bench/security", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
 @library_errors
 def bench_security(model_name, n, budgets, imprint_n, imprint_steps, fresh_keys, adaptive_n, adaptive_steps, strengths,
-                   quick, outdir, quiet):
+                   provenance_only, quick, outdir, quiet):
     """Forgery and removal by averaging, imprinting and regeneration, and the defences' cost.
 
     Example: ringmark bench security --model tiny-sd -n 100
@@ -766,7 +768,7 @@ def bench_security(model_name, n, budgets, imprint_n, imprint_steps, fresh_keys,
     security.run(model_name, n=n, budgets=budgets, imprint_n=imprint_n, imprint_steps=imprint_steps,
                  strengths=(0.3,) if quick else strengths, many_keys=2 if quick else 8,
                  fresh_keys=fresh_keys, adaptive_n=adaptive_n, adaptive_steps=adaptive_steps, outdir=outdir,
-                 log=messages(quiet))
+                 provenance_only=provenance_only, log=messages(quiet))
 
 
 @bench.command("scale", context_settings=CONTEXT)

@@ -216,11 +216,12 @@ def regeneration(model, x: torch.Tensor, strength: float, steps: int = 10, seed:
 def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), imprint_n: int = 16,
         imprint_steps: int = 150, strengths=(0.1, 0.2, 0.3, 0.4, 0.5), steps: int = 10, many_keys: int = 8,
         fresh_keys: int = 2048, adaptive_n: int = 16, adaptive_steps: int = 50, outdir: str = "docs/bench/security",
-        log=print) -> dict:
+        provenance_only: bool = False, log=print) -> dict:
     """The tables of docs/concepts/threats.md and BENCHMARKS.md, a step each: the baseline, regeneration, averaging,
     imprinting, the consistency check on what verified, and (``adaptive_n`` > 0) the generation
     log's provenance check on all of it and on the adaptive forger (``forgery``); written to
-    ``outdir/<model>.json``."""
+    ``outdir/<model>.json``. ``provenance_only``: the forgeries the provenance part judges (imprinting,
+    averaging with one key), none of the other tables; written to ``outdir/<model>-provenance.json``."""
     t_start = time.perf_counter()
     model = get_model(model_name)
     shape = model.latent_shape(model.default_size)
@@ -232,12 +233,15 @@ def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), impr
     covers = generate(model, key, range(100_000, 100_000 + n), steps, False)
     photos = photographs(n, model.default_size, seed=11)  # None without the train extra
     res = {"model": model_name, "n": n, "steps": steps, "alpha": ALPHA, "null_model": verify.nulls["first"] is not None,
-           "many_keys": many_keys, "fresh_keys": fresh_keys,
-           "baseline": {"tpr": float(np.mean(verify.p(marked) <= ALPHA)),
-                        "fpr_model_images": float(np.mean(verify.p(covers) <= ALPHA)),
-                        "fpr_photographs": None if photos is None else float(np.mean(verify.p(photos) <= ALPHA))}}
-    log(f"baseline: {res['baseline']}")
-    res["regeneration"] = regeneration_table(model, verify, marked, covers, strengths=strengths, steps=steps, log=log)
+           "many_keys": many_keys, "fresh_keys": fresh_keys}
+    if provenance_only:
+        others, ring = [], []
+    else:
+        res["baseline"] = {"tpr": float(np.mean(verify.p(marked) <= ALPHA)),
+                           "fpr_model_images": float(np.mean(verify.p(covers) <= ALPHA)),
+                           "fpr_photographs": None if photos is None else float(np.mean(verify.p(photos) <= ALPHA))}
+        log(f"baseline: {res['baseline']}")
+        res["regeneration"] = regeneration_table(model, verify, marked, covers, strengths=strengths, steps=steps, log=log)
     res["averaging"], averaged = averaging(model, verify, key, others=others, ring=ring, budgets=budgets,
                                               covers=covers, marked=marked, steps=steps, log=log)
     covers_by_kind = {"model images": covers[:imprint_n], "photographs": None if photos is None else photos[:imprint_n]}
@@ -246,10 +250,11 @@ def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), impr
     res["imprinting"], imprinted = imprinting_table(model, verify, key, marked[:imprint_n], target, covers_by_kind,
                                                     imprint_steps=imprint_steps, log=log)
     m = max([b for b in averaged if b <= 100] or averaged)  # the consistency check's sample: the largest M up to 100
-    res["consistency"] = consistency_table(model, verify, marked[:32], {
-        f"imprinting forgery of {kind}": by_steps[imprint_steps] for kind, (_, by_steps) in imprinted.items()},
-        {f"averaging forgery M={m}": averaged[m]}, log=log)
-    if adaptive_n:
+    if not provenance_only:
+        res["consistency"] = consistency_table(model, verify, marked[:32], {
+            f"imprinting forgery of {kind}": by_steps[imprint_steps] for kind, (_, by_steps) in imprinted.items()},
+            {f"averaging forgery M={m}": averaged[m]}, log=log)
+    if adaptive_n or provenance_only:
         from . import forgery
 
         same_key = generate(model, key, range(600_000, 600_000 + n), steps, True)
@@ -260,8 +265,9 @@ def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), impr
                command="ringmark " + " ".join(sys.argv[1:]))
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{model_name}.json").write_text(json.dumps(res, indent=1) + "\n")
-    log(markdown(json.loads(json.dumps(res))))  # as read back from the file (string keys)
+    (out / f"{model_name}{'-provenance' * provenance_only}.json").write_text(json.dumps(res, indent=1) + "\n")
+    res = json.loads(json.dumps(res))  # as read back from the file (string keys)
+    log("\n".join(provenance_markdown(res["provenance"])) if provenance_only else markdown(res))
     return res
 
 
