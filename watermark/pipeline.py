@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 import torch
 
 from .adaptive import EDITED, LOOKS, clipped_share, plan
-from .evidence import Evidence, fit_psnr, gather_evidence  # noqa: F401  (fit_psnr: re-exported)
+from .evidence import Evidence, gather_evidence
 from .models import DiffusionModel, ModelError
 from .recovery import (DEFAULT_INVERSION, DEFAULT_ITERS, DEFAULT_STEPS, Look, LookSpec, Recovery,  # noqa: F401
                        consistency, latents_from_images, noise_from_latents, prepare, psnr, recover, recover_noise,
@@ -191,8 +191,7 @@ def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Re
     shown = [None] * len(matches)
     if evidence is not None:
         which = [i for i, m in enumerate(matches) if evidence == "all" or m.p_value <= decision.alpha * WEAK_EVIDENCE]
-        found = gather_evidence(x[which], z_0[which], z_T=z_T[which], keys=keys, matches=[matches[i] for i in which],
-                                transforms=transforms, model=model if evidence == "all" else None)
+        found = gather_evidence(z_T[which], keys=keys, matches=[matches[i] for i in which], transforms=transforms)
         for i, e in zip(which, found):
             shown[i] = e
     kept = zip(z_0, z_T) if latents else [(None, None)] * len(matches)
