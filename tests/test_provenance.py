@@ -152,3 +152,19 @@ def test_seed_noise_p_value_is_exact_under_unrelated_images():
     cos = torch.stack([noise.cosines(s, key, logged, [IDENTITY]) for s in suspects]).flatten()
     p = [noise.p_value(float(c), noise.rank(key), 1) for c in cos]
     assert stats.kstest(p, "uniform").pvalue > 2e-3
+
+
+def test_the_checker_rebuilds_a_keys_seed_noise_once_while_its_seeds_stay_the_same():
+    """A batch of suspects under one key compares against the same logged seeds: rebuilt once,
+    equal to ``noise.seeds_residual``; a seed logged since (another list) is rebuilt."""
+    from watermark import get_model, make_key
+    from watermark.provenance import noise
+    from watermark.provenance.check import Checker
+
+    key = make_key(get_model("tiny"), seed=3)
+    checker = Checker(log=None, keys=[key], transforms=[], alpha=0.01)
+    first = checker.seeds_residual(key, [5, 6, 7])
+    assert torch.equal(first, noise.seeds_residual(key, [5, 6, 7]))
+    assert checker.seeds_residual(key, [5, 6, 7]) is first
+    grown = checker.seeds_residual(key, [5, 6, 7, 8])
+    assert grown.shape[0] == 4 and torch.equal(grown[:3], first)

@@ -71,16 +71,17 @@ def reference_pool(model: str, latent_shape: tuple[int, int, int], key_files=())
 
 
 def check(z_0: torch.Tensor, z_T: torch.Tensor, key: Key, log: GenerationLog, transforms: list[Transform],
-          alpha: float, reference: np.ndarray | None = None) -> Provenance:
+          alpha: float, reference: np.ndarray | None = None, seeds_residual=noise.seeds_residual) -> Provenance:
     """The provenance of one suspect (its latents z_0 and z_T, (C, h, w)) whose ``key`` fired.
-    The reference pool: the log's generations under other keys, and ``reference`` (the model's)."""
+    The reference pool: the log's generations under other keys, and ``reference`` (the model's).
+    ``seeds_residual(key, seeds)``: the logged seeds' noise (``noise.seeds_residual``, or a cache of it)."""
     candidates, own = log.fingerprints(key.key_id, fingerprint.LATENT_KIND)
     parts = [p for p in (log.unrelated(key.model, key.key_id, fingerprint.LATENT_KIND, POOL), reference)
              if p is not None and len(p)]
     pool = np.concatenate(parts) if parts else np.zeros((0, own.shape[-1]), np.float32)
     if not candidates:
         return Provenance(status="unconfirmed", compared=0, pool=len(pool), unmatched="seed noise")
-    cos = noise.cosines(z_T, key, noise.seeds_residual(key, [seed for _, _, seed in candidates]), transforms)
+    cos = noise.cosines(z_T, key, seeds_residual(key, [seed for _, _, seed in candidates]), transforms)
     best = int(torch.argmax(cos))
     p_noise = noise.p_value(float(cos[best]), noise.rank(key), len(candidates) * len(transforms))
     sims = fingerprint.best_similarity(z_0, np.concatenate([own[best : best + 1], pool]), transforms)
@@ -94,6 +95,9 @@ def check(z_0: torch.Tensor, z_T: torch.Tensor, key: Key, log: GenerationLog, tr
                       compared=len(candidates), pool=len(pool), unmatched=unmatched)
 
 
+CACHED_SEEDS = 65_536  # a key's logged seeds kept in memory: 2 GiB on `tiny`'s 4x32x32 latents
+
+
 class Checker:
     """``check`` as ``verify --log`` runs it on each ``Detection`` (``pipeline.detect(...,
     latents=True)``): over the transform the key search found and its other crop offsets
@@ -104,7 +108,19 @@ class Checker:
         self.log, self.alpha, self.reference = log, alpha, reference
         self.keys = {k.key_id: k for k in keys}
         self.transforms = {t.name: t for t in transforms}
+        self.noise = {}  # key id -> (its logged seeds, their residuals): rebuilt when the log grows
+
+    def seeds_residual(self, key: Key, seeds: list[int]) -> torch.Tensor:
+        """``noise.seeds_residual``, once per key while its logged seeds stay the same (a batch of
+        suspects under one key rebuilds them once, not once per image)."""
+        if len(seeds) > CACHED_SEEDS:  # 8 bytes x C x H x W each: rebuilt per suspect instead
+            return noise.seeds_residual(key, seeds)
+        cached = self.noise.get(key.key_id)
+        if cached is None or cached[0] != seeds:
+            cached = self.noise[key.key_id] = (list(seeds), noise.seeds_residual(key, seeds))
+        return cached[1]
 
     def __call__(self, d) -> Provenance:
         near = fingerprint.family(self.transforms.get(d.transform, IDENTITY), list(self.transforms.values()))
-        return check(d.z_0, d.z_T, self.keys[d.key_id], self.log, near, self.alpha, self.reference)
+        return check(d.z_0, d.z_T, self.keys[d.key_id], self.log, near, self.alpha, self.reference,
+                     self.seeds_residual)
