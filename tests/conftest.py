@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -9,6 +10,19 @@ import families
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n: one torch thread per worker, not one per core each
     torch.set_num_threads(1)
+
+
+RAY_FILES = {"test_serve.py", "test_browser.py", "test_scan.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n auto --dist loadgroup`` every test that starts Ray runs on one worker, in
+    turn: two local Rays on 2 cores starve each other's Serve proxies."""
+    for item in items:
+        code = str(getattr(item, "callspec", None) and item.callspec.params.get("code", ""))
+        if (item.path.name in RAY_FILES or "ray_local" in item.fixturenames
+                or re.search(r"ringmark (serve|scan)", code)):
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 class LinearPair:

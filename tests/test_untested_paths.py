@@ -300,6 +300,7 @@ def test_bench_scale_help_and_report_without_runs(tmp_path):
 
 
 @pytest.mark.slow  # scan and serve, each a fresh Ray: ~3 minutes on 2 cores
+@pytest.mark.xdist_group("ray")
 def test_bench_scale_smallest_run(tmp_path):
     pytest.importorskip("ray")
     result = run("bench", "scale", "-n", 2, "--steps", 1, "--clients", 1, "--requests", 2, "-o", tmp_path, "-q")

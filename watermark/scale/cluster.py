@@ -36,6 +36,11 @@ def connect(address: str | None = None, num_cpus: int | None = None, log_level: 
     if ray.is_initialized():
         return ray
     address = cluster_address(address)
+    if not address:
+        # Serve's proxy must answer its readiness check in 5 s by default, which a busy 2-core
+        # machine misses (the server then never starts); the local Ray's processes inherit this
+        # process's environment, so a longer wait is set here unless the user chose one.
+        os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
     try:
         # "local": a new Ray here, whatever RAY_ADDRESS holds (ray.init reads it when address is None)
         ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
