@@ -46,11 +46,11 @@ def test_the_site_builds_strict(tmp_path):
     # included, and the public Python names
     cli = (site / "reference" / "cli.html").read_text()
     for command in ("ringmark-verify", "ringmark-serve", "ringmark-scan", "ringmark-calibrate", "ringmark-bench-detect",
-                    "ringmark-log-list", "ringmark-log-rebuild"):
+                    "ringmark-log-list", "ringmark-log-rebuild", "ringmark-c2pa-show", "ringmark-c2pa-test-chain"):
         assert f'id="{command}"' in cli, command
     python = (site / "reference" / "python.html").read_text()
     for name in ("watermark.api.verify", "watermark.pipeline.detect", "watermark.verifier.Verifier",
-                 "inversion.fixed_point.fixed_point", "inversion.ddim_invert"):
+                 "inversion.fixed_point.fixed_point", "inversion.ddim_invert", "watermark.io.credentials.Signer"):
         assert f'id="{name}"' in python, name
     # offline: no page asks a CDN for a script, a stylesheet or a font
     for page in site.rglob("*.html"):

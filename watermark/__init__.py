@@ -19,6 +19,7 @@ _EXPORTS = {
     "load_keys": "io.keyring", "load_keyring": "io.keyring", "save_keyring": "io.keyring",
     "add_to_keyring": "io.keyring",
     "load_model": "models", "get_model": "models", "calibrate": "calibration",
+    "Signer": "io.credentials",
 }
 __all__ = list(_EXPORTS)
 

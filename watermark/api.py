@@ -25,6 +25,9 @@ from typing import Callable
 
 import torch
 
+from . import __version__
+from .io import credentials
+from .io.credentials import Signer
 from .io.genlog import Generation, GenerationLog
 from .io.images import ImageError, Loaded, find_images, load_image, require_usable, save_png, to_tensor
 from .io.keyfile import check_writable, load_key, read_json, save_key
@@ -130,6 +133,10 @@ def _embedding_keys(key: Key | str | os.PathLike | list) -> list[Key]:
     return keys
 
 
+class OutputWarning(UserWarning):
+    """An output that was not written, so as not to overwrite something the user owns."""
+
+
 class KeyringWarning(UserWarning):
     """A key file or keyring entry that could not be used; the other keys were."""
 
@@ -146,6 +153,7 @@ class Generated:
     watermarked: bool
     steps: int
     guidance: float | None  # None: the model takes no guidance
+    c2pa: bool = False  # a C2PA manifest is signed into the PNG (``embed(c2pa=...)``)
 
 
 def _check_outputs(outdir: Path, names: list[str], force: bool) -> None:
@@ -160,7 +168,8 @@ def _check_outputs(outdir: Path, names: list[str], force: bool) -> None:
 def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, prompts: list[str] | None = None,
           seed: int = 0, steps: int = 50, guidance: float | None = None, watermark: bool = True,
           force: bool = False, device: str = "cpu", dtype: str = "float32", batch: int = 8,
-          progress: Callable[[int], None] | None = None, log: str | os.PathLike | None = None) -> list[Generated]:
+          progress: Callable[[int], None] | None = None, log: str | os.PathLike | None = None,
+          c2pa: Signer | None = None) -> list[Generated]:
     """Generate ``n`` images from z_T carrying ``key`` (or clean controls), seeds seed..seed+n-1.
 
     ``key``: a key (object or file), or a keyring (file or list of keys): each image then carries a
@@ -170,6 +179,10 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, 
     Writes PNGs and ``manifest.jsonl`` into ``outdir``; existing files there are kept unless ``force``.
     ``log``: also record each image in the generation log there (``io.genlog``: a SQLite path or a
     database URL), batch by batch, with its content fingerprint (``provenance.fingerprint``).
+    ``c2pa``: sign Content Credentials into each PNG with this ``io.credentials.Signer`` (made by
+    a trained model, the watermark's key id as its soft binding, the log's image id); the log then
+    keeps each signed manifest, which ``verify(credentials_out=...)`` gives back for a copy whose
+    metadata was stripped.
     """
     ring = _embedding_keys(key)
     key = ring[0]
@@ -199,16 +212,20 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, 
         chosen = [ring[secrets.randbelow(len(ring))] for _ in idx]
         z_T = torch.cat([watermarked_latents(k, seeds=[s], watermark=watermark) for k, s in zip(chosen, seeds)])
         images = model.generate(z_T, steps, batch_prompts if model.conditional else None, guidance)
-        made = []
+        made, manifests = [], {}
         for i, s, p, im, k in zip(idx, seeds, batch_prompts, images, chosen):
             save_png(im, outdir / names[i], model=key.model)
-            made.append(Generated(file=names[i], image_id=uuid.uuid4().hex, sha256=sha256(outdir / names[i]), seed=s,
-                                  prompt=p, key_id=k.key_id if watermark else None, model=key.model,
-                                  watermarked=watermark, steps=steps, guidance=guidance))
+            image_id, key_id = uuid.uuid4().hex, k.key_id if watermark else None
+            if c2pa is not None:
+                manifests[image_id] = c2pa.sign(outdir / names[i], credentials.manifest(
+                    title=names[i], model=key.model, key_id=key_id, image_id=image_id, version=__version__))
+            made.append(Generated(file=names[i], image_id=image_id, sha256=sha256(outdir / names[i]), seed=s,
+                                  prompt=p, key_id=key_id, model=key.model, watermarked=watermark, steps=steps,
+                                  guidance=guidance, c2pa=c2pa is not None))
             if progress is not None:
                 progress(1)
         if generations is not None:
-            generations.add(logged(model, made, load_pngs(outdir, made), folder=outdir))
+            generations.add(logged(model, made, load_pngs(outdir, made), folder=outdir, manifests=manifests))
         records += made
     stale = _previous_run(outdir) - set(names)
     with open(outdir / "manifest.jsonl", "w") as f:
@@ -240,11 +257,13 @@ def load_pngs(outdir: Path, made: list[Generated]) -> torch.Tensor:
     return to_tensor([Image.open(outdir / g.file).convert("RGB") for g in made])
 
 
-def logged(model, made: list[Generated], x: torch.Tensor, folder: str | os.PathLike | None = None) -> list[Generation]:
+def logged(model, made: list[Generated], x: torch.Tensor, folder: str | os.PathLike | None = None,
+           manifests: dict[str, bytes] | None = None) -> list[Generation]:
     """The generation-log rows of images just made: with the content fingerprint of each (the
     latent of the first look of the model's recovery, as verify takes it: ``provenance.fingerprint``).
     ``folder``: where the images were written; the rows then record each file's absolute path (the
-    report shows the logged image beside a suspect when it is still there)."""
+    report shows the logged image beside a suspect when it is still there). ``manifests``: image id
+    -> the C2PA manifest store signed into it."""
     from .provenance import fingerprint
     from .recovery import look_latents
 
@@ -254,7 +273,8 @@ def logged(model, made: list[Generated], x: torch.Tensor, folder: str | os.PathL
     return [Generation(image_id=g.image_id, key_id=g.key_id, model=g.model, seed=g.seed, prompt=g.prompt,
                        steps=g.steps, guidance=g.guidance, created=now,
                        file=g.file if folder is None else str(Path(folder).resolve() / g.file), sha256=g.sha256,
-                       fingerprint=f.astype("float16"), fingerprint_kind=fingerprint.LATENT_KIND)
+                       fingerprint=f.astype("float16"), fingerprint_kind=fingerprint.LATENT_KIND,
+                       c2pa=(manifests or {}).get(g.image_id))
             for g, f in zip(made, prints)]
 
 
@@ -262,7 +282,8 @@ def rebuild_log(log: str | os.PathLike, folder: str | os.PathLike, *, device: st
                 batch: int = 8) -> tuple[int, int]:
     """Log the images of an ``embed`` output folder (``manifest.jsonl`` and its PNGs) in ``log``,
     fingerprints made anew; rows already logged are skipped. A manifest written before the log
-    existed has no image ids: each image's is then the start of its SHA-256. Returns (logged, skipped)."""
+    existed has no image ids: each image's is then the start of its SHA-256. The C2PA manifest a PNG
+    carries (``embed --c2pa``) is logged with it. Returns (logged, skipped)."""
     folder = Path(folder)
     manifest = folder / "manifest.jsonl"
     if not manifest.is_file():
@@ -284,7 +305,8 @@ def rebuild_log(log: str | os.PathLike, folder: str | os.PathLike, *, device: st
         model = get_model(todo[0].model, device, dtype)
         for i in range(0, len(todo), batch):
             part = todo[i : i + batch]
-            generations.add(logged(model, part, load_pngs(folder, part), folder=folder))
+            signed = {g.image_id: credentials.embedded_store((folder / g.file).read_bytes()) for g in part}
+            generations.add(logged(model, part, load_pngs(folder, part), folder=folder, manifests=signed))
     return len(todo), len(made) - len(todo)
 
 
@@ -293,7 +315,7 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
            null: str | os.PathLike | None = "auto", key_files: list = (), device: str = "cpu",
            dtype: str = "float32", batch: int = 8, progress: Callable[[int], None] | None = None,
            report: str | os.PathLike | None = None, force: bool = False,
-           log: str | os.PathLike | None = None) -> list[Result]:
+           log: str | os.PathLike | None = None, credentials_out: str | os.PathLike | None = None) -> list[Result]:
     """Test every image under ``paths`` against ``keys`` (Key objects, key files, keyring files,
     folders of them; a bad file or entry in a folder or keyring is skipped with a KeyringWarning);
     one Result per image, in order. ``alpha``, ``search`` (the rotations and crops undone before the
@@ -308,7 +330,14 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
     ``report``: also write the HTML evidence report there (``io.report``; an existing file is kept
     unless ``force``). ``log``: the generation log (``embed(log=...)``); each watermarked row then
     says whether a generation logged under its key matches its content (``provenance.check``).
+    ``credentials_out``: a folder where each row's recovered Content Credentials go
+    (``Result.credentials_recovered``: the signed manifest store the log kept for the confirmed
+    generation, as ``<image id>.c2pa``); needs ``log``.
     """
+    if credentials_out is not None and log is None:
+        raise ValueError("credentials_out needs the generation log (log=...): the manifests are kept there")
+    if credentials_out is not None and Path(credentials_out).exists() and not Path(credentials_out).is_dir():
+        raise OutputError(f"{credentials_out}: exists and is not a folder")
     decision = Decision(alpha=alpha, search=search, one_key=one_key, min_consistency=min_consistency)
     if report is not None:
         check_available()
@@ -343,7 +372,22 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
             pending = []
     if report is not None:
         write_report(report, results, detections, model=keys[0].model, log=verifier.log)
+    if credentials_out is not None:
+        _write_credentials(Path(credentials_out), results, verifier.log, force)
     return results
+
+
+def _write_credentials(folder: Path, results: list[Result], log: GenerationLog, force: bool) -> None:
+    """``<image id>.c2pa`` in ``folder`` for each recovered manifest: the log's bytes, as signed. A
+    file there already with other bytes is kept unless ``force``, with a warning (the rows stand)."""
+    for image_id in dict.fromkeys(r.credentials_recovered for r in results if r.credentials_recovered):
+        data, path = log.manifest(image_id), folder / f"{image_id}.c2pa"
+        if path.exists() and path.read_bytes() != data and not force:
+            warnings.warn(f"{path}: exists with other content, kept; use --force to overwrite", OutputWarning,
+                          stacklevel=3)
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
 
 class _Done:

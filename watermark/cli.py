@@ -12,6 +12,7 @@ import json
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
@@ -55,11 +56,12 @@ def library_errors(fn):
         from .io.report import ReportError
         from .scheme.keys import KeyFileError
         from .io.genlog import LogError
+        from .io.credentials import CredentialsError
 
         try:
             return fn(*args, **kwargs)
-        except (KeyFileError, LogError, ModelError, NullFileError, OutputError, ReportError, ResultsError, ScaleError,
-                ValueError) as e:
+        except (CredentialsError, KeyFileError, LogError, ModelError, NullFileError, OutputError, ReportError,
+                ResultsError, ScaleError, ValueError) as e:
             raise Failure(str(e)) from None
         except OSError as e:  # e.g. an output folder that cannot be written
             where = f"{e.filename}: " if e.filename else ""
@@ -193,11 +195,18 @@ def keygen(output, keyring, count, model, size, pattern, radius, channels, seed,
 @click.option("--log", "log", envvar="RINGMARK_LOG", show_envvar=True, metavar="LOG",
               help="Also record each image in this generation log: a SQLite file (made if missing) or a "
               "database URL (postgresql://...) [default: none, or $RINGMARK_LOG].")
+@click.option("--c2pa", "c2pa", is_flag=True,
+              help="Sign Content Credentials (a C2PA manifest) into each PNG: made by a trained model, the watermark "
+                   "as its soft binding; with --log, the log keeps each signed manifest.")
+@click.option("--c2pa-cert", envvar="RINGMARK_C2PA_CERT", show_envvar=True, type=click.Path(dir_okay=False),
+              help="The signing certificate chain (PEM, signer first) for --c2pa.")
+@click.option("--c2pa-key", envvar="RINGMARK_C2PA_KEY", show_envvar=True, type=click.Path(dir_okay=False),
+              help="Its private key (PEM, unencrypted; keep it owner-only) for --c2pa.")
 @device_options
 @quiet_option
 @library_errors
-def embed(key_path, outdir, n, prompt, prompts_file, seed, steps, guidance, no_watermark, force, log, device, dtype,
-          quiet):
+def embed(key_path, outdir, n, prompt, prompts_file, seed, steps, guidance, no_watermark, force, log, c2pa, c2pa_cert,
+          c2pa_key, device, dtype, quiet):
     """Generate watermarked images (the model is the key's).
 
     Example: ringmark embed --key key.json -o out/ -n 8 --seed 0
@@ -211,12 +220,22 @@ def embed(key_path, outdir, n, prompt, prompts_file, seed, steps, guidance, no_w
         prompts = [line.strip() for line in prompts_file if line.strip()]
         if not prompts:
             raise Failure(f"{prompts_file.name}: no prompts in file")
+    signer = None
+    if c2pa:
+        from .io.credentials import CredentialsError, Signer
+
+        if not (c2pa_cert and c2pa_key):
+            raise CredentialsError("--c2pa needs the signing certificate and its key: --c2pa-cert and --c2pa-key "
+                                   "(or RINGMARK_C2PA_CERT and RINGMARK_C2PA_KEY; a test chain: ringmark c2pa test-chain)")
+        signer = Signer(c2pa_cert, c2pa_key)
+    elif c2pa_cert or c2pa_key:
+        raise click.UsageError("--c2pa-cert and --c2pa-key sign only with --c2pa")
     t0 = time.time()
     progress = Progress(n, "embedding", quiet)
     try:
         records = api.embed(key_path, outdir, n, prompts=prompts, seed=seed, steps=steps, guidance=guidance,
                             watermark=not no_watermark, force=force, device=device, dtype=dtype,
-                            progress=progress.update, log=log)
+                            progress=progress.update, log=log, c2pa=signer)
     finally:
         progress.close()
     for r in records:
@@ -242,11 +261,22 @@ def table(results) -> str:
             rows.append((r.path, "ERROR", "-", "-", "-", r.error))
         else:
             undone = f"best after undoing {r.transform}" if r.watermarked and r.transform != "identity" else ""
-            note = "; ".join(n for n in (r.note, undone) if n)
+            note = "; ".join(n for n in (r.note, undone, credentials_note(r)) if n)
             rows.append((r.path, verdict(r), f"{r.p_value:.3g}", r.key_id, f"{r.distance:.3f}", note))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[5] for row in rows]
     return "\n".join(lines + [summary(results)])
+
+
+def credentials_note(r) -> str:
+    """The table's word on a row's Content Credentials (nothing where the image has none)."""
+    words = []
+    if r.credentials not in (None, "absent"):
+        words.append(f"credentials {r.credentials}" + (f" ({r.credentials_why})" if r.credentials_why else "")
+                     + (f", signed by {r.credentials_signer}" if r.credentials_signer else ""))
+    if r.credentials_recovered:
+        words.append(f"credentials recovered from the log: {r.credentials_recovered}")
+    return "; ".join(words)
 
 
 def summary(results) -> str:
@@ -321,7 +351,10 @@ def load_cli_keys(key_paths, quiet: bool):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
 @click.option("--report", type=click.Path(dir_okay=False),
               help="Also write an HTML evidence report (one self-contained file; needs the report extra).")
-@click.option("--force", is_flag=True, help="Overwrite an existing --report file.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --report file or recovered credentials.")
+@click.option("--credentials-out", type=click.Path(file_okay=False), metavar="DIR",
+              help="With --log: write the Content Credentials the log kept for each confirmed image that lost its "
+                   "own (stripped metadata) to DIR/<image id>.c2pa.")
 @click.option("--one-key", is_flag=True, help="Defence: an image that matches two keys of the keyring is not watermarked.")
 @click.option("--consistency", "min_consistency", type=float, metavar="DB",
               help="Defence: a match whose image regenerates from its recovered z_T further than DB (PSNR) from "
@@ -329,7 +362,7 @@ def load_cli_keys(key_paths, quiet: bool):
 @quiet_option
 @library_errors
 def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, photometric, refine, null, alpha, batch,
-           as_json, report, force, one_key, min_consistency, generation_log, device, dtype, quiet):
+           as_json, report, force, credentials_out, one_key, min_consistency, generation_log, device, dtype, quiet):
     """Test images (files or folders, recursively) for the watermark of one or more keys.
 
     Exit status: 0 if at least one image is watermarked, 1 if none is, 2 if any input could
@@ -341,7 +374,7 @@ def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, photom
     results = run_verify(paths, key_paths, Recovery(inversion, iters, ddim_steps, exact, refine=refine, photometric=photometric),
                          dict(alpha=alpha, search=search, one_key=one_key, min_consistency=min_consistency),
                          null=null, batch=batch, device=device, dtype=dtype, quiet=quiet, report=report, force=force,
-                         log=generation_log)
+                         log=generation_log, credentials_out=credentials_out)
     if not quiet:
         for r in results:
             if r.warning:
@@ -355,25 +388,38 @@ def verify(paths, key_paths, search, inversion, iters, ddim_steps, exact, photom
         click.echo(table(results))
     if report is not None and not quiet:
         click.echo(f"ringmark: wrote the evidence report {report}", err=True)
+    recovered = len({r.credentials_recovered for r in results if r.credentials_recovered})
+    if credentials_out is not None and not quiet:
+        click.echo(f"ringmark: {recovered} recovered Content Credentials in {credentials_out}", err=True)
     sys.exit(return_code(results))
 
 
 @library_errors
 def run_verify(paths, key_paths, recovery, decision: dict, *, null, batch, device, dtype, quiet, report=None,
-               force=False, log=None):
+               force=False, log=None, credentials_out=None):
     """``api.verify`` with the CLI's keys (a warning per unusable one) and progress; ``decision``:
     its alpha, search and defences."""
     from . import api
     from .io.images import find_images
 
+    if credentials_out is not None and log is None:
+        raise click.UsageError("--credentials-out needs --log (the log keeps the signed manifests)")
     keys = load_cli_keys(key_paths, quiet)
     progress = Progress(len(find_images(list(paths))), "verifying", quiet)
     try:
-        return api.verify(list(paths), keys, recovery, **decision, null=null, key_files=list(key_paths),
-                          device=device, dtype=dtype, batch=batch, progress=progress.update, report=report,
-                          force=force, log=log)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", api.OutputWarning)
+            results = api.verify(list(paths), keys, recovery, **decision, null=null, key_files=list(key_paths),
+                                 device=device, dtype=dtype, batch=batch, progress=progress.update, report=report,
+                                 force=force, log=log, credentials_out=credentials_out)
     finally:
         progress.close()
+    for w in caught:
+        if issubclass(w.category, api.OutputWarning) and not quiet:
+            click.echo(f"ringmark: warning: {w.message}", err=True)
+        elif not issubclass(w.category, api.OutputWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return results
 
 
 def read_token(token_file: str | None) -> str | None:
@@ -872,3 +918,72 @@ def log_rebuild(log, folder, device, dtype):
     added, skipped = api.rebuild_log(log, folder, device=device, dtype=dtype)
     click.echo(json.dumps({"logged": added, "skipped": skipped, "folder": folder}))
 
+
+
+@main.group("c2pa", context_settings=CONTEXT)
+def c2pa_group():
+    """Content Credentials (C2PA): read an image's or a recovered manifest; make a test chain.
+
+    embed --c2pa signs them in; verify reads them (docs/how-to/credentials.md).
+    """
+
+
+@c2pa_group.command("show", context_settings=CONTEXT)
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+def c2pa_show(files):
+    """The Content Credentials of images, or of .c2pa manifest stores (verify --credentials-out), in
+    FILES or folders of them, as
+    JSON lines: status (valid, trusted, invalid, absent), why, generator, signer, the watermark key id
+    and the generation-log image id they name. A .c2pa store is checked without its image: its
+    signature and assertions, not its hard binding.
+
+    Exit status: 0 if every file's credentials hold, 1 if any are absent or invalid, 2 if a file
+    cannot be read.
+
+    Example: ringmark c2pa show out/00000.png recovered/
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from .io import credentials
+
+    from .io.images import IMAGE_SUFFIXES
+
+    code = 0
+    for f in [str(g) for f in files for g in (sorted(p for p in Path(f).iterdir() if p.suffix.lower() in
+                                                     IMAGE_SUFFIXES | {".c2pa"}) if Path(f).is_dir() else [f])]:
+        try:
+            data = Path(f).read_bytes()
+            if f.endswith(".c2pa"):
+                c = credentials.read_store(data)
+            else:
+                with Image.open(f) as im:
+                    fmt = im.format
+                c = credentials.read(data, fmt)
+        except (OSError, UnidentifiedImageError) as e:
+            click.echo(f"ringmark: error: {f}: {getattr(e, 'strerror', None) or 'not an image or .c2pa file'}", err=True)
+            code = 2
+            continue
+        except credentials.CredentialsError as e:
+            raise Failure(str(e)) from None
+        click.echo(json.dumps({"path": f, **asdict(c)}))
+        if c.status not in ("valid", "trusted"):
+            code = max(code, 1)
+    sys.exit(code)
+
+
+@c2pa_group.command("test-chain", context_settings=CONTEXT)
+@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite an existing chain.pem / signer.key.")
+@library_errors
+def c2pa_test_chain(outdir, force):
+    """An UNTRUSTED certificate chain to try embed --c2pa: OUTDIR/chain.pem and OUTDIR/signer.key
+    (owner-only). Validators show its manifests as valid but untrusted; sign real images with a
+    certificate from a CA on the C2PA trust list.
+
+    Example: ringmark c2pa test-chain -o creds/ && ringmark embed --key key.json -o out/ --c2pa
+    --c2pa-cert creds/chain.pem --c2pa-key creds/signer.key
+    """
+    from .io.credentials import test_chain
+
+    cert, key = test_chain(outdir, force=force)
+    click.echo(f"wrote {cert} and {key} (a test chain: UNTRUSTED)", err=True)

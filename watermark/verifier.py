@@ -16,12 +16,13 @@ from typing import Callable
 
 import torch
 
+from .io.credentials import check_trust
 from .io.images import Loaded
 from .io.nullfile import no_null_note, resolve_nulls
 from .models import get_model
 from .pipeline import Decision, Detection, Recovery, check_key_set, check_keys, detect
 from .io.genlog import GenerationLog
-from .provenance.check import UNCHECKED, Checker, reference_pool
+from .provenance.check import UNCHECKED, Checker, Provenance, reference_pool
 from .scheme.geometry import search_grid
 from .scheme.keys import Key
 from .scheme.null import NullModel
@@ -59,6 +60,13 @@ class Result:
     provenance_p_value: float | None = None  # the larger of the two tests' (``provenance.check``)
     provenance_compared: int | None = None  # generations logged under the key
     provenance_unmatched: str | None = None  # unconfirmed: the test not passed ("seed noise", "content")
+    credentials: str | None = None  # its Content Credentials (C2PA): "valid", "trusted", "invalid", "absent"; None: not read
+    credentials_why: str | None = None  # invalid: which checks failed
+    credentials_generator: str | None = None  # the claim generator (name and version)
+    credentials_signer: str | None = None  # the signing certificate's subject
+    credentials_recovered: str | None = None  # the logged generation whose signed manifest the log gives back
+    # (the image carries no valid credentials of its own, its key fired and the log confirmed it:
+    # ``verify --credentials-out``)
 
 
 def failure(path: str, error: str, recovery: Recovery, alpha: float, keys_tested: int) -> Result:
@@ -79,6 +87,7 @@ class Verifier:
                  device: str = "cpu", dtype: str = "float32", null: str | os.PathLike | NullModel | None = "auto",
                  key_files: list = (), log: str | os.PathLike | None = None):
         check_key_set(keys)
+        check_trust()
         self.keys, self.decision = list(keys), decision
         self.model = get_model(keys[0].model, device, dtype)
         self.recovery = recovery.for_model(self.model.default_recovery)  # the settings the rows report
@@ -126,22 +135,53 @@ class Verifier:
     def row(self, path: str, loaded: Loaded, d: Detection, seconds_per_image: float) -> Result:
         """The stored row of one image's ``Detection``."""
         r = self.recovery
+        p = self.provenance(d)
         return Result(path=path, watermarked=d.watermarked, weak=d.weak, p_value=d.p_value, alpha=self.alpha,
                       key_id=d.key_id, distance=d.distance, error=None,
                       note="; ".join(n for n in (loaded.note, self.null_note) if n) or None,
-                      warning="; ".join(w for w in (loaded.warning, self.foreign(loaded)) if w) or None,
+                      warning="; ".join(w for w in (loaded.warning, self.foreign(loaded), self.claim(loaded, d)) if w)
+                      or None,
                       inversion=d.look, iterations=d.iterations, ddim_steps=r.ddim_steps, exact=r.exact,
                       keys_tested=len(self.keys), transform=d.transform if d.watermarked or d.rejected_by else None,
                       batch_seconds_per_image=seconds_per_image,
                       null_model=d.null_model,
                       runner_up_p_value=d.runner_up_p_value, consistency_psnr=d.consistency_psnr,
-                      rejected_by=d.rejected_by, **self.provenance(d))
+                      rejected_by=d.rejected_by, **provenance_fields(p, self.log is not None),
+                      **self.credentials(loaded, p))
 
-    def provenance(self, d: Detection) -> dict:
-        """A watermarked image's provenance fields (``provenance.check``), none for the others."""
+    def claim(self, loaded: Loaded, d: Detection) -> str | None:
+        """A warning where the image's Content Credentials name ringmark's watermark under a key
+        that does not fire on it: the manifest was made for other pixels, or they were changed."""
+        c = loaded.credentials
+        if c is None or c.key_id is None or (d.watermarked and d.key_id == c.key_id):
+            return None
+        if c.key_id not in {k.key_id for k in self.keys}:
+            return f"its Content Credentials name watermark key {c.key_id}, which was not among the keys tested"
+        return (f"its Content Credentials ({c.status}) claim ringmark's watermark under key {c.key_id}, "
+                f"which does not fire on this image: the manifest does not vouch for these pixels")
+
+    def credentials(self, loaded: Loaded, p: Provenance | None) -> dict:
+        """The image's own Content Credentials; and for a watermarked image without valid ones whose
+        generation the log confirms (``p``), the id of that generation when the log kept its signed manifest."""
+        c = loaded.credentials
+        out = {} if c is None else {"credentials": c.status, "credentials_why": c.why,
+                                    "credentials_generator": c.generator, "credentials_signer": c.signer}
+        own = c is not None and c.status in ("valid", "trusted")
+        if not own and p is not None and p.status == "confirmed" and self.log.has_manifest(p.image_id):
+            out["credentials_recovered"] = p.image_id
+        return out
+
+    def provenance(self, d: Detection) -> Provenance | None:
+        """A watermarked image's provenance (``provenance.check``; unchecked without a log), None for the others."""
         if not d.watermarked:
-            return {}
-        p = UNCHECKED if self.checker is None else self.checker(d)
-        return {"provenance": p.status, "provenance_image_id": p.image_id, "provenance_created": p.created,
-                "provenance_noise": p.noise, "provenance_similarity": p.similarity, "provenance_p_value": p.p_value,
-                "provenance_compared": p.compared if self.log is not None else None, "provenance_unmatched": p.unmatched}
+            return None
+        return UNCHECKED if self.checker is None else self.checker(d)
+
+
+def provenance_fields(p: Provenance | None, logged: bool) -> dict:
+    """A row's provenance fields; ``logged``: a log was given (else no count of candidates)."""
+    if p is None:
+        return {}
+    return {"provenance": p.status, "provenance_image_id": p.image_id, "provenance_created": p.created,
+            "provenance_noise": p.noise, "provenance_similarity": p.similarity, "provenance_p_value": p.p_value,
+            "provenance_compared": p.compared if logged else None, "provenance_unmatched": p.unmatched}

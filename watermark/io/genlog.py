@@ -6,7 +6,8 @@ can ask "did our model generate this content under this key?" (docs/concepts/thr
     log.add([Generation(...)]); log.by_key(key_id)
 
 A row holds what was generated and how (image id, key id, model, seed, prompt, steps, guidance,
-time, the PNG's SHA-256, its content fingerprint), never key material. SQLAlchemy Core writes the
+time, the PNG's SHA-256, its content fingerprint, the C2PA manifest signed into it when
+``embed --c2pa`` ran: ``io.credentials``), never key material. SQLAlchemy Core writes the
 same SQL for both; SQLite runs in WAL mode with a busy timeout, so several ``embed`` processes
 append to one file at once and no row is lost (tests/test_genlog.py, with processes). Key ids
 and hashes are indexed.
@@ -14,6 +15,7 @@ and hashes are indexed.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from dataclasses import asdict, dataclass, fields
@@ -47,11 +49,13 @@ class Generation:
     sha256: str
     fingerprint: np.ndarray | None = None
     fingerprint_kind: str | None = None
+    c2pa: bytes | None = None  # the manifest store signed into the PNG (``embed --c2pa``)
 
     def record(self) -> dict:
-        """The row as plain JSON types (the fingerprint as a list)."""
+        """The row as plain JSON types (the fingerprint as a list, the manifest in base64)."""
         out = asdict(self)
         out["fingerprint"] = None if self.fingerprint is None else [float(v) for v in self.fingerprint]
+        out["c2pa"] = None if self.c2pa is None else base64.b64encode(self.c2pa).decode()
         return out
 
     @classmethod
@@ -60,8 +64,9 @@ class Generation:
         unknown = set(row) - names
         if unknown:
             raise LogError(f"unknown fields in a log row: {sorted(unknown)}")
-        fp = row.get("fingerprint")
-        return cls(**{**row, "fingerprint": None if fp is None else np.asarray(fp, np.float16)})
+        fp, manifest = row.get("fingerprint"), row.get("c2pa")
+        return cls(**{**row, "fingerprint": None if fp is None else np.asarray(fp, np.float16),
+                      "c2pa": None if manifest is None else base64.b64decode(manifest, validate=True)})
 
 
 def _table(metadata):
@@ -82,6 +87,7 @@ def _table(metadata):
         Column("sha256", String(64), nullable=False, index=True),
         Column("fingerprint", LargeBinary),
         Column("fingerprint_kind", String(64)),
+        Column("c2pa", LargeBinary),
         Index("ix_generations_key_row", "key_id", "row"),  # a key's generations, in the order logged
     )
 
@@ -164,9 +170,22 @@ class GenerationLog:
         log = cls(engine, str(where))
         try:
             log.metadata.create_all(engine)
+            log._add_missing_columns()
         except SQLAlchemyError as e:
             raise LogError(f"{redacted(where)}: not a usable generation log ({_first_line(e)})") from None
         return log
+
+    def _add_missing_columns(self) -> None:
+        """A log made by an older ringmark gains the columns added since (nullable: its rows keep
+        None there)."""
+        from sqlalchemy import inspect, text
+
+        present = {c["name"] for c in inspect(self.engine).get_columns(self.table.name)}
+        with self.engine.begin() as conn:
+            for column in self.table.c:
+                if column.name not in present:
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    conn.execute(text(f'ALTER TABLE {self.table.name} ADD COLUMN "{column.name}" {kind}'))
 
     def close(self) -> None:
         """Close the database connections (a SQLite file can then be removed)."""
@@ -189,6 +208,19 @@ class GenerationLog:
     def get(self, image_id: str) -> Generation | None:
         """The generation logged as ``image_id``, or None."""
         return next(iter(self._select(self.table.c.image_id == image_id)), None)
+
+    def has_manifest(self, image_id: str) -> bool:
+        """Whether the generation ``image_id`` was logged with its signed C2PA manifest."""
+        return self.manifest(image_id) is not None
+
+    def manifest(self, image_id: str) -> bytes | None:
+        """The C2PA manifest store signed into the generation ``image_id`` (``embed --c2pa``), or None."""
+        from sqlalchemy import select
+
+        c = self.table.c
+        with self.engine.connect() as conn:
+            value = conn.execute(select(c.c2pa).where(c.image_id == image_id)).scalar_one_or_none()
+        return None if value is None else bytes(value)
 
     def by_key(self, key_id: str) -> list[Generation]:
         """The generations logged under ``key_id`` (an indexed lookup)."""
@@ -302,8 +334,9 @@ def _to_db(g: Generation) -> dict:
 
 
 def _from_db(row: dict) -> Generation:
-    fp = row["fingerprint"]
-    return Generation(**{**row, "fingerprint": None if fp is None else np.frombuffer(bytes(fp), "<f2").copy()})
+    fp, manifest = row["fingerprint"], row.get("c2pa")
+    return Generation(**{**row, "fingerprint": None if fp is None else np.frombuffer(bytes(fp), "<f2").copy(),
+                         "c2pa": None if manifest is None else bytes(manifest)})
 
 
 def _matrix(blobs: list) -> np.ndarray:
@@ -332,7 +365,7 @@ def _arrow_schema(pa):
                       ("seed", pa.int64()), ("prompt", pa.string()), ("steps", pa.int64()),
                       ("guidance", pa.float64()), ("created", pa.string()), ("file", pa.string()),
                       ("sha256", pa.string()), ("fingerprint", pa.list_(pa.float32())),
-                      ("fingerprint_kind", pa.string())])
+                      ("fingerprint_kind", pa.string()), ("c2pa", pa.string())])
 
 
 def _first_line(e: Exception) -> str:

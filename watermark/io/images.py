@@ -13,6 +13,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
+from . import credentials
+from .credentials import Credentials, CredentialsError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MIN_SIDE = 16
 MAX_ASPECT = 1.25  # squashing an image further than this to a square is worth a warning
@@ -69,6 +72,7 @@ class Loaded:
     note: str | None  # what was converted (mode, frame, size)
     warning: str | None  # what may cost the watermark: a squashed aspect ratio, another size than the key's
     model: str | None = None  # the model its PNG says made it (``MODEL_TAG``, written by embed)
+    credentials: Credentials | None = None  # its Content Credentials (C2PA), validated; None: not read
 
 
 def load_image(path: str, size: int) -> Loaded:
@@ -116,6 +120,7 @@ def _decode(source, size: int) -> Loaded:
                 raise ImageError(f"image is {im.size[0]}x{im.size[1]}; at least {MIN_SIDE}x{MIN_SIDE} is needed")
             mode = im.mode
             made_by = getattr(im, "text", {}).get(MODEL_TAG) if im.format == "PNG" else None
+            fmt = im.format
             rgb = _to_rgb(im)
     except ImageError:
         raise
@@ -141,7 +146,17 @@ def _decode(source, size: int) -> Loaded:
             warning = f"{w}x{h} image squashed to {size}x{size} (aspect {max(w, h) / min(w, h):.2f}); expect a weaker test"
         else:
             warning = f"{w}x{h} image resized to the key's {size}x{size}; expect a weaker test"
-    return Loaded(to_tensor([rgb])[0], "; ".join(notes) or None, warning, made_by)
+    return Loaded(to_tensor([rgb])[0], "; ".join(notes) or None, warning, made_by, _credentials(source, fmt))
+
+
+def _credentials(source, fmt: str | None) -> Credentials | None:
+    """The Content Credentials of a decoded image (a path or a BytesIO); None where c2pa-python is missing."""
+    if fmt is None:
+        return None
+    try:
+        return credentials.read(source.getvalue() if isinstance(source, io.BytesIO) else source, fmt)
+    except (CredentialsError, OSError):
+        return None
 
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
