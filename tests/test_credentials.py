@@ -132,8 +132,10 @@ def test_verify_reads_the_credentials_and_says_when_they_do_not_hold(signed, tmp
     assert not found[str(moved)]["watermarked"] and "does not fire" in found[str(moved)]["warning"]
     assert found[str(touched)]["watermarked"]  # one pixel: the key still fires, the hard binding does not hold
     assert found[str(plain)]["credentials"] == "absent"
-    table = run("verify", wm, moved, "--key", signed / "key.json").stdout
+    table = run("verify", wm, moved, "--key", signed / "key.json", "--report", tmp_path / "report.html").stdout
     assert "credentials valid" in table and "credentials invalid (the pixels changed since signing" in table
+    html = (tmp_path / "report.html").read_text()
+    assert "Content Credentials valid, by ringmark" in html and "Content Credentials invalid (the pixels changed" in html
 
 
 def test_stripped_credentials_come_back_through_the_watermark_and_the_log(signed, tmp_path):
