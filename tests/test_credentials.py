@@ -184,11 +184,15 @@ def test_stripped_credentials_come_back_through_the_watermark_and_the_log(signed
 
 def test_c2pa_inputs_that_cannot_be_used_are_one_line_errors(signed, tmp_path):
     key = signed / "key.json"
+    assert run("c2pa", "test-chain", "-o", tmp_path / "other").exit_code == 0
     for args, words in (
         (["--c2pa"], "--c2pa needs the signing certificate"),
         (["--c2pa", "--c2pa-cert", signed / "creds" / "chain.pem", "--c2pa-key", key], "not an unencrypted PEM private key"),
         (["--c2pa", "--c2pa-cert", tmp_path / "none.pem", "--c2pa-key", signed / "creds" / "signer.key"], "cannot read"),
         (["--c2pa-cert", signed / "creds" / "chain.pem"], "only with --c2pa"),
+        (["--c2pa", "--c2pa-cert", tmp_path / "other" / "chain.pem", "--c2pa-key", signed / "creds" / "signer.key"],
+         "not the private key of"),
+        (["--c2pa", "--c2pa-cert", key, "--c2pa-key", signed / "creds" / "signer.key"], "not a PEM certificate chain"),
     ):
         result = run("embed", "--key", key, "-o", tmp_path / "out", "-n", 1, "--steps", 2, *args)
         assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output, result.output

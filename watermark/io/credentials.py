@@ -203,6 +203,7 @@ class Signer:
     def __init__(self, cert: str | os.PathLike, key: str | os.PathLike):
         self.chain, self.key = _read(cert, "certificate chain"), _read(key, "private key")
         self.alg = _algorithm(self.key, key)
+        _check_pair(self.chain, self.key, cert, key)  # before any image is made, not at the first signature
         self.context = _c2pa().Context.from_dict({"builder": {"thumbnail": {"enabled": False}}})  # the image is its own
 
     @classmethod
@@ -237,6 +238,21 @@ def _read(path: str | os.PathLike, what: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as e:
         raise CredentialsError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+
+
+def _check_pair(chain: bytes, pem: bytes, cert_path, key_path) -> None:
+    """Raise CredentialsError unless the chain's first certificate holds the private key's public key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
+
+    try:
+        certs = x509.load_pem_x509_certificates(chain)
+    except ValueError:
+        raise CredentialsError(f"{cert_path}: not a PEM certificate chain") from None
+    public = load_pem_private_key(pem, password=None).public_key()
+    if (certs[0].public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+            != public.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)):
+        raise CredentialsError(f"{key_path}: not the private key of {cert_path}'s first certificate")
 
 
 def _algorithm(pem: bytes, path) -> str:
