@@ -19,7 +19,7 @@ def pytest_collection_modifyitems(config, items):
     """Under ``pytest -n auto --dist loadgroup`` every test that starts Ray runs on one worker, in
     turn: two local Rays on 2 cores starve each other's Serve proxies."""
     for item in items:
-        code = str(getattr(item, "callspec", None) and item.callspec.params.get("code", ""))
+        code = str(item.callspec.params.get("code", "")) if hasattr(item, "callspec") else ""
         if (item.path.name in RAY_FILES or "ray_local" in item.fixturenames
                 or re.search(r"ringmark (serve|scan)", code)):
             item.add_marker(pytest.mark.xdist_group("ray"))

@@ -9,7 +9,6 @@ import io
 import json
 import sqlite3
 import stat
-import struct
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from watermark.bench.attacks import with_manifest_of
 from watermark.cli import main
 
 pytest.importorskip("c2pa")
@@ -45,26 +45,6 @@ def rows(*args) -> dict:
     result = run("verify", *args, "--json", "-q")
     assert result.exit_code in (0, 1), result.output
     return {json.loads(line)["path"]: json.loads(line) for line in result.stdout.splitlines()}
-
-
-def chunks(data: bytes) -> list[tuple[bytes, bytes]]:
-    """A PNG's chunks: (type, the whole chunk's bytes)."""
-    out, pos = [], 8
-    while pos < len(data):
-        (n,) = struct.unpack(">I", data[pos : pos + 4])
-        out.append((data[pos + 4 : pos + 8], data[pos : pos + 12 + n]))
-        pos += 12 + n
-    return out
-
-
-def with_manifest_of(signed_png: bytes, pixels: Image.Image) -> bytes:
-    """``pixels`` as a PNG carrying ``signed_png``'s C2PA chunk (caBX) unchanged: a manifest moved
-    onto other pixels."""
-    buf = io.BytesIO()
-    pixels.save(buf, format="PNG")
-    new = chunks(buf.getvalue())
-    manifest = next(c for t, c in chunks(signed_png) if t == b"caBX")
-    return buf.getvalue()[:8] + new[0][1] + manifest + b"".join(c for _, c in new[1:])
 
 
 def test_the_test_chain_says_it_is_untrusted_and_its_key_is_owner_only(signed):

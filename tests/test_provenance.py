@@ -168,3 +168,19 @@ def test_the_checker_rebuilds_a_keys_seed_noise_once_while_its_seeds_stay_the_sa
     assert checker.seeds_residual(key, [5, 6, 7]) is first
     grown = checker.seeds_residual(key, [5, 6, 7, 8])
     assert grown.shape[0] == 4 and torch.equal(grown[:3], first)
+
+
+def test_the_checkers_seed_noise_cache_is_bounded_over_all_keys(monkeypatch):
+    """A long-lived server checks many keys: the cache keeps at most CACHED_SEEDS seeds in all,
+    dropping the least recently used key's first."""
+    from watermark import get_model, make_key
+    from watermark.provenance import check
+
+    monkeypatch.setattr(check, "CACHED_SEEDS", 5)
+    model = get_model("tiny")
+    a, b = make_key(model, seed=3), make_key(model, seed=4)
+    checker = check.Checker(log=None, keys=[a, b], transforms=[], alpha=0.01)
+    checker.seeds_residual(a, [1, 2, 3])
+    checker.seeds_residual(b, [4, 5, 6])
+    assert list(checker.noise) == [b.key_id]
+    assert checker.seeds_residual(a, list(range(10))).shape[0] == 10 and list(checker.noise) == [b.key_id]

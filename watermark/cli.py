@@ -415,10 +415,10 @@ def run_verify(paths, key_paths, recovery, decision: dict, *, null, batch, devic
     finally:
         progress.close()
     for w in caught:
-        if issubclass(w.category, api.OutputWarning) and not quiet:
-            click.echo(f"ringmark: warning: {w.message}", err=True)
-        elif not issubclass(w.category, api.OutputWarning):
+        if not issubclass(w.category, api.OutputWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        elif not quiet:
+            click.echo(f"ringmark: warning: {w.message}", err=True)
     return results
 
 

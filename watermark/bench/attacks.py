@@ -81,3 +81,15 @@ HELD_OUT = {  # edits beyond Tree-Ring's six, none used to tune a threshold, a r
     "median 3": lambda im, rng: im.filter(ImageFilter.MedianFilter(3)),
     "horizontal mirror": lambda im, rng: ImageOps.mirror(im),
 }
+
+
+def with_manifest_of(signed_png: bytes, pixels: Image.Image) -> bytes:
+    """``pixels`` as a PNG carrying ``signed_png``'s C2PA chunk (caBX) unchanged, after its header:
+    a manifest moved onto other pixels (Content Credentials' hard binding must fail)."""
+    from ..io.credentials import PNG_SIGNATURE, png_chunks
+
+    buf = io.BytesIO()
+    pixels.save(buf, format="PNG")
+    new = png_chunks(buf.getvalue())
+    manifest = next(chunk for kind, chunk in png_chunks(signed_png) if kind == b"caBX")
+    return PNG_SIGNATURE + new[0][1] + manifest + b"".join(chunk for _, chunk in new[1:])

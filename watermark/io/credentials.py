@@ -20,10 +20,10 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SOFT_BINDING_ALG = "org.ringmark.noise-ring.1"  # the watermark, as the soft-binding assertion names it
 GENERATION_LABEL = "org.ringmark.generation"  # ringmark's own assertion: key id, image id, model
 SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
-ENV_CERT, ENV_KEY = "RINGMARK_C2PA_CERT", "RINGMARK_C2PA_KEY"  # embed --c2pa-cert / --c2pa-key
 ENV_TRUST = "RINGMARK_C2PA_TRUST"  # a PEM file of trusted root certificates: credentials chaining to one are "trusted"
 UNTRUSTED = "signingCredential.untrusted"  # no trust list was given: not a defect of the manifest
 HARD_BINDING = "assertion.dataHash.mismatch"  # the pixels are not those signed
@@ -165,18 +165,23 @@ def _soft_binding(data: dict | None) -> str | None:
         return None
 
 
-def embedded_store(png: bytes) -> bytes | None:
-    """The C2PA manifest store a PNG carries (its ``caBX`` chunk: the bytes ``Signer.sign`` returned),
-    or None. Written here: c2pa-python reads a store but does not hand its bytes back."""
-    if not png.startswith(b"\x89PNG\r\n\x1a\n"):
-        return None
-    pos = 8
+def png_chunks(png: bytes) -> list[tuple[bytes, bytes]]:
+    """A PNG's chunks after its signature, in order: (type, the whole chunk: length, type, data,
+    CRC); [] for other bytes. Written here: c2pa-python reads a store but does not hand its bytes back."""
+    if not png.startswith(PNG_SIGNATURE):
+        return []
+    out, pos = [], len(PNG_SIGNATURE)
     while pos + 8 <= len(png):
         (n,) = struct.unpack(">I", png[pos : pos + 4])
-        if png[pos + 4 : pos + 8] == b"caBX":
-            return png[pos + 8 : pos + 8 + n]
+        out.append((png[pos + 4 : pos + 8], png[pos : pos + 12 + n]))
         pos += 12 + n
-    return None
+    return out
+
+
+def embedded_store(png: bytes) -> bytes | None:
+    """The C2PA manifest store a PNG carries (its ``caBX`` chunk's data: the bytes ``Signer.sign``
+    returned), or None."""
+    return next((chunk[8:-4] for kind, chunk in png_chunks(png) if kind == b"caBX"), None)
 
 
 def manifest(*, title: str, model: str, key_id: str | None, image_id: str, version: str) -> dict:
@@ -202,16 +207,10 @@ class Signer:
 
     def __init__(self, cert: str | os.PathLike, key: str | os.PathLike):
         self.chain, self.key = _read(cert, "certificate chain"), _read(key, "private key")
-        self.alg = _algorithm(self.key, key)
-        _check_pair(self.chain, self.key, cert, key)  # before any image is made, not at the first signature
+        private = _private_key(self.key, key)
+        self.alg = _algorithm(private, key)
+        _check_pair(self.chain, private, cert, key)  # before any image is made, not at the first signature
         self.context = _c2pa().Context.from_dict({"builder": {"thumbnail": {"enabled": False}}})  # the image is its own
-
-    @classmethod
-    def from_env(cls) -> "Signer":
-        missing = [name for name in (ENV_CERT, ENV_KEY) if not os.environ.get(name)]
-        if missing:
-            raise CredentialsError(f"--c2pa needs the signing certificate and key: --c2pa-cert/--c2pa-key or {' and '.join(missing)}")
-        return cls(os.environ[ENV_CERT], os.environ[ENV_KEY])
 
     def sign(self, path: str | os.PathLike, manifest: dict) -> bytes:
         """Sign ``manifest`` into the PNG at ``path`` (replaced in place); returns the manifest store
@@ -240,30 +239,34 @@ def _read(path: str | os.PathLike, what: str) -> bytes:
         raise CredentialsError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
 
 
-def _check_pair(chain: bytes, pem: bytes, cert_path, key_path) -> None:
-    """Raise CredentialsError unless the chain's first certificate holds the private key's public key."""
+def _private_key(pem: bytes, path):
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        return load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise CredentialsError(f"{path}: not an unencrypted PEM private key ({_first_line(e)})") from None
+
+
+def _check_pair(chain: bytes, key, cert_path, key_path) -> None:
+    """Raise CredentialsError unless the chain's first certificate holds the private ``key``'s public key."""
     from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     try:
         certs = x509.load_pem_x509_certificates(chain)
     except ValueError:
         raise CredentialsError(f"{cert_path}: not a PEM certificate chain") from None
-    public = load_pem_private_key(pem, password=None).public_key()
+    public = key.public_key()
     if (certs[0].public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
             != public.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)):
         raise CredentialsError(f"{key_path}: not the private key of {cert_path}'s first certificate")
 
 
-def _algorithm(pem: bytes, path) -> str:
+def _algorithm(key, path) -> str:
     """The C2PA signing algorithm of a private key: ES256/384/512 by curve, PS256 for RSA, Ed25519."""
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-    try:
-        key = load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as e:
-        raise CredentialsError(f"{path}: not an unencrypted PEM private key ({_first_line(e)})") from None
     if isinstance(key, ec.EllipticCurvePrivateKey):
         curves = {"secp256r1": "es256", "secp384r1": "es384", "secp521r1": "es512"}
         if key.curve.name not in curves:

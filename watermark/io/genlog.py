@@ -210,8 +210,13 @@ class GenerationLog:
         return next(iter(self._select(self.table.c.image_id == image_id)), None)
 
     def has_manifest(self, image_id: str) -> bool:
-        """Whether the generation ``image_id`` was logged with its signed C2PA manifest."""
-        return self.manifest(image_id) is not None
+        """Whether the generation ``image_id`` was logged with its signed C2PA manifest (the bytes
+        are not read)."""
+        from sqlalchemy import select
+
+        c = self.table.c
+        with self.engine.connect() as conn:
+            return conn.execute(select(c.image_id).where((c.image_id == image_id) & c.c2pa.is_not(None))).first() is not None
 
     def manifest(self, image_id: str) -> bytes | None:
         """The C2PA manifest store signed into the generation ``image_id`` (``embed --c2pa``), or None."""

@@ -19,6 +19,7 @@ two p-values is a valid p-value for "both hold", with no correction):
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,7 +96,7 @@ def check(z_0: torch.Tensor, z_T: torch.Tensor, key: Key, log: GenerationLog, tr
                       compared=len(candidates), pool=len(pool), unmatched=unmatched)
 
 
-CACHED_SEEDS = 65_536  # a key's logged seeds kept in memory: 2 GiB on `tiny`'s 4x32x32 latents
+CACHED_SEEDS = 65_536  # logged seeds' noise kept in memory, all keys together: 2 GiB on `tiny`'s 4x32x32 latents
 
 
 class Checker:
@@ -108,16 +109,20 @@ class Checker:
         self.log, self.alpha, self.reference = log, alpha, reference
         self.keys = {k.key_id: k for k in keys}
         self.transforms = {t.name: t for t in transforms}
-        self.noise = {}  # key id -> (its logged seeds, their residuals): rebuilt when the log grows
+        # key id -> (its logged seeds, their residuals), least recently used first; at most
+        # CACHED_SEEDS seeds in all (a long-lived server checks many keys)
+        self.noise: OrderedDict[str, tuple[list[int], torch.Tensor]] = OrderedDict()
 
     def seeds_residual(self, key: Key, seeds: list[int]) -> torch.Tensor:
         """``noise.seeds_residual``, once per key while its logged seeds stay the same (a batch of
         suspects under one key rebuilds them once, not once per image)."""
-        if len(seeds) > CACHED_SEEDS:  # 8 bytes x C x H x W each: rebuilt per suspect instead
-            return noise.seeds_residual(key, seeds)
-        cached = self.noise.get(key.key_id)
+        cached = self.noise.pop(key.key_id, None)
         if cached is None or cached[0] != seeds:
-            cached = self.noise[key.key_id] = (list(seeds), noise.seeds_residual(key, seeds))
+            cached = (list(seeds), noise.seeds_residual(key, seeds))
+        if len(seeds) <= CACHED_SEEDS:  # more: rebuilt per suspect (8 bytes x C x H x W a seed)
+            self.noise[key.key_id] = cached
+            while sum(len(s) for s, _ in self.noise.values()) > CACHED_SEEDS:
+                self.noise.popitem(last=False)
         return cached[1]
 
     def __call__(self, d) -> Provenance:

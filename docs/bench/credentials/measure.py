@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from watermark import api
+from watermark.bench.attacks import with_manifest_of
 from watermark.io import credentials
 
 
@@ -42,25 +43,6 @@ def stripped(src: Path, dst: Path, how: str) -> None:
         im.resize((im.width * 9 // 10,) * 2, Image.Resampling.BILINEAR).save(dst.with_suffix(".png"))
     else:
         raise ValueError(how)
-
-
-def with_manifest_of(signed_png: bytes, pixels: Image.Image) -> bytes:
-    """``pixels`` as a PNG carrying ``signed_png``'s C2PA chunk (caBX), bytes unchanged."""
-    import struct
-
-    def chunks(data):
-        out, pos = [], 8
-        while pos < len(data):
-            (n,) = struct.unpack(">I", data[pos : pos + 4])
-            out.append((data[pos + 4 : pos + 8], data[pos : pos + 12 + n]))
-            pos += 12 + n
-        return out
-
-    buf = io.BytesIO()
-    pixels.save(buf, format="PNG")
-    new = chunks(buf.getvalue())
-    manifest = next(c for t, c in chunks(signed_png) if t == b"caBX")
-    return buf.getvalue()[:8] + new[0][1] + manifest + b"".join(c for _, c in new[1:])
 
 
 def main():
