@@ -65,30 +65,34 @@ def p_values(model, verifier: Verifier, x: torch.Tensor, keys_per_image: list, c
     return out
 
 
-def calibration(model, clean: list[Image.Image], n_keys: int, candidates, log) -> dict:
-    """Per key: clean images flagged at ALPHA under the default rule, each pattern, each candidate."""
-    shape = model.latent_shape(model.default_size)
+def calibration(model, clean: list[Image.Image], n_keys: int, candidates, log, patterns=PATTERNS) -> dict:
+    """Per key: clean images flagged at ALPHA under the default rule, each pattern, each candidate.
+    The first look at a batch is taken once for every pattern and key; counts are logged after each
+    batch, so a stopped run still says how far it got."""
     x_all = to_tensor(clean)
-    out = {}
-    for pattern in PATTERNS:
-        keys = [make_key(model, pattern=pattern, seed=777_000 + 10 * PATTERNS.index(pattern) + j) for j in range(n_keys)]
-        verifier = Verifier(keys[:1], Recovery(), Decision(alpha=ALPHA))
-        flagged = {c: [0] * n_keys for c in candidates}
-        for b in range(0, len(x_all), 50):
-            x = x_all[b : b + 50]
-            first = run_look(model, x, verifier.recovery.looks()["first"])
+    keys = {pattern: [make_key(model, pattern=pattern, seed=777_000 + 10 * PATTERNS.index(pattern) + j) for j in range(n_keys)]
+            for pattern in patterns}
+    verifier = Verifier(keys[patterns[0]][:1], Recovery(), Decision(alpha=ALPHA))
+    flagged = {(c, pattern): [0] * n_keys for c in candidates for pattern in patterns}
+    done = 0
+    for b in range(0, len(x_all), 50):
+        x = x_all[b : b + 50]
+        first = run_look(model, x, verifier.recovery.looks()["first"])
+        for pattern in patterns:
             for c in candidates:
-                for j, key in enumerate(keys):
+                for j, key in enumerate(keys[pattern]):
                     p = p_values(model, verifier, x, [key] * len(x), c, first)
-                    flagged[c][j] += int(np.sum(np.array(p) <= ALPHA))
-        for c in candidates:
-            n = len(x_all)
-            pv = [stats.binomtest(f, n, ALPHA, alternative="greater").pvalue for f in flagged[c]]
-            out.setdefault(c, {})[pattern] = {"keys": n_keys, "images": n, "flagged": flagged[c],
-                                              "pooled_rate": sum(flagged[c]) / (n * n_keys),
-                                              "worst_key_rate": max(flagged[c]) / n,
-                                              "liberal_keys_holm": int(holm(np.array(pv)).sum())}
-            log(f"calibration {c} {pattern}: {out[c][pattern]}")
+                    flagged[c, pattern][j] += int(np.sum(np.array(p) <= ALPHA))
+        done += len(x)
+        log(f"calibration after {done} images: " + ", ".join(f"{c} {pt} {f}" for (c, pt), f in flagged.items()))
+    out = {}
+    for (c, pattern), f in flagged.items():
+        pv = [stats.binomtest(k, done, ALPHA, alternative="greater").pvalue for k in f]
+        out.setdefault(c, {})[pattern] = {"keys": n_keys, "images": done, "flagged": f,
+                                          "pooled_rate": sum(f) / (done * n_keys),
+                                          "worst_key_rate": max(f) / done,
+                                          "liberal_keys_holm": int(holm(np.array(pv)).sum())}
+        log(f"calibration {c} {pattern}: {out[c][pattern]}")
     return out
 
 
@@ -158,6 +162,7 @@ def main():
     ap.add_argument("--n-keys", type=int, default=2)
     ap.add_argument("--candidates", default="calibrated,none")
     ap.add_argument("--parts", default="edits,six,calibration")
+    ap.add_argument("--patterns", default=",".join(PATTERNS), help="patterns the calibration part measures")
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -186,7 +191,7 @@ def main():
         res["timing"] = timing(model, wm, keys, log)
         out.write_text(json.dumps(res, indent=1))
     if "calibration" in parts:
-        res["calibration"] = calibration(model, clean, args.n_keys, candidates, log)
+        res["calibration"] = calibration(model, clean, args.n_keys, candidates, log, tuple(args.patterns.split(",")))
         out.write_text(json.dumps(res, indent=1))
 
 
