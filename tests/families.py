@@ -139,3 +139,32 @@ def flux(root: Path, guidance: bool = True) -> Path:
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "text_encoder": clip(root / "text_encoder", n),
         "text_encoder_2": t5(root / "text_encoder_2", n), "tokenizer": TOKENIZER, "tokenizer_2": TOKENIZER,
         "image_encoder": [None, None], "feature_extractor": [None, None]})
+
+
+def umt5(path: Path, vocab: int, d_model: int = 32):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    UMT5EncoderModel(UMT5Config(vocab_size=vocab, d_model=d_model, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                relative_attention_num_buckets=8, pad_token_id=1, eos_token_id=1)).save_pretrained(path)
+    return ["transformers", "UMT5EncoderModel"]
+
+
+def wan(root: Path) -> Path:
+    """WanPipeline's layout (Wan 2.1 text-to-video): a causal 3D VAE (8x space, 4x time) with
+    per-channel latent statistics, a Wan transformer on 1x2x2 patches, a UMT5, and the UniPC
+    scheduler with a flow shift that the real checkpoints ship."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+
+    torch.manual_seed(0)
+    AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+                     latents_mean=[0.1, -0.2, 0.05, 0.0], latents_std=[1.5, 2.0, 0.8, 1.2]).save_pretrained(root / "vae")
+    WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
+                          out_channels=4, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+                          qk_norm="rms_norm_across_heads", rope_max_seq_len=32).save_pretrained(root / "transformer")
+    UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+                            num_train_timesteps=1000).save_pretrained(root / "scheduler")
+    n = save_tokenizer(root / "tokenizer")
+    return index(root, "WanPipeline", {
+        "vae": ["diffusers", "AutoencoderKLWan"], "transformer": ["diffusers", "WanTransformer3DModel"],
+        "scheduler": ["diffusers", "UniPCMultistepScheduler"], "text_encoder": umt5(root / "text_encoder", n),
+        "tokenizer": TOKENIZER})

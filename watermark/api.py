@@ -29,11 +29,12 @@ from . import __version__
 from .io import credentials
 from .io.credentials import Signer
 from .io.genlog import Generation, GenerationLog
-from .io.images import ImageError, Loaded, find_images, load_image, require_usable, save_png, to_tensor
+from .io.images import ImageError, Loaded, find_images, require_usable, save_png, to_tensor
+from .io.videos import load_input, save_video
 from .io.keyfile import check_writable, load_key, read_json, save_key
 from .io.keyring import check_collision, is_keyring, load_keyring, load_keys, locked, save_keyring
 from .io.report import check_available, write_report
-from .models import ModelError, get_model
+from .models import ModelError, get_model, makes_video
 from .pipeline import Decision, Recovery, check_key_set, check_keys, check_size, make_key
 from .scheme.embedding import watermarked_latents
 from .scheme.geometry import DEFAULT_SEARCH
@@ -154,6 +155,7 @@ class Generated:
     steps: int
     guidance: float | None  # None: the model takes no guidance
     c2pa: bool = False  # a C2PA manifest is signed into the PNG (``embed(c2pa=...)``)
+    frames: int | None = None  # a clip's length (video models); None: an image
 
 
 def _check_outputs(outdir: Path, names: list[str], force: bool) -> None:
@@ -169,7 +171,7 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, 
           seed: int = 0, steps: int = 50, guidance: float | None = None, watermark: bool = True,
           force: bool = False, device: str = "cpu", dtype: str = "float32", batch: int = 8,
           progress: Callable[[int], None] | None = None, log: str | os.PathLike | None = None,
-          c2pa: Signer | None = None) -> list[Generated]:
+          c2pa: Signer | None = None, frames: int | None = None, lossless: bool = False) -> list[Generated]:
     """Generate ``n`` images from z_T carrying ``key`` (or clean controls), seeds seed..seed+n-1.
 
     ``key``: a key (object or file), or a keyring (file or list of keys): each image then carries a
@@ -183,6 +185,10 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, 
     a trained model, the watermark's key id as its soft binding, the log's image id); the log then
     keeps each signed manifest, which ``verify(credentials_out=...)`` gives back for a copy whose
     metadata was stripped.
+
+    A video model (Wan) makes clips of ``frames`` frames (default: the model's), the key in every
+    latent frame: H.264 MP4 files, or with ``lossless`` FFV1 in Matroska (.mkv). Clips are not
+    logged or signed yet (``log`` and ``c2pa`` are refused for them).
     """
     ring = _embedding_keys(key)
     key = ring[0]
@@ -192,11 +198,18 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, 
     if isinstance(prompts, str):
         prompts = [prompts]
     outdir = Path(outdir)
-    names = [f"{i:05d}.png" for i in range(n)]
+    video = makes_video(key.model)
+    if not video and (frames is not None or lossless):
+        raise ModelError(f"model {key.model!r} makes images: frames and lossless are for video models")
+    if video and (log is not None or c2pa is not None):
+        raise ModelError("clips are not logged or signed yet: embed them without --log and --c2pa")
+    suffix = (".mkv" if lossless else ".mp4") if video else ".png"
+    names = [f"{i:05d}{suffix}" for i in range(n)]
     _check_outputs(outdir, names + ["manifest.jsonl"], force)
     generations = GenerationLog.open(log) if log is not None else None  # a bad log fails before any work
     model = get_model(key.model, device, dtype)
     check_keys(ring, model)
+    latent_frames = model.latent_frames(model.default_frames if frames is None else frames) if video else None
     prompts = list(prompts or [""])
     if not model.conditional and (any(prompts) or guidance not in (None, 1.0)):
         raise ModelError(f"model {key.model!r} is unconditional: it takes no prompt or guidance")
@@ -210,18 +223,23 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, 
         seeds = [seed + i for i in idx]
         batch_prompts = [prompts[i % len(prompts)] for i in idx]
         chosen = [ring[secrets.randbelow(len(ring))] for _ in idx]
-        z_T = torch.cat([watermarked_latents(k, seeds=[s], watermark=watermark) for k, s in zip(chosen, seeds)])
+        z_T = torch.cat([watermarked_latents(k, seeds=[s], watermark=watermark, frames=latent_frames)
+                         for k, s in zip(chosen, seeds)])
         images = model.generate(z_T, steps, batch_prompts if model.conditional else None, guidance)
         made, manifests = [], {}
         for i, s, p, im, k in zip(idx, seeds, batch_prompts, images, chosen):
-            save_png(im, outdir / names[i], model=key.model)
+            if video:
+                save_video(im, outdir / names[i], lossless=lossless, model=key.model)
+            else:
+                save_png(im, outdir / names[i], model=key.model)
             image_id, key_id = uuid.uuid4().hex, k.key_id if watermark else None
             if c2pa is not None:
                 manifests[image_id] = c2pa.sign(outdir / names[i], credentials.manifest(
                     title=names[i], model=key.model, key_id=key_id, image_id=image_id, version=__version__))
             made.append(Generated(file=names[i], image_id=image_id, sha256=sha256(outdir / names[i]), seed=s,
                                   prompt=p, key_id=key_id, model=key.model, watermarked=watermark, steps=steps,
-                                  guidance=guidance, c2pa=c2pa is not None))
+                                  guidance=guidance, c2pa=c2pa is not None,
+                                  frames=None if latent_frames is None else (latent_frames - 1) * model.temporal + 1))
             if progress is not None:
                 progress(1)
         if generations is not None:
@@ -243,7 +261,8 @@ def _previous_run(outdir: Path) -> set[str]:
         files = {json.loads(line).get("file") for line in lines if line.strip()}
     except (OSError, ValueError, AttributeError):
         return set()
-    return {f for f in files if isinstance(f, str) and "/" not in f and "\\" not in f and f.endswith(".png")}
+    return {f for f in files if isinstance(f, str) and "/" not in f and "\\" not in f
+            and f.endswith((".png", ".mp4", ".mkv"))}
 
 
 def sha256(path: Path) -> str:
@@ -361,7 +380,7 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
     for i, (path, error) in enumerate(found):
         try:
             if error is None:
-                pending.append((i, path, load_image(path, verifier.size)))
+                pending.append((i, path, load_input(path, verifier.size, verifier.video)))
         except ImageError as e:
             error = str(e)
         if error is not None:

@@ -202,12 +202,15 @@ def keygen(output, keyring, count, model, size, pattern, radius, channels, seed,
               help="The signing certificate chain (PEM, signer first) for --c2pa.")
 @click.option("--c2pa-key", envvar="RINGMARK_C2PA_KEY", show_envvar=True, type=click.Path(dir_okay=False),
               help="Its private key (PEM, unencrypted; keep it owner-only) for --c2pa.")
+@click.option("--frames", type=click.IntRange(1), help="Video models: frames per clip [default: the model's; Wan: "
+              "1 + 4k, 81].")
+@click.option("--lossless", is_flag=True, help="Video models: FFV1 in Matroska (.mkv) instead of H.264 MP4.")
 @device_options
 @quiet_option
 @library_errors
 def embed(key_path, outdir, n, prompt, prompts_file, seed, steps, guidance, no_watermark, force, log, c2pa, c2pa_cert,
-          c2pa_key, device, dtype, quiet):
-    """Generate watermarked images (the model is the key's).
+          c2pa_key, frames, lossless, device, dtype, quiet):
+    """Generate watermarked images, or clips with a video model (the model is the key's).
 
     Example: ringmark embed --key key.json -o out/ -n 8 --seed 0
     """
@@ -235,14 +238,15 @@ def embed(key_path, outdir, n, prompt, prompts_file, seed, steps, guidance, no_w
     try:
         records = api.embed(key_path, outdir, n, prompts=prompts, seed=seed, steps=steps, guidance=guidance,
                             watermark=not no_watermark, force=force, device=device, dtype=dtype,
-                            progress=progress.update, log=log, c2pa=signer)
+                            progress=progress.update, log=log, c2pa=signer, frames=frames, lossless=lossless)
     finally:
         progress.close()
     for r in records:
         click.echo(json.dumps(asdict(r)))
     if not quiet:
         kind = "clean" if no_watermark else "watermarked"
-        click.echo(f"wrote {len(records)} {kind} images and manifest.jsonl to {outdir} in {time.time() - t0:.1f}s",
+        noun = "clips" if records and records[0].frames else "images"
+        click.echo(f"wrote {len(records)} {kind} {noun} and manifest.jsonl to {outdir} in {time.time() - t0:.1f}s",
                    err=True)
 
 
@@ -677,12 +681,18 @@ def csv_choices(choices):
 @click.option("--skip-cost", is_flag=True)
 @click.option("--skip-reference", is_flag=True, help="Skip the side-by-side with the seed paper's code.")
 @click.option("--quick", is_flag=True, help="4 latents, 2 iteration counts, 64 px cost runs: checks the code.")
+@click.option("--video", is_flag=True, help="Instead: memory and time per iteration against the number of frames on "
+              "a video VAE (Wan 2.1's architecture, random weights), gradient-free against gradient.")
+@click.option("--frames", default="1,5,9,17", show_default=True, callback=csv_ints,
+              help="With --video: clip lengths (Wan's VAE takes 1 + 4k frames).")
+@click.option("--video-size", default=64, show_default=True, type=click.IntRange(16), help="With --video: frame side (px).")
 @click.option("-o", "--outdir", default="docs/bench", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
 @library_errors
 def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accuracy, skip_cost, skip_reference, quick,
-                    outdir, quiet):
-    """NMSE vs iterations and time (bundled model), cost per iteration and memory (SD 2.1 VAE).
+                    video, frames, video_size, outdir, quiet):
+    """NMSE vs iterations and time (bundled model), cost per iteration and memory (SD 2.1 VAE);
+    with --video, cost against clip length on a video VAE.
 
     Example: ringmark bench inversion -n 32 -o docs/bench
     """
@@ -690,6 +700,16 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
 
     given = click.get_current_context().get_parameter_source("dtypes").name != "DEFAULT"
     log = messages(quiet)
+    if video:
+        from .bench import video_inversion
+
+        bad = [f for f in frames if f < 1 or (f - 1) % 4]
+        if bad:
+            raise click.BadParameter(f"Wan's VAE takes 1 + 4k frames; got {bad}", param_hint="--frames")
+        if video_size % 16:
+            raise click.BadParameter(f"must be a multiple of 16, got {video_size}", param_hint="--video-size")
+        click.echo(video_inversion.main(frames, video_size, cost_iters, device, dtypes[0], quick, Path(outdir), log))
+        return
     click.echo(inversion.main(n=n, iters=iters, dtypes=dtypes, cost_sizes=cost_sizes, cost_iters=cost_iters,
                               device=device, skip_accuracy=skip_accuracy, skip_cost=skip_cost, quick=quick,
                               outdir=Path(outdir), log=log, dtypes_given=given, skip_reference=skip_reference))

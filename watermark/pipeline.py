@@ -20,6 +20,7 @@ from .models import DiffusionModel, ModelError
 from .recovery import (DEFAULT_INVERSION, DEFAULT_ITERS, DEFAULT_STEPS, Look, LookSpec, Recovery,  # noqa: F401
                        consistency, latents_from_images, noise_from_latents, prepare, psnr, recover, recover_noise,
                        run_look, take_looks)
+from .scheme.clip import match_clip
 from .scheme.correction import Correction
 from .scheme.detection import DEFAULT_TEST, TESTS, match_keys
 from .scheme.geometry import DEFAULT_SEARCH, SEARCHES, search_grid
@@ -82,6 +83,7 @@ class Detection:
     null_model: str | None = None  # the null model that look was tested with (``null_label``)
     z_0: torch.Tensor | None = field(default=None, compare=False)  # ``detect(..., latents=True)``: that look's
     z_T: torch.Tensor | None = field(default=None, compare=False)  # latents, for ``provenance.check``
+    frame_p_values: tuple[float, ...] | None = None  # a clip's: each latent frame's own p for the key (``scheme.clip``)
 
     @property
     def keys_tested(self) -> int:
@@ -153,6 +155,8 @@ def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Re
     Detection also carries its look's z_0 (C, h, w), for the generation log's content check
     (``provenance``)."""
     size = check_keys(keys, model)
+    if getattr(model, "video", False):
+        return detect_clips(model, x, keys, recovery, decision, progress=progress)
     if tuple(x.shape[1:]) != (3, size, size):
         raise ValueError(f"images must be (B, 3, {size}, {size}) for these keys, got {tuple(x.shape)}")
     recovery = recovery.for_model(model.default_recovery)
@@ -218,3 +222,26 @@ def _detection(match, decision: Decision, iterations: int, consistency_psnr: flo
                      correction=match.correction, transform=match.transform, iterations=iterations,
                      runner_up_p_value=match.runner_up_p_value, consistency_psnr=consistency_psnr,
                      rejected_by=rejected, statistic=match.statistic, df=match.df)
+
+
+def detect_clips(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Recovery = Recovery(),
+                 decision: Decision = Decision(), *, progress: Callable[[float], None] | None = None) -> list[Detection]:
+    """``detect`` for a video model: clips x (B, 3, F, H, W) in [-1, 1], one p-value per clip by the
+    pooled test of its latent frames (``scheme.clip``). A clip of F frames is tested on its first
+    1 + t k (the most the VAE takes, t its temporal compression). One look (the recovery's first);
+    no geometric search, no null model and no second look yet: the p-value is exact on average
+    over keys, as the image test without a null model."""
+    size = check_keys(keys, model)
+    if x.dim() != 5 or tuple(x.shape[1:2]) + tuple(x.shape[3:]) != (3, size, size):
+        raise ValueError(f"clips must be (B, 3, F, {size}, {size}) for these keys, got {tuple(x.shape)}")
+    x = x[:, :, : 1 + model.temporal * ((x.shape[2] - 1) // model.temporal)]
+    spec = recovery.for_model(model.default_recovery).looks()["first"]
+    look = run_look(model, x, spec, progress=progress)
+    out = []
+    for m, iters in zip(match_clip(look.z_T, keys), look.iterations):
+        watermarked, weak = decision.decide(m.p_value)
+        out.append(Detection(watermarked=watermarked, weak=weak, p_value=m.p_value, key_id=m.key_id,
+                             distance=m.distance, raw_p_value=m.raw_p_value, correction=m.correction,
+                             transform="identity", iterations=int(iters), statistic=m.statistic, df=m.df,
+                             look=spec.label, frame_p_values=m.frame_p_values))
+    return out

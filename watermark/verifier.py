@@ -28,6 +28,10 @@ from .scheme.keys import Key
 from .scheme.null import NullModel
 
 
+CLIP_NOTE = ("clips are tested without a null model: the p-value is exact on average over keys, not for each key "
+             "(docs/concepts/video.md)")
+
+
 @dataclass
 class Result:
     path: str
@@ -67,6 +71,7 @@ class Result:
     credentials_recovered: str | None = None  # the logged generation whose signed manifest the log gives back
     # (the image carries no valid credentials of its own, its key fired and the log confirmed it:
     # ``verify --credentials-out``)
+    frame_p_values: list[float] | None = None  # a clip's: each latent frame's own p for the key (uncorrected)
 
 
 def failure(path: str, error: str, recovery: Recovery, alpha: float, keys_tested: int) -> Result:
@@ -93,12 +98,17 @@ class Verifier:
         self.recovery = recovery.for_model(self.model.default_recovery)  # the settings the rows report
         self.size = check_keys(self.keys, self.model)
         self.nulls = resolve_nulls(null, keys[0].model, self.recovery.looks(), tuple(keys[0].latent_shape), key_files)
+        self.video = bool(getattr(self.model, "video", False))  # clips (3, F, H, W), ``pipeline.detect_clips``
+        if self.video and log is not None:
+            raise ValueError("the generation log holds images; clips cannot be checked against it yet")
         self.log = None if log is None else GenerationLog.open(log, create=False)
         self.checker = None if log is None else Checker(  # ``provenance.check``
             self.log, self.keys, search_grid(decision.search, keys[0].latent_shape[-1]), decision.alpha,
             reference_pool(keys[0].model, tuple(keys[0].latent_shape), key_files))
         missing = [role for role, n in self.nulls.items() if n is None]
         self.null_note = None if not missing or all(k.pattern == "zeros" for k in keys) else no_null_note(missing)
+        if self.video:
+            self.null_note = CLIP_NOTE
 
     @property
     def alpha(self) -> float:
@@ -117,9 +127,14 @@ class Verifier:
         """``run``, each row with the ``Detection`` it came from (with its ``Evidence`` if asked:
         ``pipeline.detect``)."""
         t0 = time.perf_counter()
-        x = torch.stack([loaded.image for _, loaded in items])
-        detections = detect(self.model, x, self.keys, self.recovery, self.decision, nulls=self.nulls,
-                            progress=progress, evidence=evidence, latents=self.log is not None)
+        if self.video:  # clips of different lengths: one at a time
+            detections = [d for i, (_, loaded) in enumerate(items) for d in detect(
+                self.model, loaded.image[None], self.keys, self.recovery, self.decision,
+                progress=None if progress is None else lambda f, i=i: progress((i + f) / len(items)))]
+        else:
+            x = torch.stack([loaded.image for _, loaded in items])
+            detections = detect(self.model, x, self.keys, self.recovery, self.decision, nulls=self.nulls,
+                                progress=progress, evidence=evidence, latents=self.log is not None)
         per_image = round((time.perf_counter() - t0) / len(items), 4)
         return [(self.row(path, loaded, d, per_image), d) for (path, loaded), d in zip(items, detections)]
 
@@ -147,6 +162,7 @@ class Verifier:
                       null_model=d.null_model,
                       runner_up_p_value=d.runner_up_p_value, consistency_psnr=d.consistency_psnr,
                       rejected_by=d.rejected_by, **provenance_fields(p, self.log is not None),
+                      frame_p_values=None if d.frame_p_values is None else [float(f"{v:.3g}") for v in d.frame_p_values],
                       **self.credentials(loaded, p))
 
     def claim(self, loaded: Loaded, d: Detection) -> str | None:

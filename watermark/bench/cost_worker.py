@@ -1,10 +1,11 @@
 """One cost run of ``bench inversion``, in a process of its own so that its peak memory is its own:
 
-    python -m watermark.bench.cost_worker '[config, method, size, iters, device, dtype]'
+    python -m watermark.bench.cost_worker '[config, method, size, iters, device, dtype, frames]'
 
 prints {"seconds_per_iter", "peak_mb_above_model"} as one JSON line. ``method`` "floor" times one
-decoder plus one encoder forward; the others are ``inversion`` methods on SD 2.1's VAE
-architecture with random weights (cost does not depend on the weights).
+decoder plus one encoder forward; the others are ``inversion`` methods on a VAE architecture with
+random weights (cost does not depend on the weights): SD 2.1's ``AutoencoderKL`` by default, or the
+diffusers class ``config["_class_name"]`` names (a video VAE: ``frames`` frames, (1, 3, F, H, W)).
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ def peak_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(config: dict, method: str, size: int, iters: int, device: str, dtype: str) -> dict:
-    from diffusers import AutoencoderKL
+def measure(config: dict, method: str, size: int, iters: int, device: str, dtype: str, frames: int | None = None) -> dict:
+    import diffusers
 
     torch.manual_seed(0)
     dtype = getattr(torch, dtype)
-    vae = AutoencoderKL(**config).to(device, dtype).eval().requires_grad_(False)
-    s = config["scaling_factor"]
+    config = dict(config)
+    cls = getattr(diffusers, config.pop("_class_name", "AutoencoderKL"))
+    vae = cls(**config).to(device, dtype).eval().requires_grad_(False)
+    s = config.get("scaling_factor", 1.0)
 
     def encode(x):
         return vae.encode(x).latent_dist.mean * s
@@ -48,7 +51,8 @@ def measure(config: dict, method: str, size: int, iters: int, device: str, dtype
         if device == "cuda":
             torch.cuda.synchronize()
 
-    x = torch.rand(1, 3, size, size, device=device, dtype=dtype) * 2 - 1
+    shape = (1, 3, size, size) if frames is None else (1, 3, frames, size, size)
+    x = torch.rand(*shape, device=device, dtype=dtype) * 2 - 1
     base = rss_mb()  # the loaded model, before any forward pass
     with torch.inference_mode():
         decode(encode(x))  # warm-up (its peak is below every method's: each runs E and D)

@@ -17,6 +17,7 @@ from . import credentials
 from .credentials import Credentials, CredentialsError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v"}  # read by ``io.videos``
 MIN_SIDE = 16
 MAX_ASPECT = 1.25  # squashing an image further than this to a square is worth a warning
 
@@ -26,13 +27,13 @@ class ImageError(Exception):
 
 
 def find_images(paths: list[str]) -> list[tuple[str, str | None]]:
-    """Expand files and folders (recursively, sorted) into (path, error-or-None) pairs."""
+    """Expand files and folders (recursively, sorted; images and videos) into (path, error-or-None) pairs."""
     out: list[tuple[str, str | None]] = []
     for p in paths:
         path = Path(p)
         if path.is_dir():
             found = sorted(str(f) for f in path.rglob("*")
-                           if (f.is_file() or f.is_symlink()) and f.suffix.lower() in IMAGE_SUFFIXES)
+                           if (f.is_file() or f.is_symlink()) and f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
             if not found:
                 out.append((p, "folder holds no images"))
             out.extend((f, None) for f in found)

@@ -13,7 +13,7 @@ import torch
 
 from inversion import DTYPES
 
-from . import flow_unet, flux, sd, sd3, sdxl
+from . import flow_unet, flux, sd, sd3, sdxl, wan
 from .loading import pipeline_class
 from .protocol import DiffusionModel, ModelError
 
@@ -28,12 +28,14 @@ FAMILIES = {
     "StableDiffusionXLPipeline": sdxl.load,
     "StableDiffusion3Pipeline": sd3.load,
     "FluxPipeline": flux.load,
+    "WanPipeline": wan.load,  # video: z_T is (C, F, H, W)
     "ringmark:FlowUNet": flow_unet.load,  # the bundled tiny-flow: diffusers has no pipeline for it
 }
+VIDEO_FAMILIES = {"WanPipeline"}  # families whose z_T is (C, F, H, W): clips
 from ..choices import DEVICES  # noqa: E402 (torch-free, for the command line)
 
 __all__ = ["DEVICES", "DTYPES", "DiffusionModel", "ModelError", "NAMED", "TINY_PATH", "TINY_SD_PATH", "default_recovery",
-           "get_model", "load_model", "resolve_device", "resolve_dtype"]
+           "get_model", "load_model", "makes_video", "resolve_device", "resolve_dtype"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -57,7 +59,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def load_model(name: str = "tiny", device: str = "cpu", dtype: str | torch.dtype = "float32") -> DiffusionModel:
     """Load ``tiny`` / ``tiny-sd`` / ``tiny-flow`` (bundled) or a checkpoint by hub id or local
     folder; the family is the pipeline class its model_index.json names (SD 1.x/2.x, SDXL, SD3,
-    FLUX, ringmark:FlowUNet)."""
+    FLUX, Wan 2.1, ringmark:FlowUNet)."""
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     source = str(NAMED.get(name, name))
     pipeline = pipeline_class(source, name)
@@ -70,7 +72,7 @@ def load_model(name: str = "tiny", device: str = "cpu", dtype: str | torch.dtype
                          + ", ".join(["StableDiffusionPipeline", *FAMILIES]))
     else:
         model = FAMILIES[pipeline](source, name, torch_device, torch_dtype)
-    if torch_device.type == "cpu":
+    if torch_device.type == "cpu" and not getattr(model, "video", False):  # channels-last is for 4-D weights
         # Convolutions run faster on channels-last tensors on a CPU: E(D(z)) of tiny 0.55-0.8x, its UNet
         # ~0.9x (docs/bench/speed). The price: the sums are blocked by batch, so an image decoded alone
         # and in a batch may differ by 2e-4 (1/40 of an 8-bit level). Not measured on a GPU: left as loaded.
@@ -78,6 +80,11 @@ def load_model(name: str = "tiny", device: str = "cpu", dtype: str | torch.dtype
             if isinstance(module, torch.nn.Module):
                 module.to(memory_format=torch.channels_last)
     return model
+
+
+def makes_video(name: str) -> bool:
+    """Whether model ``name`` makes clips (a video family), from its model_index.json, loading no weights."""
+    return pipeline_class(str(NAMED.get(name, name)), name) in VIDEO_FAMILIES
 
 
 def default_recovery(name: str) -> dict:

@@ -28,11 +28,12 @@ def pipeline_class(source: str, name: str) -> str | None:
 def load_pipeline(cls: str, source: str, name: str, device: torch.device, dtype: torch.dtype, **options):
     """diffusers' ``cls`` from ``source`` on ``device`` in ``dtype``, every network frozen
     (inference only: no parameter collects .grad), its progress bar off; ``options``: keywords of
-    the pipeline's own (SDXL: ``add_watermarker``)."""
+    the pipeline's own (SDXL: ``add_watermarker``) or of ``from_pretrained`` (Wan keeps modules in
+    float32, which needs ``low_cpu_mem_usage=True``)."""
     import diffusers
 
     try:
-        pipe = getattr(diffusers, cls).from_pretrained(source, dtype=dtype, low_cpu_mem_usage=False, **options)
+        pipe = getattr(diffusers, cls).from_pretrained(source, dtype=dtype, **{"low_cpu_mem_usage": False, **options})
     except ImportError as e:
         raise ModelError(f"model {name!r} needs a package that is not installed ({e}); try pip install 'ringmark[sd]'") from None
     except (OSError, ValueError, KeyError, TypeError) as e:

@@ -46,11 +46,16 @@ def real_signal(spectrum: torch.Tensor) -> torch.Tensor:
 
 
 def inject(z_T: torch.Tensor, key: Key) -> torch.Tensor:
-    """Replace the spectrum of the key's channels inside its mask by the key's values.
+    """Replace the spectrum of the key's channels inside its mask by the key's values (of each
+    latent frame of clips (B, C, F, H, W)).
 
     The values are Hermitian-consistent, so the inverse transform is real to rounding and
     taking ``.real`` loses nothing; an orthonormal FFT keeps z_T's N(0, I) statistics.
     """
+    if z_T.dim() == 5:  # clips (B, C, F, H, W): the key goes into every latent frame's spectrum
+        b, c, f, h, w = z_T.shape
+        frames = inject(z_T.transpose(1, 2).reshape(b * f, c, h, w), key)
+        return frames.reshape(b, f, c, h, w).transpose(1, 2).contiguous()
     if tuple(z_T.shape[1:]) != tuple(key.latent_shape):
         raise ValueError(f"noise shape {tuple(z_T.shape[1:])} does not fit the key's {key.latent_shape}")
     channels = list(key.channels)
@@ -71,8 +76,10 @@ def watermarked_latents(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     watermark: bool = True,
+    frames: int | None = None,
 ) -> torch.Tensor:
-    """Initial noise z_T (B, C, H, W) ~ N(0, I) carrying ``key``, for ``latents=`` of a pipeline.
+    """Initial noise z_T (B, C, H, W) ~ N(0, I) carrying ``key``, for ``latents=`` of a pipeline;
+    with ``frames`` (latent frames of a video model), clips (B, C, F, H, W) with the key in every frame.
 
     ``seeds``: one CPU generator per seed, so an image's noise does not depend on its batch
     (what ``ringmark embed`` does); else ``batch_size`` draws from ``generator`` (a
@@ -81,6 +88,8 @@ def watermarked_latents(
     noise without the key (clean controls). diffusers pipelines scale given latents by their
     scheduler's ``init_noise_sigma`` themselves, so unit variance suits every scheduler.
     """
+    c, h, w = key.latent_shape
+    shape = key.latent_shape if frames is None else (c, frames, h, w)
     if seeds is not None:
         seeds = list(seeds)
         if not seeds:
@@ -89,12 +98,12 @@ def watermarked_latents(
             raise ValueError(f"batch_size {batch_size} does not match {len(seeds)} seeds")
         if generator is not None:
             raise ValueError("give seeds or a generator, not both")
-        z = torch.stack([torch.randn(key.latent_shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        z = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
     else:
         if generator is None:
             raise ValueError("give seeds or a torch.Generator: the noise is never drawn from the global RNG")
         if batch_size is None or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        z = torch.randn((batch_size, *key.latent_shape), generator=generator, device=generator.device).cpu()
+        z = torch.randn((batch_size, *shape), generator=generator, device=generator.device).cpu()
     z = inject(z, key) if watermark else z
     return z.to(device=device, dtype=dtype)
