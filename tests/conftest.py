@@ -17,12 +17,17 @@ RAY_FILES = {"test_serve.py", "test_browser.py", "test_scan.py"}
 
 def pytest_collection_modifyitems(config, items):
     """Under ``pytest -n auto --dist loadgroup`` every test that starts Ray runs on one worker, in
-    turn: two local Rays on 2 cores starve each other's Serve proxies."""
+    turn: two local Rays on 2 cores starve each other's Serve proxies. They are collected first, so
+    that this longest unit of work starts first and the other workers share the rest meanwhile
+    (collected last, it ran alone at the end while the others idled)."""
+    ray = set()
     for item in items:
         code = str(item.callspec.params.get("code", "")) if hasattr(item, "callspec") else ""
         if (item.path.name in RAY_FILES or "ray_local" in item.fixturenames
                 or re.search(r"ringmark (serve|scan)", code)):
             item.add_marker(pytest.mark.xdist_group("ray"))
+            ray.add(item.nodeid)
+    items.sort(key=lambda item: item.nodeid not in ray)  # stable: each part keeps its order
 
 
 class LinearPair:
@@ -86,6 +91,12 @@ def sd_folder(tmp_path_factory):
         "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
         "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}))
     return root
+
+
+@pytest.fixture(scope="module")
+def wan_folder(tmp_path_factory):
+    """A diffusers folder with Wan 2.1's layout (``families.wan``): the video pages' stand-in."""
+    return families.wan(tmp_path_factory.mktemp("wan"))
 
 
 @pytest.fixture(scope="session")

@@ -71,18 +71,30 @@ def test_the_pages_share_no_block():
             seen[code] = page_name(page)
 
 
+# hub ids in the pages, and the fixture (tests/conftest.py) whose tiny checkpoint stands in for them
+STAND_INS = {"stabilityai/": "sd_folder", "Wan-AI/": "wan_folder"}
+
+
+def stand_in(code: str) -> str | None:
+    """The fixture standing in for the hub checkpoint ``code`` names, if it names one."""
+    return next((fixture for hub, fixture in STAND_INS.items() if hub in code), None)
+
+
 def on_stand_in(code: str, folder: str) -> str:
-    """The SD example as it runs here: the tiny SD-layout checkpoint, on the CPU, in float32, 32 px."""
-    code = re.sub(r"stabilityai/[\w.-]+", folder, code).replace('"cuda"', '"cpu"').replace("torch.float16", "torch.float32")
-    code = code.replace("512", "32").replace("--device cuda", "--device cpu").replace("--dtype float16", "")
+    """A checkpoint example as it runs here: the tiny checkpoint of the family, on the CPU, in
+    float32, at a size (and clip length) a CPU runs in seconds."""
+    code = re.sub(r"(stabilityai|Wan-AI)/[\w.-]+", folder, code).replace('"cuda"', '"cpu"')
+    code = code.replace("torch.float16", "torch.float32").replace("512", "32").replace("--device cuda", "--device cpu")
+    code = code.replace("--dtype float16", "").replace("--dtype bfloat16", "")
+    code = code.replace("--size 480", "--size 64").replace("--frames 33", "--frames 5")  # Wan: 64 px, 2 latent frames
     return code.replace("-n 2048", "-n 4 --steps 2")  # calibrate: a few images show the command works
 
 
 @pytest.mark.parametrize("code, page", blocks("python"))
 def test_python_block_runs(code, page, tmp_path, monkeypatch, request, capsys):
     monkeypatch.chdir(tmp_path)
-    if "stabilityai/" in code:
-        code = on_stand_in(code, str(request.getfixturevalue("sd_folder")))
+    if stand_in(code):
+        code = on_stand_in(code, str(request.getfixturevalue(stand_in(code))))
     exec(compile(code, str(page), "exec"), {})
     # the examples print results for images they have just watermarked with their own key: the
     # first boolean of each printed line (watermarked) is True, unless a defence named on the
@@ -190,8 +202,9 @@ def curl(command: str, server: subprocess.Popen | None) -> None:
 @pytest.mark.parametrize("code, page", blocks("console"))
 def test_console_block_runs(code, page, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
-    stand_in = "stabilityai/" in code  # no hub here: the tiny SD-layout checkpoint stands in, on the CPU
-    folder = str(request.getfixturevalue("sd_folder")) if stand_in else None
+    fixture = stand_in(code)  # no hub here: a tiny checkpoint of the family stands in, on the CPU
+    folder = str(request.getfixturevalue(fixture)) if fixture else None
+    stand_in_used = fixture is not None
     ran, background = 0, []
     try:
         for command in commands(code):
@@ -209,18 +222,18 @@ def test_console_block_runs(code, page, tmp_path, monkeypatch, request):
                 noise = [line for line in said if not line.startswith("ringmark")]
                 assert not noise, said
             else:
-                if stand_in:
+                if stand_in_used:
                     command = on_stand_in(command, folder).replace("ringmark embed", "ringmark embed --steps 2")
                 args = shlex.split(command)
                 assert args[0] == "ringmark", command
                 result = CliRunner().invoke(main, args[1:], env={**os.environ})
                 # verify exits 1 when no image is watermarked: only right on the random stand-in model
-                expected = (0, 1) if stand_in and args[1] == "verify" else (0,)
+                expected = (0, 1) if stand_in_used and args[1] == "verify" else (0,)
                 assert result.exit_code in expected, (page_name(page), command, result.output, result.stderr)
                 if "--json" in args:  # what a user stores: one JSON object per image, with its p-value
                     rows = [json.loads(line) for line in result.stdout.splitlines()]
                     assert rows and all("p_value" in r for r in rows), result.stdout
-                check_meaning(args, result, stand_in)
+                check_meaning(args, result, stand_in_used)
     finally:
         for process in background:
             stop(process)

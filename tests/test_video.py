@@ -113,18 +113,25 @@ def test_two_expert_wan_checkpoints_are_refused_with_one_line(wan, tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_video_cost_fits_a_line_per_method():
-    rows = [{"method": m, "frames": f, "peak_mb_above_model": base + slope * f}
-            for m, base, slope in (("fixed_point", 100, 2.0), ("gradient", 150, 40.0), ("floor", 90, 2.0))
-            for f in (1, 5, 9)]
-    fit = video_inversion.fits(rows, size=64)
+def test_video_cost_fits_a_line_per_method_and_extrapolates_from_two_sizes():
+    # peak = 60 + pixels x (0.01 + 0.02 x frames) for the gradient, flat for the fixed point
+    peak = {"gradient": lambda s, f: 60 + s * s * (0.01 + 0.02 * f), "fixed_point": lambda s, f: 80 + s * s * 0.01,
+            "floor": lambda s, f: 70.0}
+    rows = [{"method": m, "frames": f, "size": s, "peak_mb_above_model": peak[m](s, f)}
+            for m in peak for s in (64, 128) for f in (1, 5, 9)]
+    fit = video_inversion.fits(rows)
     assert set(fit) == {"fixed_point", "gradient"}  # the floor is a reference, not a method
-    assert fit["gradient"]["mb_per_frame"] == pytest.approx(40.0) and fit["gradient"]["mb_fixed"] == pytest.approx(150)
-    assert fit["gradient"]["frames_in_budget"] == (24 * 1024 - 150) // 40
-    assert fit["gradient"]["frames_in_budget_480x832"] == int((24 * 1024 - 150) // (40 * 480 * 832 / 64**2))
-    flat = video_inversion.fits([{"method": "adam", "frames": f, "peak_mb_above_model": 50.0} for f in (1, 5)], 64)
-    assert flat["adam"]["frames_in_budget"] is None  # no growth seen: no limit to state
-    assert "no limit seen" in "\n".join(video_inversion.markdown([], flat))
+    g = fit["gradient"]
+    assert g["by_size"][64]["mb_per_frame"] == pytest.approx(0.02 * 64 * 64)
+    assert g["by_size"][64]["frames_in_budget"] == int((24 * 1024 - 60 - 0.01 * 64 * 64) // (0.02 * 64 * 64))
+    assert g["model"]["mb_per_pixel_frame"] == pytest.approx(0.02) and g["model"]["mb_constant"] == pytest.approx(60)
+    wide = 480 * 832
+    assert g["frames_in_budget_480x832"] == max(0, int((24 * 1024 - 60 - wide * 0.01) // (wide * 0.02)))
+    assert fit["fixed_point"]["by_size"][128]["frames_in_budget"] is None  # no growth with frames seen
+    one = video_inversion.fits([r for r in rows if r["size"] == 64])
+    assert one["gradient"]["frames_in_budget_480x832"] is None  # one size cannot separate pixels from constants
+    md = "\n".join(video_inversion.markdown([], one))
+    assert "no limit seen" in md and "one size only" in md
 
 
 def test_bench_inversion_video_refuses_clip_lengths_the_vae_cannot_take(tmp_path):

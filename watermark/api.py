@@ -370,7 +370,7 @@ def verify(paths: list[str], keys: list[Key | str], recovery: Recovery = Recover
     for problem in problems:
         warnings.warn(problem, KeyringWarning, stacklevel=2)
     check_key_set(keys)
-    found = find_images([str(p) for p in paths])
+    found = find_images([str(p) for p in paths], videos=makes_video(keys[0].model))  # a folder's clips: for video keys
     require_usable(found)
     verifier = Verifier(keys, recovery, decision, device=device, dtype=dtype, null=null, key_files=key_files, log=log)
     results: list[Result | None] = [None] * len(found)

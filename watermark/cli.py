@@ -405,11 +405,13 @@ def run_verify(paths, key_paths, recovery, decision: dict, *, null, batch, devic
     its alpha, search and defences."""
     from . import api
     from .io.images import find_images
+    from .models import makes_video
 
     if credentials_out is not None and log is None:
         raise click.UsageError("--credentials-out needs --log (the log keeps the signed manifests)")
     keys = load_cli_keys(key_paths, quiet)
-    progress = Progress(len(find_images(list(paths))), "verifying", quiet)
+    progress = Progress(len(find_images(list(paths), videos=any(k.model and makes_video(k.model) for k in keys[:1]))),
+                        "verifying", quiet)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", api.OutputWarning)
@@ -685,12 +687,13 @@ def csv_choices(choices):
               "a video VAE (Wan 2.1's architecture, random weights), gradient-free against gradient.")
 @click.option("--frames", default="1,5,9,17", show_default=True, callback=csv_ints,
               help="With --video: clip lengths (Wan's VAE takes 1 + 4k frames).")
-@click.option("--video-size", default=64, show_default=True, type=click.IntRange(16), help="With --video: frame side (px).")
+@click.option("--video-sizes", default="64", show_default=True, callback=csv_ints,
+              help="With --video: frame sides (px); two or more separate what grows with pixels (the 480x832 estimate).")
 @click.option("-o", "--outdir", default="docs/bench", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
 @library_errors
 def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accuracy, skip_cost, skip_reference, quick,
-                    video, frames, video_size, outdir, quiet):
+                    video, frames, video_sizes, outdir, quiet):
     """NMSE vs iterations and time (bundled model), cost per iteration and memory (SD 2.1 VAE);
     with --video, cost against clip length on a video VAE.
 
@@ -706,9 +709,9 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
         bad = [f for f in frames if f < 1 or (f - 1) % 4]
         if bad:
             raise click.BadParameter(f"Wan's VAE takes 1 + 4k frames; got {bad}", param_hint="--frames")
-        if video_size % 16:
-            raise click.BadParameter(f"must be a multiple of 16, got {video_size}", param_hint="--video-size")
-        click.echo(video_inversion.main(frames, video_size, cost_iters, device, dtypes[0], quick, Path(outdir), log))
+        if any(size < 16 or size % 16 for size in video_sizes):
+            raise click.BadParameter(f"sides must be multiples of 16, got {video_sizes}", param_hint="--video-sizes")
+        click.echo(video_inversion.main(frames, video_sizes, cost_iters, device, dtypes[0], quick, Path(outdir), log))
         return
     click.echo(inversion.main(n=n, iters=iters, dtypes=dtypes, cost_sizes=cost_sizes, cost_iters=cost_iters,
                               device=device, skip_accuracy=skip_accuracy, skip_cost=skip_cost, quick=quick,

@@ -128,8 +128,9 @@ class Verifier:
         ``pipeline.detect``)."""
         t0 = time.perf_counter()
         if self.video:  # clips of different lengths: one at a time
-            detections = [d for i, (_, loaded) in enumerate(items) for d in detect(
-                self.model, loaded.image[None], self.keys, self.recovery, self.decision,
+            clips = [loaded.image if loaded.image.dim() == 4 else loaded.image[:, None] for _, loaded in items]
+            detections = [d for i, clip in enumerate(clips) for d in detect(  # an image: a clip of one frame
+                self.model, clip[None], self.keys, self.recovery, self.decision,
                 progress=None if progress is None else lambda f, i=i: progress((i + f) / len(items)))]
         else:
             x = torch.stack([loaded.image for _, loaded in items])

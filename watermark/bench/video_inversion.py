@@ -55,26 +55,40 @@ def cost(frames: list[int], size: int, iters: int, device: str, dtype: str, conf
     return rows
 
 
-def fits(rows: list[dict], size: int, budget_mb: float = BUDGET_MB) -> dict:
-    """Per method: peak MB = intercept + slope x frames (least squares over the measured clips), and
-    the frames that fit in ``budget_mb`` at the measured size and, scaling the per-frame slope by
-    the pixel count (activations grow with pixels; the intercept kept), at Wan's 480x832."""
+def fits(rows: list[dict], budget_mb: float = BUDGET_MB) -> dict:
+    """Per method, from peak MB above the model: at each measured size, a line against frames
+    (least squares) and the frames that fit in ``budget_mb``; with two sizes or more, the model
+    peak = c + pixels x (a + b x frames), fitted over all of them, and the frames that fit at
+    Wan's 480x832 by it (an extrapolation: activations grow with pixels, c does not)."""
     out = {}
     for method in METHODS:
-        pts = [(r["frames"], r["peak_mb_above_model"]) for r in rows if r["method"] == method and "error" not in r]
-        if len(pts) < 2 or method == "floor":
+        if method == "floor":
             continue
-        slope, intercept = np.polyfit(*zip(*pts), 1)
-        wide = slope * WIDE[0] * WIDE[1] / size**2
-        out[method] = {"mb_per_frame": float(slope), "mb_fixed": float(intercept),
-                       "frames_in_budget": _frames(budget_mb, intercept, slope),
-                       "frames_in_budget_480x832": _frames(budget_mb, intercept, wide)}
+        mine = [r for r in rows if r["method"] == method and "error" not in r]
+        by_size = {}
+        for size in sorted({r["size"] for r in mine}):
+            pts = [(r["frames"], r["peak_mb_above_model"]) for r in mine if r["size"] == size]
+            if len(pts) >= 2:
+                slope, intercept = np.polyfit(*zip(*pts), 1)
+                by_size[size] = {"mb_per_frame": float(slope), "mb_fixed": float(intercept),
+                                 "frames_in_budget": _frames(budget_mb - intercept, slope)}
+        if not by_size:
+            continue
+        out[method] = {"by_size": by_size, "frames_in_budget_480x832": None}
+        if len({r["size"] for r in mine}) >= 2:
+            px = np.array([r["size"] ** 2 for r in mine], dtype=float)
+            f = np.array([r["frames"] for r in mine], dtype=float)
+            design = np.stack([np.ones_like(px), px, px * f], 1)
+            (c, a, b), *_ = np.linalg.lstsq(design, np.array([r["peak_mb_above_model"] for r in mine]), rcond=None)
+            wide = WIDE[0] * WIDE[1]
+            out[method].update(model={"mb_constant": float(c), "mb_per_pixel": float(a), "mb_per_pixel_frame": float(b)},
+                               frames_in_budget_480x832=_frames(budget_mb - c - wide * a, wide * b))
     return out
 
 
-def _frames(budget: float, intercept: float, slope: float) -> int | None:
-    """Frames under the budget on the line (None: the slope is not positive, no limit was seen)."""
-    return int((budget - intercept) // slope) if slope > 0 else None
+def _frames(room: float, per_frame: float) -> int | None:
+    """Frames that fit in ``room`` MB at ``per_frame`` MB each (None: no growth with frames seen)."""
+    return max(0, int(room // per_frame)) if per_frame > 1e-3 else None  # below 1 kB a frame: rounding, not growth
 
 
 def markdown(rows: list[dict], fit: dict) -> list[str]:
@@ -89,20 +103,22 @@ def markdown(rows: list[dict], fit: dict) -> list[str]:
                      f"{r.get('time_vs_gradient', float('nan')):.2f} | {r['peak_mb_above_model']:.0f} | "
                      f"{r.get('memory_vs_gradient', float('nan')):.3f} |")
     if fit:
-        lines += ["", "Frames in 24 GB, from a line through peak memory against frames (480×832: the per-frame "
-                  "slope scaled by the pixel count, an extrapolation):", "",
-                  "| method | MB per frame | MB fixed | frames in 24 GB at this size | at 480×832 |", "|---|---|---|---|---|"]
+        lines += ["", "Frames in 24 GB, from a line through peak memory against frames at each size; at 480×832, "
+                  "from peak = c + pixels × (a + b × frames) fitted over the sizes measured (an extrapolation):", "",
+                  "| method | size | MB per frame | MB fixed | frames in 24 GB | at 480×832 |", "|---|---|---|---|---|---|"]
         for method, f in fit.items():
-            lines.append(f"| {method} | {f['mb_per_frame']:.1f} | {f['mb_fixed']:.0f} | {_show(f['frames_in_budget'])} | "
-                         f"{_show(f['frames_in_budget_480x832'])} |")
+            for size, g in f["by_size"].items():
+                lines.append(f"| {method} | {size} | {g['mb_per_frame']:.1f} | {g['mb_fixed']:.0f} | "
+                             f"{_show(g['frames_in_budget'])} | "
+                             f"{_show(f['frames_in_budget_480x832'], 'no limit seen' if 'model' in f else 'one size only')} |")
     return lines + [""]
 
 
-def _show(frames: int | None) -> str:
-    return "no limit seen" if frames is None else str(frames)
+def _show(frames: int | None, none: str = "no limit seen") -> str:
+    return none if frames is None else str(frames)
 
 
-def main(frames: list[int], size: int, iters: int, device: str, dtype: str, quick: bool, outdir, log) -> str:
+def main(frames: list[int], sizes: list[int], iters: int, device: str, dtype: str, quick: bool, outdir, log) -> str:
     """Run, write inversion_video.json/.md into ``outdir`` (a partial file after each process), return the markdown."""
     import time
     from pathlib import Path
@@ -110,16 +126,19 @@ def main(frames: list[int], size: int, iters: int, device: str, dtype: str, quic
     from . import report
 
     if quick:
-        frames, size, iters = [1, 5], 32, 2
+        frames, sizes, iters = [1, 5], [32], 2
     dev = report.bench_device(device)
     if dtype == "float16" and dev != "cuda":
         raise ValueError("float16 needs a CUDA device (CPU: float32, bfloat16)")
     out = Path(outdir)
     res = {"command": "ringmark bench inversion " + " ".join(sys.argv[3:]), "machine": report.machine(dev),
            "date": time.strftime("%Y-%m-%d"), "vae": WAN21_VAE, "iters": iters}
-    res["cost"] = cost(frames, size, iters, dev, dtype, log=log,
-                       checkpoint=lambda rows: report.write_partial({**res, "cost": rows}, out, "inversion_video"))
-    res["fits"] = fits(res["cost"], size)
+    res["cost"] = []
+    for size in sizes:
+        done = list(res["cost"])
+        res["cost"] = done + cost(frames, size, iters, dev, dtype, log=log, checkpoint=lambda rows: report.write_partial(
+            {**res, "cost": done + rows}, out, "inversion_video"))
+    res["fits"] = fits(res["cost"])
     text = lambda r: "\n".join([f"{r['machine']}; {r['date']}; command: `{r['command']}`", ""]  # noqa: E731
                                + markdown(r["cost"], r["fits"]))
     for f in report.write(res, out, stem="inversion_video", markdown=text, plot=lambda r, p: False, plot_name=""):

@@ -26,14 +26,16 @@ class ImageError(Exception):
     """An input image cannot be used (one-line message)."""
 
 
-def find_images(paths: list[str]) -> list[tuple[str, str | None]]:
-    """Expand files and folders (recursively, sorted; images and videos) into (path, error-or-None) pairs."""
+def find_images(paths: list[str], videos: bool = False) -> list[tuple[str, str | None]]:
+    """Expand files and folders (recursively, sorted; video files too with ``videos``) into
+    (path, error-or-None) pairs."""
     out: list[tuple[str, str | None]] = []
+    suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES if videos else IMAGE_SUFFIXES
     for p in paths:
         path = Path(p)
         if path.is_dir():
             found = sorted(str(f) for f in path.rglob("*")
-                           if (f.is_file() or f.is_symlink()) and f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+                           if (f.is_file() or f.is_symlink()) and f.suffix.lower() in suffixes)
             if not found:
                 out.append((p, "folder holds no images"))
             out.extend((f, None) for f in found)

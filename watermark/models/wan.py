@@ -30,6 +30,7 @@ RECOVERY = {"method": "encoder", "ddim_steps": 10}
 
 class WanModel(FlowModel):
     video = True
+    default_guidance = 5.0  # WanPipeline's classifier-free guidance, what embed generates at unless told
 
     @property
     def latent_channels(self) -> int:
