@@ -239,7 +239,7 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, 
             made.append(Generated(file=names[i], image_id=image_id, sha256=sha256(outdir / names[i]), seed=s,
                                   prompt=p, key_id=key_id, model=key.model, watermarked=watermark, steps=steps,
                                   guidance=guidance, c2pa=c2pa is not None,
-                                  frames=None if latent_frames is None else (latent_frames - 1) * model.temporal + 1))
+                                  frames=(model.default_frames if frames is None else frames) if video else None))
             if progress is not None:
                 progress(1)
         if generations is not None:

@@ -227,10 +227,10 @@ def _detection(match, decision: Decision, iterations: int, consistency_psnr: flo
 def detect_clips(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Recovery = Recovery(),
                  decision: Decision = Decision(), *, progress: Callable[[float], None] | None = None) -> list[Detection]:
     """``detect`` for a video model: clips x (B, 3, F, H, W) in [-1, 1], one p-value per clip by the
-    pooled test of its latent frames (``scheme.clip``). A clip of F frames is tested on its first
+    test of its latent frames' mean (``scheme.clip``). A clip of F frames is tested on its first
     1 + t k (the most the VAE takes, t its temporal compression). One look (the recovery's first);
-    no geometric search, no null model and no second look yet: the p-value is exact on average
-    over keys, as the image test without a null model."""
+    no geometric search, no null model, no second look and none of ``decision``'s defences yet
+    (only its alpha): the p-value is exact on average over keys, as the image test without a null model."""
     size = check_keys(keys, model)
     if x.dim() != 5 or tuple(x.shape[1:2]) + tuple(x.shape[3:]) != (3, size, size):
         raise ValueError(f"clips must be (B, 3, F, {size}, {size}) for these keys, got {tuple(x.shape)}")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from .images import MAX_ASPECT, MIN_SIDE, MODEL_TAG, VIDEO_SUFFIXES, ImageError, Loaded, load_image, to_tensor
 
-MAX_FRAMES = 1024  # frames read from one clip; a longer one is tested on its first MAX_FRAMES (said in its note)
+MAX_FRAMES = 241  # frames read from one clip (15 s at 16 fps); a longer one is tested on its first MAX_FRAMES (said in its note)
 FPS = 16  # Wan 2.1's frame rate
 CRF = 18
 
