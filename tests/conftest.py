@@ -18,8 +18,8 @@ RAY_FILES = {"test_serve.py", "test_browser.py", "test_scan.py"}
 def pytest_collection_modifyitems(config, items):
     """Under ``pytest -n auto --dist loadgroup`` every test that starts Ray runs on one worker, in
     turn: two local Rays on 2 cores starve each other's Serve proxies. (Collected first, so that
-    they started while the other worker ran the heavy tests, they failed: Serve's replicas missed
-    their deadlines on the shared cores. They stay where they are.)"""
+    they ran beside the other worker's heavy tests, 4 of the first 6 failed and the run slowed to a
+    fifth of its pace: they stay where collection puts them, mostly at the end.)"""
     for item in items:
         code = str(item.callspec.params.get("code", "")) if hasattr(item, "callspec") else ""
         if (item.path.name in RAY_FILES or "ray_local" in item.fixturenames
