@@ -38,7 +38,8 @@ def arrow_schema():
     """The pyarrow schema of a row, from ``Result``'s annotations."""
     import pyarrow as pa
 
-    types = {str: pa.string(), bool: pa.bool_(), int: pa.int64(), float: pa.float64()}
+    types = {str: pa.string(), bool: pa.bool_(), int: pa.int64(), float: pa.float64(),
+             list[float]: pa.list_(pa.float64())}  # a clip's frame_p_values
     hints = typing.get_type_hints(Result)
     return pa.schema([(name, types[next(t for t in typing.get_args(hints[name]) or (hints[name],)
                                         if t is not type(None))]) for name in FIELDS])
