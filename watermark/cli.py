@@ -410,8 +410,8 @@ def run_verify(paths, key_paths, recovery, decision: dict, *, null, batch, devic
     if credentials_out is not None and log is None:
         raise click.UsageError("--credentials-out needs --log (the log keeps the signed manifests)")
     keys = load_cli_keys(key_paths, quiet)
-    progress = Progress(len(find_images(list(paths), videos=any(k.model and makes_video(k.model) for k in keys[:1]))),
-                        "verifying", quiet)
+    progress = Progress(len(find_images(list(paths), videos=bool(keys) and makes_video(keys[0].model))), "verifying",
+                        quiet)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", api.OutputWarning)

@@ -154,9 +154,9 @@ def detect(model: DiffusionModel, x: torch.Tensor, keys: list[Key], recovery: Re
     takes each once); the others are taken here where the decision needs them. ``latents``: each
     Detection also carries its look's z_0 (C, h, w), for the generation log's content check
     (``provenance``)."""
-    size = check_keys(keys, model)
-    if getattr(model, "video", False):
+    if getattr(model, "video", False):  # it checks the keys itself
         return detect_clips(model, x, keys, recovery, decision, progress=progress)
+    size = check_keys(keys, model)
     if tuple(x.shape[1:]) != (3, size, size):
         raise ValueError(f"images must be (B, 3, {size}, {size}) for these keys, got {tuple(x.shape)}")
     recovery = recovery.for_model(model.default_recovery)

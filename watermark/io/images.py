@@ -84,6 +84,11 @@ def load_image(path: str, size: int) -> Loaded:
     Raises ImageError for anything that is not a usable image: missing, empty, not an
     image, truncated, too small, a decompression bomb, unreadable.
     """
+    return _decode(check_file(path), size)
+
+
+def check_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, or ImageError when it is missing, empty or unreadable (images and videos alike)."""
     p = Path(path)
     try:
         if p.stat().st_size == 0:
@@ -94,7 +99,14 @@ def load_image(path: str, size: int) -> Loaded:
         raise ImageError("permission denied") from None
     except OSError as e:
         raise ImageError(f"cannot read file ({e.strerror or e})") from None
-    return _decode(p, size)
+    return p
+
+
+def resize_warning(w: int, h: int, size: int, what: str = "image") -> str:
+    """What a ``w`` x ``h`` ``what`` brought to the key's ``size`` x ``size`` may cost the test."""
+    if max(w, h) / min(w, h) > MAX_ASPECT:
+        return f"{w}x{h} {what} squashed to {size}x{size} (aspect {max(w, h) / min(w, h):.2f}); expect a weaker test"
+    return f"{w}x{h} {what} resized to the key's {size}x{size}; expect a weaker test"
 
 
 def decode_image(data: bytes, size: int) -> Loaded:
@@ -145,10 +157,7 @@ def _decode(source, size: int) -> Loaded:
         w, h = rgb.size
         notes.append(f"resized from {w}x{h}")
         rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
-        if max(w, h) / min(w, h) > MAX_ASPECT:
-            warning = f"{w}x{h} image squashed to {size}x{size} (aspect {max(w, h) / min(w, h):.2f}); expect a weaker test"
-        else:
-            warning = f"{w}x{h} image resized to the key's {size}x{size}; expect a weaker test"
+        warning = resize_warning(w, h, size)
     return Loaded(to_tensor([rgb])[0], "; ".join(notes) or None, warning, made_by, _credentials(source, fmt))
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import MAX_ASPECT, MIN_SIDE, MODEL_TAG, VIDEO_SUFFIXES, ImageError, Loaded, load_image, to_tensor
+from .images import (MIN_SIDE, MODEL_TAG, VIDEO_SUFFIXES, ImageError, Loaded, check_file, load_image,
+                     resize_warning, to_tensor)
 
 MAX_FRAMES = 241  # frames read from one clip (15 s at 16 fps); a longer one is tested on its first MAX_FRAMES (said in its note)
 FPS = 16  # Wan 2.1's frame rate
@@ -49,14 +50,7 @@ def _av():
 def load_video(path: str | os.PathLike, size: int) -> Loaded:
     """Read a clip as (3, F, size, size) in [-1, 1], every frame resized (bicubic) if needed."""
     av = _av()
-    p = Path(path)
-    try:
-        if p.stat().st_size == 0:
-            raise ImageError("empty file")
-    except FileNotFoundError:
-        raise ImageError("no such file") from None
-    except OSError as e:
-        raise ImageError(f"cannot read file ({e.strerror or e})") from None
+    p = check_file(path)
     notes = []
     try:
         with av.open(str(p)) as container:
@@ -85,9 +79,7 @@ def load_video(path: str | os.PathLike, size: int) -> Loaded:
     if (w, h) != (size, size):
         notes.append(f"resized from {w}x{h}")
         frames = [f.convert("RGB").resize((size, size), Image.Resampling.BICUBIC) for f in frames]
-        squashed = max(w, h) / min(w, h) > MAX_ASPECT
-        warning = (f"{w}x{h} video squashed to {size}x{size} (aspect {max(w, h) / min(w, h):.2f}); expect a weaker test"
-                   if squashed else f"{w}x{h} video resized to the key's {size}x{size}; expect a weaker test")
+        warning = resize_warning(w, h, size, "video")
     clip = to_tensor([f.convert("RGB") for f in frames]).transpose(0, 1)  # (3, F, H, W)
     notes.insert(0, f"{len(frames)} frames")
     return Loaded(clip, "; ".join(notes), warning, made_by)

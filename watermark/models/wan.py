@@ -20,12 +20,9 @@ import torch
 from .flow import FlowModel
 from .loading import load_pipeline
 from .protocol import ModelError
-from .sd import batched, pipeline_prompts, settings
+from .sd import batched, default_recovery, pipeline_prompts, settings
 
 MAX_SEQUENCE_LENGTH = 512  # the text tokens WanPipeline.__call__ encodes by default
-# The recovery verify runs unless the checkpoint's ringmark.json declares one: not measured on a video
-# model (there is no trained one here); the image families' measured default (models/tiny-sd/ringmark.json).
-RECOVERY = {"method": "encoder", "ddim_steps": 10}
 
 
 class WanModel(FlowModel):
@@ -121,4 +118,7 @@ def load(source: str, name: str, device: torch.device, dtype: torch.dtype) -> Wa
     shift = config.get("flow_shift") or config.get("shift") or 1.0
     pipe.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.get("num_train_timesteps", 1000),
                                                      shift=shift)
-    return WanModel(name, pipe, settings(source).get("key_channel"), settings(source).get("recovery") or RECOVERY)
+    # the recovery verify runs unless the checkpoint's ringmark.json declares one, as for every family
+    # (``models.default_recovery`` reads the same without loading): the image families' measured
+    # default (models/tiny-sd/ringmark.json), not measured on a video model (there is no trained one here)
+    return WanModel(name, pipe, settings(source).get("key_channel"), default_recovery(source))
