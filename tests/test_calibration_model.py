@@ -22,7 +22,7 @@ from watermark.scheme.geometry import search_grid
 from watermark.scheme.keys import new_key
 
 PATTERNS = ("rand", "ring", "ringid")
-MODELS = ("tiny", "tiny-sd")  # the bundled models, each at its declared recovery (Recovery())
+MODELS = ("tiny", "tiny-sd", "tiny-flow")  # the bundled models, each at its declared recovery (Recovery())
 
 
 def false_positive_counts(tmp_path, n, steps, model_name="tiny"):

@@ -6,6 +6,7 @@ diffusers pipeline (``ringmark embed`` and the model adapters use it too).
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -28,15 +29,30 @@ def centred_spectrum(z: torch.Tensor) -> torch.Tensor:
 def centred_window(z: torch.Tensor, radius: int) -> torch.Tensor:
     """``centred_spectrum(z)`` on the frequencies -radius..radius of each axis only, (..., 2r+1, 2r+1)
     complex64: two small DFT matrices instead of the whole FFT, which is what the test reads
-    (``torch.fft`` has no pruned transform)."""
+    (``torch.fft`` has no pruned transform). The DFT's real and imaginary rows are stacked so that
+    a real z takes two real matrix products, not two complex ones on a complex copy of it."""
     h, w = z.shape[-2:]
+    rows, cols = _dft(h, radius).to(z.device), _dft(w, radius).T.to(z.device)  # (2m, H), (W, 2m): [Re; Im], [Re, Im]
+    m = 2 * radius + 1
+    if z.is_complex():
+        return _complex(rows, m) @ z.to(torch.complex64) @ _complex(cols.T, m).T
+    p = rows @ z.float() @ cols  # (..., 2m, 2m): the blocks [aR aI; bR bI] of (a + ib)(R + iI)
+    a_r, a_i, b_r, b_i = p[..., :m, :m], p[..., :m, m:], p[..., m:, :m], p[..., m:, m:]
+    return torch.complex(a_r - b_i, a_i + b_r)
 
-    def dft(n: int) -> torch.Tensor:
-        f = torch.arange(-radius, radius + 1, dtype=torch.float64)[:, None]
-        m = torch.arange(n, dtype=torch.float64)[None, :] - n // 2  # the spatial origin at the centre
-        return (torch.polar(torch.ones(()).double(), -2 * torch.pi * f * m / n) / n**0.5).to(torch.complex64)
 
-    return dft(h) @ z.to(torch.complex64) @ dft(w).T
+@functools.lru_cache(maxsize=32)
+def _dft(n: int, radius: int) -> torch.Tensor:
+    """(2 (2r+1), n) float32: the real rows, then the imaginary rows, of the orthonormal DFT on
+    frequencies -r..r with the spatial origin at the centre."""
+    f = torch.arange(-radius, radius + 1, dtype=torch.float64)[:, None]
+    x = torch.arange(n, dtype=torch.float64)[None, :] - n // 2
+    angle = -2 * torch.pi * f * x / n
+    return (torch.cat([angle.cos(), angle.sin()]) / n**0.5).float()
+
+
+def _complex(stacked: torch.Tensor, m: int) -> torch.Tensor:
+    return torch.complex(stacked[:m], stacked[m:])
 
 
 def real_signal(spectrum: torch.Tensor) -> torch.Tensor:

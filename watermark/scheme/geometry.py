@@ -112,6 +112,8 @@ def undo(z: torch.Tensor, transforms: list[Transform]) -> torch.Tensor:
     if moved:
         theta = torch.tensor([transforms[i].matrix for i in moved], dtype=z.dtype)
         grid = F.affine_grid(theta, [len(moved), c, h, w], align_corners=False)
-        out[:, moved] = F.grid_sample(z.repeat_interleave(len(moved), 0), grid.repeat(b, 1, 1, 1), mode="bilinear",
-                                      padding_mode="zeros", align_corners=False).view(b, len(moved), c, h, w)
+        # the B latents' channels side by side, one grid per transform: no copy of z or the grids per latent
+        warped = F.grid_sample(z.reshape(1, b * c, h, w).expand(len(moved), -1, -1, -1), grid, mode="bilinear",
+                               padding_mode="zeros", align_corners=False)  # (T', B C, H, W)
+        out[:, moved] = warped.view(len(moved), b, c, h, w).transpose(0, 1)
     return out

@@ -9,6 +9,8 @@ made by ringmark (50 DDIM steps): clean from seeds 3e9.., watermarked from seeds
 carries the ``rand`` key of seed s + 7); the null models were made from seeds 1e9.. .
 
     python docs/bench/verdict/measure.py --clean /data/tiny-clean --wm /data/tiny-wm -o docs/bench/verdict/tiny.json
+
+``--model`` measures another bundled model (its images made the same way, by that model).
 """
 
 from __future__ import annotations
@@ -164,6 +166,7 @@ def timing(model, wm, keys, log) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="tiny")
     ap.add_argument("--clean", required=True)
     ap.add_argument("--wm", required=True)
     ap.add_argument("--n-clean", type=int, default=1000)
@@ -174,16 +177,16 @@ def main():
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args()
     torch.manual_seed(0)
-    model = get_model("tiny")
+    model = get_model(args.model)
     shape = model.latent_shape(model.default_size)
     seeds, wm = images(args.wm, 10**6)
-    keys = [new_key("tiny", shape, seed=s + 7) for s in seeds]
+    keys = [new_key(args.model, shape, seed=s + 7) for s in seeds]
     _, clean = images(args.clean, args.n_clean)
     candidates = args.candidates.split(",")
     res = {"command": "python " + " ".join(sys.argv), "machine": f"{platform.processor() or platform.machine()}, "
            f"{torch.get_num_threads()} threads, torch {torch.__version__}",
            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
-           "date": time.strftime("%Y-%m-%d"), "watermarked": len(wm), "clean": len(clean), "alpha": ALPHA}
+           "date": time.strftime("%Y-%m-%d"), "model": args.model, "watermarked": len(wm), "clean": len(clean), "alpha": ALPHA}
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     out = Path(args.output)
     if out.exists():
