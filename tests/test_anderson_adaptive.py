@@ -228,7 +228,9 @@ def test_anderson_mixing_takes_the_attack_aware_iteration_to_its_fixed_point_in_
         run(1, -1)
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-sd", "tiny-flow"])
+# the default model in the default suite; the other two (20 s each: their generations) behind the slow marker
+@pytest.mark.parametrize("name", ["tiny", pytest.param("tiny-sd", marks=pytest.mark.slow),
+                                  pytest.param("tiny-flow", marks=pytest.mark.slow)])
 def test_the_shipped_pixel_quantiles_are_the_models(name):
     """The quantiles a bundled model ships are what its own generations give today."""
     from watermark import get_model

@@ -79,16 +79,24 @@ def test_bench_inversion_float16_needs_cuda(tmp_path):
 
 
 def test_bench_detect_keeps_finished_stages_when_stopped(tmp_path, monkeypatch):
+    """Stopped as a time limit would, in the pattern stage: robustness and identification, finished,
+    are kept. One of the six attacks (``--attacks``), the unattacked images always."""
     from watermark.bench import detect as bench_detect
 
-    # stopped as a time limit would, in the pattern stage
     monkeypatch.setattr(bench_detect, "make_images", _stop_after(bench_detect.make_images, 2, _interrupt))
-    result = CliRunner().invoke(main, ["bench", "detect", "--quick", "--search", "none", "-o", str(tmp_path), "-q"])
+    result = CliRunner().invoke(main, ["bench", "detect", "--quick", "--search", "none", "--attacks", "jpeg", "-o",
+                                       str(tmp_path), "-q"])
     assert result.exit_code != 0 and not (tmp_path / "detect.json").exists()
     partial = json.loads((tmp_path / "detect.partial.json").read_text())
-    assert set(partial["robustness"]) == {"search none"} and len(partial["identification"]) == 7
+    assert set(partial["robustness"]) == {"search none"} and set(partial["identification"]) == {"none", "jpeg"}
+    assert {a for a in partial["robustness"]["search none"] if a in ATTACKS} == {"none", "jpeg"}
     assert partial["patterns"] == {} and partial["sweep"] == {}
     assert partial["command"].startswith("ringmark bench detect")
+
+
+def test_bench_detect_refuses_an_unknown_attack(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "detect", "--attacks", "jpeg,sepia", "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "sepia" in result.output and "Traceback" not in result.output
 
 
 def _stop_after(fn, calls, then):

@@ -24,7 +24,8 @@ def read_rows(path):
     return [json.loads(line) for line in open(path)]
 
 
-@pytest.mark.parametrize("suffix, uri", [(".jsonl", False), (".parquet", True)])
+# Parquet through a URI in the default suite; JSON lines through a path (50 s more) behind the slow marker
+@pytest.mark.parametrize("suffix, uri", [pytest.param(".jsonl", False, marks=pytest.mark.slow), (".parquet", True)])
 def test_rows_equal_verify_json(ray_local, scale_world, tmp_path, suffix, uri):
     """A folder, and the same folder as a file:// URI (read through pyarrow's filesystems, as s3:// is)."""
     root, images, reference = scale_world

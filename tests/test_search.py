@@ -53,7 +53,9 @@ def test_grid_and_undo():
         search_grid("zoom")
 
 
-@pytest.mark.parametrize("pattern", ["rand", "ring", "ringid"])
+# the default pattern in the default suite; the other two (25 s each) behind the slow marker
+@pytest.mark.parametrize("pattern", ["rand", pytest.param("ring", marks=pytest.mark.slow),
+                                     pytest.param("ringid", marks=pytest.mark.slow)])
 def test_the_search_keeps_the_p_value_calibrated(pattern):
     """N(0, I) noise without the key, with all 207 transforms: Bonferroni over the transforms may
     be conservative, never liberal, so P(p <= alpha) must not exceed alpha (one-sided binomial),

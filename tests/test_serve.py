@@ -121,6 +121,7 @@ def test_keys_show_ids_model_and_shape_only(server):
     assert "/v1/verify" in client.get("/openapi.json").json()["paths"]
 
 
+@pytest.mark.slow  # a load test (47 s); the queue's limit is test_full_queue_answers_503_and_the_service_goes_on
 def test_load_32_clients_64_requests(server):
     """Zero errors, and every answer equal to the sequential one, within a time limit."""
     client, images, reference, _ = server

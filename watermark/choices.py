@@ -13,4 +13,5 @@ SEARCHES = ("none", "rotation", "crop", "mirror", "all")
 DEFAULT_SEARCH = "all"  # `ringmark bench detect` (BENCHMARKS.md): what it costs and what it recovers
 PATTERNS = ("rand", "ring", "ringid", "zeros")
 DEFAULT_PATTERN = "rand"  # chosen by the pattern comparison of `ringmark bench detect` (--pattern-n; BENCHMARKS.md)
+ATTACKS = ("none", "rotation", "jpeg", "crop", "blur", "noise", "brightness")  # no attack, then Tree-Ring's six (bench.attacks)
 RAY_LOG_LEVELS = ("error", "warning", "info", "debug")  # ringmark serve --ray-log-level

@@ -20,7 +20,7 @@ from typing import Callable
 import click
 
 from . import __version__
-from .choices import (DEFAULT_ITERS, DEFAULT_PATTERN, DEFAULT_SEARCH, DEFAULT_STEPS, DEVICES, DTYPE_NAMES,
+from .choices import (ATTACKS, DEFAULT_ITERS, DEFAULT_PATTERN, DEFAULT_SEARCH, DEFAULT_STEPS, DEVICES, DTYPE_NAMES,
                       METHOD_NAMES, PATTERNS, RAY_LOG_LEVELS, SEARCHES, WEAK_EVIDENCE)
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -740,6 +740,8 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
               "chosen on seeds 0-99: start elsewhere for held-out numbers.")
 @click.option("--verify-n", default=32, show_default=True, type=click.IntRange(0),
               help="Images in the timing of api.verify, today's defaults against the previous ones (0: skip it).")
+@click.option("--attacks", default=",".join(ATTACKS[1:]), show_default=True, callback=csv_choices(ATTACKS[1:]),
+              help="Which of Tree-Ring's six attacks to measure (the unattacked images always are).")
 @click.option("--study", is_flag=True, help="The decision study instead: each --recoveries method on the same "
               "images (ringmark's test, 2,048-key identification, the paper's 3 ring keys, paired tests).")
 @click.option("--model", "model_name", default="tiny", show_default=True, help="--study: the model (name, hub id, folder).")
@@ -750,7 +752,7 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
 @quiet_option
 @library_errors
 def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search, batch, device, seed, first_image,
-                 verify_n, study, model_name, recoveries, quick, outdir, quiet):
+                 verify_n, attacks, study, model_name, recoveries, quick, outdir, quiet):
     """Robustness (AUC, TPR@1%FPR) under Tree-Ring's attacks, identification among many keys, key
     patterns, the geometric search, and verify time vs TPR over DDIM steps x decoder iterations;
     with --study, which decoder inversion pays, method against method on one model.
@@ -772,7 +774,8 @@ def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search
 
     click.echo(detect.main(n=n, n_keys=n_keys, pattern_n=pattern_n, sweep_n=sweep_n, sweep_iters=sweep_iters,
                            sweep_steps=sweep_steps, search=search, batch=batch, device=device, quick=quick,
-                           outdir=Path(outdir), log=log, seed=seed, first_image=first_image, verify_n=verify_n))
+                           outdir=Path(outdir), log=log, seed=seed, first_image=first_image, verify_n=verify_n,
+                           attacks=("none", *attacks)))
 
 
 @bench.command("null", context_settings=CONTEXT)

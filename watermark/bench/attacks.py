@@ -12,7 +12,7 @@ import math
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-ATTACKS = ("none", "rotation", "jpeg", "crop", "blur", "noise", "brightness")
+from ..choices import ATTACKS  # no attack, then Tree-Ring's six: named where the command line reads them
 
 
 def attack(image: Image.Image, name: str, rng: np.random.Generator) -> Image.Image:

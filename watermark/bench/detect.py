@@ -348,7 +348,7 @@ def verify_seconds(images: list[Image.Image], key: Key, device: str, recovery: R
 
 def main(n: int, n_keys: int, pattern_n: int, sweep_n: int, sweep_iters: list[int],
          sweep_steps: list[int], search: str, batch: int, device: str, quick: bool, outdir: Path, log,
-         seed: int = 20241127, first_image: int = 0, verify_n: int = 32) -> str:
+         seed: int = 20241127, first_image: int = 0, verify_n: int = 32, attacks=ATTACKS) -> str:
     """``ringmark bench detect``: run, write detect.json/.md/_tpr_time.png into ``outdir``, return the markdown."""
     steps = 50
     if quick:
@@ -357,7 +357,7 @@ def main(n: int, n_keys: int, pattern_n: int, sweep_n: int, sweep_iters: list[in
     dev = report.bench_device(device)
     out = Path(outdir)
     patterns = dict(list(PATTERNS.items())[:2]) if quick else PATTERNS
-    res = run(n, n_keys, recovery=Recovery(ddim_steps=steps) if quick else Recovery(), search=search,
+    res = run(n, n_keys, attacks=tuple(a for a in ATTACKS if a in attacks), recovery=Recovery(ddim_steps=steps) if quick else Recovery(), search=search,
               patterns=patterns if pattern_n else {}, pattern_n=pattern_n, sweep_n=sweep_n, sweep_iters=sweep_iters,
               sweep_steps=sweep_steps, gen_steps=steps, seed=seed, first_image=first_image, batch=batch, device=dev,
               verify_n=verify_n, log=log,
