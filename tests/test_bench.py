@@ -184,3 +184,25 @@ def test_bench_security_quick(tmp_path):
     assert set(prov["imprinting forgery"]) >= {"model images"} and set(prov["averaging forgery"]) == {"2"}
     assert set(prov["adaptive forger"]) == {"30 dB", "25 dB", "20 dB", "15 dB", "50 %"}
     assert all(0 <= r["confirmed"] <= r["watermarked"] <= 1 for r in prov["genuine"].values())
+
+
+@pytest.mark.slow  # 2.5 min on 2 idle cores: the genuine images' edits and the forgeries before the stop
+def test_bench_security_provenance_only_keeps_its_rows_when_stopped(tmp_path, monkeypatch):
+    """--provenance-only runs no imprinting removal (provenance does not judge it) and, stopped in the
+    adaptive forger as a time limit would, leaves the rows it finished in <model>-provenance.partial.json."""
+    from watermark.bench import forgery
+
+    monkeypatch.setattr(forgery, "imprint", _stop_after(forgery.imprint, 0, _interrupt))
+    result = CliRunner().invoke(main, ["bench", "security", "--quick", "--model", "tiny", "--provenance-only",
+                                       "--adaptive-psnr", "20", "-o", str(tmp_path), "-q"])
+    assert result.exit_code != 0 and not (tmp_path / "tiny-provenance.json").exists()
+    partial = json.loads((tmp_path / "tiny-provenance.partial.json").read_text())
+    assert "removal" not in partial["imprinting"] and "forgery of model images" in partial["imprinting"]
+    prov = partial["provenance"]
+    assert prov["logged"] == 4 and set(prov["averaging forgery"]) == {"2"} and "adaptive forger" not in prov
+    assert "command" in partial
+
+
+def test_bench_security_refuses_bad_psnr_floors(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "security", "--adaptive-psnr", "30,loud", "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "PSNR" in result.output and "Traceback" not in result.output

@@ -659,6 +659,18 @@ def csv_shares(ctx, param, value: str) -> tuple[float, ...]:
     return shares
 
 
+def csv_psnrs(ctx, param, value: str | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        floors = tuple(float(v) for v in value.split(",") if v)
+    except ValueError:
+        floors = ()
+    if not floors or not all(0 < f < 100 for f in floors):
+        raise click.BadParameter(f"expected comma-separated PSNRs in dB (0-100), got {value!r}")
+    return floors
+
+
 def csv_choices(choices):
     def parse(ctx, param, value: str) -> list[str]:
         items = [v for v in value.split(",") if v]
@@ -816,6 +828,8 @@ def bench_null(model_name, n, n_keys, steps, photos, quick, outdir, quiet):
               help="Covers of the adaptive forger (0: skip the provenance part, verify --log).")
 @click.option("--adaptive-steps", default=50, show_default=True, type=click.IntRange(1),
               help="The adaptive forger's Adam steps.")
+@click.option("--adaptive-psnr", default=None, callback=csv_psnrs,
+              help="The adaptive forger's PSNR floors in dB, comma-separated [default: 30,25,20,15].")
 @click.option("--strengths", default="0.1,0.2,0.3,0.4,0.5", show_default=True, callback=csv_shares,
               help="Regeneration: the noise levels re-diffused (shares of the schedule).")
 @click.option("--provenance-only", is_flag=True,
@@ -824,8 +838,8 @@ def bench_null(model_name, n, n_keys, steps, photos, quick, outdir, quiet):
 @click.option("-o", "--outdir", default="docs/bench/security", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
 @library_errors
-def bench_security(model_name, n, budgets, imprint_n, imprint_steps, fresh_keys, adaptive_n, adaptive_steps, strengths,
-                   provenance_only, quick, outdir, quiet):
+def bench_security(model_name, n, budgets, imprint_n, imprint_steps, fresh_keys, adaptive_n, adaptive_steps,
+                   adaptive_psnr, strengths, provenance_only, quick, outdir, quiet):
     """Forgery and removal by averaging, imprinting and regeneration, and the defences' cost.
 
     Example: ringmark bench security --model tiny-sd -n 100
@@ -840,7 +854,7 @@ def bench_security(model_name, n, budgets, imprint_n, imprint_steps, fresh_keys,
     security.run(model_name, n=n, budgets=budgets, imprint_n=imprint_n, imprint_steps=imprint_steps,
                  strengths=(0.3,) if quick else strengths, many_keys=2 if quick else 8,
                  fresh_keys=fresh_keys, adaptive_n=adaptive_n, adaptive_steps=adaptive_steps, outdir=outdir,
-                 provenance_only=provenance_only, log=messages(quiet))
+                 provenance_only=provenance_only, adaptive_psnr=adaptive_psnr, log=messages(quiet))
 
 
 @bench.command("scale", context_settings=CONTEXT)

@@ -84,9 +84,10 @@ def genuine(prov: LoggedVerify, marked: torch.Tensor, log) -> dict:
 
 
 def adaptive(model, prov: LoggedVerify, covers: torch.Tensor, source: torch.Tensor, target: torch.Tensor, steps: int,
-             psnrs=ADAPTIVE_PSNR, log=print) -> dict:
+             psnrs=ADAPTIVE_PSNR, log=print, checkpoint=lambda rows: None) -> dict:
     """The adaptive forger at each PSNR floor: imprinting toward ``target`` z_T, all of it, plus a
-    pull of the cover's fingerprint toward ``source``'s (the image whose key it forges)."""
+    pull of the cover's fingerprint toward ``source``'s (the image whose key it forges);
+    ``checkpoint(rows)`` after each floor."""
     with torch.no_grad():
         goal = fingerprint.pooled(model.encode(source))
     out = {}
@@ -99,6 +100,7 @@ def adaptive(model, prov: LoggedVerify, covers: torch.Tensor, source: torch.Tens
         row.update(psnr=float(psnr(forged[steps], covers).mean()), seconds_per_image=round(sec, 1))
         out[f"{floor:g} dB"] = row
         log(f"provenance, adaptive forger, PSNR >= {floor:g} dB: {row}")
+        checkpoint(out)
     return out
 
 
@@ -111,9 +113,11 @@ def half_point(rows: dict) -> str:
 
 
 def run(model, verify, key, marked: torch.Tensor, same_key: torch.Tensor, imprinted: dict, averaged: dict,
-        covers: torch.Tensor, target: torch.Tensor, adaptive_steps: int, log) -> dict:
+        covers: torch.Tensor, target: torch.Tensor, adaptive_steps: int, log, psnrs=ADAPTIVE_PSNR,
+        checkpoint=lambda part: None) -> dict:
     """The provenance table of one ``bench security`` run. ``imprinted``: {cover kind: {steps:
-    images}}; ``averaged``: {M: forged images}."""
+    images}}; ``averaged``: {M: forged images}; ``checkpoint(res)`` after each row, so a stopped run
+    keeps what it measured (each adaptive floor takes minutes an image)."""
     with tempfile.TemporaryDirectory() as tmp:
         prov = LoggedVerify(model, verify, key, marked, tmp)
         res = {"logged": len(marked), "genuine": genuine(prov, marked, log)}
@@ -125,7 +129,9 @@ def run(model, verify, key, marked: torch.Tensor, same_key: torch.Tensor, imprin
         log(f"provenance, imprinting: {res['imprinting forgery']}")
         res["averaging forgery"] = {str(m): prov.judge(f) for m, f in averaged.items()}
         log(f"provenance, averaging: {res['averaging forgery']}")
-        res["adaptive forger"] = adaptive(model, prov, covers, marked[:1], target, adaptive_steps, log=log)
+        checkpoint(res)
+        res["adaptive forger"] = adaptive(model, prov, covers, marked[:1], target, adaptive_steps, psnrs=psnrs, log=log,
+                                          checkpoint=lambda rows: checkpoint({**res, "adaptive forger": rows}))
         res["adaptive forger"]["50 %"] = half_point(res["adaptive forger"])
         prov.log.close()
     return res

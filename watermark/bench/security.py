@@ -42,6 +42,7 @@ from ..scheme.keys import Key, circle_mask, default_radius, new_key
 from .attacks import ATTACKS, attack
 from .detect import tpr_at_fpr
 from .null import photographs
+from .report import write_partial
 
 ALPHA = 0.01
 MIN_PSNR = 30.0
@@ -216,13 +217,20 @@ def regeneration(model, x: torch.Tensor, strength: float, steps: int = 10, seed:
 def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), imprint_n: int = 16,
         imprint_steps: int = 150, strengths=(0.1, 0.2, 0.3, 0.4, 0.5), steps: int = 10, many_keys: int = 8,
         fresh_keys: int = 2048, adaptive_n: int = 16, adaptive_steps: int = 50, outdir: str = "docs/bench/security",
-        provenance_only: bool = False, log=print) -> dict:
+        provenance_only: bool = False, adaptive_psnr=None, log=print) -> dict:
     """The tables of docs/concepts/threats.md and BENCHMARKS.md, a step each: the baseline, regeneration, averaging,
     imprinting, the consistency check on what verified, and (``adaptive_n`` > 0) the generation
     log's provenance check on all of it and on the adaptive forger (``forgery``); written to
     ``outdir/<model>.json``. ``provenance_only``: the forgeries the provenance part judges (imprinting,
-    averaging with one key), none of the other tables; written to ``outdir/<model>-provenance.json``."""
+    averaging with one key), none of the other tables; written to ``outdir/<model>-provenance.json``.
+    ``adaptive_psnr``: the adaptive forger's PSNR floors (default ``forgery.ADAPTIVE_PSNR``). After
+    each table the results so far go to ``<stem>.partial.json``, removed when the run completes."""
+    from .forgery import ADAPTIVE_PSNR
+
     t_start = time.perf_counter()
+    out = Path(outdir)
+    stem = f"{model_name}{'-provenance' * provenance_only}"
+    command = "ringmark " + " ".join(sys.argv[1:])
     model = get_model(model_name)
     shape = model.latent_shape(model.default_size)
     key = new_key(model_name, shape, seed=20261201)
@@ -234,6 +242,10 @@ def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), impr
     photos = photographs(n, model.default_size, seed=11)  # None without the train extra
     res = {"model": model_name, "n": n, "steps": steps, "alpha": ALPHA, "null_model": verify.nulls["first"] is not None,
            "many_keys": many_keys, "fresh_keys": fresh_keys}
+
+    def checkpoint(**parts):
+        write_partial({**res, **parts, "command": command}, out, stem)
+
     if provenance_only:
         others, ring = [], []
     else:
@@ -242,30 +254,34 @@ def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), impr
                            "fpr_photographs": None if photos is None else float(np.mean(verify.p(photos) <= ALPHA))}
         log(f"baseline: {res['baseline']}")
         res["regeneration"] = regeneration_table(model, verify, marked, covers, strengths=strengths, steps=steps, log=log)
+        checkpoint()
     res["averaging"], averaged = averaging(model, verify, key, others=others, ring=ring, budgets=budgets,
                                               covers=covers, marked=marked, steps=steps, log=log)
     covers_by_kind = {"model images": covers[:imprint_n], "photographs": None if photos is None else photos[:imprint_n]}
     with torch.no_grad():  # what forgeries aim at: the z_T recovered from one watermarked image
         target, _ = recover_noise(model, marked[:1], verify.recovery)
     res["imprinting"], imprinted = imprinting_table(model, verify, key, marked[:imprint_n], target, covers_by_kind,
-                                                    imprint_steps=imprint_steps, log=log)
+                                                    imprint_steps=imprint_steps, removal=not provenance_only, log=log)
+    checkpoint()
     m = max([b for b in averaged if b <= 100] or averaged)  # the consistency check's sample: the largest M up to 100
     if not provenance_only:
         res["consistency"] = consistency_table(model, verify, marked[:32], {
             f"imprinting forgery of {kind}": by_steps[imprint_steps] for kind, (_, by_steps) in imprinted.items()},
             {f"averaging forgery M={m}": averaged[m]}, log=log)
+        checkpoint()
     if adaptive_n or provenance_only:
         from . import forgery
 
         same_key = generate(model, key, range(600_000, 600_000 + n), steps, True)
         res["provenance"] = forgery.run(model, verify, key, marked, same_key, imprinted, averaged, covers[:adaptive_n],
-                                        target, adaptive_steps, log)
+                                        target, adaptive_steps, log, psnrs=adaptive_psnr or ADAPTIVE_PSNR,
+                                        checkpoint=lambda part: checkpoint(provenance=part))
     res.update(seconds=round(time.perf_counter() - t_start, 1),
                machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-               command="ringmark " + " ".join(sys.argv[1:]))
-    out = Path(outdir)
+               command=command)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{model_name}{'-provenance' * provenance_only}.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / f"{stem}.partial.json").unlink(missing_ok=True)
     res = json.loads(json.dumps(res))  # as read back from the file (string keys)
     log("\n".join(provenance_markdown(res["provenance"])) if provenance_only else markdown(res))
     return res
@@ -286,9 +302,9 @@ def regeneration_table(model, verify: Verify, marked: torch.Tensor, covers: torc
 
 
 def imprinting_table(model, verify: Verify, key: Key, marked: torch.Tensor, target: torch.Tensor,
-                     covers_by_kind: dict, *, imprint_steps: int, log) -> tuple[dict, dict]:
-    """Forgery of each kind of cover (toward ``target``, the z_T of one watermarked image) and
-    removal of ``marked`` (toward a decoy), by steps; and {kind: (covers, {steps: forgeries})}."""
+                     covers_by_kind: dict, *, imprint_steps: int, removal: bool = True, log) -> tuple[dict, dict]:
+    """Forgery of each kind of cover (toward ``target``, the z_T of one watermarked image) and, if
+    ``removal``, removal of ``marked`` (toward a decoy), by steps; and {kind: (covers, {steps: forgeries})}."""
     recovery = verify.recovery
     shape = key.latent_shape
     out = {"steps": imprint_steps, "min_psnr": MIN_PSNR}
@@ -310,6 +326,8 @@ def imprinting_table(model, verify: Verify, key: Key, marked: torch.Tensor, targ
         out[f"forgery of {name}"] = {"by_steps": rows, "seconds_per_image": round(sec, 1),
                                      "seconds_per_step_per_image": round(sec / imprint_steps, 2)}
         log(f"imprinting forgery {name}: {out[f'forgery of {name}']}")
+    if not removal:
+        return out, consistent
     with torch.no_grad():
         own, _ = recover_noise(model, marked, recovery)
     removed, sec = imprint(model, marked, removal_target(own, key), recovery, imprint_steps,
