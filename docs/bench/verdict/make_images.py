@@ -1,27 +1,42 @@
-"""Generate clean (or watermarked) model images as PNGs, one seed each: python gen.py MODEL OUT FIRST N [KEYDIR]"""
-import sys, os, torch
-torch.set_num_threads(1)
-from watermark.models import get_model
+"""The held-out images of measure.py: one PNG per seed, 50 DDIM steps, by a bundled model.
+
+    python docs/bench/verdict/make_images.py MODEL OUT FIRST N [wm]
+
+Clean: z_T ~ N(0, I) from seed s. With ``wm``: image s carries its own ``rand`` key, of seed s + 7
+(what measure.py tests it against). Images already in OUT are kept (a stopped run resumes).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
 from watermark.io.images import save_png
+from watermark.models import get_model
 from watermark.scheme.embedding import watermarked_latents
 from watermark.scheme.keys import new_key
-model, out, first, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-wm = len(sys.argv) > 5
-m = get_model(model)
-shape = m.latent_shape(m.default_size)
-os.makedirs(out, exist_ok=True)
-B = 8
-for i in range(first, first + n, B):
-    seeds = [s for s in range(i, min(i + B, first + n)) if not os.path.exists(f"{out}/{s}.png")]
-    if not seeds: continue
-    if wm:
-        zs = []
-        for s in seeds:
-            key = new_key(model, shape, seed=s + 7)  # image s carries key s+7 (rand, the default pattern)
-            zs.append(watermarked_latents(key, seeds=[s]))
-        z = torch.cat(zs)
-    else:
-        z = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    x = m.generate(z, 50)
-    for s, img in zip(seeds, x):
-        save_png(img, f"{out}/{s}.png")
+
+BATCH = 8
+
+
+def main(name: str, out: str, first: int, n: int, watermark: bool) -> None:
+    torch.set_num_threads(1)
+    model = get_model(name)
+    shape = model.latent_shape(model.default_size)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for i in range(first, first + n, BATCH):
+        seeds = [s for s in range(i, min(i + BATCH, first + n)) if not Path(f"{out}/{s}.png").exists()]
+        if not seeds:
+            continue
+        if watermark:
+            z = torch.cat([watermarked_latents(new_key(name, shape, seed=s + 7), seeds=[s]) for s in seeds])
+        else:
+            z = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        for s, image in zip(seeds, model.generate(z, 50)):
+            save_png(image, f"{out}/{s}.png")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), len(sys.argv) > 5 and sys.argv[5] == "wm")
