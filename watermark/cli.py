@@ -775,6 +775,8 @@ def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search
     log = messages(quiet)
     if not study and (model_name != "tiny" or recoveries is not None):
         raise click.UsageError("--model and --recoveries are options of --study")
+    if study and set(attacks) != set(ATTACKS[1:]):
+        raise click.UsageError("--study measures all six attacks; --attacks is not one of its options")
     if study:
         from .bench import study as decision_study
 

@@ -357,7 +357,8 @@ def main(n: int, n_keys: int, pattern_n: int, sweep_n: int, sweep_iters: list[in
     dev = report.bench_device(device)
     out = Path(outdir)
     patterns = dict(list(PATTERNS.items())[:2]) if quick else PATTERNS
-    res = run(n, n_keys, attacks=tuple(a for a in ATTACKS if a in attacks), recovery=Recovery(ddim_steps=steps) if quick else Recovery(), search=search,
+    res = run(n, n_keys, attacks=tuple(a for a in ATTACKS if a in attacks),
+              recovery=Recovery(ddim_steps=steps) if quick else Recovery(), search=search,
               patterns=patterns if pattern_n else {}, pattern_n=pattern_n, sweep_n=sweep_n, sweep_iters=sweep_iters,
               sweep_steps=sweep_steps, gen_steps=steps, seed=seed, first_image=first_image, batch=batch, device=dev,
               verify_n=verify_n, log=log,
