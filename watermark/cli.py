@@ -649,26 +649,20 @@ def csv_ints(ctx, param, value: str) -> list[int]:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
 
 
-def csv_shares(ctx, param, value: str) -> tuple[float, ...]:
-    try:
-        shares = tuple(float(v) for v in value.split(",") if v)
-    except ValueError:
-        shares = ()
-    if not shares or not all(0 < s < 1 for s in shares):
-        raise click.BadParameter(f"expected comma-separated numbers between 0 and 1, got {value!r}")
-    return shares
+def csv_floats(low: float, high: float, what: str):
+    """A click callback: comma-separated numbers strictly between ``low`` and ``high`` (None stays None)."""
+    def parse(ctx, param, value: str | None) -> tuple[float, ...] | None:
+        if value is None:
+            return None
+        try:
+            values = tuple(float(v) for v in value.split(",") if v)
+        except ValueError:
+            values = ()
+        if not values or not all(low < v < high for v in values):
+            raise click.BadParameter(f"expected comma-separated {what}, got {value!r}")
+        return values
 
-
-def csv_psnrs(ctx, param, value: str | None) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        floors = tuple(float(v) for v in value.split(",") if v)
-    except ValueError:
-        floors = ()
-    if not floors or not all(0 < f < 100 for f in floors):
-        raise click.BadParameter(f"expected comma-separated PSNRs in dB (0-100), got {value!r}")
-    return floors
+    return parse
 
 
 def csv_choices(choices):
@@ -830,9 +824,10 @@ def bench_null(model_name, n, n_keys, steps, photos, quick, outdir, quiet):
               help="Covers of the adaptive forger (0: skip the provenance part, verify --log).")
 @click.option("--adaptive-steps", default=50, show_default=True, type=click.IntRange(1),
               help="The adaptive forger's Adam steps.")
-@click.option("--adaptive-psnr", default=None, callback=csv_psnrs,
+@click.option("--adaptive-psnr", default=None, callback=csv_floats(0, 100, "PSNRs in dB (0-100)"),
               help="The adaptive forger's PSNR floors in dB, comma-separated [default: 30,25,20,15].")
-@click.option("--strengths", default="0.1,0.2,0.3,0.4,0.5", show_default=True, callback=csv_shares,
+@click.option("--strengths", default="0.1,0.2,0.3,0.4,0.5", show_default=True,
+              callback=csv_floats(0, 1, "numbers between 0 and 1"),
               help="Regeneration: the noise levels re-diffused (shares of the schedule).")
 @click.option("--provenance-only", is_flag=True,
               help="Only the provenance part (verify --log) and the forgeries it judges; to <model>-provenance.json.")
