@@ -211,3 +211,38 @@ def test_video_options_are_refused_where_they_do_not_apply(wan, tmp_path):
     result = run.invoke(main, ["verify", str(clip), "--key", str(tmp_path / "i.json"), "--json"])
     row = json.loads(result.stdout.splitlines()[0])
     assert "keys are for an image model" in row["error"]
+
+
+def test_video_attacks_do_what_they_say(tmp_path):
+    """Each edit on a 9-frame clip: the frames and frame rate written, and what re-encoding costs."""
+    from watermark.bench.video_attacks import VIDEO_ATTACKS, attack_clip
+    from watermark.io.videos import load_video
+
+    av = pytest.importorskip("av")
+    t = torch.linspace(0, 1, 64)
+    frames = torch.stack([torch.stack([(t[None, :] + t[:, None] + f / 9) % 1] * 3) for f in range(9)])  # a moving ramp
+
+    def written(name):
+        path = tmp_path / f"{name}.mp4"
+        n = attack_clip(frames, name, path)
+        with av.open(str(path)) as container:
+            rate = container.streams.video[0].average_rate
+        clip = (load_video(path, 64).image + 1) / 2  # (3, F, H, W) in [0, 1]
+        assert clip.shape[1] == n
+        return n, float(rate), clip.transpose(0, 1)
+
+    n, rate, none = written("none")
+    assert (n, rate) == (9, 16.0)
+    errors = [float((written(f"crf {c}")[2] - frames).abs().mean()) for c in (23, 28, 35)]
+    assert errors[0] < errors[1] < errors[2]  # a higher rate factor, a coarser clip
+    n, rate, dropped = written("frame drop")
+    assert (n, rate) == (5, 8.0) and float((dropped - frames[::2]).abs().mean()) < 0.02
+    n, _, cut = written("temporal crop")
+    assert n == 4 and float((cut - frames[2:6]).abs().mean()) < 0.02
+    n, rate, faster = written("frame rate 24")
+    assert (n, rate) == (13, 24.0) and float((faster[1] - frames[0]).abs().mean()) < 0.02  # frame 1 shows time 1/24
+    n, _, cropped = written("crop and resize")
+    assert n == 9 and float((cropped - frames).abs().mean()) > 0.05
+    assert set(VIDEO_ATTACKS) >= {"crf 28", "frame drop", "temporal crop"}
+    with pytest.raises(ValueError, match="attack must be one of"):
+        attack_clip(frames, "sepia", tmp_path / "x.mp4")

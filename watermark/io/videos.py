@@ -86,9 +86,9 @@ def load_video(path: str | os.PathLike, size: int) -> Loaded:
 
 
 def save_video(clip01: torch.Tensor, path: str | os.PathLike, fps: int = FPS, lossless: bool = False,
-               model: str | None = None) -> None:
-    """(F, 3, H, W) in [0, 1] -> H.264 MP4, or with ``lossless`` FFV1 in Matroska; ``model`` goes into
-    the container's metadata (``ringmark:model``, as the PNG text chunk of images)."""
+               model: str | None = None, crf: int = CRF) -> None:
+    """(F, 3, H, W) in [0, 1] -> H.264 MP4 at ``crf``, or with ``lossless`` FFV1 in Matroska; ``model``
+    goes into the container's metadata (``ringmark:model``, as the PNG text chunk of images)."""
     av = _av()
     a = (clip01.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
     with av.open(str(path), "w", format="matroska" if lossless else "mp4") as container:
@@ -98,7 +98,7 @@ def save_video(clip01: torch.Tensor, path: str | os.PathLike, fps: int = FPS, lo
         stream.width, stream.height = a.shape[2], a.shape[1]
         stream.pix_fmt = "bgr0" if lossless else "yuv420p"
         if not lossless:
-            stream.options = {"crf": str(CRF)}
+            stream.options = {"crf": str(crf)}
         for frame in a:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
