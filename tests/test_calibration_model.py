@@ -94,7 +94,7 @@ def test_clean_model_images_are_calibrated_at_full_steps(tmp_path, model_name):
         assert stats.binomtest(k, 400, alpha, alternative="greater").pvalue > 0.01, (alpha, k)
 
 
-@pytest.mark.slow  # 15-30 min per model on 2 cores
+@pytest.mark.slow  # about an hour per model on 2 cores: 2,048 generations and their recoveries
 @pytest.mark.parametrize("model_name", MODELS)
 def test_every_key_is_calibrated(model_name):
     """50 keys each of rand, ring on each channel and ringid (300 keys) on 2,048 clean 8-bit images,
