@@ -186,7 +186,7 @@ def test_bench_security_quick(tmp_path):
     assert all(0 <= r["confirmed"] <= r["watermarked"] <= 1 for r in prov["genuine"].values())
 
 
-@pytest.mark.slow  # 2.5 min on 2 idle cores: the genuine images' edits and the forgeries before the stop
+@pytest.mark.slow  # 5 min on 2 busy cores: the genuine images' edits and the forgeries before the stop
 def test_bench_security_provenance_only_keeps_its_rows_when_stopped(tmp_path, monkeypatch):
     """--provenance-only runs no imprinting removal (provenance does not judge it) and, stopped in the
     adaptive forger as a time limit would, leaves the rows it finished in <model>-provenance.partial.json."""
