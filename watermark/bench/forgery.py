@@ -113,10 +113,11 @@ def half_point(rows: dict) -> str:
 
 
 def run(model, verify, key, marked: torch.Tensor, same_key: torch.Tensor, imprinted: dict, averaged: dict,
-        covers: torch.Tensor, target: torch.Tensor, adaptive_steps: int, log, psnrs=ADAPTIVE_PSNR,
+        covers: torch.Tensor, target: torch.Tensor, adaptive_steps: int, log, psnrs=None,
         checkpoint=lambda part: None) -> dict:
     """The provenance table of one ``bench security`` run. ``imprinted``: {cover kind: {steps:
-    images}}; ``averaged``: {M: forged images}; ``checkpoint(res)`` after each row, so a stopped run
+    images}}; ``averaged``: {M: forged images}; ``psnrs``: the adaptive forger's floors (default
+    ``ADAPTIVE_PSNR``); ``checkpoint(res)`` after each row, so a stopped run
     keeps what it measured (each adaptive floor takes minutes an image)."""
     with tempfile.TemporaryDirectory() as tmp:
         prov = LoggedVerify(model, verify, key, marked, tmp)
@@ -130,7 +131,8 @@ def run(model, verify, key, marked: torch.Tensor, same_key: torch.Tensor, imprin
         res["averaging forgery"] = {str(m): prov.judge(f) for m, f in averaged.items()}
         log(f"provenance, averaging: {res['averaging forgery']}")
         checkpoint(res)
-        res["adaptive forger"] = adaptive(model, prov, covers, marked[:1], target, adaptive_steps, psnrs=psnrs, log=log,
+        res["adaptive forger"] = adaptive(model, prov, covers, marked[:1], target, adaptive_steps,
+                                          psnrs=psnrs or ADAPTIVE_PSNR, log=log,
                                           checkpoint=lambda rows: checkpoint({**res, "adaptive forger": rows}))
         res["adaptive forger"]["50 %"] = half_point(res["adaptive forger"])
         prov.log.close()

@@ -56,20 +56,26 @@ def pyplot():
 
 def write_partial(res: dict, out: Path, stem: str) -> Path:
     """<stem>.partial.json: the stages done so far, so a run stopped by a time limit keeps them;
-    ``write`` removes it when the run completes."""
+    ``write_json`` removes it when the run completes."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{stem}.partial.json"
     path.write_text(json.dumps(res, indent=1) + "\n")
     return path
 
 
+def write_json(res: dict, out: Path, stem: str) -> Path:
+    """<stem>.json, the finished run, in place of its <stem>.partial.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}.json"
+    path.write_text(json.dumps(res, indent=1) + "\n")
+    (out / f"{stem}.partial.json").unlink(missing_ok=True)
+    return path
+
+
 def write(res: dict, out: Path, stem: str, markdown: Callable[[dict], str],
           plot: Callable[[dict, Path], bool], plot_name: str) -> list[Path]:
     """<stem>.json, <stem>.md and, with matplotlib, <plot_name> in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.partial.json").unlink(missing_ok=True)
-    files = [out / f"{stem}.json", out / f"{stem}.md"]
-    files[0].write_text(json.dumps(res, indent=1) + "\n")
+    files = [write_json(res, out, stem), out / f"{stem}.md"]
     files[1].write_text(markdown(res))
     if plot(res, out / plot_name):
         files.append(out / plot_name)

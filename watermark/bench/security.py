@@ -42,7 +42,7 @@ from ..scheme.keys import Key, circle_mask, default_radius, new_key
 from .attacks import ATTACKS, attack
 from .detect import tpr_at_fpr
 from .null import photographs
-from .report import write_partial
+from .report import write_json, write_partial
 
 ALPHA = 0.01
 MIN_PSNR = 30.0
@@ -225,8 +225,6 @@ def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), impr
     averaging with one key), none of the other tables; written to ``outdir/<model>-provenance.json``.
     ``adaptive_psnr``: the adaptive forger's PSNR floors (default ``forgery.ADAPTIVE_PSNR``). After
     each table the results so far go to ``<stem>.partial.json``, removed when the run completes."""
-    from .forgery import ADAPTIVE_PSNR
-
     t_start = time.perf_counter()
     out = Path(outdir)
     stem = f"{model_name}{'-provenance' * provenance_only}"
@@ -274,14 +272,12 @@ def run(model_name: str = "tiny-sd", n: int = 100, budgets=(10, 100, 1000), impr
 
         same_key = generate(model, key, range(600_000, 600_000 + n), steps, True)
         res["provenance"] = forgery.run(model, verify, key, marked, same_key, imprinted, averaged, covers[:adaptive_n],
-                                        target, adaptive_steps, log, psnrs=adaptive_psnr or ADAPTIVE_PSNR,
+                                        target, adaptive_steps, log, psnrs=adaptive_psnr,
                                         checkpoint=lambda part: checkpoint(provenance=part))
     res.update(seconds=round(time.perf_counter() - t_start, 1),
                machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
                command=command)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
-    (out / f"{stem}.partial.json").unlink(missing_ok=True)
+    write_json(res, out, stem)
     res = json.loads(json.dumps(res))  # as read back from the file (string keys)
     log("\n".join(provenance_markdown(res["provenance"])) if provenance_only else markdown(res))
     return res

@@ -46,7 +46,8 @@ ALPHA = 0.01
 def summary(p: np.ndarray, seconds: float, n: int) -> dict:
     flagged = int((p <= ALPHA).sum())
     return {"clips": n, "flagged": flagged, "rate": flagged / n,
-            "binomial_p_two_sided": stats.binomtest(flagged, n, ALPHA).pvalue, "ks_uniform_p": stats.kstest(p, "uniform").pvalue, "seconds_per_clip": seconds / n}
+            "binomial_p_two_sided": stats.binomtest(flagged, n, ALPHA).pvalue,
+            "ks_uniform_p": stats.kstest(p, "uniform").pvalue, "seconds_per_clip": seconds / n}
 
 
 def main():
