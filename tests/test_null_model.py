@@ -143,6 +143,42 @@ def test_null_file_round_trip_and_checks(tmp_path, null):
     assert resolve_nulls("auto", "no-such-model", looks, SHAPE, [])["first"] is None
 
 
+def test_null_file_keeps_the_calibrated_scales(tmp_path, null, fresh):
+    """The calibrated test's mean scale of a mask under a search, kept in the file, gives the
+    p-values a fresh computation gives; a null model with more images added keeps none."""
+    from watermark.scheme.calibrated import scale_tag, with_scales
+    from watermark.scheme.geometry import search_grid
+
+    keys = [new_key("tiny", SHAPE, pattern=p, seed=9) for p in ("rand", "ring")]
+    grid = search_grid("all", SHAPE[-1])[::40]
+    save_null(with_scales(null, keys, grid), tmp_path / "n.npz")
+    back = load_null(tmp_path / "n.npz")
+    names = tuple(t.name for t in grid)
+    assert sorted(back.cache) == sorted(scale_tag(k, names) for k in keys)  # two masks: radius 7 and 5
+    for key in keys:
+        kept = [m.p_value for m in match_keys(fresh[:8], [key], grid, back)]
+        computed = [m.p_value for m in match_keys(fresh[:8], [key], grid, replace(null, cache={}))]
+        assert kept == computed
+    assert back.update(fresh[:2]).cache == {}
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in __import__("pathlib").Path(__file__).parents[1].glob(
+    "watermark/models/*/null/null-*.npz")), ids=lambda p: p.split("/")[-3] + "/" + p.split("/")[-1][5:-4])
+def test_the_shipped_scales_are_the_null_models(path):
+    """Each bundled null model's stored scales (``calibration.with_default_scales``) against a fresh
+    computation, on every 25th transform of the default search."""
+    from watermark.scheme.calibrated import _scale, scale_tag
+    from watermark.scheme.geometry import DEFAULT_SEARCH, search_grid
+
+    null = load_null(path)
+    grid = search_grid(DEFAULT_SEARCH, null.latent_shape[-1])
+    names = tuple(t.name for t in grid)
+    for pattern in ("rand", "ring", "ringid"):
+        key = new_key("tiny", tuple(null.latent_shape), pattern=pattern, seed=0)
+        stored = null.cache[scale_tag(key, names)]
+        assert torch.allclose(stored[::25], _scale(null, key, grid[::25]), rtol=1e-9)
+
+
 def test_calibrate_writes_resumes_and_refuses_to_overwrite(tmp_path):
     from watermark.calibration import calibrate
 
@@ -161,6 +197,7 @@ def test_calibrate_writes_resumes_and_refuses_to_overwrite(tmp_path):
     assert seen == [4] and load_null(out).n == 4 and not (tmp_path / "null.npz.partial").exists()
     assert load_null(out).meta["recovery"] == recovery_fields(one_look.for_model({}).looks()["first"])
     assert load_null(out).samples.shape == (4, *SHAPE)
+    assert {tag[1] for tag in load_null(out).cache} == {5, 7}  # keygen's masks: scales for verify's search kept
     with pytest.raises(NullFileError, match="exists"):
         calibrate("tiny", out, n=4, steps=2, batch=2, recovery=one_look)
     with pytest.raises(NullFileError, match="give a folder"):  # the model's default takes three looks

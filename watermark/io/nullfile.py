@@ -44,12 +44,15 @@ def save_null(null: NullModel, path: str | os.PathLike) -> None:
     """Write atomically (the file is replaced whole: ``calibrate`` rewrites it as it goes)."""
     path = Path(path)
     meta = {k: v for k, v in null.meta.items() if k != "file"}
-    header = {"format": FORMAT, "version": VERSION, "latent_shape": list(null.latent_shape), "n": null.n, **meta}
+    scales = {tag: v for tag, v in null.cache.items() if tag[0] == "scale"}  # ``calibrated.scale_tag``
+    header = {"format": FORMAT, "version": VERSION, "latent_shape": list(null.latent_shape), "n": null.n, **meta,
+              "scales": [{"radius": r, "channels": list(c), "grid": g} for _, r, c, g in scales]}
     fd, tmp = tempfile.mkstemp(prefix=".ringmark-null-", suffix=".npz", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, header=np.array(json.dumps(header)), sum_z=null.sum_z.numpy(),
-                     sum_outer=null.sum_outer.numpy(), sum_radial=null.sum_radial.numpy(), samples=null.samples.numpy())
+                     sum_outer=null.sum_outer.numpy(), sum_radial=null.sum_radial.numpy(), samples=null.samples.numpy(),
+                     **{f"scale_{i}": v.numpy() for i, v in enumerate(scales.values())})
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # not a secret (mkstemp makes 0600): as any file the user writes
@@ -69,7 +72,9 @@ def load_null(path: str | os.PathLike) -> NullModel:
                                     f"{header.get('version')}: make it again with `ringmark calibrate`)")
             sum_z, sum_outer, f_radial = torch.from_numpy(f["sum_z"]), torch.from_numpy(f["sum_outer"]), f["sum_radial"]
             samples = torch.from_numpy(f["samples"])
-    except (OSError, ValueError, KeyError) as e:
+            scales = {("scale", s["radius"], tuple(s["channels"]), s["grid"]): torch.from_numpy(f[f"scale_{i}"])
+                      for i, s in enumerate(header.pop("scales", []))}
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise NullFileError(f"{path}: not a ringmark null-model file ({e})") from None
     shape = tuple(header.pop("latent_shape"))
     n = header.pop("n")
@@ -78,7 +83,8 @@ def load_null(path: str | os.PathLike) -> NullModel:
     if tuple(sum_z.shape) != shape or n < 2 or tuple(samples.shape) != (n, *shape):
         raise NullFileError(f"{path}: inconsistent null-model file")
     return NullModel(latent_shape=shape, n=n, sum_z=sum_z.double(), sum_outer=sum_outer.double(),
-                     sum_radial=torch.from_numpy(f_radial).double(), samples=samples, meta={**header, "file": path.name})
+                     sum_radial=torch.from_numpy(f_radial).double(), samples=samples, meta={**header, "file": path.name},
+                     cache=scales)
 
 
 def null_folders(model: str, key_files: list[str | os.PathLike] = ()) -> list[Path]:

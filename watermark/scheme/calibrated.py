@@ -24,6 +24,9 @@ which edits change; BENCHMARKS.md ("One verification path") compares the two on 
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
+
 import torch
 
 from .geometry import Transform, undo, undo_each
@@ -44,7 +47,7 @@ def spread(null: NullModel, keys: list[Key], transforms: list[Transform]) -> tor
     if todo:
         if len(cache) + len(todo) > CACHE:
             cache.clear()
-        tag = ("scale", todo[0].radius, tuple(todo[0].channels), names)  # one per mask: all keys that share it
+        tag = scale_tag(todo[0], names)  # one per mask: all keys that share it
         sbar2 = cache[tag] = cache[tag] if tag in cache else _scale(null, todo[0], transforms)
         z = (null.samples.double() - null.mean()[None]).float().flatten(1)  # (N, CHW)
         with torch.inference_mode(False), torch.enable_grad():
@@ -58,6 +61,29 @@ def spread(null: NullModel, keys: list[Key], transforms: list[Transform]) -> tor
                 kappa2 = sigma2 * (d - 1) / (d * sbar2 - sigma2).clamp_min(1e-12)
                 cache[(key.key_id, names)] = kappa2.sqrt().detach()
     return torch.stack([cache[(k.key_id, names)] for k in keys], dim=1)
+
+
+def grid_id(names: tuple[str, ...]) -> str:
+    """A short name for a list of transforms (their names say all they do)."""
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def scale_tag(key: Key, names: tuple[str, ...]) -> tuple:
+    """Where ``spread`` keeps sbar^2 of the key's mask under the transforms ``names`` (``NullModel.cache``;
+    ``io.nullfile`` stores these entries in the file, so a process need not compute them again)."""
+    return ("scale", key.radius, tuple(key.channels), grid_id(names))
+
+
+def with_scales(null: NullModel, keys: list[Key], transforms: list[Transform]) -> NullModel:
+    """The null model with sbar^2 of each key's mask under ``transforms`` computed and kept (the
+    few seconds a process otherwise pays at its first key: ``io.nullfile.save_null`` writes them)."""
+    names = tuple(t.name for t in transforms)
+    null = replace(null, cache={k: v for k, v in null.cache.items() if k[0] == "scale"})
+    for key in keys:
+        tag = scale_tag(key, names)
+        if tag not in null.cache:
+            null.cache[tag] = _scale(null, key, transforms)
+    return null
 
 
 def _scale(null: NullModel, key: Key, transforms: list[Transform]) -> torch.Tensor:
