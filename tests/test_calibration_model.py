@@ -94,7 +94,7 @@ def test_clean_model_images_are_calibrated_at_full_steps(tmp_path, model_name):
         assert stats.binomtest(k, 400, alpha, alternative="greater").pvalue > 0.01, (alpha, k)
 
 
-@pytest.mark.slow  # about an hour per model on 2 cores: 2,048 generations and their recoveries
+@pytest.mark.slow  # about 30 minutes per model on one thread: 2,048 generations and their recoveries
 @pytest.mark.parametrize("model_name", MODELS)
 def test_every_key_is_calibrated(model_name):
     """50 keys each of rand, ring on each channel and ringid (300 keys) on 2,048 clean 8-bit images,
@@ -114,4 +114,5 @@ def test_every_key_is_calibrated(model_name):
     rates = null_bench.per_key_rates(model, x, recovery, take_looks(model, x, recovery), nulls, n_keys=50,
                                      search="none")
     summary = null_bench.summarise(rates)
+    print(model_name, summary)  # the rates, for the record (pytest -s)
     assert summary["keys"] == 300 and summary["holm_rejected"] == 0, summary
