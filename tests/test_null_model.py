@@ -2,6 +2,8 @@
 key's false-positive rate is alpha; unwhitened, some keys are liberal. Then its file, and verify
 using it."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -162,7 +164,7 @@ def test_null_file_keeps_the_calibrated_scales(tmp_path, null, fresh):
     assert back.update(fresh[:2]).cache == {}
 
 
-@pytest.mark.parametrize("path", sorted(str(p) for p in __import__("pathlib").Path(__file__).parents[1].glob(
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path(__file__).parents[1].glob(
     "watermark/models/*/null/null-*.npz")), ids=lambda p: p.split("/")[-3] + "/" + p.split("/")[-1][5:-4])
 def test_the_shipped_scales_are_the_null_models(path):
     """Each bundled null model's stored scales (``calibration.with_default_scales``) against a fresh

@@ -5,7 +5,8 @@
 Clean: z_T ~ N(0, I) from seed s. With ``wm``: image s carries its own ``rand`` key, of seed s + 7
 (what measure.py tests it against). With ``photos``: N random crops of the photographs shipped in
 Python packages (``bench.null.photographs``, generator seeded with FIRST) at the model's size,
-named FIRST.. . Images already in OUT are kept (a stopped run resumes).
+named FIRST.. (written again whole: the same crops). Images already in OUT are kept (a stopped run
+resumes).
 """
 
 from __future__ import annotations
