@@ -47,8 +47,7 @@ def spread(null: NullModel, keys: list[Key], transforms: list[Transform]) -> tor
     if todo:
         if len(cache) + len(todo) > CACHE:
             cache.clear()
-        tag = scale_tag(todo[0], names)  # one per mask: all keys that share it
-        sbar2 = cache[tag] = cache[tag] if tag in cache else _scale(null, todo[0], transforms)
+        sbar2 = mean_scale(null, todo[0], transforms, names)  # one per mask: all keys that share it
         z = (null.samples.double() - null.mean()[None]).float().flatten(1)  # (N, CHW)
         with torch.inference_mode(False), torch.enable_grad():
             probe = torch.zeros(len(transforms), *null.latent_shape, requires_grad=True)
@@ -80,10 +79,17 @@ def with_scales(null: NullModel, keys: list[Key], transforms: list[Transform]) -
     names = tuple(t.name for t in transforms)
     null = replace(null, cache={k: v for k, v in null.cache.items() if k[0] == "scale"})
     for key in keys:
-        tag = scale_tag(key, names)
-        if tag not in null.cache:
-            null.cache[tag] = _scale(null, key, transforms)
+        mean_scale(null, key, transforms, names)
     return null
+
+
+def mean_scale(null: NullModel, key: Key, transforms: list[Transform], names: tuple[str, ...]) -> torch.Tensor:
+    """(T,) sbar^2 of the key's mask under ``transforms`` (named ``names``): kept in the null model's
+    cache, computed (``_scale``) the first time."""
+    tag = scale_tag(key, names)
+    if tag not in null.cache:
+        null.cache[tag] = _scale(null, key, transforms)
+    return null.cache[tag]
 
 
 def _scale(null: NullModel, key: Key, transforms: list[Transform]) -> torch.Tensor:

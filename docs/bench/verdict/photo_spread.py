@@ -36,6 +36,14 @@ from measure import PATTERNS, images  # noqa: E402
 from watermark.io.images import to_tensor  # noqa: E402
 
 
+def spread_ratio(null: NullModel, z_T: torch.Tensor, keys: list, transforms: list) -> np.ndarray:
+    """Per key, kappa along it from the z_T given (about the null model's mean, as the test reads
+    them) over kappa from the null model's samples, under the first of ``transforms``."""
+    other = NullModel(tuple(z_T.shape[1:])).update(z_T.double())
+    other = replace(other, sum_z=null.mean() * other.n, cache={})
+    return (spread(other, keys, transforms)[0] / spread(null, keys, transforms)[0]).numpy()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--photos", required=True)
@@ -47,8 +55,6 @@ def main():
     first, null = verifier.recovery.looks()["first"], verifier.nulls["first"]
     _, photos = images(args.photos, args.n)
     z_T = torch.cat([run_look(model, to_tensor(photos[b : b + 50]), first).z_T for b in range(0, len(photos), 50)])
-    photo_null = NullModel(tuple(z_T.shape[1:])).update(z_T.double())
-    photo_null = replace(photo_null, sum_z=null.mean() * photo_null.n, cache={})  # about the model null's mean
     identity = search_grid("none", z_T.shape[-1])
     out = {"command": "python " + " ".join(sys.argv), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
@@ -56,7 +62,7 @@ def main():
     for pattern in PATTERNS:
         seeds = [777_000 + 10 * PATTERNS.index(pattern) + j for j in range(2)] + [900_000 + j for j in range(60)]
         keys = [make_key(model, pattern=pattern, seed=s) for s in seeds]
-        r = (spread(photo_null, keys, identity)[0] / spread(null, keys, identity)[0]).numpy()
+        r = spread_ratio(null, z_T, keys, identity)
         out["ratio"][pattern] = {"measured_keys": r[:2].round(3).tolist(), "mean": float(r.mean()),
                                  "q90": float(np.quantile(r, 0.9)), "max": float(r.max()), "min": float(r.min()),
                                  "above_1.1": int((r > 1.1).sum()), "keys": len(r)}
