@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from watermark.pipeline import Recovery
 from watermark.scheme.detection import centred, match_keys, score, statistics
+from watermark.scheme.geometry import IDENTITY
 from watermark.scheme.embedding import centred_spectrum, real_signal, watermarked_latents
 from watermark.scheme.keys import new_key
 from watermark.scheme.null import NullModel, rings
@@ -82,6 +83,30 @@ def test_calibrated_test_is_calibrated_under_the_search(null, fresh):
         flagged = int((p <= 0.05).sum())
         assert stats.binomtest(flagged, len(p), 0.05, alternative="greater").pvalue > 0.01, (pattern, flagged)
         assert flagged > 0 or pattern == "ringid", (pattern, flagged)  # not a test that never fires
+
+
+def test_the_spread_is_an_upper_confidence_bound(null, monkeypatch):
+    """From a small null model (96 samples), the kappa the test divides by is at or above the true
+    spread (a 3,000-sample null model's) for about ``CONFIDENCE`` of the null models one could draw;
+    the plain estimate is for about half. Loose bounds fail too: the mean factor over the plain
+    estimate is the one its standard error implies (~1.12 at 96 samples), not more."""
+    from watermark.scheme import calibrated
+
+    confidence = calibrated.CONFIDENCE
+    keys = [new_key("tiny", SHAPE, pattern=p, channels=c, seed=11) for p, c in SPECS]
+    draws = coloured(40 * 96, seed=4).view(40, 96, *SHAPE)
+
+    def kappas(confidence, model):
+        monkeypatch.setattr(calibrated, "CONFIDENCE", confidence)
+        return torch.cat([calibrated.spread(replace(model, cache={}), [k], [IDENTITY])[0] for k in keys])
+
+    truth = kappas(0.5, null)  # z = 0: the plain estimate, from 3,000 samples
+    small = [NullModel(SHAPE).update(d) for d in draws]
+    bound = torch.stack([kappas(confidence, m) for m in small])  # (40, 4)
+    plain = torch.stack([kappas(0.5, m) for m in small])
+    assert (bound >= truth).double().mean() >= 0.85, (bound / truth).min(0)
+    assert (plain >= truth).double().mean() <= 0.75
+    assert 1.05 < (bound / plain).mean() < 1.2
 
 
 def test_unwhitened_test_is_liberal_for_some_key(fresh):
@@ -178,7 +203,7 @@ def test_the_shipped_scales_are_the_null_models(path):
     for pattern in ("rand", "ring", "ringid"):
         key = new_key("tiny", tuple(null.latent_shape), pattern=pattern, seed=0)
         stored = null.cache[scale_tag(key, names)]
-        assert torch.allclose(stored[::25], _scale(null, key, grid[::25]), rtol=1e-9)
+        assert torch.allclose(stored[:, ::25], _scale(null, key, grid[::25]), rtol=1e-9)
 
 
 def test_calibrate_writes_resumes_and_refuses_to_overwrite(tmp_path):

@@ -74,6 +74,7 @@ def load_null(path: str | os.PathLike) -> NullModel:
             samples = torch.from_numpy(f["samples"])
             scales = {("scale", s["radius"], tuple(s["channels"]), s["grid"]): torch.from_numpy(f[f"scale_{i}"])
                       for i, s in enumerate(header.pop("scales", []))}
+            scales = {tag: v for tag, v in scales.items() if v.ndim == 2}  # (T,) before the standard errors: remade
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise NullFileError(f"{path}: not a ringmark null-model file ({e})") from None
     shape = tuple(header.pop("latent_shape"))

@@ -14,6 +14,17 @@ and t / kappa is, under the null, Student's t with d - 1 degrees of freedom to t
 the samples (``tests/test_null_model.py``: coloured noise of known covariance). The mean is
 subtracted before the transform, so the transformed z_T needs no model of its own.
 
+"To the accuracy of the samples" is the catch: from N samples kappa is off by about
+sqrt(2 / N) / 2 (2.2 % at N = 1,024; 6 % at 144), and an understated kappa makes the key liberal.
+The error is shared by keys alike (all one-channel ring keys on a channel live in its r - 1
+radial directions; all keys of a mask share sbar^2), so a few keys of a model can be liberal by
+more than chance (tiny-flow, issue 34). The test divides by the upper end of kappa's one-sided
+``CONFIDENCE`` interval instead, kappa (1 + z se), se = sqrt(se(sigma^2)^2 + se(sbar^2)^2) / 2
+(relative standard errors from the samples' own scatter; taken as independent, which overstates se:
+both rise with an image's energy): each key's p-value is then valid (conservative) for all but
+about 1 - CONFIDENCE of the null models one could have drawn, at a cost in power of that factor
+on t (about 4 % at N = 1,024; BENCHMARKS.md, "The null model's own error").
+
 The key's component a is linear in z: a_{k,T}(z) = <z, w_{k,T}>, w_{k,T} = U_T^T P^T k_hat (P: the
 test's degrees of freedom, ``detection.dof``). autograd gives every w of a key in one backward
 pass over T latents, so a key costs T latent passes and one (N x CHW) @ (CHW x T) product, not N x T
@@ -28,6 +39,7 @@ import hashlib
 from dataclasses import replace
 
 import torch
+from scipy import stats
 
 from .geometry import Transform, undo, undo_each
 from .keys import Key
@@ -35,10 +47,12 @@ from .null import NullModel
 
 SCALE_SAMPLES = 64  # null samples the mean scale sbar^2 is estimated from (a mean over d dof each)
 CACHE = 4096  # (key, search) entries kept on one null model
+CONFIDENCE = 0.95  # one-sided: the kappa the test divides by is below the true one for ~5 % of null models
 
 
 def spread(null: NullModel, keys: list[Key], transforms: list[Transform]) -> torch.Tensor:
-    """(T, K) float64: kappa of each key (sharing one mask, not ``zeros``) under each transform."""
+    """(T, K) float64: kappa of each key (sharing one mask, not ``zeros``) under each transform, at
+    the upper end of its ``CONFIDENCE`` interval (module docstring)."""
     from .detection import test_vectors
 
     names = tuple(t.name for t in transforms)
@@ -47,8 +61,9 @@ def spread(null: NullModel, keys: list[Key], transforms: list[Transform]) -> tor
     if todo:
         if len(cache) + len(todo) > CACHE:
             cache.clear()
-        sbar2 = mean_scale(null, todo[0], transforms, names)  # one per mask: all keys that share it
+        sbar2, se_sbar2 = mean_scale(null, todo[0], transforms, names)  # one per mask: all keys that share it
         z = (null.samples.double() - null.mean()[None]).float().flatten(1)  # (N, CHW)
+        z_q = float(stats.norm.ppf(CONFIDENCE))
         with torch.inference_mode(False), torch.enable_grad():
             probe = torch.zeros(len(transforms), *null.latent_shape, requires_grad=True)
             v, k_hat = test_vectors(undo_each(probe, transforms), todo)  # (T, d), (K, d)
@@ -56,9 +71,12 @@ def spread(null: NullModel, keys: list[Key], transforms: list[Transform]) -> tor
             d = v.shape[-1]
             for j, key in enumerate(todo):
                 (w,) = torch.autograd.grad(a[:, j].sum(), probe, retain_graph=j < len(todo) - 1)
-                sigma2 = (z @ w.flatten(1).T).double().pow(2).mean(0)  # (T,)
+                a2 = (z @ w.flatten(1).T).double().pow(2)  # (N, T)
+                sigma2 = a2.mean(0)
+                se_sigma2 = a2.std(0) / (len(a2) ** 0.5 * sigma2.clamp_min(1e-24))
                 kappa2 = sigma2 * (d - 1) / (d * sbar2 - sigma2).clamp_min(1e-12)
-                cache[(key.key_id, names)] = kappa2.sqrt().detach()
+                se = (se_sigma2.pow(2) + se_sbar2.pow(2)).sqrt() / 2
+                cache[(key.key_id, names)] = (kappa2.sqrt() * (1 + z_q * se)).detach()
     return torch.stack([cache[(k.key_id, names)] for k in keys], dim=1)
 
 
@@ -84,8 +102,8 @@ def with_scales(null: NullModel, keys: list[Key], transforms: list[Transform]) -
 
 
 def mean_scale(null: NullModel, key: Key, transforms: list[Transform], names: tuple[str, ...]) -> torch.Tensor:
-    """(T,) sbar^2 of the key's mask under ``transforms`` (named ``names``): kept in the null model's
-    cache, computed (``_scale``) the first time."""
+    """(2, T): sbar^2 of the key's mask under ``transforms`` (named ``names``) and its relative
+    standard error; kept in the null model's cache, computed (``_scale``) the first time."""
     tag = scale_tag(key, names)
     if tag not in null.cache:
         null.cache[tag] = _scale(null, key, transforms)
@@ -93,12 +111,14 @@ def mean_scale(null: NullModel, key: Key, transforms: list[Transform], names: tu
 
 
 def _scale(null: NullModel, key: Key, transforms: list[Transform]) -> torch.Tensor:
-    """(T,) sbar^2: the mean square of a degree of freedom of the key's mask under each transform."""
+    """(2, T): sbar^2, the mean square of a degree of freedom of the key's mask under each
+    transform, and its relative standard error over the samples it is measured on."""
     from .detection import test_vectors
 
     z = null.samples[:SCALE_SAMPLES].double() - null.mean()[None]
-    total = torch.zeros(len(transforms), dtype=torch.float64)
+    per_sample = []
     for i in range(0, len(z), 8):
         v, _ = test_vectors(undo(z[i : i + 8].float(), transforms), [key])  # (b, T, d)
-        total += v.double().pow(2).mean(-1).sum(0)
-    return total / len(z)
+        per_sample.append(v.double().pow(2).mean(-1))
+    m = torch.cat(per_sample)  # (n, T)
+    return torch.stack([m.mean(0), m.std(0) / (len(m) ** 0.5 * m.mean(0).clamp_min(1e-24))])
