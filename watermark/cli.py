@@ -586,7 +586,7 @@ def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, photom
 @library_errors
 def calibrate(model, output, n, size, images, steps, seed, inversion, iters, ddim_steps, exact, batch, force, device,
               dtype, quiet):
-    """Make the null models that make verify's p-value exact for every key of MODEL.
+    """Make the null models that make verify's p-value valid for every key of MODEL.
 
     Recovers z_T from N clean images (generated, or --images) with each look verify takes (the
     edited-image look from the same images after a clipping edit) and keeps them: the test's
