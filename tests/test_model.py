@@ -100,8 +100,12 @@ def test_two_step_generation_is_deterministic(tiny):
 
 
 def test_weights_ship_with_a_model_card_and_fit_the_budget():
-    size = sum(p.stat().st_size for p in TINY_PATH.rglob("*") if p.is_file())
-    assert size <= 25 * 2**20
+    """The networks within 25 MiB; with the null models (three looks x 1,024 float32 z_T, 8.1 MiB
+    each since 2026-12-04) the folder within 50 MiB."""
+    files = [p for p in TINY_PATH.rglob("*") if p.is_file()]
+    weights = sum(p.stat().st_size for p in files if "null" not in p.relative_to(TINY_PATH).parts)
+    assert weights <= 25 * 2**20
+    assert sum(p.stat().st_size for p in files) <= 50 * 2**20
     assert (TINY_PATH / "README.md").exists()
 
 
