@@ -96,8 +96,8 @@ def test_the_spread_is_an_upper_confidence_bound(null, monkeypatch):
     keys = [new_key("tiny", SHAPE, pattern=p, channels=c, seed=11) for p, c in SPECS]
     draws = coloured(40 * 96, seed=4).view(40, 96, *SHAPE)
 
-    def kappas(confidence, model):
-        monkeypatch.setattr(calibrated, "CONFIDENCE", confidence)
+    def kappas(level, model):
+        monkeypatch.setattr(calibrated, "CONFIDENCE", level)
         return torch.cat([calibrated.spread(replace(model, cache={}), [k], [IDENTITY])[0] for k in keys])
 
     truth = kappas(0.5, null)  # z = 0: the plain estimate, from 3,000 samples
