@@ -2,7 +2,11 @@
 
 import concurrent.futures
 import io
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -176,6 +180,42 @@ def test_cli_refuses_an_open_server_without_a_token(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="the token is empty"):  # the Python API too
         check_exposure("127.0.0.1", " ")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_ctrl_c_while_serve_starts_ends_cleanly(tmp_path):
+    """A Ctrl-C that lands while `serve` is still starting (here: as soon as Ray's first process
+    exists; on CI one landed while Serve deployed) stops it cleanly: exit 0, no "Aborted!"."""
+    assert CliRunner().invoke(main, ["keygen", "-o", str(tmp_path / "key.json")]).exit_code == 0
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    server = subprocess.Popen([sys.executable, "-m", "watermark", "serve", "--key", str(tmp_path / "key.json"),
+                               "--port", str(free_port())], env=env, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not children(server.pid) and server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.poll() is None and children(server.pid), "serve started no Ray"
+        server.send_signal(signal.SIGINT)
+        out, err = server.communicate(timeout=120)
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        server.wait()
+    assert server.returncode == 0 and "Aborted" not in err and "Traceback" not in err, err[-2000:]
 
 
 def test_a_port_in_use_is_a_one_line_error():

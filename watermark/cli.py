@@ -494,24 +494,33 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, photometric, r
     recovery = Recovery(inversion, iters, ddim_steps, exact, refine=refine, photometric=photometric)
     decision = Decision(alpha=alpha, search=search)
     keys = load_cli_keys(key_paths, quiet)
-    with contextlib.redirect_stdout(sys.stderr):  # as in scan
-        url = start(keys, recovery, decision, service, device=device, dtype=dtype, address=address, log_level=ray_log_level,
-                    null=null, key_files=list(key_paths), generation_log=generation_log)
-    if not quiet:
-        click.echo(f"ringmark: serving {len(keys)} key{'s' * (len(keys) != 1)} at {url} (OpenAPI schema at {url}/openapi.json"
-                   + ("" if service.token else "; loopback only, no token") + "); Ctrl-C stops", err=True)
-    click.echo(json.dumps({"url": url}))
 
     def stop(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    try:
+    try:  # from the start: a Ctrl-C while Serve deploys (the app may answer already) stops cleanly too
+        with contextlib.redirect_stdout(sys.stderr):  # as in scan
+            url = start(keys, recovery, decision, service, device=device, dtype=dtype, address=address,
+                        log_level=ray_log_level, null=null, key_files=list(key_paths), generation_log=generation_log)
+        if not quiet:
+            click.echo(f"ringmark: serving {len(keys)} key{'s' * (len(keys) != 1)} at {url} (OpenAPI schema at {url}/openapi.json"
+                       + ("" if service.token else "; loopback only, no token") + "); Ctrl-C stops", err=True)
+        click.echo(json.dumps({"url": url}))
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        if cluster_address(address):  # a shared cluster: remove only our app
-            ray_serve.delete(APP)
+        # a second Ctrl-C, or a SIGTERM from Ray's own processes as they go, must not cut the clean-up
+        # short (click would print "Aborted!" and exit 1)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        import ray
+
+        if not ray.is_initialized():
+            pass
+        elif cluster_address(address):  # a shared cluster: remove only our app
+            if APP in ray_serve.status().applications:
+                ray_serve.delete(APP)
         else:  # the local Ray this command started
             ray_serve.shutdown()
 
