@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from watermark.cli import main
 from watermark.io.genlog import Generation, GenerationLog, LogError
@@ -39,8 +40,10 @@ def test_embed_logs_every_image_without_key_material(tmp_path):
     logged = GenerationLog.open(log, create=False).by_key(key["key_id"])
     assert [g.image_id for g in logged] == [m["image_id"] for m in manifest]
     assert [g.sha256 for g in logged] == [m["sha256"] for m in manifest]
-    assert all(g.fingerprint.shape == (4 * 8 * 8,) and abs(np.linalg.norm(g.fingerprint.astype(float)) - 1) < 1e-2
-               for g in logged)
+    images = [np.asarray(Image.open(tmp_path / "out" / m["file"]).convert("RGB"), float) / 127.5 - 1 for m in manifest]
+    thumbnails = [im.reshape(16, 8, 16, 8, 3).mean((1, 3)).transpose(2, 0, 1).ravel() for im in images]  # 128 px
+    assert all(g.fingerprint_kind == "pixels16" and np.allclose(g.fingerprint.astype(float), t, atol=2e-3)
+               for g, t in zip(logged, thumbnails))  # each image's own 16 x 16 thumbnail
     assert str(key["seed"]).encode() not in log.read_bytes()  # the key's secret is not in the log
     assert all(os.stat(f).st_mode & 0o077 == 0 for f in tmp_path.glob("gen.sqlite*"))  # the -wal and -shm too
     # the rows go out and come back, in both formats; rows logged already are skipped

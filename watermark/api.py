@@ -243,7 +243,7 @@ def embed(key: Key | str | list[Key], outdir: str | os.PathLike, n: int = 4, *, 
             if progress is not None:
                 progress(1)
         if generations is not None:
-            generations.add(logged(model, made, load_pngs(outdir, made), folder=outdir, manifests=manifests))
+            generations.add(logged(made, load_pngs(outdir, made), folder=outdir, manifests=manifests))
         records += made
     stale = _previous_run(outdir) - set(names)
     with open(outdir / "manifest.jsonl", "w") as f:
@@ -276,29 +276,26 @@ def load_pngs(outdir: Path, made: list[Generated]) -> torch.Tensor:
     return to_tensor([Image.open(outdir / g.file).convert("RGB") for g in made])
 
 
-def logged(model, made: list[Generated], x: torch.Tensor, folder: str | os.PathLike | None = None,
+def logged(made: list[Generated], x: torch.Tensor, folder: str | os.PathLike | None = None,
            manifests: dict[str, bytes] | None = None) -> list[Generation]:
-    """The generation-log rows of images just made: with the content fingerprint of each (the
-    latent of the first look of the model's recovery, as verify takes it: ``provenance.fingerprint``).
+    """The generation-log rows of images just made: with the content fingerprint of each (its
+    thumbnail, ``provenance.fingerprint.pixels``; ``x``: the images as written, in [-1, 1]).
     ``folder``: where the images were written; the rows then record each file's absolute path (the
     report shows the logged image beside a suspect when it is still there). ``manifests``: image id
     -> the C2PA manifest store signed into it."""
     from .provenance import fingerprint
-    from .recovery import look_latents
 
-    z_0, _ = look_latents(model, x, Recovery().for_model(model.default_recovery).looks()["first"])
-    prints = fingerprint.latent(z_0.float().cpu())
+    prints = fingerprint.pixels(x.float().cpu()).numpy()
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     return [Generation(image_id=g.image_id, key_id=g.key_id, model=g.model, seed=g.seed, prompt=g.prompt,
                        steps=g.steps, guidance=g.guidance, created=now,
                        file=g.file if folder is None else str(Path(folder).resolve() / g.file), sha256=g.sha256,
-                       fingerprint=f.astype("float16"), fingerprint_kind=fingerprint.LATENT_KIND,
+                       fingerprint=f.astype("float16"), fingerprint_kind=fingerprint.PIXEL_KIND,
                        c2pa=(manifests or {}).get(g.image_id))
             for g, f in zip(made, prints)]
 
 
-def rebuild_log(log: str | os.PathLike, folder: str | os.PathLike, *, device: str = "cpu", dtype: str = "float32",
-                batch: int = 8) -> tuple[int, int]:
+def rebuild_log(log: str | os.PathLike, folder: str | os.PathLike, *, batch: int = 64) -> tuple[int, int]:
     """Log the images of an ``embed`` output folder (``manifest.jsonl`` and its PNGs) in ``log``,
     fingerprints made anew; rows already logged are skipped. A manifest written before the log
     existed has no image ids: each image's is then the start of its SHA-256. The C2PA manifest a PNG
@@ -320,12 +317,10 @@ def rebuild_log(log: str | os.PathLike, folder: str | os.PathLike, *, device: st
     generations = GenerationLog.open(log)
     known = generations.known([g.image_id for g in made])
     todo = [g for g in made if g.image_id not in known]
-    if todo:
-        model = get_model(todo[0].model, device, dtype)
-        for i in range(0, len(todo), batch):
-            part = todo[i : i + batch]
-            signed = {g.image_id: credentials.embedded_store((folder / g.file).read_bytes()) for g in part}
-            generations.add(logged(model, part, load_pngs(folder, part), folder=folder, manifests=signed))
+    for i in range(0, len(todo), batch):  # the thumbnails need no model
+        part = todo[i : i + batch]
+        signed = {g.image_id: credentials.embedded_store((folder / g.file).read_bytes()) for g in part}
+        generations.add(logged(part, load_pngs(folder, part), folder=folder, manifests=signed))
     return len(todo), len(made) - len(todo)
 
 

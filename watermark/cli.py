@@ -951,9 +951,8 @@ def log_import(log, input_file):
 @log_group.command("rebuild", context_settings=CONTEXT)
 @log_argument
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
-@device_options
 @library_errors
-def log_rebuild(log, folder, device, dtype):
+def log_rebuild(log, folder):
     """Log the images of an embed output FOLDER (its manifest.jsonl and PNGs), fingerprints made
     anew; images logged already (same image id) are skipped.
 
@@ -961,7 +960,7 @@ def log_rebuild(log, folder, device, dtype):
     """
     from . import api
 
-    added, skipped = api.rebuild_log(log, folder, device=device, dtype=dtype)
+    added, skipped = api.rebuild_log(log, folder)
     click.echo(json.dumps({"logged": added, "skipped": skipped, "folder": folder}))
 
 

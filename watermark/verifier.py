@@ -22,7 +22,7 @@ from .io.nullfile import no_null_note, resolve_nulls
 from .models import get_model
 from .pipeline import Decision, Detection, Recovery, check_key_set, check_keys, detect
 from .io.genlog import GenerationLog
-from .provenance.check import UNCHECKED, Checker, Provenance, reference_pool
+from .provenance.check import UNCHECKED, Checker, Provenance, references
 from .scheme.geometry import search_grid
 from .scheme.keys import Key
 from .scheme.null import NullModel
@@ -104,7 +104,7 @@ class Verifier:
         self.log = None if log is None else GenerationLog.open(log, create=False)
         self.checker = None if log is None else Checker(  # ``provenance.check``
             self.log, self.keys, search_grid(decision.search, keys[0].latent_shape[-1]), decision.alpha,
-            reference_pool(keys[0].model, tuple(keys[0].latent_shape), key_files))
+            references(keys[0].model, tuple(keys[0].latent_shape), key_files))
         missing = [role for role, n in self.nulls.items() if n is None]
         self.null_note = None if not missing or all(k.pattern == "zeros" for k in keys) else no_null_note(missing)
         if self.video:
@@ -151,7 +151,7 @@ class Verifier:
     def row(self, path: str, loaded: Loaded, d: Detection, seconds_per_image: float) -> Result:
         """The stored row of one image's ``Detection``."""
         r = self.recovery
-        p = self.provenance(d)
+        p = self.provenance(d, loaded.image)
         return Result(path=path, watermarked=d.watermarked, weak=d.weak, p_value=d.p_value, alpha=self.alpha,
                       key_id=d.key_id, distance=d.distance, error=None,
                       note="; ".join(n for n in (loaded.note, self.null_note) if n) or None,
@@ -188,11 +188,12 @@ class Verifier:
             out["credentials_recovered"] = p.image_id
         return out
 
-    def provenance(self, d: Detection) -> Provenance | None:
-        """A watermarked image's provenance (``provenance.check``; unchecked without a log), None for the others."""
+    def provenance(self, d: Detection, x: torch.Tensor) -> Provenance | None:
+        """A watermarked image's provenance (``provenance.check``; ``x`` its image; unchecked
+        without a log), None for the others."""
         if not d.watermarked:
             return None
-        return UNCHECKED if self.checker is None else self.checker(d)
+        return UNCHECKED if self.checker is None else self.checker(d, x)
 
 
 def provenance_fields(p: Provenance | None, logged: bool) -> dict:

@@ -13,10 +13,10 @@ key, as ``embed --log`` records them: ``api.logged``). Every image below goes th
 - averaging forgery: covers + the averaged pattern of M watermarked images;
 - the adaptive forger: imprinting of the source's *whole* z_T (the scheme is public, so it knows
   ``verify --log`` matches the seed's noise outside the key too: ``provenance.noise``) that also
-  pulls the cover's fingerprint (the public model's encoder latent, pooled as
-  ``fingerprint.latent``) toward the source image's, which it can compute (the scheme and the
-  model are public; the log is not), at decreasing PSNR to the cover. The plain imprinting rows
-  copy only the key's public disk, as ``bench security``'s own table does.
+  pulls the cover's thumbnail (``fingerprint.pixels``) toward the source image's, which it can
+  compute (the scheme and the model are public; the log is not), at decreasing PSNR to the cover.
+  The plain imprinting rows copy only the key's public disk, as ``bench security``'s own table
+  does. ``thumbnail_forgery`` is the content test's worst case in closed form (no imprint).
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..api import Generated, logged
 from ..io.genlog import GenerationLog
 from ..io.images import to_pil, to_tensor
 from ..pipeline import Decision, detect, psnr
 from ..provenance import fingerprint
-from ..provenance.check import Checker, reference_pool
-from ..scheme.geometry import search_grid
+from ..provenance.check import Checker, references
+from ..scheme.geometry import IDENTITY, search_grid
 from .attacks import ATTACKS, HELD_OUT, attack
 from .security import ALPHA, imprint
 
@@ -48,18 +49,18 @@ class LoggedVerify:
         self.log = GenerationLog.open(Path(folder) / "generations.sqlite")
         made = [Generated(file=f"{i:05d}.png", image_id=f"marked-{i}", sha256="", seed=i, prompt="", key_id=key.key_id,
                           model=key.model, watermarked=True, steps=0, guidance=None) for i in range(len(marked))]
-        self.log.add(logged(model, made, marked))
+        self.log.add(logged(made, marked))
         self.checker = Checker(self.log, [key], search_grid(Decision().search, key.latent_shape[-1]),
-                               ALPHA, reference_pool(key.model, tuple(key.latent_shape)))
+                               ALPHA, references(key.model, tuple(key.latent_shape)))
 
     def judge(self, x: torch.Tensor, batch: int = 32) -> dict:
         """Shares of ``x`` judged watermarked and ``confirmed``, confirmed among the watermarked, and
         the watermarked ones each test turned down (``Provenance.unmatched``)."""
         found = []
         for i in range(0, len(x), batch):
-            for d in detect(self.model, x[i : i + batch], [self.key], self.verify.recovery,
-                            Decision(alpha=ALPHA), nulls=self.verify.nulls, latents=True):
-                found.append(self.checker(d) if d.watermarked else None)
+            for j, d in enumerate(detect(self.model, x[i : i + batch], [self.key], self.verify.recovery,
+                                         Decision(alpha=ALPHA), nulls=self.verify.nulls, latents=True)):
+                found.append(self.checker(d, x[i + j]) if d.watermarked else None)
         wm = sum(f is not None for f in found)
         confirmed = sum(f is not None and f.status == "confirmed" for f in found)
         return {"n": len(found), "watermarked": wm / len(found), "confirmed": confirmed / len(found),
@@ -88,20 +89,57 @@ def adaptive(model, prov: LoggedVerify, covers: torch.Tensor, source: torch.Tens
     """The adaptive forger at each PSNR floor: imprinting toward ``target`` z_T, all of it, plus a
     pull of the cover's fingerprint toward ``source``'s (the image whose key it forges);
     ``checkpoint(rows)`` after each floor."""
-    with torch.no_grad():
-        goal = fingerprint.pooled(model.encode(source))
+    goal = fingerprint.pixels(source[:1]).numpy()
     out = {}
     for floor in psnrs:
         forged, sec = imprint(model, covers, target.expand(len(covers), -1, -1, -1), prov.verify.recovery, steps,
-                              mask=None, min_psnr=floor, pull=lambda z_0: 1 - (fingerprint.pooled(z_0) * goal).sum(1))
+                              mask=None, min_psnr=floor, pull=lambda x: thumbnail_residual(x, source[:1]))
         row = prov.judge(forged[steps])
-        with torch.no_grad():
-            row["cosine_to_source"] = float((fingerprint.pooled(model.encode(forged[steps])) * goal).sum(1).mean())
+        row["similarity_to_source"] = float(np.mean([fingerprint.pixel_similarity(x, goal, [IDENTITY])[0]
+                                                     for x in forged[steps]]))
         row.update(psnr=float(psnr(forged[steps], covers).mean()), seconds_per_image=round(sec, 1))
         out[f"{floor:g} dB"] = row
         log(f"provenance, adaptive forger, PSNR >= {floor:g} dB: {row}")
         checkpoint(out)
     return out
+
+
+def thumbnail_residual(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """(B,) the relative residual of each image's thumbnail against ``source``'s, as
+    ``fingerprint.pixel_similarity`` measures it under the identity (differentiable)."""
+    u, s = centred(fingerprint.pixels(x)), centred(fingerprint.pixels(source[:1]))
+    dot, uu, ss = (u * s).sum((1, 2)), (u * u).sum((1, 2)), (s * s).sum().expand(len(x))
+    return fingerprint.residual(dot, uu, ss)
+
+
+def centred(thumbnails: torch.Tensor) -> torch.Tensor:
+    """(B, 3 * P) -> (B, 1, P): the luminance, its mean removed."""
+    t = fingerprint.luma(thumbnails.view(len(thumbnails), 3, -1))
+    return t - t.mean(-1, keepdim=True)
+
+
+def thumbnail_forgery(covers: torch.Tensor, source: torch.Tensor, min_psnr: float, gains: int = 512) -> torch.Tensor:
+    """The largest move of each cover's thumbnail (``fingerprint.pixels``, its luminance) toward
+    ``source``'s that a PSNR floor allows, in closed form: the thumbnail is linear in the pixels,
+    so the cheapest perturbation is constant on each thumbnail cell, along ``LUMA`` in colour,
+    and for a gain g it goes straight along ``g s - u`` (both mean-free) for as long as the
+    budget e lasts, leaving ``max(0, ||g s - u|| - e)``; the gain is the one of ``gains``
+    (log-spaced over ``fingerprint.GAIN``) that leaves the smallest residual as
+    ``fingerprint.residual`` scales it. Clipping to the pixel range aside, no forger of the
+    content test under the floor does better."""
+    side = fingerprint.PIXEL_SIDE
+    u, s = centred(fingerprint.pixels(covers)), centred(fingerprint.pixels(source[:1]))
+    w = fingerprint.LUMA
+    # RMS e over the 3 H W values, spent along w: the luminance moves by |w| sqrt(3) e per pixel
+    e = 2 * 10 ** (-min_psnr / 20) * w.norm() * (3 * side * side) ** 0.5
+    g = torch.logspace(np.log10(fingerprint.GAIN[0]), np.log10(fingerprint.GAIN[1]), gains)
+    gap = (g[None, :, None, None] * s[:, None] - u[:, None]).flatten(2).norm(dim=-1)  # (B, G)
+    left = (gap - e).clamp_min(0) / (g.clamp_min(1) * s.norm())[None]
+    best = g[left.argmin(1)]
+    d = best[:, None, None] * s - u  # (B, 1, P)
+    d = d * (e / d.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)[:, None, None]
+    colour = (d * (w / w.pow(2).sum())[None, :, None]).view(len(covers), 3, side, side)  # luminance d, least RGB
+    return (covers + F.interpolate(colour, size=covers.shape[-2:], mode="nearest")).clamp(-1, 1)
 
 
 def half_point(rows: dict) -> str:

@@ -158,7 +158,7 @@ def imprint(model, covers: torch.Tensor, target: torch.Tensor, recovery: Recover
     (encoder, then DDIM inversion, differentiable) lands on ``target`` z_T on the frequencies of
     ``mask`` (H, W) (every channel; the scheme is public, so the attacker knows where keys live,
     not what they hold), projected after every step onto PSNR >= ``min_psnr`` to the cover.
-    ``pull``: a further loss per image of the latent z_0 (the adaptive forger's,
+    ``pull``: a further loss per image of the perturbed image (the adaptive forger's,
     ``forgery.adaptive``), added with the same weight as the imprint's after each is divided by
     its value at the first step. Returns ({step: images} after each of ``checkpoints`` and after
     ``steps``, seconds per image for all ``steps``)."""
@@ -172,7 +172,8 @@ def imprint(model, covers: torch.Tensor, target: torch.Tensor, recovery: Recover
         delta = torch.zeros_like(x, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=lr)
         for step in range(1, steps + 1):
-            z_0 = model.encode((x + delta).clamp(-1, 1))
+            forged = (x + delta).clamp(-1, 1)
+            z_0 = model.encode(forged)
             z_T = ddim_invert_graph(model.predict, z_0, schedule, hold=model.hold)
             diff = torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(z_T - goal, dim=(-2, -1)), norm="ortho"),
                                       dim=(-2, -1))
@@ -180,7 +181,7 @@ def imprint(model, covers: torch.Tensor, target: torch.Tensor, recovery: Recover
             if pull is None:
                 loss = power.sum() / len(x)
             else:  # each term relative to its start, per image
-                terms = torch.stack([power.flatten(1).sum(1), pull(z_0)])
+                terms = torch.stack([power.flatten(1).sum(1), pull(forged)])
                 if step == 1:
                     scale = terms.detach().clamp_min(1e-12)
                 loss = (terms / scale).sum() / len(x)
@@ -415,6 +416,6 @@ def provenance_markdown(res: dict) -> list[str]:
         row(f"averaging forgery, M = {m}", r)
     for floor, r in res["adaptive forger"].items():
         if isinstance(r, dict):
-            row(f"adaptive forger, PSNR >= {floor} (cosine to the source {r['cosine_to_source']:.2f})", r)
+            row(f"adaptive forger, PSNR >= {floor} (thumbnail similarity to the source {r['similarity_to_source']:.2f})", r)
     out.append(f"\nAdaptive forger, 50 % confirmed: {res['adaptive forger']['50 %']}.")
     return out

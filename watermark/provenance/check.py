@@ -7,14 +7,20 @@ two p-values is a valid p-value for "both hold", with no correction):
    against the noise of each seed logged under the key, rebuilt from the seed. Exact: the
    Beta law of a random direction's cosine, corrected for the seeds and transforms compared.
    Another generation under the key, or any image not made from a logged seed, fails it.
-2. **whose content** (``fingerprint``): the suspect's latent z_0 against the fingerprint of that
-   one generation (best over ``transforms``: the one the key search found and its other crop
-   offsets, ``fingerprint.family``), ranked among the same similarities to a reference pool of
-   unrelated generations of the model, ``(1 + #{pool >= s}) / (1 + R)``: the generations logged
-   under other keys and the model's shipped reference fingerprints (``reference_pool``; ``tiny``:
-   1,024). A forger who imprints a genuine image's whole z_T on other content passes test 1 and
-   fails this one. The generation is chosen by test 1, so test 2 compares one fingerprint, not
-   every candidate: no correction for the generations logged, whatever their number.
+2. **whose content** (``fingerprint``): the suspect image's thumbnail against the thumbnail logged
+   for that one generation (``fingerprint.pixel_similarity``, best over ``transforms``: the one the
+   key search found and its other crop offsets, ``fingerprint.family``), ranked among the same
+   similarities to a reference pool of unrelated generations of the model, ``(1 + #{pool >= s}) /
+   (1 + R)``: the generations logged under other keys and the model's shipped reference
+   thumbnails (``reference_pool``; ``tiny``: 1,024); and at least ``fingerprint.MIN_SIMILARITY``.
+   A forger who imprints a genuine image's whole z_T on other content passes test 1 and fails
+   this one: a thumbnail is linear in the pixels, so no perturbation within a PSNR budget moves
+   it further than the budget (``bench.forgery.thumbnail_forgery``), and the floor is what the
+   rank alone does not ask (a flat cover is equally unlike every pool member; a small pull then
+   wins the rank). The generation is chosen by test 1, so test 2 compares one fingerprint, not
+   every candidate: no correction for the generations logged, whatever their number. Logs whose
+   rows hold the older latent fingerprint (``fingerprint.LATENT_KIND``: the decoder-inverted z_0,
+   pooled) are checked with it, by rank alone, as before.
 """
 
 from __future__ import annotations
@@ -55,43 +61,63 @@ class Provenance:
 UNCHECKED = Provenance(status="unchecked")
 
 
-def reference_name(latent_shape: tuple[int, int, int]) -> str:
+def reference_name(latent_shape: tuple[int, int, int], kind: str = fingerprint.PIXEL_KIND) -> str:
     """The file of a model's reference pool (in its null-model folders, ``io.nullfile.null_folders``)."""
-    return f"fingerprints-{fingerprint.LATENT_KIND}-{'x'.join(map(str, latent_shape))}.npy"
+    return f"fingerprints-{kind}-{'x'.join(map(str, latent_shape))}.npy"
 
 
-def reference_pool(model: str, latent_shape: tuple[int, int, int], key_files=()) -> np.ndarray:
-    """The latent fingerprints (R, d) of clean generations of ``model`` shipped beside its null
+def reference_pool(model: str, latent_shape: tuple[int, int, int], key_files=(),
+                   kind: str = fingerprint.PIXEL_KIND) -> np.ndarray:
+    """The ``kind`` fingerprints (R, d) of clean generations of ``model`` shipped beside its null
     models (``docs/bench/provenance/reference.py`` makes them); (0, d) where there are none."""
     from ..io.nullfile import null_folders
 
     for folder in null_folders(model, key_files):
-        if (folder / reference_name(latent_shape)).is_file():
-            return np.load(folder / reference_name(latent_shape)).astype(np.float32)
-    return np.zeros((0, latent_shape[0] * fingerprint.SIDE**2), np.float32)
+        if (folder / reference_name(latent_shape, kind)).is_file():
+            return np.load(folder / reference_name(latent_shape, kind)).astype(np.float32)
+    d = 3 * fingerprint.PIXEL_SIDE**2 if kind == fingerprint.PIXEL_KIND else latent_shape[0] * fingerprint.SIDE**2
+    return np.zeros((0, d), np.float32)
 
 
-def check(z_0: torch.Tensor, z_T: torch.Tensor, key: Key, log: GenerationLog, transforms: list[Transform],
-          alpha: float, reference: np.ndarray | None = None, seeds_residual=noise.seeds_residual) -> Provenance:
-    """The provenance of one suspect (its latents z_0 and z_T, (C, h, w)) whose ``key`` fired.
-    The reference pool: the log's generations under other keys, and ``reference`` (the model's).
-    ``seeds_residual(key, seeds)``: the logged seeds' noise (``noise.seeds_residual``, or a cache of it)."""
-    candidates, own = log.fingerprints(key.key_id, fingerprint.LATENT_KIND)
-    parts = [p for p in (log.unrelated(key.model, key.key_id, fingerprint.LATENT_KIND, POOL), reference)
-             if p is not None and len(p)]
-    pool = np.concatenate(parts) if parts else np.zeros((0, own.shape[-1]), np.float32)
+def references(model: str, latent_shape: tuple[int, int, int], key_files=()) -> dict[str, np.ndarray]:
+    """The model's shipped reference pools of both fingerprint kinds, for ``check``."""
+    return {kind: reference_pool(model, latent_shape, key_files, kind)
+            for kind in (fingerprint.PIXEL_KIND, fingerprint.LATENT_KIND)}
+
+
+def check(x: torch.Tensor, z_0: torch.Tensor, z_T: torch.Tensor, key: Key, log: GenerationLog,
+          transforms: list[Transform], alpha: float, reference: dict[str, np.ndarray] | None = None,
+          seeds_residual=noise.seeds_residual) -> Provenance:
+    """The provenance of one suspect (the image x (3, H, W) in [-1, 1], its latents z_0 and z_T,
+    (C, h, w)) whose ``key`` fired. The reference pool: the log's generations under other keys,
+    and ``reference[kind]`` (the model's). ``seeds_residual(key, seeds)``: the logged seeds' noise
+    (``noise.seeds_residual``, or a cache of it)."""
+    candidates, prints = [], []  # every generation logged under the key, whichever kind its fingerprint
+    for kind in (fingerprint.PIXEL_KIND, fingerprint.LATENT_KIND):
+        found, own = log.fingerprints(key.key_id, kind)
+        candidates += [(*c, kind) for c in found]
+        prints += list(own)
     if not candidates:
-        return Provenance(status="unconfirmed", compared=0, pool=len(pool), unmatched="seed noise")
-    cos = noise.cosines(z_T, key, seeds_residual(key, [seed for _, _, seed in candidates]), transforms)
+        return Provenance(status="unconfirmed", compared=0, unmatched="seed noise")
+    cos = noise.cosines(z_T, key, seeds_residual(key, [seed for _, _, seed, _ in candidates]), transforms)
     best = int(torch.argmax(cos))
     p_noise = noise.p_value(float(cos[best]), noise.rank(key), len(candidates) * len(transforms))
-    sims = fingerprint.best_similarity(z_0, np.concatenate([own[best : best + 1], pool]), transforms)
+    image_id, created, _, kind = candidates[best]
+    parts = [p for p in (log.unrelated(key.model, key.key_id, kind, POOL), (reference or {}).get(kind))
+             if p is not None and len(p)]
+    pool = np.concatenate(parts) if parts else np.zeros((0, len(prints[best])), np.float32)
+    logged = np.concatenate([prints[best][None], pool])
+    if kind == fingerprint.PIXEL_KIND:
+        sims, floor = fingerprint.pixel_similarity(x, logged, transforms), fingerprint.MIN_SIMILARITY
+    else:  # a row logged before thumbnails were: its latent, by rank alone, as then
+        sims, floor = fingerprint.best_similarity(z_0, logged, transforms), -np.inf
     p_content = (1 + int(np.sum(sims[1:] >= sims[0]))) / (1 + len(pool))
     p = max(p_noise, p_content)
-    unmatched = "seed noise" if p_noise > alpha else "content" if p_content > alpha else None
-    image_id, created, _ = candidates[best]
+    unmatched = ("seed noise" if p_noise > alpha else "content" if p_content > alpha or sims[0] < floor
+                 else None)
     return Provenance(status="unconfirmed" if unmatched else "confirmed", image_id=image_id, created=created,
-                      noise=round(float(cos[best]), 4), similarity=round(float(sims[0]), 4), p_value=p,
+                      noise=round(float(cos[best]), 4), p_value=p,
+                      similarity=round(float(sims[0]), 4) if np.isfinite(sims[0]) else None,  # None: too little left to compare
                       p_noise=p_noise, p_content=p_content,
                       compared=len(candidates), pool=len(pool), unmatched=unmatched)
 
@@ -101,11 +127,11 @@ CACHED_SEEDS = 65_536  # logged seeds' noise kept in memory, all keys together: 
 
 class Checker:
     """``check`` as ``verify --log`` runs it on each ``Detection`` (``pipeline.detect(...,
-    latents=True)``): over the transform the key search found and its other crop offsets
+    latents=True)``) and its image: over the transform the key search found and its other crop offsets
     (``fingerprint.family`` among ``transforms``), against the log's candidates and pools."""
 
     def __init__(self, log: GenerationLog, keys: list[Key], transforms: list[Transform], alpha: float,
-                 reference: np.ndarray | None = None):
+                 reference: dict[str, np.ndarray] | None = None):
         self.log, self.alpha, self.reference = log, alpha, reference
         self.keys = {k.key_id: k for k in keys}
         self.transforms = {t.name: t for t in transforms}
@@ -125,7 +151,8 @@ class Checker:
                 self.noise.popitem(last=False)
         return cached[1]
 
-    def __call__(self, d) -> Provenance:
+    def __call__(self, d, x: torch.Tensor) -> Provenance:
+        """``d``: the suspect's ``Detection``; ``x``: its image (3, H, W) in [-1, 1]."""
         near = fingerprint.family(self.transforms.get(d.transform, IDENTITY), list(self.transforms.values()))
-        return check(d.z_0, d.z_T, self.keys[d.key_id], self.log, near, self.alpha, self.reference,
+        return check(x, d.z_0, d.z_T, self.keys[d.key_id], self.log, near, self.alpha, self.reference,
                      self.seeds_residual)

@@ -1,6 +1,7 @@
 """The reference pool a model ships for ``verify --log`` (``provenance.check.reference_pool``):
-the latent fingerprints of N clean generations, as ``embed --log`` records them (``api.logged``),
-written beside the model's null models.
+the fingerprints (thumbnails) of N clean generations, as ``embed --log`` records them
+(``api.logged``), written beside the model's null models. The latent pools that older logs are
+checked with (``fingerprint.LATENT_KIND``) were made by this script before thumbnails replaced them.
 
     python docs/bench/provenance/reference.py --model tiny --images /data/tiny-null -n 1024
 """
@@ -33,7 +34,7 @@ def main():
         part = files[i : i + 16]
         made = [Generated(file=f.name, image_id=f.stem, sha256="", seed=int(f.stem), prompt="", key_id=None,
                           model=args.model, watermarked=False, steps=50, guidance=None) for f in part]
-        prints += [g.fingerprint for g in logged(model, made, to_tensor([Image.open(f).convert("RGB") for f in part]))]
+        prints += [g.fingerprint for g in logged(made, to_tensor([Image.open(f).convert("RGB") for f in part]))]
     out = null_folders(args.model)[0] / reference_name(model.latent_shape(model.default_size))
     np.save(out, np.stack(prints).astype(np.float16))
     print(f"wrote {out}: {len(prints)} fingerprints from {files[0].name}..{files[-1].name}")
