@@ -117,7 +117,8 @@ def check(x: torch.Tensor, z_0: torch.Tensor, z_T: torch.Tensor, key: Key, log: 
                  else None)
     return Provenance(status="unconfirmed" if unmatched else "confirmed", image_id=image_id, created=created,
                       noise=round(float(cos[best]), 4), p_value=p,
-                      similarity=round(float(sims[0]), 4) if np.isfinite(sims[0]) else None,  # None: too little left to compare
+                      # None: too few cells left to compare (``fingerprint.MIN_CELLS``)
+                      similarity=round(float(sims[0]), 4) if np.isfinite(sims[0]) else None,
                       p_noise=p_noise, p_content=p_content,
                       compared=len(candidates), pool=len(pool), unmatched=unmatched)
 

@@ -92,8 +92,8 @@ def pixel_similarity(x: torch.Tensor, logged: np.ndarray, transforms: list[Trans
     (``nudged``) -> (m,) (``residual``). Per transform, only the cells the undone image covers are
     compared (a crop or rotation leaves the rest empty), and not those the suspect has clipped (a
     brightened image's white), on the luminance (``luma``), its mean removed on them from both
-    (a brightness shift); -inf where fewer than ``MIN_CELLS`` of the cells are left. The transforms are undone
-    on the image pooled to ``UNDONE_SIDE`` (a quarter of the cost on 128 px)."""
+    (a brightness shift); -inf where fewer than ``MIN_CELLS`` of the cells are left. The
+    transforms are undone on the image pooled to ``UNDONE_SIDE`` (a quarter of the cost on 128 px)."""
     side = PIXEL_SIDE
     x = x.float()
     clipped = (x.abs() >= CLIP_LEVEL).any(0, keepdim=True).float()  # (1, H, W)
