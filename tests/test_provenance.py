@@ -4,6 +4,7 @@ is calibrated under the null of unrelated generations."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -219,3 +220,33 @@ def test_the_checkers_seed_noise_cache_is_bounded_over_all_keys(monkeypatch):
     checker.seeds_residual(b, [4, 5, 6])
     assert list(checker.noise) == [b.key_id]
     assert checker.seeds_residual(a, list(range(10))).shape[0] == 10 and list(checker.noise) == [b.key_id]
+
+
+def test_a_log_written_with_latent_fingerprints_is_still_checked(tmp_path):
+    """Rows logged before thumbnails were (the first look's pooled z_0, ``LATENT_KIND``) are checked
+    with the latent test: the image is confirmed, another generation of its key is not."""
+    from watermark import get_model, make_key, watermarked_latents
+    from watermark.api import Generated, logged as rows_of
+    from watermark.io.genlog import GenerationLog
+    from watermark.io.images import save_png
+    from watermark.io.keyfile import save_key
+    from watermark.pipeline import Recovery
+    from watermark.provenance import fingerprint
+    from watermark.recovery import look_latents
+
+    model = get_model("tiny")
+    key = make_key(model, seed=11)
+    (tmp_path / "keys").mkdir()
+    save_key(key, tmp_path / "keys" / "key.json")
+    x = (model.generate(watermarked_latents(key, seeds=[5, 6]), steps=10) * 255).round() / 255 * 2 - 1
+    for i, im in enumerate(x):
+        save_png((im + 1) / 2, tmp_path / f"{i}.png")
+    made = [Generated(file="0.png", image_id="old", sha256="", seed=5, prompt="", key_id=key.key_id, model="tiny",
+                      watermarked=True, steps=10, guidance=None)]
+    z_0, _ = look_latents(model, x[:1], Recovery().for_model(model.default_recovery).looks()["first"])
+    row = dataclasses.replace(rows_of(made, x[:1])[0], fingerprint=fingerprint.latent(z_0)[0].astype("float16"),
+                              fingerprint_kind=fingerprint.LATENT_KIND)  # as embed --log wrote it then
+    GenerationLog.open(tmp_path / "gen.sqlite").add([row])
+    found = rows(tmp_path, str(tmp_path / "0.png"), str(tmp_path / "1.png"), "--log", str(tmp_path / "gen.sqlite"))
+    assert found["/0.png"]["watermarked"] and found["/0.png"]["provenance"] == "confirmed", found["/0.png"]
+    assert found["/1.png"]["provenance"] == "unconfirmed"
