@@ -51,15 +51,9 @@ def latent(z_0: torch.Tensor, transforms: list[Transform] | None = None) -> np.n
     z = z_0.float()
     if transforms is not None:
         z = undo_each(z, transforms)
-    return pooled(z).numpy()
-
-
-def pooled(z_0: torch.Tensor) -> torch.Tensor:
-    """``latent`` as a tensor, without the transforms (differentiable: the adaptive forger of
-    ``bench.forgery`` descends on it): (B, C, h, w) -> (B, C * SIDE * SIDE)."""
-    f = F.adaptive_avg_pool2d(z_0.float(), SIDE)
+    f = F.adaptive_avg_pool2d(z, SIDE)
     f = (f - f.mean(dim=(2, 3), keepdim=True)).flatten(1)
-    return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return (f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
 
 
 def best_similarity(z_0: torch.Tensor, logged: np.ndarray, transforms: list[Transform]) -> np.ndarray:
@@ -153,8 +147,3 @@ def phash(image: Image.Image) -> np.ndarray:
     grey = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), np.float64)
     low = dctn(grey, norm="ortho")[:8, :8].ravel()
     return (np.where(low > np.median(low), 1.0, -1.0) / 8.0).astype(np.float32)
-
-
-def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of unit fingerprints: a (d,) or (n, d) against b (m, d) -> (m,) or (n, m)."""
-    return np.asarray(a, np.float32) @ np.asarray(b, np.float32).T
