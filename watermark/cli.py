@@ -516,13 +516,11 @@ def serve(key_paths, search, inversion, iters, ddim_steps, exact, photometric, r
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         import ray
 
-        if not ray.is_initialized():
-            pass
-        elif cluster_address(address):  # a shared cluster: remove only our app
-            if APP in ray_serve.status().applications:
+        if ray.is_initialized():  # else stopped before Ray started: nothing to undo
+            if not cluster_address(address):  # the local Ray this command started
+                ray_serve.shutdown()
+            elif APP in ray_serve.status().applications:  # a shared cluster: remove only our app
                 ray_serve.delete(APP)
-        else:  # the local Ray this command started
-            ray_serve.shutdown()
 
 
 @main.command(context_settings=CONTEXT)
