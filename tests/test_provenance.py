@@ -32,7 +32,14 @@ def logged(tmp_path_factory):
         result = runner.invoke(main, ["embed", "--key", str(key), "-o", str(tmp / out), "-n", "1", "--steps", "10",
                                       "--seed", str(seed), "-q"] + (["--log", str(tmp / "gen.sqlite")] if log else []))
         assert result.exit_code == 0, result.output
-    Image.open(tmp / "out1" / "00000.png").rotate(10, resample=Image.Resampling.BICUBIC).save(tmp / "rotated.png")
+    image = Image.open(tmp / "out1" / "00000.png")
+    image.rotate(10, resample=Image.Resampling.BICUBIC).save(tmp / "rotated.png")
+    side, kept = image.size[0], round(image.size[0] * 0.85)
+    turned = image.rotate(10, resample=Image.Resampling.BICUBIC).crop(((side - kept) // 2,) * 2 + ((side + kept) // 2,) * 2)
+    turned.resize(image.size, Image.Resampling.BICUBIC).save(tmp / "turned_and_cropped.jpg", quality=60)
+    occluded = np.asarray(image).copy()
+    occluded[20 : 20 + side // 2, 37 : 37 + side // 2] = 0  # a black square over a quarter of the image
+    Image.fromarray(occluded).save(tmp / "occluded.png")
     return tmp
 
 
@@ -54,6 +61,33 @@ def test_verify_with_the_log_confirms_logged_generations_only(logged):
     assert unlogged["provenance_compared"] == 1  # its key fires; the one generation logged under it is another
     without = rows(logged, str(logged / "out0" / "00000.png"))
     assert without["/out0/00000.png"]["provenance"] == "unchecked"
+
+
+def test_a_turned_and_cropped_or_occluded_generation_is_confirmed(logged):
+    """A 10-degree turn, then an 85 % crop (JPEG 60): neither the turn nor the crop of the key
+    search undoes both, so the seed test also tries them composed (``noise.candidates``), and the
+    content test the transform that aligned the seed. A black square over a quarter of the image:
+    its cells are left out of the content test (``fingerprint.solid``), not compared as content."""
+    image_id = json.loads((logged / "out1" / "manifest.jsonl").read_text())["image_id"]
+    found = rows(logged, str(logged / "turned_and_cropped.jpg"), str(logged / "occluded.png"),
+                 "--log", str(logged / "gen.sqlite"))
+    for name in ("/turned_and_cropped.jpg", "/occluded.png"):
+        r = found[name]
+        assert r["watermarked"] and r["provenance"] == "confirmed", (name, r)
+        assert r["provenance_image_id"] == image_id and r["provenance_p_value"] <= 0.01
+
+
+def test_solid_clipping_is_a_patch_and_scattered_clipping_is_not():
+    """``fingerprint.solid`` marks a pasted black square and its rim, and none of the pixels that
+    noise pushed to the ends of the range one by one."""
+    from watermark.provenance import fingerprint
+
+    clipped = (torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(0)) < 0.3).float()  # scattered
+    assert fingerprint.solid(clipped).sum() == 0
+    clipped[:, 10:30, 21:41] = 1  # a 20 x 20 patch
+    clipped[:, 9, 21:41] = 0.5  # its rim, cut by the pooling: partly clipped
+    marked = fingerprint.solid(clipped)
+    assert marked[:, 9:30, 21:41].eq(1).all() and marked.sum() < 21 * 20 + 4 * 24
 
 
 def test_another_generation_under_the_same_key_is_not_confirmed(logged):

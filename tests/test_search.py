@@ -9,7 +9,7 @@ from scipy import stats
 
 from watermark.scheme.detection import match_keys
 from watermark.scheme.embedding import watermarked_latents
-from watermark.scheme.geometry import undo_each, IDENTITY, SEARCHES, search_grid, undo
+from watermark.scheme.geometry import IDENTITY, SEARCHES, compose, crop, rotation, search_grid, undo, undo_each
 from watermark.scheme.keys import new_key
 
 
@@ -51,6 +51,24 @@ def test_grid_and_undo():
     assert out.shape == (2, 3, 4, 32, 32) and torch.equal(out[:, 0], z)
     with pytest.raises(ValueError, match="search must be one of"):
         search_grid("zoom")
+
+
+def test_compose_undoes_a_turn_then_a_crop_as_the_two_undone_in_turn():
+    """A latent turned 10 degrees and then cropped to 75 % about (+2, -2) px: ``compose`` undoes
+    both in one resampling, as undoing the crop and then the turn does in two (on a smooth latent,
+    where bilinear resampling twice and once agree), and undoes the edit itself."""
+    y, x = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+    z = torch.stack([torch.sin(2 * x + k) * torch.cos(3 * y - k) for k in range(4)])[None]  # (1, 4, 32, 32)
+    turn, cut = rotation(10), crop(0.75, 0.125, -0.125)
+    both = compose(turn, cut)
+    assert both.name == "rotation 10 + crop xy 0.75 +0.125 -0.125"
+    in_turn = undo_each(undo_each(z, [cut]), [turn])
+    inside = (slice(None), slice(None), slice(8, 24), slice(8, 24))  # away from the zero padding
+    assert torch.allclose(undo_each(z, [both])[inside], in_turn[inside], atol=0.02)
+    edited = _pil(_pil(z, lambda im: im.rotate(10, resample=Image.Resampling.BILINEAR)),
+                  lambda im: im.crop((6, 2, 30, 26)).resize((32, 32), Image.Resampling.BILINEAR))
+    assert torch.allclose(undo_each(edited, [both])[inside], z[inside], atol=0.1)
+    assert np.allclose(compose(IDENTITY, turn).matrix, turn.matrix)
 
 
 # the default pattern in the default suite; the other two (25 s each) behind the slow marker

@@ -44,11 +44,14 @@ ADAPTIVE_PSNR = (30.0, 25.0, 20.0, 15.0)
 class LoggedVerify:
     """``verify --log`` on tensors: ``verify`` (``security.Verify``) and a log of ``marked``."""
 
-    def __init__(self, model, verify, key, marked: torch.Tensor, folder: str | Path):
+    def __init__(self, model, verify, key, marked: torch.Tensor, folder: str | Path, seeds=None):
+        """``seeds``: the ones ``marked`` were generated from (default 0, 1, ...)."""
         self.model, self.verify, self.key = model, verify, key
         self.log = GenerationLog.open(Path(folder) / "generations.sqlite")
-        made = [Generated(file=f"{i:05d}.png", image_id=f"marked-{i}", sha256="", seed=i, prompt="", key_id=key.key_id,
-                          model=key.model, watermarked=True, steps=0, guidance=None) for i in range(len(marked))]
+        seeds = range(len(marked)) if seeds is None else seeds
+        made = [Generated(file=f"{i:05d}.png", image_id=f"marked-{i}", sha256="", seed=int(s), prompt="",
+                          key_id=key.key_id, model=key.model, watermarked=True, steps=0, guidance=None)
+                for i, s in enumerate(seeds)]
         self.log.add(logged(made, marked))
         self.checker = Checker(self.log, [key], search_grid(Decision().search, key.latent_shape[-1]),
                                ALPHA, references(key.model, tuple(key.latent_shape)))

@@ -5,11 +5,13 @@ two p-values is a valid p-value for "both hold", with no correction):
 
 1. **which generation** (``noise``): the suspect's recovered z_T, outside the key's frequencies,
    against the noise of each seed logged under the key, rebuilt from the seed. Exact: the
-   Beta law of a random direction's cosine, corrected for the seeds and transforms compared.
+   Beta law of a random direction's cosine, corrected for the seeds and transforms compared
+   (``noise.candidates``: the key search's and turns composed with crops).
    Another generation under the key, or any image not made from a logged seed, fails it.
 2. **whose content** (``fingerprint``): the suspect image's thumbnail against the thumbnail logged
    for that one generation (``fingerprint.pixel_similarity``, best over ``transforms``: the one the
-   key search found and its other crop offsets, ``fingerprint.family``), ranked among the same
+   key search found and its other crop offsets, ``fingerprint.family``, and the one that aligned
+   the seed's noise in test 1, among ``noise.candidates``), ranked among the same
    similarities to a reference pool of unrelated generations of the model, ``(1 + #{pool >= s}) /
    (1 + R)``: the generations logged under other keys and the model's shipped reference
    thumbnails (``reference_pool``; ``tiny``: 1,024); and at least ``fingerprint.MIN_SIMILARITY``.
@@ -87,11 +89,14 @@ def references(model: str, latent_shape: tuple[int, int, int], key_files=()) -> 
 
 def check(x: torch.Tensor, z_0: torch.Tensor, z_T: torch.Tensor, key: Key, log: GenerationLog,
           transforms: list[Transform], alpha: float, reference: dict[str, np.ndarray] | None = None,
-          seeds_residual=noise.seeds_residual) -> Provenance:
+          seeds_residual=noise.seeds_residual, aligned: list[Transform] | None = None) -> Provenance:
     """The provenance of one suspect (the image x (3, H, W) in [-1, 1], its latents z_0 and z_T,
     (C, h, w)) whose ``key`` fired. The reference pool: the log's generations under other keys,
     and ``reference[kind]`` (the model's). ``seeds_residual(key, seeds)``: the logged seeds' noise
-    (``noise.seeds_residual``, or a cache of it)."""
+    (``noise.seeds_residual``, or a cache of it). ``aligned``: the seed test's transforms
+    (``noise.candidates``; default ``transforms``); the one that matched the chosen seed best is
+    tried by the content test too."""
+    aligned = aligned or transforms
     candidates, prints = [], []  # every generation logged under the key, whichever kind its fingerprint
     for kind in (fingerprint.PIXEL_KIND, fingerprint.LATENT_KIND):
         found, own = log.fingerprints(key.key_id, kind)
@@ -99,9 +104,10 @@ def check(x: torch.Tensor, z_0: torch.Tensor, z_T: torch.Tensor, key: Key, log: 
         prints += list(own)
     if not candidates:
         return Provenance(status="unconfirmed", compared=0, unmatched="seed noise")
-    cos = noise.cosines(z_T, key, seeds_residual(key, [seed for _, _, seed, _ in candidates]), transforms)
+    cos, which = noise.aligned(z_T, key, seeds_residual(key, [seed for _, _, seed, _ in candidates]), aligned)
     best = int(torch.argmax(cos))
-    p_noise = noise.p_value(float(cos[best]), noise.rank(key), len(candidates) * len(transforms))
+    p_noise = noise.p_value(float(cos[best]), noise.rank(key), len(candidates) * len(aligned))
+    transforms = list(dict.fromkeys([*transforms, aligned[int(which[best])]]))  # the seed's alignment too
     image_id, created, _, kind = candidates[best]
     parts = [p for p in (log.unrelated(key.model, key.key_id, kind, POOL), (reference or {}).get(kind))
              if p is not None and len(p)]
@@ -136,6 +142,7 @@ class Checker:
         self.log, self.alpha, self.reference = log, alpha, reference
         self.keys = {k.key_id: k for k in keys}
         self.transforms = {t.name: t for t in transforms}
+        self.aligned = noise.candidates(transforms)
         # key id -> (its logged seeds, their residuals), least recently used first; at most
         # CACHED_SEEDS seeds in all (a long-lived server checks many keys)
         self.noise: OrderedDict[str, tuple[list[int], torch.Tensor]] = OrderedDict()
@@ -156,4 +163,4 @@ class Checker:
         """``d``: the suspect's ``Detection``; ``x``: its image (3, H, W) in [-1, 1]."""
         near = fingerprint.family(self.transforms.get(d.transform, IDENTITY), list(self.transforms.values()))
         return check(x, d.z_0, d.z_T, self.keys[d.key_id], self.log, near, self.alpha, self.reference,
-                     self.seeds_residual)
+                     self.seeds_residual, self.aligned)

@@ -38,6 +38,7 @@ PIXEL_KIND = f"pixels{PIXEL_SIDE}"  # ... with a thumbnail (``pixels``)
 GAIN = (0.5, 8.0)  # the contrast gains a genuine image's thumbnail may have gone through
 COVERED = 0.99  # a thumbnail cell is compared where the undone image covers this share of it
 CLIP_LEVEL, CLIPPED = 0.99, 0.5  # ... and where at most this share of its pixels sits at the ends of the range
+SOLID, BLOCKED = 3, 0.1  # ... and where at most this share lies in solid clipped squares of this side (``solid``)
 MIN_CELLS = 0.25  # fewer cells compared than this share: no match
 NUDGE = 1 / 64  # of the side: how far ``nudged`` moves a transform
 LUMA = torch.tensor([0.299, 0.587, 0.114])
@@ -85,17 +86,18 @@ def pixel_similarity(x: torch.Tensor, logged: np.ndarray, transforms: list[Trans
     each logged thumbnail (m, 3 * PIXEL_SIDE**2) over ``transforms`` undone from it, each nudged
     (``nudged``) -> (m,) (``residual``). Per transform, only the cells the undone image covers are
     compared (a crop or rotation leaves the rest empty), and not those the suspect has clipped (a
-    brightened image's white), on the luminance (``luma``), its mean removed on them from both
+    brightened image's white) or has under a solid clipped patch (an occlusion: ``solid``), on the luminance (``luma``), its mean removed on them from both
     (a brightness shift); -inf where fewer than ``MIN_CELLS`` of the cells are left. The
     transforms are undone on the image pooled to ``UNDONE_SIDE`` (a quarter of the cost on 128 px)."""
     side = PIXEL_SIDE
     x = x.float()
     clipped = (x.abs() >= CLIP_LEVEL).any(0, keepdim=True).float()  # (1, H, W)
     small = F.adaptive_avg_pool2d(torch.cat([x, torch.ones_like(clipped), clipped]), UNDONE_SIDE)
+    small = torch.cat([small, solid(small[4:5])])
     moves = nudged(transforms)
     cells = F.adaptive_avg_pool2d(undo_each(small[None].expand(len(moves), -1, -1, -1), moves), side).flatten(2)
-    u, covered, clip = luma(cells[:, :3]), cells[:, 3:4], cells[:, 4:5]  # (T, 1, P) each
-    w = ((covered >= COVERED) & (clip <= CLIPPED * covered)).float()  # (T, 1, P): the cells compared
+    u, covered, clip, block = luma(cells[:, :3]), cells[:, 3:4], cells[:, 4:5], cells[:, 5:6]  # (T, 1, P) each
+    w = ((covered >= COVERED) & (clip <= CLIPPED * covered) & (block <= BLOCKED * covered)).float()  # (T, 1, P)
     n = w.sum(-1, keepdim=True).clamp_min(1)
     u = (u - (u * w).sum(-1, keepdim=True) / n) * w  # zero-mean on the cells
     s = luma(torch.from_numpy(np.asarray(logged, np.float32)).view(len(logged), 3, -1))  # (m, 1, P)
@@ -105,6 +107,19 @@ def pixel_similarity(x: torch.Tensor, logged: np.ndarray, transforms: list[Trans
     sim = 1 - residual(dot, (u * u).sum((1, 2))[:, None].expand_as(dot), ss)
     sim[w.sum((1, 2)) < MIN_CELLS * side * side] = -torch.inf
     return sim.max(0).values.numpy()
+
+
+def solid(clipped: torch.Tensor) -> torch.Tensor:
+    """(1, S, S) shares of clipped pixels -> (1, S, S): 1 where a ``SOLID`` x ``SOLID`` square of
+    wholly clipped pixels covers the pixel (a morphological opening), or lies next to one and is
+    partly clipped itself (the patch's rim, cut by the pooling), else 0. A patch pasted over
+    the image (black, white) or a blown-out region is solid; the clipped pixels that noise or a
+    contrast change scatter are not, and its cells stay in the comparison."""
+    full = (clipped >= 1 - 1e-6).float()[None]
+    eroded = -F.max_pool2d(-full, SOLID, 1, SOLID // 2)  # hand-written: torch has no grey-level opening
+    opened = F.max_pool2d(eroded, SOLID, 1, SOLID // 2)
+    edge = F.max_pool2d(opened, 3, 1, 1) * (clipped[None] > 0)  # the patch's partly clipped rim
+    return torch.maximum(opened, edge)[0]
 
 
 def luma(rgb: torch.Tensor) -> torch.Tensor:

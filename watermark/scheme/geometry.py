@@ -61,6 +61,15 @@ def crop(scale: float, bx: float | None, by: float | None) -> Transform:
     return Transform(f"crop {axes} {scale:g} {offsets}", ((sx, 0.0, tx), (0.0, sy, ty)))
 
 
+def compose(first: Transform, then: Transform) -> Transform:
+    """Undo ``first`` and then ``then`` as one transform: the undo of an edit ``then`` applied after
+    ``first`` (a rotation, then a crop: ``compose(rotation(10), crop(0.85, 0, 0))``). The undone
+    latent at p reads the recovered one at A_then [A_first [p, 1], 1]."""
+    a, r = np.array(then.matrix), np.array(first.matrix)
+    m = np.c_[a[:, :2] @ r[:, :2], a[:, :2] @ r[:, 2] + a[:, 2]]
+    return Transform(f"{first.name} + {then.name}", tuple(tuple(float(v) for v in row) for row in m))
+
+
 def _offsets(scale: float, step: float) -> list[float]:
     n = int(np.floor((1 - scale) / step + 1e-9))
     return [k * step for k in range(-n, n + 1)]
