@@ -90,6 +90,25 @@ def test_solid_clipping_is_a_patch_and_scattered_clipping_is_not():
     assert marked[:, 9:30, 21:41].eq(1).all() and marked.sum() < 21 * 20 + 4 * 24
 
 
+def test_a_contrast_change_that_blows_out_most_of_an_image_still_matches_its_thumbnail():
+    """A bright textured sky over a dark strip, contrast x 1.5: the sky clips to a solid white
+    patch that covers most of the cells. Leaving those cells out (an occlusion's rule) leaves too
+    few to compare; the mask that keeps them matches the logged thumbnail."""
+    from watermark.provenance import fingerprint
+    from watermark.scheme.geometry import IDENTITY
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((3, 128, 128), 0.85) + 0.05 * torch.randn(1, 128, 128, generator=g)  # the sky
+    x[:, 100:, :] = -0.6 + 0.2 * torch.rand(1, 28, 128, generator=g)  # the ground
+    x = x.clamp(-1, 1)
+    edited = (1.5 * x).clamp(-1, 1)
+    assert fingerprint.solid(((edited.abs() >= fingerprint.CLIP_LEVEL).float()[:1])).mean() > 0.75
+    others = fingerprint.pixels(torch.rand(8, 3, 128, 128, generator=g) * 2 - 1).numpy()
+    sims = fingerprint.pixel_similarity(edited, np.concatenate([fingerprint.pixels(x[None]).numpy(), others]),
+                                        [IDENTITY])
+    assert sims[0] >= fingerprint.MIN_SIMILARITY and sims[0] > sims[1:].max()
+
+
 def test_another_generation_under_the_same_key_is_not_confirmed(logged):
     """Its content shares the key's imprint with the logged one; its seed's noise does not."""
     unlogged = rows(logged, str(logged / "other" / "00000.png"), "--log", str(logged / "gen.sqlite"))

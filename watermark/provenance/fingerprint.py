@@ -37,8 +37,8 @@ PIXEL_SIDE = 16
 PIXEL_KIND = f"pixels{PIXEL_SIDE}"  # ... with a thumbnail (``pixels``)
 GAIN = (0.5, 8.0)  # the contrast gains a genuine image's thumbnail may have gone through
 COVERED = 0.99  # a thumbnail cell is compared where the undone image covers this share of it
-CLIP_LEVEL, CLIPPED = 0.99, 0.5  # ... and where at most this share of its pixels sits at the ends of the range
-SOLID, BLOCKED = 3, 0.1  # ... and where at most this share lies in solid clipped squares of this side (``solid``)
+CLIP_LEVEL, CLIPPED = 0.99, 0.5  # ... and (one of three masks) at most this share of its pixels sits at the ends of the range
+SOLID, BLOCKED = 3, 0.1  # ... and (another) at most this share lies in solid clipped squares of this side (``solid``)
 MIN_CELLS = 0.25  # fewer cells compared than this share: no match
 NUDGE = 1 / 64  # of the side: how far ``nudged`` moves a transform
 LUMA = torch.tensor([0.299, 0.587, 0.114])
@@ -85,10 +85,12 @@ def pixel_similarity(x: torch.Tensor, logged: np.ndarray, transforms: list[Trans
     """For one suspect image x (3, H, W) in [-1, 1]: 1 - its smallest relative residual against
     each logged thumbnail (m, 3 * PIXEL_SIDE**2) over ``transforms`` undone from it, each nudged
     (``nudged``) -> (m,) (``residual``). Per transform, only the cells the undone image covers are
-    compared (a crop or rotation leaves the rest empty), and not those the suspect has clipped (a
-    brightened image's white) or has under a solid clipped patch (an occlusion: ``solid``), on the luminance (``luma``), its mean removed on them from both
-    (a brightness shift); -inf where fewer than ``MIN_CELLS`` of the cells are left. The
-    transforms are undone on the image pooled to ``UNDONE_SIDE`` (a quarter of the cost on 128 px)."""
+    compared (a crop or rotation leaves the rest empty), on the luminance (``luma``), its mean
+    removed on them from both (a brightness shift); each transform also without the cells the
+    suspect has clipped (a brightened image's white) and without those and the cells under a solid
+    clipped patch (an occlusion: ``solid``), the best of the three kept; -inf where fewer than
+    ``MIN_CELLS`` of the cells are left. The transforms are undone on the image pooled to
+    ``UNDONE_SIDE`` (a quarter of the cost on 128 px)."""
     side = PIXEL_SIDE
     x = x.float()
     clipped = (x.abs() >= CLIP_LEVEL).any(0, keepdim=True).float()  # (1, H, W)
@@ -97,7 +99,13 @@ def pixel_similarity(x: torch.Tensor, logged: np.ndarray, transforms: list[Trans
     moves = nudged(transforms)
     cells = F.adaptive_avg_pool2d(undo_each(small[None].expand(len(moves), -1, -1, -1), moves), side).flatten(2)
     u, covered, clip, block = luma(cells[:, :3]), cells[:, 3:4], cells[:, 4:5], cells[:, 5:6]  # (T, 1, P) each
-    w = ((covered >= COVERED) & (clip <= CLIPPED * covered) & (block <= BLOCKED * covered)).float()  # (T, 1, P)
+    # three masks per transform, the best kept: the cells covered; of those, not clipped; of those,
+    # not under a solid patch (a contrast change clips cells that still match, a brightening's do
+    # not; a blown-out sky's cells match, an occlusion's do not)
+    kept = covered >= COVERED
+    unclipped = kept & (clip <= CLIPPED * covered)
+    w = torch.cat([kept, unclipped, unclipped & (block <= BLOCKED * covered)]).float()  # (3T, 1, P)
+    u = u.repeat(3, 1, 1)
     n = w.sum(-1, keepdim=True).clamp_min(1)
     u = (u - (u * w).sum(-1, keepdim=True) / n) * w  # zero-mean on the cells
     s = luma(torch.from_numpy(np.asarray(logged, np.float32)).view(len(logged), 3, -1))  # (m, 1, P)

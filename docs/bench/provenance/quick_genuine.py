@@ -5,6 +5,13 @@ images of one key logged, judged under a few of Tree-Ring's six and the held-out
 other generations under the key, not logged.
 
     python docs/bench/provenance/quick_genuine.py -n 32 -o docs/bench/provenance/quick_genuine.json
+
+With ``--all``, every edit of ``bench security``'s genuine rows (Tree-Ring's six and the held-out
+edits, ``bench.forgery.genuine``, pooled); ``--first`` and ``--steps`` choose fresh seeds and the
+generation's steps (``embed``'s 50), so the images are none a threshold was chosen on:
+
+    python docs/bench/provenance/quick_genuine.py --all -n 100 --first 5000000000 --steps 50 \
+        -o docs/bench/provenance/tiny-genuine-fresh.json
 """
 
 import argparse
@@ -19,7 +26,7 @@ import torch
 
 from watermark import get_model
 from watermark.bench.attacks import attack
-from watermark.bench.forgery import LoggedVerify
+from watermark.bench.forgery import LoggedVerify, genuine
 from watermark.bench.security import Verify, generate
 from watermark.io.images import to_pil, to_tensor
 from watermark.scheme.keys import new_key
@@ -31,20 +38,27 @@ EDITS = ("none", "jpeg", "blur", "brightness", "rotation", "crop", "rotation 20"
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=32)
+    parser.add_argument("--first", type=int, default=0, help="the first seed of the logged images")
+    parser.add_argument("--steps", type=int, default=10, help="their generation's DDIM steps")
+    parser.add_argument("--all", action="store_true", help="every edit of bench security's genuine rows")
     parser.add_argument("-o", "--output")
     args = parser.parse_args()
     t0 = time.perf_counter()
     model = get_model("tiny")
     key = new_key("tiny", model.latent_shape(model.default_size), seed=20261201)  # bench security's
-    marked = generate(model, key, range(args.n), 10, True)
-    res = {"n": args.n, "edits": {}}
+    marked = generate(model, key, range(args.first, args.first + args.n), args.steps, True)
+    res = {"n": args.n, "first_seed": args.first, "steps": args.steps, "edits": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        prov = LoggedVerify(model, Verify(model, "tiny", [key]), key, marked, tmp)
-        for name in EDITS:
+        prov = LoggedVerify(model, Verify(model, "tiny", [key]), key, marked, tmp,
+                            seeds=range(args.first, args.first + args.n))
+        if args.all:
+            res["edits"] = genuine(prov, marked, lambda line: print(line, flush=True))
+        for name in () if args.all else EDITS:
             rng = np.random.default_rng(0)
             res["edits"][name] = prov.judge(to_tensor([attack(im, name, rng) for im in to_pil((marked + 1) / 2)]))
             print(name, res["edits"][name], flush=True)
-        res["same key, not logged"] = prov.judge(generate(model, key, range(600_000, 600_000 + args.n), 10, True))
+        others = range(args.first + 600_000, args.first + 600_000 + args.n)
+        res["same key, not logged"] = prov.judge(generate(model, key, others, args.steps, True))
         print("same key", res["same key, not logged"], flush=True)
         prov.log.close()
     res.update(seconds=round(time.perf_counter() - t0, 1),
