@@ -243,6 +243,24 @@ def test_seed_noise_p_value_is_exact_under_unrelated_images():
     assert stats.kstest(p, "uniform").pvalue > 2e-3
 
 
+@pytest.mark.parametrize("pattern", ["rand", "ring", "ringid"])
+def test_aligned_cosines_are_those_of_the_projected_residuals(pattern):
+    """``noise.aligned`` skips the projection of every undone latent (<P z, g> = <z, g>; ||P z||
+    from the key's masked energy): its cosines are those of P z itself, computed with the FFT."""
+    from watermark.provenance import noise
+    from watermark.scheme.geometry import search_grid, undo_each
+    from watermark.scheme.keys import new_key
+
+    key = new_key("tiny", (4, 32, 32), pattern=pattern, seed=5)
+    logged = noise.seeds_residual(key, list(range(6)))
+    transforms = noise.candidates(search_grid("all"))[::50]
+    z_T = torch.randn(4, 32, 32, generator=torch.Generator().manual_seed(1))
+    u = noise.residual(undo_each(z_T[None].expand(len(transforms), -1, -1, -1), transforms), key)
+    direct = ((u / u.norm(dim=1, keepdim=True)) @ logged.T).max(0)
+    fast = noise.aligned(z_T, key, logged, transforms)
+    assert torch.allclose(fast[0], direct.values, atol=1e-6) and torch.equal(fast[1], direct.indices)
+
+
 def test_the_checker_rebuilds_a_keys_seed_noise_once_while_its_seeds_stay_the_same():
     """A batch of suspects under one key compares against the same logged seeds: rebuilt once,
     equal to ``noise.seeds_residual``; a seed logged since (another list) is rebuilt."""
