@@ -94,8 +94,8 @@ def check(x: torch.Tensor, z_0: torch.Tensor, z_T: torch.Tensor, key: Key, log: 
     (C, h, w)) whose ``key`` fired. The reference pool: the log's generations under other keys,
     and ``reference[kind]`` (the model's). ``seeds_residual(key, seeds)``: the logged seeds' noise
     (``noise.seeds_residual``, or a cache of it). ``aligned``: the seed test's transforms
-    (``noise.candidates``; default ``transforms``), tried only when ``transforms`` do not pass it;
-    the one that matched the chosen seed best is tried by the content test too."""
+    (``noise.candidates``; default ``transforms``; when ``transforms`` is the identity and it
+    passes, not tried); the one that matched the chosen seed best is tried by the content test too."""
     aligned = aligned or transforms
     candidates, prints = [], []  # every generation logged under the key, whichever kind its fingerprint
     for kind in (fingerprint.PIXEL_KIND, fingerprint.LATENT_KIND):
@@ -105,12 +105,16 @@ def check(x: torch.Tensor, z_0: torch.Tensor, z_T: torch.Tensor, key: Key, log: 
     if not candidates:
         return Provenance(status="unconfirmed", compared=0, unmatched="seed noise")
     seeds, compared = seeds_residual(key, [seed for _, _, seed, _ in candidates]), len(candidates) * len(aligned)
-    # the content test's transforms first (the key search's), the rest only if they do not pass: the
-    # p-value is corrected for all either way, valid since the best over all is at least theirs
-    tried = transforms
-    cos, which = noise.aligned(z_T, key, seeds, tried)
-    if noise.p_value(float(cos.max()), noise.rank(key), compared) > alpha:
-        tried = aligned
+    # every candidate, but for an image the key search found untransformed (the common case) the
+    # identity first, the rest only if it does not pass: the p-value is corrected for all either way,
+    # valid since the best over all is at least the identity's. An edited image gets them all: the
+    # alignment of the seed's noise, finer than the key's, is what lines up its content
+    tried = aligned
+    if all(t == IDENTITY for t in transforms):
+        cos, which = noise.aligned(z_T, key, seeds, transforms)
+        if noise.p_value(float(cos.max()), noise.rank(key), compared) <= alpha:
+            tried = transforms
+    if tried is aligned:
         cos, which = noise.aligned(z_T, key, seeds, tried)
     best = int(torch.argmax(cos))
     p_noise = noise.p_value(float(cos[best]), noise.rank(key), compared)
