@@ -152,6 +152,29 @@ def test_bench_inversion_video_quick(tmp_path):
     assert all("error" not in r and r["seconds_per_iter"] > 0 and r["peak_mb_above_model"] > 0 for r in res["cost"])
     assert np.isclose(next(r for r in res["cost"] if r["method"] == "gradient")["memory_vs_gradient"], 1.0)
     assert "Frames in 24 GB" in (tmp_path / "inversion_video.md").read_text()
+    assert {(r["method"], r["frames"]) for r in res["per_frame_cost"]} == {(m, f) for m in video_inversion.METHODS
+                                                                            for f in (1, 5)}
+    assert res["accuracy"]["frames"] == 2 and "Time to the gradient method's NMSE" in (
+        tmp_path / "inversion_video.md").read_text()
+
+
+def test_time_to_the_gradient_methods_nmse_on_a_clip():
+    """``video_accuracy``: the gradient method read at each budget (its NMSE improves on the clip
+    of tiny latents), and each gradient-free method's first iterate at or below that NMSE, timed."""
+    from watermark.bench import video_accuracy
+
+    res = video_accuracy.accuracy(2, budgets=(1, 3), free_iters=3, log=lambda line: None)
+    grad = res["gradient"]
+    assert [g["iters"] for g in grad] == [1, 3] and grad[1]["seconds"] > grad[0]["seconds"] > 0
+    assert len(res["free"]) == len(video_accuracy.FREE) * 2
+    for r in res["free"]:
+        if r["seconds"] is None:
+            assert r["best_nmse_db"] > r["target_nmse_db"]
+        else:
+            assert 0 <= r["iters"] <= 3 and r["time_vs_gradient"] > 0 and r["best_nmse_db"] <= r["target_nmse_db"]
+    for r in res["plateau"]:
+        assert r["nmse_db"] <= r["best_nmse_db"] + video_accuracy.PLATEAU_DB and r["iters"] <= 3
+    assert "| 3 |" in "\n".join(video_accuracy.markdown(res, 2))
 
 
 def test_embed_writes_clips_and_verify_reads_them(wan, tmp_path):

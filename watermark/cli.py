@@ -702,13 +702,17 @@ def csv_choices(choices):
               help="With --video: clip lengths (Wan's VAE takes 1 + 4k frames).")
 @click.option("--video-sizes", default="64", show_default=True, callback=csv_ints,
               help="With --video: frame sides (px); two or more separate what grows with pixels (the 480x832 estimate).")
+@click.option("--accuracy-frames", default=16, show_default=True, type=click.IntRange(0),
+              help="With --video: also the time to the gradient method's NMSE on a clip of this many frames, with "
+                   "tiny's trained VAE frame by frame (0: skip).")
 @click.option("-o", "--outdir", default="docs/bench", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
 @library_errors
 def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accuracy, skip_cost, skip_reference, quick,
-                    video, frames, video_sizes, outdir, quiet):
+                    video, frames, video_sizes, accuracy_frames, outdir, quiet):
     """NMSE vs iterations and time (bundled model), cost per iteration and memory (SD 2.1 VAE);
-    with --video, cost against clip length on a video VAE.
+    with --video, cost against clip length on a video VAE (Wan 2.1's; --skip-cost: not run) and
+    with tiny's VAE frame by frame, and the time to the gradient method's NMSE on a clip.
 
     Example: ringmark bench inversion -n 32 -o docs/bench
     """
@@ -724,7 +728,8 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
             raise click.BadParameter(f"Wan's VAE takes 1 + 4k frames; got {bad}", param_hint="--frames")
         if any(size < 16 or size % 16 for size in video_sizes):
             raise click.BadParameter(f"sides must be multiples of 16, got {video_sizes}", param_hint="--video-sizes")
-        click.echo(video_inversion.main(frames, video_sizes, cost_iters, device, dtypes[0], quick, Path(outdir), log))
+        click.echo(video_inversion.main(frames, video_sizes, cost_iters, device, dtypes[0], quick, Path(outdir), log,
+                                        accuracy_frames, skip_cost))
         return
     click.echo(inversion.main(n=n, iters=iters, dtypes=dtypes, cost_sizes=cost_sizes, cost_iters=cost_iters,
                               device=device, skip_accuracy=skip_accuracy, skip_cost=skip_cost, quick=quick,

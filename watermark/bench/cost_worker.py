@@ -5,7 +5,8 @@
 prints {"seconds_per_iter", "peak_mb_above_model"} as one JSON line. ``method`` "floor" times one
 decoder plus one encoder forward; the others are ``inversion`` methods on a VAE architecture with
 random weights (cost does not depend on the weights): SD 2.1's ``AutoencoderKL`` by default, or the
-diffusers class ``config["_class_name"]`` names (a video VAE: ``frames`` frames, (1, 3, F, H, W)).
+diffusers class ``config["_class_name"]`` names (a video VAE: ``frames`` frames, (1, 3, F, H, W); with
+``config["_per_frame"]``, a 2D VAE on a clip of ``frames`` frames as one batch, (F, 3, H, W)).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def measure(config: dict, method: str, size: int, iters: int, device: str, dtype
     dtype = getattr(torch, dtype)
     config = dict(config)
     cls = getattr(diffusers, config.pop("_class_name", "AutoencoderKL"))
+    per_frame = config.pop("_per_frame", False)  # a 2D VAE applied frame by frame: the frames are a batch
     vae = cls(**config).to(device, dtype).eval().requires_grad_(False)
     s = config.get("scaling_factor", 1.0)
 
@@ -51,7 +53,7 @@ def measure(config: dict, method: str, size: int, iters: int, device: str, dtype
         if device == "cuda":
             torch.cuda.synchronize()
 
-    shape = (1, 3, size, size) if frames is None else (1, 3, frames, size, size)
+    shape = (1, 3, size, size) if frames is None else (frames, 3, size, size) if per_frame else (1, 3, frames, size, size)
     x = torch.rand(*shape, device=device, dtype=dtype) * 2 - 1
     base = rss_mb()  # the loaded model, before any forward pass
     with torch.inference_mode():

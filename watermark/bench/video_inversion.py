@@ -27,6 +27,11 @@ BUDGET_MB = 24 * 1024  # the paper's 24 GB GPU
 WIDE = (480, 832)  # Wan 2.1's 480p clips, for the extrapolation
 
 
+WAN_TITLE = "Cost on Wan 2.1's video VAE architecture (random weights), batch 1, each method and clip in its own process:"
+PER_FRAME_TITLE = ("Cost with `tiny`'s 2D VAE architecture frame by frame (the clip one batch, as LaVie decodes with "
+                   "SD's), 128 px, each method and clip in its own process:")
+
+
 def cost(frames: list[int], size: int, iters: int, device: str, dtype: str, config: dict = WAN21_VAE, log=print,
          checkpoint=None) -> list[dict]:
     """Each (frames, method) in its own process; ``checkpoint(rows)`` after each."""
@@ -91,9 +96,8 @@ def _frames(room: float, per_frame: float) -> int | None:
     return max(0, int(room // per_frame)) if per_frame > 1e-3 else None  # below 1 kB a frame: rounding, not growth
 
 
-def markdown(rows: list[dict], fit: dict) -> list[str]:
-    lines = ["Cost on Wan 2.1's video VAE architecture (random weights), batch 1, each method and clip in its own "
-             "process:", "", "| method | frames | size | s / iteration | × gradient | peak MB above model | "
+def markdown(rows: list[dict], fit: dict, title: str = WAN_TITLE) -> list[str]:
+    lines = [title, "", "| method | frames | size | s / iteration | × gradient | peak MB above model | "
              "memory × gradient |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
@@ -114,19 +118,31 @@ def markdown(rows: list[dict], fit: dict) -> list[str]:
     return lines + [""]
 
 
+def video_accuracy_markdown(acc: dict) -> list[str]:
+    from .video_accuracy import markdown as accuracy_markdown
+
+    return accuracy_markdown(acc, acc["frames"])
+
+
 def _show(frames: int | None, none: str = "no limit seen") -> str:
     return none if frames is None else str(frames)
 
 
-def main(frames: list[int], sizes: list[int], iters: int, device: str, dtype: str, quick: bool, outdir, log) -> str:
-    """Run, write inversion_video.json/.md into ``outdir`` (a partial file after each process), return the markdown."""
+def main(frames: list[int], sizes: list[int], iters: int, device: str, dtype: str, quick: bool, outdir, log,
+         accuracy_frames: int = 0, skip_cost: bool = False) -> str:
+    """Run, write inversion_video.json/.md into ``outdir`` (a partial file after each process), return the markdown.
+    ``accuracy_frames``: also, with ``tiny``'s VAE frame by frame (``video_accuracy``), the cost
+    against ``frames`` and the time to the gradient method's NMSE on a clip of that many frames;
+    0: not run. ``skip_cost``: not Wan's cost."""
     import time
     from pathlib import Path
 
     from . import report
 
+    budgets, free_iters = (20, 50, 100), 100
     if quick:
         frames, sizes, iters = [1, 5], [32], 2
+        accuracy_frames, budgets, free_iters = min(accuracy_frames, 2), (2, 4), 4
     dev = report.bench_device(device)
     if dtype == "float16" and dev != "cuda":
         raise ValueError("float16 needs a CUDA device (CPU: float32, bfloat16)")
@@ -134,13 +150,22 @@ def main(frames: list[int], sizes: list[int], iters: int, device: str, dtype: st
     res = {"command": "ringmark bench inversion " + " ".join(sys.argv[3:]), "machine": report.machine(dev),
            "date": time.strftime("%Y-%m-%d"), "vae": WAN21_VAE, "iters": iters}
     res["cost"] = []
-    for size in sizes:
+    for size in [] if skip_cost else sizes:
         done = list(res["cost"])
         res["cost"] = done + cost(frames, size, iters, dev, dtype, log=log, checkpoint=lambda rows: report.write_partial(
             {**res, "cost": done + rows}, out, "inversion_video"))
     res["fits"] = fits(res["cost"])
-    text = lambda r: "\n".join([f"{r['machine']}; {r['date']}; command: `{r['command']}`", ""]  # noqa: E731
-                               + markdown(r["cost"], r["fits"]))
+    if accuracy_frames:
+        from . import video_accuracy
+
+        res["per_frame_cost"] = video_accuracy.per_frame_cost(frames, iters, dev, dtype, log=log)
+        res["accuracy"] = {"frames": accuracy_frames, **video_accuracy.accuracy(
+            accuracy_frames, budgets, free_iters, device=dev, log=log)}
+    text = lambda r: "\n".join(  # noqa: E731
+        [f"{r['machine']}; {r['date']}; command: `{r['command']}`", ""]
+        + (markdown(r["cost"], r["fits"]) if r["cost"] else [])
+        + (markdown(r["per_frame_cost"], {}, PER_FRAME_TITLE) + video_accuracy_markdown(r["accuracy"])
+           if "accuracy" in r else []))
     for f in report.write(res, out, stem="inversion_video", markdown=text, plot=lambda r, p: False, plot_name=""):
         log(f"wrote {f}")
     return text(res)
