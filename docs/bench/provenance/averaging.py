@@ -9,18 +9,16 @@ genuine generations of the key logged. The seeds, key and steps are ``bench secu
 """
 
 import argparse
-import json
-import platform
-import sys
 import tempfile
 import time
 
-import torch
 
 from watermark import get_model
 from watermark.bench.forgery import LoggedVerify
 from watermark.bench.security import Verify, generate
 from watermark.scheme.keys import new_key
+
+from stamp import finish  # beside this script
 
 
 def main():
@@ -47,12 +45,7 @@ def main():
             res["budgets"][m] = prov.judge(forged)
             print(f"averaging forgery M={m}", res["budgets"][m], flush=True)
         prov.log.close()
-    res.update(seconds=round(time.perf_counter() - t0, 1),
-               machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-               command="python " + " ".join(sys.argv))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(res, f, indent=1)
+    finish(res, t0, args.output)
 
 
 if __name__ == "__main__":

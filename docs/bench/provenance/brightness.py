@@ -18,9 +18,6 @@ test alone, as ``provenance.check`` asks it (similarity >= ``MIN_SIMILARITY`` an
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -32,6 +29,8 @@ from watermark.io.images import to_tensor
 from watermark.provenance import fingerprint
 from watermark.provenance.check import reference_pool
 from watermark.scheme.geometry import IDENTITY
+
+from stamp import finish  # beside this script
 
 FACTORS = (0.2, 0.35, 0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5)
 GAINS = torch.exp(torch.linspace(0, np.log(8), 64))
@@ -75,12 +74,7 @@ def main():
         res["factors"][f"{f:g}"] = dict(zip(("shipped", "censored", "either", "too_few_cells", "clipped_pixels"),
                                             np.round(r, 3).tolist()))
         print(f, res["factors"][f"{f:g}"], flush=True)
-    res.update(seconds=round(time.perf_counter() - t0, 1),
-               machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-               command="python " + " ".join(sys.argv))
-    if args.output:
-        with open(args.output, "w") as fh:
-            json.dump(res, fh, indent=1)
+    finish(res, t0, args.output)
 
 
 if __name__ == "__main__":

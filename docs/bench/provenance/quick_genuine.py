@@ -15,14 +15,10 @@ generation's steps (``embed``'s 50), so the images are none a threshold was chos
 """
 
 import argparse
-import json
-import platform
-import sys
 import tempfile
 import time
 
 import numpy as np
-import torch
 
 from watermark import get_model
 from watermark.bench.attacks import attack
@@ -30,6 +26,8 @@ from watermark.bench.forgery import LoggedVerify, genuine
 from watermark.bench.security import Verify, generate
 from watermark.io.images import to_pil, to_tensor
 from watermark.scheme.keys import new_key
+
+from stamp import finish  # beside this script
 
 EDITS = ("none", "jpeg", "blur", "brightness", "rotation", "crop", "rotation 20", "centre crop 80 %", "25 % occlusion",
          "horizontal mirror")
@@ -61,12 +59,7 @@ def main():
         res["same key, not logged"] = prov.judge(generate(model, key, others, args.steps, True))
         print("same key", res["same key, not logged"], flush=True)
         prov.log.close()
-    res.update(seconds=round(time.perf_counter() - t0, 1),
-               machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-               command="python " + " ".join(sys.argv))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(res, f, indent=1)
+    finish(res, t0, args.output)
 
 
 if __name__ == "__main__":
