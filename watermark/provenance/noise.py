@@ -23,7 +23,7 @@ import math
 import torch
 from scipy import stats
 
-from ..scheme.embedding import _dft, centred_spectrum, real_signal, watermarked_latents
+from ..scheme.embedding import centred_spectrum, centred_window, real_signal, watermarked_latents
 from ..scheme.geometry import Transform, compose, mirrored, undo_each
 from ..scheme.keys import Key
 
@@ -72,22 +72,13 @@ def aligned(z_T: torch.Tensor, key: Key, logged: torch.Tensor,
 
 def masked_energy(z: torch.Tensor, key: Key) -> torch.Tensor:
     """||(I - P) z||^2 for latents (B, C, H, W) -> (B,) float64: the energy of the key's masked
-    frequencies of its channels. The mask lies within the frequencies -radius..radius and is
-    symmetric about zero, off the axes, so the removed part is real, the orthonormal transform
-    keeps its energy, and the bins with positive vertical frequency carry half of it: only those
-    rows of the DFT are computed (``embedding._dft``; ``centred_window`` computes them all)."""
-    channels = list(key.channels)
-    h, w, r = *z.shape[-2:], key.radius
-    rows, cols = _dft(h, r), _dft(w, r).T  # (2m, H), (W, 2m): [Re; Im], [Re, Im]
-    m = 2 * r + 1
-    upper = torch.arange(r + 1, m)  # frequencies 1..r
-    a, b = rows[upper], rows[m + upper]  # (r, H): the real and imaginary rows
-    zc = z[:, channels].float()
-    za, zb = a @ zc @ cols, b @ zc @ cols  # (B, c, r, 2m): [a C_re, a C_im], [b C_re, b C_im]
-    re = za[..., :m] - zb[..., m:]
-    im = za[..., m:] + zb[..., :m]
-    mask = key.mask()[channels][:, h // 2 + 1 : h // 2 + r + 1, w // 2 - r : w // 2 + r + 1]
-    return 2 * ((re.double() ** 2 + im.double() ** 2) * mask).flatten(1).sum(1)
+    frequencies of its channels, read on the window of frequencies -radius..radius that holds the
+    mask (``centred_window``). The mask is symmetric about the zero frequency, so the part P
+    removes is real and the orthonormal transform keeps its energy."""
+    channels, (h, w), r = list(key.channels), z.shape[-2:], key.radius
+    window = centred_window(z[:, channels], r)  # (B, c, 2r+1, 2r+1)
+    mask = key.mask()[channels][:, h // 2 - r : h // 2 + r + 1, w // 2 - r : w // 2 + r + 1]
+    return (window.abs().double() ** 2 * mask).flatten(1).sum(1)
 
 
 def candidates(grid: list[Transform]) -> list[Transform]:
