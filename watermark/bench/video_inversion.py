@@ -139,10 +139,10 @@ def main(frames: list[int], sizes: list[int], iters: int, device: str, dtype: st
 
     from . import report
 
-    budgets, free_iters = (20, 50, 100), 100
+    budgets = {}  # video_accuracy's own unless quick
     if quick:
         frames, sizes, iters = [1, 5], [32], 2
-        accuracy_frames, budgets, free_iters = min(accuracy_frames, 2), (2, 4), 4
+        accuracy_frames, budgets = min(accuracy_frames, 2), {"budgets": (2, 4), "free_iters": 4}
     dev = report.bench_device(device)
     if dtype == "float16" and dev != "cuda":
         raise ValueError("float16 needs a CUDA device (CPU: float32, bfloat16)")
@@ -160,7 +160,7 @@ def main(frames: list[int], sizes: list[int], iters: int, device: str, dtype: st
 
         res["per_frame_cost"] = video_accuracy.per_frame_cost(frames, iters, dev, dtype, log=log)
         res["accuracy"] = {"frames": accuracy_frames, **video_accuracy.accuracy(
-            accuracy_frames, budgets, free_iters, device=dev, log=log)}
+            accuracy_frames, device=dev, log=log, **budgets)}
     text = lambda r: "\n".join(  # noqa: E731
         [f"{r['machine']}; {r['date']}; command: `{r['command']}`", ""]
         + (markdown(r["cost"], r["fits"]) if r["cost"] else [])
