@@ -118,12 +118,6 @@ def markdown(rows: list[dict], fit: dict, title: str = WAN_TITLE) -> list[str]:
     return lines + [""]
 
 
-def video_accuracy_markdown(acc: dict) -> list[str]:
-    from .video_accuracy import markdown as accuracy_markdown
-
-    return accuracy_markdown(acc, acc["frames"])
-
-
 def _show(frames: int | None, none: str = "no limit seen") -> str:
     return none if frames is None else str(frames)
 
@@ -137,12 +131,12 @@ def main(frames: list[int], sizes: list[int], iters: int, device: str, dtype: st
     import time
     from pathlib import Path
 
-    from . import report
+    from . import report, video_accuracy
 
-    budgets = {}  # video_accuracy's own unless quick
+    short = {}  # video_accuracy's own budgets unless quick
     if quick:
         frames, sizes, iters = [1, 5], [32], 2
-        accuracy_frames, budgets = min(accuracy_frames, 2), {"budgets": (2, 4), "free_iters": 4}
+        accuracy_frames, short = min(accuracy_frames, 2), {"budgets": (2, 4), "free_iters": 4}
     dev = report.bench_device(device)
     if dtype == "float16" and dev != "cuda":
         raise ValueError("float16 needs a CUDA device (CPU: float32, bfloat16)")
@@ -156,15 +150,12 @@ def main(frames: list[int], sizes: list[int], iters: int, device: str, dtype: st
             {**res, "cost": done + rows}, out, "inversion_video"))
     res["fits"] = fits(res["cost"])
     if accuracy_frames:
-        from . import video_accuracy
-
         res["per_frame_cost"] = video_accuracy.per_frame_cost(frames, iters, dev, dtype, log=log)
-        res["accuracy"] = {"frames": accuracy_frames, **video_accuracy.accuracy(
-            accuracy_frames, device=dev, log=log, **budgets)}
+        res["accuracy"] = video_accuracy.accuracy(accuracy_frames, device=dev, log=log, **short)
     text = lambda r: "\n".join(  # noqa: E731
         [f"{r['machine']}; {r['date']}; command: `{r['command']}`", ""]
         + (markdown(r["cost"], r["fits"]) if r["cost"] else [])
-        + (markdown(r["per_frame_cost"], {}, PER_FRAME_TITLE) + video_accuracy_markdown(r["accuracy"])
+        + (markdown(r["per_frame_cost"], {}, PER_FRAME_TITLE) + video_accuracy.markdown(r["accuracy"])
            if "accuracy" in r else []))
     for f in report.write(res, out, stem="inversion_video", markdown=text, plot=lambda r, p: False, plot_name=""):
         log(f"wrote {f}")
