@@ -159,8 +159,9 @@ def test_bench_inversion_video_quick(tmp_path):
 
 
 def test_time_to_the_gradient_methods_nmse_on_a_clip():
-    """``video_accuracy``: the gradient method read at each budget (its NMSE improves on the clip
-    of tiny latents), and each gradient-free method's first iterate at or below that NMSE, timed."""
+    """``video_accuracy``: the gradient method read at each budget, in time order, on a clip of tiny
+    latents; each gradient-free method's first iterate at or below that NMSE, timed, or none when
+    its best stays above it; and where each settles."""
     from watermark.bench import video_accuracy
 
     res = video_accuracy.accuracy(2, budgets=(1, 3), free_iters=3, log=lambda line: None)
