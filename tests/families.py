@@ -6,33 +6,7 @@ from pathlib import Path
 
 import torch
 
-
-def bytes_to_unicode():
-    """GPT-2/CLIP's byte -> printable character table (byte-level BPE alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b), cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def save_tokenizer(path: Path, max_length: int = 16) -> int:
-    """A byte-level CLIP tokenizer with no merges (every byte is a token); also stands in for
-    T5's, which needs a sentencepiece file. Returns the vocabulary size."""
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in bytes_to_unicode().values():
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    path.mkdir(parents=True)
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=max_length,
-                  pad_token="<|endoftext|>").save_pretrained(path)
-    return len(vocab)
+from watermark.training.tokenizer import save_tokenizer
 
 
 def clip(path: Path, vocab: int, projection: bool = False, hidden: int = 32):
@@ -168,3 +142,21 @@ def wan(root: Path) -> Path:
         "vae": ["diffusers", "AutoencoderKLWan"], "transformer": ["diffusers", "WanTransformer3DModel"],
         "scheduler": ["diffusers", "UniPCMultistepScheduler"], "text_encoder": umt5(root / "text_encoder", n),
         "tokenizer": TOKENIZER})
+
+
+def text_to_video(root: Path) -> Path:
+    """TextToVideoSDPipeline's layout (ModelScope T2V, zeroscope): SD's 2D VAE applied per frame, a
+    UNet3DConditionModel, a CLIP text encoder and ModelScope's DDIM scheduler (eps-prediction)."""
+    from diffusers import DDIMScheduler, UNet3DConditionModel
+
+    torch.manual_seed(0)
+    UNet3DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+                         norm_num_groups=8, cross_attention_dim=32, attention_head_dim=4,
+                         down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                         up_block_types=("UpBlock3D", "CrossAttnUpBlock3D")).save_pretrained(root / "unet")
+    DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                  set_alpha_to_one=False).save_pretrained(root / "scheduler")
+    n = save_tokenizer(root / "tokenizer")
+    return index(root, "TextToVideoSDPipeline", {
+        "vae": vae(root / "vae", 4), "unet": ["diffusers", "UNet3DConditionModel"],
+        "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": clip(root / "text_encoder", n), "tokenizer": TOKENIZER})

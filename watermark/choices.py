@@ -14,4 +14,6 @@ DEFAULT_SEARCH = "all"  # `ringmark bench detect` (BENCHMARKS.md): what it costs
 PATTERNS = ("rand", "ring", "ringid", "zeros")
 DEFAULT_PATTERN = "rand"  # chosen by the pattern comparison of `ringmark bench detect` (--pattern-n; BENCHMARKS.md)
 ATTACKS = ("none", "rotation", "jpeg", "crop", "blur", "noise", "brightness")  # no attack, then Tree-Ring's six (bench.attacks)
+VIDEO_ATTACKS = ("none", "crf 23", "crf 28", "crf 35", "frame drop", "temporal crop", "crop and resize",
+                 "frame rate 24")  # the edits of a clip (bench.video_attacks)
 RAY_LOG_LEVELS = ("error", "warning", "info", "debug")  # ringmark serve --ray-log-level

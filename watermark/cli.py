@@ -21,7 +21,7 @@ import click
 
 from . import __version__
 from .choices import (ATTACKS, DEFAULT_ITERS, DEFAULT_PATTERN, DEFAULT_SEARCH, DEFAULT_STEPS, DEVICES, DTYPE_NAMES,
-                      METHOD_NAMES, PATTERNS, RAY_LOG_LEVELS, SEARCHES, WEAK_EVIDENCE)
+                      METHOD_NAMES, PATTERNS, RAY_LOG_LEVELS, SEARCHES, VIDEO_ATTACKS, WEAK_EVIDENCE)
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -142,7 +142,7 @@ def csv_channels(ctx, param, value: str | None):
 @click.option("-n", "count", type=click.IntRange(1),
               help="Add this many keys to --keyring and write no key file: the ring for a fresh key per image "
                    "(embed --key RING).")
-@click.option("--model", default="tiny", show_default=True, help="'tiny', 'tiny-sd', 'tiny-flow' (bundled), a hub id or a local folder.")
+@click.option("--model", default="tiny", show_default=True, help="'tiny', 'tiny-sd', 'tiny-flow', 'tiny-video' (bundled), a hub id or a local folder.")
 @click.option("--size", type=click.IntRange(1), help="Image side in px (default: the model's).")
 @click.option("--pattern", type=click.Choice(PATTERNS), default=DEFAULT_PATTERN, show_default=True)
 @click.option("--radius", type=int, help="Mask radius in latent bins (default: 14/64 of the side; ring, zeros: 10/64).")
@@ -571,7 +571,7 @@ def scan(sources, key_paths, search, inversion, iters, ddim_steps, exact, photom
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--model", default="tiny", show_default=True, help="'tiny', 'tiny-sd', 'tiny-flow' (bundled), a hub id or a local folder.")
+@click.option("--model", default="tiny", show_default=True, help="'tiny', 'tiny-sd', 'tiny-flow', 'tiny-video' (bundled), a hub id or a local folder.")
 @click.option("-o", "--output", type=click.Path(),
               help="Folder (e.g. the keys' folder) to write each look's null model in under the name verify looks "
                    "for, or the .npz file of a one-look recovery [default: the model folder's null/; a hub id needs -o].")
@@ -762,23 +762,47 @@ def bench_inversion(n, iters, dtypes, cost_sizes, cost_iters, device, skip_accur
               help="Which of Tree-Ring's six attacks to measure (the unattacked images always are).")
 @click.option("--study", is_flag=True, help="The decision study instead: each --recoveries method on the same "
               "images (ringmark's test, 2,048-key identification, the paper's 3 ring keys, paired tests).")
-@click.option("--model", "model_name", default="tiny", show_default=True, help="--study: the model (name, hub id, folder).")
+@click.option("--model", "model_name", default="tiny", show_default=True,
+              help="--study: the model (name, hub id, folder); --video: a video model [default: tiny-video].")
 @click.option("--recoveries", default=None, help="--study: 'encoder' and METHOD:ITERS, comma-separated "
-              "[default: the encoder, then fixed_point, inertial_km, adam and gradient at 10, 20 and 50].")
+              "[default: the encoder, then fixed_point, inertial_km, adam and gradient at 10, 20 and 50]; "
+              "--video: one of them [default: the model's].")
+@click.option("--video", is_flag=True, help="Clip-level detection instead, on a video model (--model, default "
+              "tiny-video): N watermarked and N clean clips, each written as MP4 after each --video-attacks edit and "
+              "tested by verify.")
+@click.option("--video-attacks", default=",".join(VIDEO_ATTACKS), show_default=True, callback=csv_choices(VIDEO_ATTACKS),
+              help="--video: the edits.")
+@click.option("--frames", type=click.IntRange(1), help="--video: frames per clip [default: the model's].")
+@click.option("--gen-steps", default=50, show_default=True, type=click.IntRange(1), help="--video: generation steps.")
 @click.option("--quick", is_flag=True, help="4 images per class, 16 keys, 5 steps, a tiny sweep: checks the code.")
 @click.option("-o", "--outdir", default="docs/bench", show_default=True, type=click.Path(file_okay=False))
 @quiet_option
 @library_errors
 def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search, batch, device, seed, first_image,
-                 verify_n, attacks, study, model_name, recoveries, quick, outdir, quiet):
+                 verify_n, attacks, study, model_name, recoveries, video, video_attacks, frames, gen_steps, quick, outdir,
+                 quiet):
     """Robustness (AUC, TPR@1%FPR) under Tree-Ring's attacks, identification among many keys, key
     patterns, the geometric search, and verify time vs TPR over DDIM steps x decoder iterations;
     with --study, which decoder inversion pays, method against method on one model.
 
     Example: ringmark bench detect -n 100 --keys 2048 -o docs/bench
     Example: ringmark bench detect --study --model tiny-sd -n 100 -o docs/bench/study/tiny-sd
+    Example: ringmark bench detect --video -n 100 -o docs/bench/video
     """
     log = messages(quiet)
+    if video:
+        from .bench import video_detect
+        from .bench.study import parse_recovery
+        from .pipeline import Recovery
+
+        if study:
+            raise click.UsageError("--video and --study are separate benchmarks")
+        method, iters = parse_recovery(recoveries) if recoveries else (None, None)
+        recovery = Recovery(method=method, iters=iters if method not in (None, "encoder") else None)
+        click.echo(video_detect.main("tiny-video" if model_name == "tiny" else model_name, 4 if quick else n, frames,
+                                     None, 2 if quick else gen_steps, video_attacks, recovery, Path(outdir),
+                                     "ringmark " + " ".join(sys.argv[1:]), log=log))
+        return
     if not study and (model_name != "tiny" or recoveries is not None):
         raise click.UsageError("--model and --recoveries are options of --study")
     if study and set(attacks) != set(ATTACKS[1:]):

@@ -14,10 +14,9 @@ import os
 import torch
 import torch.nn.functional as F
 
+from ..choices import VIDEO_ATTACKS
 from ..io.videos import CRF, FPS, save_video
 
-VIDEO_ATTACKS = ("none", "crf 23", "crf 28", "crf 35", "frame drop", "temporal crop", "crop and resize",
-                 "frame rate 24")
 CROP = 0.8  # "crop and resize": the centre 80 % of each side
 NEW_FPS = 24  # "frame rate 24": from the model's 16
 

@@ -13,15 +13,16 @@ import torch
 
 from inversion import DTYPES
 
-from . import flow_unet, flux, sd, sd3, sdxl, wan
+from . import flow_unet, flux, sd, sd3, sdxl, text_to_video, wan
 from .loading import pipeline_class
 from .protocol import DiffusionModel, ModelError
 
 TINY_PATH = Path(__file__).parent / "tiny"
 TINY_SD_PATH = Path(__file__).parent / "tiny-sd"  # the same sizes, Stable Diffusion's VAE recipe
 TINY_FLOW_PATH = Path(__file__).parent / "tiny-flow"  # tiny's VAE, a rectified-flow UNet
+TINY_VIDEO_PATH = Path(__file__).parent / "tiny-video"  # tiny's VAE per frame, a UNet3D (TextToVideoSDPipeline)
 # names ringmark resolves itself; anything else is a hub id or a folder
-NAMED = {"tiny": TINY_PATH, "tiny-sd": TINY_SD_PATH, "tiny-flow": TINY_FLOW_PATH}
+NAMED = {"tiny": TINY_PATH, "tiny-sd": TINY_SD_PATH, "tiny-flow": TINY_FLOW_PATH, "tiny-video": TINY_VIDEO_PATH}
 # model_index.json's pipeline class -> its family's load(source, name, device, dtype); a new family
 # is one file in this folder and one line here
 FAMILIES = {
@@ -29,9 +30,10 @@ FAMILIES = {
     "StableDiffusion3Pipeline": sd3.load,
     "FluxPipeline": flux.load,
     "WanPipeline": wan.load,  # video: z_T is (C, F, H, W)
+    "TextToVideoSDPipeline": text_to_video.load,  # video, 2D VAE per frame (ModelScope, zeroscope, tiny-video)
     "ringmark:FlowUNet": flow_unet.load,  # the bundled tiny-flow: diffusers has no pipeline for it
 }
-VIDEO_FAMILIES = {"WanPipeline"}  # families whose z_T is (C, F, H, W): clips
+VIDEO_FAMILIES = {"WanPipeline", "TextToVideoSDPipeline"}  # families whose z_T is (C, F, H, W): clips
 from ..choices import DEVICES  # noqa: E402 (torch-free, for the command line)
 
 __all__ = ["DEVICES", "DTYPES", "DiffusionModel", "ModelError", "NAMED", "TINY_PATH", "TINY_SD_PATH", "default_recovery",
@@ -57,9 +59,9 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def load_model(name: str = "tiny", device: str = "cpu", dtype: str | torch.dtype = "float32") -> DiffusionModel:
-    """Load ``tiny`` / ``tiny-sd`` / ``tiny-flow`` (bundled) or a checkpoint by hub id or local
-    folder; the family is the pipeline class its model_index.json names (SD 1.x/2.x, SDXL, SD3,
-    FLUX, Wan 2.1, ringmark:FlowUNet)."""
+    """Load ``tiny`` / ``tiny-sd`` / ``tiny-flow`` / ``tiny-video`` (bundled) or a checkpoint by hub
+    id or local folder; the family is the pipeline class its model_index.json names (SD 1.x/2.x,
+    SDXL, SD3, FLUX, Wan 2.1, TextToVideoSD, ringmark:FlowUNet)."""
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     source = str(NAMED.get(name, name))
     pipeline = pipeline_class(source, name)
