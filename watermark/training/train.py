@@ -308,6 +308,17 @@ def encode_dataset(vae, photos, n: int, size: int, device, seed: int) -> torch.T
     return torch.cat(means)
 
 
+def denoiser_step(unet, loss: torch.Tensor, opt, sched, ema) -> None:
+    """One optimiser step of a denoiser on ``loss``: gradients clipped to norm 1, the lr schedule
+    and the EMA of the weights advanced."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    ema.step(unet.parameters())
+
+
 def train_unet(latents, work: Path, steps: int, batch: int, lr: float, device, seed: int,
                scheduler, arch: dict | None = None) -> UNet2DModel:
     """MSE on the scheduler's prediction target (eps or v; for a flow scheduler the velocity
@@ -338,12 +349,7 @@ def train_unet(latents, work: Path, steps: int, batch: int, lr: float, device, s
             zt = scheduler.add_noise(z0, noise, t)
             target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z0, noise, t)
         loss = F.mse_loss(unet(zt.to(device), t.to(device)).sample, target.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema.step(unet.parameters())
+        denoiser_step(unet, loss, opt, sched, ema)
         if (step + 1) % 100 == 0 or step + 1 == steps:
             _log("unet", step + 1, steps, loss.item(), t0)
         if (step + 1) % 1000 == 0 or step + 1 == steps:

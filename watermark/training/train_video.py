@@ -28,7 +28,7 @@ from diffusers.training_utils import EMAModel
 
 from ..models import TINY_PATH
 from .tokenizer import save_tokenizer
-from .train import TRAIN_PHOTOS, Checkpoint, _log, load_photo
+from .train import TRAIN_PHOTOS, Checkpoint, _log, denoiser_step, load_photo
 
 SIZE, FRAMES = 64, 8  # 64-px frames (16 x 16 latents), 8 frames a clip
 MAX_PAN = 0.06  # camera speed: up to this share of the crop's side per frame
@@ -131,12 +131,7 @@ def train_unet(latents, cond, scheduler, work: Path, steps: int, minutes: float,
         zt = scheduler.add_noise(z0, noise, t)
         target = scheduler.get_velocity(z0, noise, t)
         loss = F.mse_loss(unet(zt, t, encoder_hidden_states=cond).sample, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema.step(unet.parameters())
+        denoiser_step(unet, loss, opt, sched, ema)
         step += 1
         if step % 50 == 0:
             _log("unet3d", step, steps, loss.item(), t0)
