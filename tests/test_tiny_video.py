@@ -4,6 +4,7 @@ without the key is not; bench detect --video runs through verify on it."""
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -44,6 +45,12 @@ def test_bench_detect_video_quick(tmp_path):
     for kind in ("watermarked", "clean"):
         assert all(len(p) == 4 and all(0 <= v <= 1 for v in p) for p in res["p_values"][kind].values())
     assert "| frame drop |" in (tmp_path / "detect_video.md").read_text()
+    for attack, row in res["rows"].items():  # the summary is the p-values': smaller p, higher score
+        wm, clean = (np.array(res["p_values"][kind][attack]) for kind in ("watermarked", "clean"))
+        pairs = (wm[:, None] < clean[None]) + 0.5 * (wm[:, None] == clean[None])
+        assert row["auc"] == pytest.approx(pairs.mean())
+        assert row["tpr_at_alpha"] == pytest.approx((wm <= 0.01).mean())
+        assert row["clean_flagged"] == int((clean <= 0.01).sum())
 
 
 def test_bench_detect_video_refuses_the_study():

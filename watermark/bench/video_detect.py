@@ -62,18 +62,24 @@ def run(model_name: str = "tiny-video", n: int = 100, frames: int | None = None,
             if (i + 1) % 10 == 0 or i + 1 == n:
                 log(f"{i + 1}/{n} clips: " + ", ".join(
                     f"{a} {np.mean(np.array(p['watermarked'][a]) <= ALPHA):.2f}" for a in attacks))
-    rows = {}
-    for a in attacks:
-        wm, clean = np.array(p["watermarked"][a]), np.array(p["clean"][a])
-        flagged = int((clean <= ALPHA).sum())
-        rows[a] = {"tpr_at_alpha": float((wm <= ALPHA).mean()), "clean_flagged": flagged,
-                   "fpr_at_alpha": flagged / n, "binomial_p": float(stats.binomtest(flagged, n, ALPHA).pvalue),
-                   "auc": auc(-np.log(wm), -np.log(clean)), "tpr_at_1pct_fpr": tpr_at_fpr(-np.log(wm), -np.log(clean)),
-                   "median_p_watermarked": float(np.median(wm))}
     return {"model": model_name, "n": n, "frames": frames, "size": size, "gen_steps": steps, "alpha": ALPHA,
             "recovery": recovery.for_model(model.default_recovery).label, "first_seed": first, "key_seed": seed,
             "seconds_per_clip": {"generate": t_gen / (2 * n), "attack_and_verify": t_verify / (2 * n * len(attacks))},
-            "rows": rows, "p_values": p}
+            "rows": summary(p), "p_values": p}
+
+
+def summary(p: dict) -> dict:
+    """Per attack, from the p-values of the watermarked and the clean clips (``run``'s ``p_values``)."""
+    rows = {}
+    for a in p["watermarked"]:
+        wm, clean = np.array(p["watermarked"][a]), np.array(p["clean"][a])
+        flagged = int((clean <= ALPHA).sum())
+        rows[a] = {"tpr_at_alpha": float((wm <= ALPHA).mean()), "clean_flagged": flagged,
+                   "fpr_at_alpha": flagged / len(clean),
+                   "binomial_p": float(stats.binomtest(flagged, len(clean), ALPHA).pvalue),
+                   "auc": auc(wm, clean), "tpr_at_1pct_fpr": tpr_at_fpr(wm, clean),
+                   "median_p_watermarked": float(np.median(wm))}
+    return rows
 
 
 def markdown(res: dict) -> str:
@@ -94,7 +100,7 @@ def main(model_name: str, n: int, frames: int | None, size: int | None, steps: i
          outdir: Path, command: str, log=print) -> str:
     res = run(model_name, n, frames, size, steps, attacks, recovery, log=log)
     res.update(command=command, date=time.strftime("%Y-%m-%d"),
-               machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+               machine=f"{platform.machine()}, torch threads {torch.get_num_threads()}, torch {torch.__version__}")
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "detect_video.json").write_text(json.dumps(res, indent=1) + "\n")
     text = markdown(res)
