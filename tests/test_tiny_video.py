@@ -53,6 +53,8 @@ def test_bench_detect_video_quick(tmp_path):
         assert row["clean_flagged"] == int((clean <= 0.01).sum())
 
 
-def test_bench_detect_video_refuses_the_study():
+def test_bench_detect_video_refuses_the_study_and_image_models():
     result = CliRunner().invoke(main, ["bench", "detect", "--video", "--study"])
     assert result.exit_code == 2 and "separate benchmarks" in result.output
+    result = CliRunner().invoke(main, ["bench", "detect", "--video", "--model", "tiny-sd"])
+    assert result.exit_code == 2 and "'tiny-sd' makes images" in result.output
