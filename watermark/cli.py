@@ -807,7 +807,7 @@ def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search
         recovery = Recovery(method=method, iters=iters if method not in (None, "encoder") else None)
         click.echo(video_detect.main(model_name, 4 if quick else n, frames,
                                      None, 2 if quick else gen_steps, video_attacks, recovery, Path(outdir),
-                                     shlex.join(["ringmark", *sys.argv[1:]]), log=log))
+                                     shlex.join(["ringmark", *sys.argv[1:]]), device=device, log=log))
         return
     if not study and (model_name != "tiny" or recoveries is not None):
         raise click.UsageError("--model and --recoveries are options of --study")

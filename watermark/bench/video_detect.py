@@ -34,9 +34,9 @@ ALPHA = 0.01
 
 def run(model_name: str = "tiny-video", n: int = 100, frames: int | None = None, size: int | None = None,
         steps: int = 50, attacks=VIDEO_ATTACKS, recovery: Recovery = Recovery(), seed: int = 20261204,
-        first: int = 9 * 10**9, log=print) -> dict:
+        first: int = 9 * 10**9, device: str = "cpu", log=print) -> dict:
     """p-values of n watermarked and n clean clips after each attack, and their summary."""
-    model = get_model(model_name)
+    model = get_model(model_name, device)
     size = size or model.default_size
     frames = frames or model.default_frames
     latent_frames = model.latent_frames(frames)
@@ -54,7 +54,7 @@ def run(model_name: str = "tiny-video", n: int = 100, frames: int | None = None,
                 t1 = time.perf_counter()
                 for a in attacks:
                     attack_clip(clip, a, path)
-                    result = api.verify([str(path)], [key], recovery, alpha=ALPHA)[0]
+                    result = api.verify([str(path)], [key], recovery, alpha=ALPHA, device=device)[0]
                     if result.error:
                         raise RuntimeError(f"clip {i} after {a}: {result.error}")
                     p[kind][a].append(result.p_value)
@@ -97,8 +97,8 @@ def markdown(res: dict) -> str:
 
 
 def main(model_name: str, n: int, frames: int | None, size: int | None, steps: int, attacks, recovery: Recovery,
-         outdir: Path, command: str, log=print) -> str:
-    res = run(model_name, n, frames, size, steps, attacks, recovery, log=log)
+         outdir: Path, command: str, device: str = "cpu", log=print) -> str:
+    res = run(model_name, n, frames, size, steps, attacks, recovery, device=device, log=log)
     res.update(command=command, date=time.strftime("%Y-%m-%d"),
                machine=f"{platform.machine()}, torch threads {torch.get_num_threads()}, torch {torch.__version__}")
     outdir.mkdir(parents=True, exist_ok=True)
