@@ -89,10 +89,11 @@ def quiet_option(fn):
 
 
 class Progress:
-    """Images done, on stderr: a bar on a terminal, else a line every ``every`` seconds and at the end."""
+    """Items done (images, or ``unit``), on stderr: a bar on a terminal, else a line every ``every``
+    seconds and at the end."""
 
-    def __init__(self, total: int, label: str, quiet: bool, every: float = 10.0):
-        self.total, self.label, self.done, self.every = total, label, 0, every
+    def __init__(self, total: int, label: str, quiet: bool, every: float = 10.0, unit: str = "images"):
+        self.total, self.label, self.done, self.every, self.unit = total, label, 0, every, unit
         self.t0 = self.last = time.time()
         self.off = quiet or total <= 1
         self.bar = None
@@ -105,7 +106,7 @@ class Progress:
             self.bar.update(k)
         elif not self.off and (time.time() - self.last >= self.every or self.done == self.total):
             self.last = time.time()
-            click.echo(f"{self.label}: {self.done}/{self.total} images, {self.last - self.t0:.0f}s", err=True)
+            click.echo(f"{self.label}: {self.done}/{self.total} {self.unit}, {self.last - self.t0:.0f}s", err=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -411,8 +412,8 @@ def run_verify(paths, key_paths, recovery, decision: dict, *, null, batch, devic
     if credentials_out is not None and log is None:
         raise click.UsageError("--credentials-out needs --log (the log keeps the signed manifests)")
     keys = load_cli_keys(key_paths, quiet)
-    progress = Progress(len(find_images(list(paths), videos=bool(keys) and makes_video(keys[0].model))), "verifying",
-                        quiet)
+    video = bool(keys) and makes_video(keys[0].model)
+    progress = Progress(len(find_images(list(paths), videos=video)), "verifying", quiet, unit="files" if video else "images")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", api.OutputWarning)
