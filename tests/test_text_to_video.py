@@ -82,3 +82,16 @@ def test_embed_and_verify_clips_on_the_command_line(t2v, tmp_path):
     assert len(rows) == 3 and all(r["error"] is None for r in rows.values()), result.output
     assert len(rows[str(tmp_path / "out" / "00000.mp4")]["frame_p_values"]) == FRAMES
     assert len(rows[str(tmp_path / "dropped.mp4")]["frame_p_values"]) == FRAMES // 2
+
+
+def test_a_missing_package_is_one_line_naming_the_video_extra(t2v, monkeypatch):
+    import diffusers
+
+    def missing(*args, **kwargs):
+        raise ImportError("TextToVideoSDPipeline requires the transformers library\nbut it was not found")
+
+    monkeypatch.setattr(diffusers.TextToVideoSDPipeline, "from_pretrained", missing)
+    folder, _ = t2v
+    with pytest.raises(ModelError) as e:
+        load_model(str(folder))
+    assert "\n" not in str(e.value) and "ringmark[video]" in str(e.value) and "transformers library" in str(e.value)

@@ -25,17 +25,21 @@ def pipeline_class(source: str, name: str) -> str | None:
         raise ModelError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
 
 
-def load_pipeline(cls: str, source: str, name: str, device: torch.device, dtype: torch.dtype, **options):
+def load_pipeline(cls: str, source: str, name: str, device: torch.device, dtype: torch.dtype, extra: str = "sd",
+                  **options):
     """diffusers' ``cls`` from ``source`` on ``device`` in ``dtype``, every network frozen
     (inference only: no parameter collects .grad), its progress bar off; ``options``: keywords of
     the pipeline's own (SDXL: ``add_watermarker``) or of ``from_pretrained`` (Wan keeps modules in
-    float32, which needs ``low_cpu_mem_usage=True``)."""
+    float32, which needs ``low_cpu_mem_usage=True``). ``extra``: the ringmark extra that installs
+    what the family needs, named in the error when a package is missing."""
     import diffusers
 
     try:
         pipe = getattr(diffusers, cls).from_pretrained(source, dtype=dtype, **{"low_cpu_mem_usage": False, **options})
     except ImportError as e:
-        raise ModelError(f"model {name!r} needs a package that is not installed ({e}); try pip install 'ringmark[sd]'") from None
+        said = " ".join(str(e).split())  # diffusers' message spans lines; ours is one
+        raise ModelError(f"model {name!r} needs a package that is not installed ({said}); try pip install "
+                         f"'ringmark[{extra}]'") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
     pipe.to(device)

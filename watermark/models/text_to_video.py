@@ -99,7 +99,7 @@ def load(source: str, name: str, device: torch.device, dtype: torch.dtype) -> Te
     schedule (``clip_sample`` off, as for the SD family); generation uses the same scheduler."""
     from diffusers import DDIMScheduler
 
-    pipe = load_pipeline("TextToVideoSDPipeline", source, name, device, dtype)
+    pipe = load_pipeline("TextToVideoSDPipeline", source, name, device, dtype, extra="video")
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
     check_invertible(pipe.scheduler, name)
     declared = settings(source)

@@ -110,7 +110,7 @@ def load(source: str, name: str, device: torch.device, dtype: torch.dtype) -> Wa
     (``inversion.ddim``), and generates with it too, so that inversion walks back the steps taken."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    pipe = load_pipeline("WanPipeline", source, name, device, dtype, low_cpu_mem_usage=True)
+    pipe = load_pipeline("WanPipeline", source, name, device, dtype, extra="video", low_cpu_mem_usage=True)
     if pipe.transformer is None or getattr(pipe, "transformer_2", None) is not None or pipe.config.expand_timesteps:
         raise ModelError(f"cannot load model {name!r}: ringmark takes Wan 2.1's one transformer; two-expert "
                          "(Wan 2.2 A14B) and expanded-timestep (TI2V) checkpoints are not supported")
