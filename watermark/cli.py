@@ -804,8 +804,7 @@ def bench_detect(n, n_keys, pattern_n, sweep_n, sweep_iters, sweep_steps, search
         model_name = "tiny-video" if model_name == "tiny" else model_name
         if not makes_video(model_name):
             raise click.UsageError(f"--video needs a video model; {model_name!r} makes images")
-        method, iters = parse_recovery(recoveries) if recoveries else (None, None)
-        recovery = Recovery(method=method, iters=iters if method not in (None, "encoder") else None)
+        recovery = Recovery(*parse_recovery(recoveries)) if recoveries else Recovery()  # the encoder's 0 iters are allowed
         click.echo(video_detect.main(model_name, 4 if quick else n, frames,
                                      None, 2 if quick else gen_steps, video_attacks, recovery, Path(outdir),
                                      shlex.join(["ringmark", *sys.argv[1:]]), device=device, log=log))
